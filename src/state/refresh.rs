@@ -1,0 +1,216 @@
+//! When to refresh a token, when to retry after a failure, and how to keep thousands of
+//! bindings from doing either in lock-step. Pure arithmetic on timestamps passed in.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+/// v1beta1 refreshes this long before expiry.
+pub const V1BETA1_REFRESH_BUFFER: Duration = Duration::from_secs(30 * 60);
+/// No requeue is ever scheduled sooner than this.
+pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
+/// Jitter pulls a refresh earlier by up to this fraction of the refresh window.
+pub const JITTER_FRACTION: f64 = 0.1;
+
+/// Which rule sets the refresh boundary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RefreshRule {
+    /// `expiry - 30 min`.
+    V1beta1,
+    /// `refresh + (expiry - refresh) × fraction`.
+    V1beta2 { fraction: f64 },
+}
+
+/// The boundary without jitter, as the old controller computed it.
+pub fn boundary(rule: RefreshRule, refreshed: Timestamp, expiry: Timestamp) -> Timestamp {
+    match rule {
+        RefreshRule::V1beta1 => sub(expiry, V1BETA1_REFRESH_BUFFER),
+        RefreshRule::V1beta2 { fraction } => {
+            let ttl = expiry.duration_since(refreshed);
+            let ttl_ns = ttl.as_nanos().max(0) as f64;
+            add_ns(refreshed, ttl_ns * fraction.clamp(0.0, 1.0))
+        }
+    }
+}
+
+/// The boundary pulled earlier by a deterministic share (from `seed`, e.g. a hash of the
+/// binding's UID) of up to [`JITTER_FRACTION`] of the window between `refreshed` and the
+/// boundary. Earlier, never later: jitter must not bring a refresh closer to expiry.
+pub fn jittered_boundary(
+    rule: RefreshRule,
+    refreshed: Timestamp,
+    expiry: Timestamp,
+    seed: u64,
+) -> Timestamp {
+    let b = boundary(rule, refreshed, expiry);
+    let window = b.duration_since(refreshed).as_nanos().max(0) as f64;
+    add_ns(b, -(window * JITTER_FRACTION * unit(seed)))
+}
+
+/// Exponential backoff for the `failures`-th consecutive failure (1-based): 1 s, 2 s, 4 s …
+/// capped at `cap`, with ±20 % deterministic jitter from `seed`.
+pub fn backoff(failures: u32, seed: u64, cap: Duration) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let base = Duration::from_secs(1u64 << exp).min(cap);
+    let factor = 0.8 + 0.4 * unit(seed ^ u64::from(failures).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    base.mul_f64(factor).min(cap).max(MIN_REQUEUE)
+}
+
+/// When to retry after a failure: the backoff, but never after `expiry - margin` of a token
+/// that is still valid, so a working credential is replaced before it lapses.
+pub fn retry_at(
+    now: Timestamp,
+    failures: u32,
+    seed: u64,
+    cap: Duration,
+    valid_until: Option<Timestamp>,
+    margin: Duration,
+) -> Timestamp {
+    let mut at = add(now, backoff(failures, seed, cap));
+    if let Some(expiry) = valid_until {
+        let latest = sub(expiry, margin);
+        if latest < at {
+            at = latest;
+        }
+    }
+    at.max(add(now, MIN_REQUEUE))
+}
+
+/// Time from `now` until `at`, never below [`MIN_REQUEUE`].
+pub fn requeue_after(now: Timestamp, at: Timestamp) -> Duration {
+    let d = at.duration_since(now);
+    Duration::try_from(d).unwrap_or(Duration::ZERO).max(MIN_REQUEUE)
+}
+
+/// A stable seed from a string (binding UID or namespace/name): FNV-1a.
+pub fn seed_of(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Map a seed to [0, 1) through a mixer so nearby seeds spread out.
+fn unit(seed: u64) -> f64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
+
+fn sub(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_sub(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MIN)
+}
+
+fn add_ns(t: Timestamp, ns: f64) -> Timestamp {
+    let ns = ns.clamp(i64::MIN as f64, i64::MAX as f64) as i64;
+    t.checked_add(SignedDuration::from_nanos(ns))
+        .unwrap_or(if ns > 0 { Timestamp::MAX } else { Timestamp::MIN })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn boundaries() {
+        let refreshed = ts("2026-01-01T00:00:00Z");
+        let expiry = ts("2026-01-01T03:00:00Z");
+        let cases = [
+            (RefreshRule::V1beta1, "2026-01-01T02:30:00Z"),
+            (RefreshRule::V1beta2 { fraction: 0.5 }, "2026-01-01T01:30:00Z"),
+            (RefreshRule::V1beta2 { fraction: 0.25 }, "2026-01-01T00:45:00Z"),
+            (RefreshRule::V1beta2 { fraction: 0.9 }, "2026-01-01T02:42:00Z"),
+        ];
+        for (rule, want) in cases {
+            assert_eq!(boundary(rule, refreshed, expiry), ts(want), "{rule:?}");
+        }
+        // A token shorter-lived than the v1beta1 buffer is due at once.
+        let short = ts("2026-01-01T00:10:00Z");
+        assert!(boundary(RefreshRule::V1beta1, refreshed, short) < refreshed);
+        // Expiry before refresh (a corrupted annotation) never lands after the refresh time.
+        assert_eq!(
+            boundary(RefreshRule::V1beta2 { fraction: 0.5 }, expiry, refreshed),
+            expiry
+        );
+    }
+
+    #[test]
+    fn jitter_is_deterministic_earlier_and_bounded() {
+        let refreshed = ts("2026-01-01T00:00:00Z");
+        let expiry = ts("2026-01-01T01:15:00Z");
+        let rule = RefreshRule::V1beta2 { fraction: 0.5 };
+        let plain = boundary(rule, refreshed, expiry);
+        let window = plain.duration_since(refreshed);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..1000u64 {
+            let seed = seed_of(&format!("ns/binding-{i}"));
+            let j = jittered_boundary(rule, refreshed, expiry, seed);
+            assert_eq!(j, jittered_boundary(rule, refreshed, expiry, seed));
+            assert!(j <= plain);
+            assert!(plain.duration_since(j) <= window.mul_f64(JITTER_FRACTION));
+            seen.insert(j.as_second());
+        }
+        // 1,000 bindings minted together spread over most of a 225 s jitter window.
+        assert!(seen.len() > 150, "only {} distinct seconds", seen.len());
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let cap = Duration::from_secs(300);
+        let seed = seed_of("ns/b");
+        let mut prev = Duration::ZERO;
+        for failures in 1..=8 {
+            let b = backoff(failures, seed, cap);
+            let nominal = Duration::from_secs(1 << (failures - 1));
+            assert!(b >= nominal.mul_f64(0.8).max(MIN_REQUEUE) && b <= nominal.mul_f64(1.2));
+            assert!(b > prev.mul_f64(1.2) || failures == 1);
+            prev = b;
+        }
+        for failures in [10, 20, 100, u32::MAX] {
+            let b = backoff(failures, seed, cap);
+            assert!(b <= cap && b >= cap.mul_f64(0.8), "{failures}: {b:?}");
+        }
+    }
+
+    #[test]
+    fn retry_never_lands_after_a_valid_token_expires() {
+        let now = ts("2026-01-01T00:00:00Z");
+        let cap = Duration::from_secs(300);
+        let margin = Duration::from_secs(60);
+        // Far expiry: plain backoff.
+        let far = ts("2026-01-01T05:00:00Z");
+        let at = retry_at(now, 9, 1, cap, Some(far), margin);
+        assert!(at > ts("2026-01-01T00:03:00Z") && at <= ts("2026-01-01T00:05:00Z"));
+        // Expiry in 3 minutes: retry at expiry - margin, earlier than the 4-5 minute backoff.
+        let soon = ts("2026-01-01T00:03:00Z");
+        assert_eq!(retry_at(now, 9, 1, cap, Some(soon), margin), ts("2026-01-01T00:02:00Z"));
+        // Already inside the margin: the minimum requeue, never in the past.
+        let lapsing = ts("2026-01-01T00:00:30Z");
+        assert_eq!(retry_at(now, 9, 1, cap, Some(lapsing), margin), ts("2026-01-01T00:00:01Z"));
+    }
+
+    #[test]
+    fn requeue_floor() {
+        let now = ts("2026-01-01T00:00:00Z");
+        assert_eq!(requeue_after(now, ts("2025-01-01T00:00:00Z")), MIN_REQUEUE);
+        assert_eq!(requeue_after(now, ts("2026-01-01T00:00:00.5Z")), MIN_REQUEUE);
+        assert_eq!(
+            requeue_after(now, ts("2026-01-01T00:01:00Z")),
+            Duration::from_secs(60)
+        );
+    }
+}
