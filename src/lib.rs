@@ -9,6 +9,7 @@
 //! - [`http`]: health, readiness, metrics and debug endpoints.
 
 pub mod azure;
+pub mod config;
 pub mod http;
 pub mod k8s;
 pub mod state;

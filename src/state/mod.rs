@@ -1,11 +1,14 @@
 //! The pure decision core: no I/O, no clock, no async. Everything here takes `now` as an
 //! argument so it can be table-tested with literal timestamps.
 
+pub mod binding;
+pub mod decide;
 pub mod dockerconfig;
 pub mod inputs;
 pub mod jwt;
 pub mod names;
 pub mod refresh;
 pub mod scope;
+pub mod selector;
 pub mod server;
 pub mod token;

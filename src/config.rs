@@ -1,0 +1,254 @@
+//! Command-line flags. The old controller's flag names are kept so its Deployment args work
+//! unchanged; every flag can also come from an environment variable (`ACRPULL_<FLAG>`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::state::server::{AllowedSuffixes, DEFAULT_ALLOWED_SUFFIXES};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "acrpull",
+    version,
+    about = "Keeps Azure Container Registry pull secrets fresh for AcrPullBindings, from Azure managed or workload identities."
+)]
+pub struct Cli {
+    /// Address for /metrics and /debug/bindings (":8080" = every interface, so a PodMonitor
+    /// can scrape the pod IP).
+    #[arg(long, env = "ACRPULL_METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = parse_bind)]
+    pub metrics_bind_address: SocketAddr,
+
+    /// Address for /healthz and /readyz.
+    #[arg(long, env = "ACRPULL_HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081", value_parser = parse_bind)]
+    pub health_probe_bind_address: SocketAddr,
+
+    /// Elect a leader through a coordination.k8s.io Lease; only the leader writes.
+    #[arg(long, env = "ACRPULL_LEADER_ELECT", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub leader_elect: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "ACRPULL_LEADER_ELECTION_ID", default_value = "aks.azure.com")]
+    pub leader_election_id: String,
+
+    /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE, else
+    /// kube-system).
+    #[arg(long, env = "ACRPULL_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// How long a Lease is valid without renewal (e.g. 15s).
+    #[arg(long, env = "ACRPULL_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// A leader that cannot renew within this long steps down.
+    #[arg(long, env = "ACRPULL_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+
+    /// How often to try to acquire or renew the Lease.
+    #[arg(long, env = "ACRPULL_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+
+    /// Audience of the ServiceAccount tokens exchanged at Entra for workload identity; must
+    /// match the federated identity credential.
+    #[arg(long, env = "ACRPULL_SERVICE_ACCOUNT_TOKEN_AUDIENCE", default_value = "api://AzureCRTokenExchange")]
+    pub service_account_token_audience: String,
+
+    /// Fraction of a v1beta2 token's lifetime after which it is refreshed, in (0, 1).
+    #[arg(long, env = "ACRPULL_TTL_ROTATION_FRACTION", default_value = "0.5", value_parser = parse_fraction)]
+    pub ttl_rotation_fraction: f64,
+
+    /// Only reconcile AcrPullBindings matching this label selector
+    /// (e.g. "environment!=prod,tier in (frontend,backend)").
+    #[arg(long, env = "ACRPULL_LABEL_SELECTOR", default_value = "", value_parser = parse_selector)]
+    pub label_selector: String,
+
+    /// Registry domain suffixes tokens may be sent to (comma-separated, repeatable).
+    /// Default: azurecr.io, azurecr.us, azurecr.cn. An explicit empty value disables the check.
+    #[arg(long, env = "ACRPULL_ALLOWED_ACR_SERVER_SUFFIXES", value_delimiter = ',', num_args = 0..)]
+    pub allowed_acr_server_suffixes: Option<Vec<String>>,
+
+    /// v1beta1 default registry.
+    #[arg(long = "default-acr-server", env = "ACR_SERVER", default_value = "", hide_env_values = true)]
+    pub acr_server: String,
+
+    /// v1beta1 default managed identity client id.
+    #[arg(long = "default-managed-identity-client-id", env = "MANAGED_IDENTITY_CLIENT_ID", default_value = "")]
+    pub managed_identity_client_id: String,
+
+    /// v1beta1 default managed identity resource id.
+    #[arg(long = "default-managed-identity-resource-id", env = "MANAGED_IDENTITY_RESOURCE_ID", default_value = "")]
+    pub managed_identity_resource_id: String,
+
+    /// v1beta1 IMDS resource (default https://management.azure.com/).
+    #[arg(long = "arm-resource", env = "ARM_RESOURCE")]
+    pub arm_resource: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "ACRPULL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. "info" or "acrpull=debug").
+    #[arg(long, env = "ACRPULL_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Bindings reconciled in parallel.
+    #[arg(long, env = "ACRPULL_CONCURRENCY", default_value = "16", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+
+    /// Serve /debug/bindings on the metrics address.
+    #[arg(long, env = "ACRPULL_DEBUG_ENDPOINT", num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    pub debug_endpoint: bool,
+
+    /// Accept `host:port` registry servers (for tests against a local registry).
+    #[arg(long, env = "ACRPULL_ALLOW_REGISTRY_PORTS", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub allow_registry_ports: bool,
+}
+
+impl Cli {
+    /// The allowed suffixes: the default list unless the flag was given (an explicit empty
+    /// value disables the check).
+    pub fn allowed_suffixes(&self) -> AllowedSuffixes {
+        match &self.allowed_acr_server_suffixes {
+            None => AllowedSuffixes::new(DEFAULT_ALLOWED_SUFFIXES),
+            Some(list) => AllowedSuffixes::new(list),
+        }
+    }
+}
+
+/// Go-style bind addresses: ":8080" means every interface.
+fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    let full = if let Some(port) = s.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| format!("{s:?} is not an address like :8080, 0.0.0.0:8080 or [::]:8080"))
+}
+
+/// Go-style durations: "15s", "1m30s", "500ms", "2h".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 15s, 500ms or 1m30s");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let (num, tail) = rest.split_at(digits);
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let secs = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
+        rest = next;
+    }
+    Ok(total)
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if f > 0.0 && f < 1.0 {
+        Ok(f)
+    } else {
+        Err(format!("{s} must be strictly between 0 and 1"))
+    }
+}
+
+fn parse_selector(s: &str) -> Result<String, String> {
+    crate::state::selector::Selector::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_old_controller() {
+        let cli = Cli::try_parse_from(["acrpull"]).unwrap();
+        assert_eq!(cli.metrics_bind_address, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(cli.health_probe_bind_address, "0.0.0.0:8081".parse().unwrap());
+        assert!(!cli.leader_elect);
+        assert_eq!(cli.leader_election_id, "aks.azure.com");
+        assert_eq!(cli.service_account_token_audience, "api://AzureCRTokenExchange");
+        assert_eq!(cli.ttl_rotation_fraction, 0.5);
+        assert_eq!(cli.allowed_suffixes(), AllowedSuffixes::defaults());
+        assert_eq!(cli.lease_duration, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn go_style_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "acrpull",
+            "--leader-elect=true",
+            "--metrics-bind-address=127.0.0.1:9090",
+            "--allowed-acr-server-suffixes=a.io,b.io",
+            "--allowed-acr-server-suffixes",
+            "c.io",
+            "--label-selector=tier in (a,b),env!=prod",
+        ])
+        .unwrap();
+        assert!(cli.leader_elect);
+        assert_eq!(cli.allowed_suffixes().as_slice(), ["a.io", "b.io", "c.io"]);
+        let cli = Cli::try_parse_from(["acrpull", "--leader-elect"]).unwrap();
+        assert!(cli.leader_elect);
+        let cli = Cli::try_parse_from(["acrpull", "--allowed-acr-server-suffixes="]).unwrap();
+        assert!(cli.allowed_suffixes().is_disabled());
+    }
+
+    #[test]
+    fn bad_flags_fail_fast_with_a_clear_message() {
+        for (args, msg) in [
+            (vec!["--ttl-rotation-fraction=1"], "strictly between 0 and 1"),
+            (vec!["--ttl-rotation-fraction=0"], "strictly between 0 and 1"),
+            (vec!["--ttl-rotation-fraction=x"], "not a number"),
+            (vec!["--metrics-bind-address=localhost"], "not an address"),
+            (vec!["--label-selector=a in (b"], "selector"),
+            (vec!["--lease-duration=fast"], "not a duration"),
+            (vec!["--log-format=xml"], "xml"),
+        ] {
+            let mut argv = vec!["acrpull"];
+            argv.extend(args.iter().copied());
+            let err = Cli::try_parse_from(&argv).unwrap_err().to_string();
+            assert!(err.contains(msg), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        for (s, want) in [
+            ("15s", Duration::from_secs(15)),
+            ("500ms", Duration::from_millis(500)),
+            ("1m30s", Duration::from_secs(90)),
+            ("2h", Duration::from_secs(7200)),
+            ("1.5s", Duration::from_millis(1500)),
+        ] {
+            assert_eq!(parse_duration(s).unwrap(), want, "{s}");
+        }
+        for s in ["", "s", "15", "15x", "-1s"] {
+            assert!(parse_duration(s).is_err(), "{s}");
+        }
+    }
+}
