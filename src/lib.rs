@@ -12,4 +12,5 @@ pub mod azure;
 pub mod config;
 pub mod http;
 pub mod k8s;
+pub mod logging;
 pub mod state;

@@ -1,1 +1,24 @@
-fn main() {}
+//! The `acrpull` binary: parse flags, set up logging, hand over to the library.
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = acrpull::config::Cli::parse();
+    acrpull::logging::init(&cli.log_format, &cli.log_level)?;
+    if cli.allowed_suffixes().is_disabled() {
+        tracing::warn!(
+            "registry suffix check disabled (--allowed-acr-server-suffixes is empty): tokens may be sent to any registry host"
+        );
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        metrics = %cli.metrics_bind_address,
+        probes = %cli.health_probe_bind_address,
+        leader_elect = cli.leader_elect,
+        "acrpull starting"
+    );
+    anyhow::bail!(
+        "this build has the API types, the decision core and the token pipeline, but the \
+         Kubernetes reconcile loop is not wired in yet (issue 5); use a release that has it"
+    )
+}
