@@ -29,7 +29,11 @@ pub struct Cli {
     pub leader_elect: bool,
 
     /// Name of the leader-election Lease.
-    #[arg(long, env = "ACRPULL_LEADER_ELECTION_ID", default_value = "aks.azure.com")]
+    #[arg(
+        long,
+        env = "ACRPULL_LEADER_ELECTION_ID",
+        default_value = "aks.azure.com"
+    )]
     pub leader_election_id: String,
 
     /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE, else
@@ -51,7 +55,11 @@ pub struct Cli {
 
     /// Audience of the ServiceAccount tokens exchanged at Entra for workload identity; must
     /// match the federated identity credential.
-    #[arg(long, env = "ACRPULL_SERVICE_ACCOUNT_TOKEN_AUDIENCE", default_value = "api://AzureCRTokenExchange")]
+    #[arg(
+        long,
+        env = "ACRPULL_SERVICE_ACCOUNT_TOKEN_AUDIENCE",
+        default_value = "api://AzureCRTokenExchange"
+    )]
     pub service_account_token_audience: String,
 
     /// Fraction of a v1beta2 token's lifetime after which it is refreshed, in (0, 1).
@@ -69,15 +77,28 @@ pub struct Cli {
     pub allowed_acr_server_suffixes: Option<Vec<String>>,
 
     /// v1beta1 default registry.
-    #[arg(long = "default-acr-server", env = "ACR_SERVER", default_value = "", hide_env_values = true)]
+    #[arg(
+        long = "default-acr-server",
+        env = "ACR_SERVER",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub acr_server: String,
 
     /// v1beta1 default managed identity client id.
-    #[arg(long = "default-managed-identity-client-id", env = "MANAGED_IDENTITY_CLIENT_ID", default_value = "")]
+    #[arg(
+        long = "default-managed-identity-client-id",
+        env = "MANAGED_IDENTITY_CLIENT_ID",
+        default_value = ""
+    )]
     pub managed_identity_client_id: String,
 
     /// v1beta1 default managed identity resource id.
-    #[arg(long = "default-managed-identity-resource-id", env = "MANAGED_IDENTITY_RESOURCE_ID", default_value = "")]
+    #[arg(
+        long = "default-managed-identity-resource-id",
+        env = "MANAGED_IDENTITY_RESOURCE_ID",
+        default_value = ""
+    )]
     pub managed_identity_resource_id: String,
 
     /// v1beta1 IMDS resource (default https://management.azure.com/).
@@ -159,9 +180,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
-    let f: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number"))?;
+    let f: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if f > 0.0 && f < 1.0 {
         Ok(f)
     } else {
@@ -189,10 +208,16 @@ mod tests {
     fn defaults_match_the_old_controller() {
         let cli = Cli::try_parse_from(["acrpull"]).unwrap();
         assert_eq!(cli.metrics_bind_address, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(cli.health_probe_bind_address, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(
+            cli.health_probe_bind_address,
+            "0.0.0.0:8081".parse().unwrap()
+        );
         assert!(!cli.leader_elect);
         assert_eq!(cli.leader_election_id, "aks.azure.com");
-        assert_eq!(cli.service_account_token_audience, "api://AzureCRTokenExchange");
+        assert_eq!(
+            cli.service_account_token_audience,
+            "api://AzureCRTokenExchange"
+        );
         assert_eq!(cli.ttl_rotation_fraction, 0.5);
         assert_eq!(cli.allowed_suffixes(), AllowedSuffixes::defaults());
         assert_eq!(cli.lease_duration, Duration::from_secs(15));
@@ -221,8 +246,14 @@ mod tests {
     #[test]
     fn bad_flags_fail_fast_with_a_clear_message() {
         for (args, msg) in [
-            (vec!["--ttl-rotation-fraction=1"], "strictly between 0 and 1"),
-            (vec!["--ttl-rotation-fraction=0"], "strictly between 0 and 1"),
+            (
+                vec!["--ttl-rotation-fraction=1"],
+                "strictly between 0 and 1",
+            ),
+            (
+                vec!["--ttl-rotation-fraction=0"],
+                "strictly between 0 and 1",
+            ),
             (vec!["--ttl-rotation-fraction=x"], "not a number"),
             (vec!["--metrics-bind-address=localhost"], "not an address"),
             (vec!["--label-selector=a in (b"], "selector"),

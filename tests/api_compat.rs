@@ -50,7 +50,10 @@ fn old_v1beta2_objects_round_trip() {
     let original = fixture("old-v1beta2-managed-airgapped.yaml");
     let b: v1beta2::AcrPullBinding = round_trip(&original);
     let cc = b.spec.acr.cloud_config.unwrap();
-    assert_eq!(cc.resource_manager_audience, "https://management.airgap.example/");
+    assert_eq!(
+        cc.resource_manager_audience,
+        "https://management.airgap.example/"
+    );
 }
 
 #[test]
@@ -134,7 +137,15 @@ fn crd_carries_the_fixed_air_gapped_rule_and_api_shape() {
             .collect();
         assert_eq!(
             columns,
-            ["Server", "Scope", "Target", "Phase", "Last Refresh", "Expiration", "Error"]
+            [
+                "Server",
+                "Scope",
+                "Target",
+                "Phase",
+                "Last Refresh",
+                "Expiration",
+                "Error"
+            ]
         );
     }
     // The only schema default is the environment.

@@ -234,12 +234,14 @@ impl Static {
                     reason: "ServiceAccountNotFound",
                     message: format!("service account {service_account:?} not found"),
                 })?;
-                let missing = |annotation: &str| Invalid {
+                let missing = |annotation: &str| {
+                    Invalid {
                     reason: "InvalidSpec",
                     message: format!(
                         "service account {service_account:?} is missing the {annotation} annotation; \
                          annotate it or set spec.auth.workloadIdentity.clientID and tenantID"
                     ),
+                }
                 };
                 let client_id = non_empty(&sa.client_id_annotation)
                     .ok_or_else(|| missing(WI_CLIENT_ID_ANNOTATION))?;
@@ -290,10 +292,12 @@ fn validate_v1beta1(name: &str, s: &V1beta1Spec, policy: &Policy) -> Result<Stat
     } else {
         cleaned
     };
-    let registry = check_server(server, &policy.allowed_suffixes, policy.allow_ports)
-        .map_err(|e| Invalid {
-            reason: e.reason(),
-            message: e.to_string(),
+    let registry =
+        check_server(server, &policy.allowed_suffixes, policy.allow_ports).map_err(|e| {
+            Invalid {
+                reason: e.reason(),
+                message: e.to_string(),
+            }
         })?;
     let scope = if s.scope.trim().is_empty() {
         None
@@ -301,7 +305,11 @@ fn validate_v1beta1(name: &str, s: &V1beta1Spec, policy: &Policy) -> Result<Stat
         Some(scope_of(&s.scope)?)
     };
     let identity = if !client_id.is_empty() {
-        check_guidish("managedIdentityClientID", client_id, "spec.managedIdentityClientID")?;
+        check_guidish(
+            "managedIdentityClientID",
+            client_id,
+            "spec.managedIdentityClientID",
+        )?;
         IdentitySpec::ManagedClientId(client_id.to_string())
     } else if !resource_id.is_empty() {
         check_resource_id(&resource_id)?;
@@ -337,10 +345,12 @@ fn validate_v1beta1(name: &str, s: &V1beta1Spec, policy: &Policy) -> Result<Stat
 }
 
 fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Static, Invalid> {
-    let registry = check_server(&s.server, &policy.allowed_suffixes, policy.allow_ports)
-        .map_err(|e| Invalid {
-            reason: e.reason(),
-            message: e.to_string(),
+    let registry =
+        check_server(&s.server, &policy.allowed_suffixes, policy.allow_ports).map_err(|e| {
+            Invalid {
+                reason: e.reason(),
+                message: e.to_string(),
+            }
         })?;
     let scope = scope_of(&s.scope)?;
     let cloud = match (s.environment.as_str(), &s.cloud_config) {
@@ -383,11 +393,9 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
         }
     };
     let auth = match (&s.managed, &s.workload) {
-        (Some(_), Some(_)) => {
-            return Err(Invalid::spec(
-                "set exactly one of spec.auth.managedIdentity and spec.auth.workloadIdentity, not both",
-            ))
-        }
+        (Some(_), Some(_)) => return Err(Invalid::spec(
+            "set exactly one of spec.auth.managedIdentity and spec.auth.workloadIdentity, not both",
+        )),
         (None, None) => {
             return Err(Invalid::spec(
                 "set one of spec.auth.managedIdentity or spec.auth.workloadIdentity",

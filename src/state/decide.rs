@@ -164,8 +164,7 @@ impl DesiredStatus {
             && current.next_refresh == self.next_refresh
             && current.consecutive_failures == self.consecutive_failures
             && current.observed_generation == Some(self.observed_generation)
-            && current.ready
-                == Some((self.ready, self.reason.to_string(), self.message.clone()))
+            && current.ready == Some((self.ready, self.reason.to_string(), self.message.clone()))
     }
 }
 
@@ -278,7 +277,12 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
             phase: current_phase,
             plan: Plan::DetachExtraneous {
                 service_account: sa.name.clone(),
-                pull_secrets: sa.pull_secrets.iter().filter(|n| !is_own(n)).cloned().collect(),
+                pull_secrets: sa
+                    .pull_secrets
+                    .iter()
+                    .filter(|n| !is_own(n))
+                    .cloned()
+                    .collect(),
             },
         };
     }
@@ -353,10 +357,7 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         };
     }
     let secret = secret.expect("mint_reason is None only when the secret exists");
-    let (expiry, refresh) = (
-        secret.expiry.unwrap_or(now),
-        secret.refresh.unwrap_or(now),
-    );
+    let (expiry, refresh) = (secret.expiry.unwrap_or(now), secret.refresh.unwrap_or(now));
 
     // Rule 8: attach, keeping the order.
     if !target.pull_secrets.contains(&resolved.secret_name) {
@@ -559,7 +560,12 @@ fn cleanup_step(o: &Observed) -> CleanupStep {
         if sa.pull_secrets.iter().any(is_own) {
             return CleanupStep::Detach {
                 service_account: sa.name.clone(),
-                pull_secrets: sa.pull_secrets.iter().filter(|n| !is_own(n)).cloned().collect(),
+                pull_secrets: sa
+                    .pull_secrets
+                    .iter()
+                    .filter(|n| !is_own(n))
+                    .cloned()
+                    .collect(),
             };
         }
     }

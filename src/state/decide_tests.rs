@@ -1,9 +1,7 @@
 //! Table tests of the decision core: one literal scenario per SPEC §4 rule and §10 input.
 
 use super::*;
-use crate::state::binding::{
-    EnvDefaults, IdentitySpec, V1beta1Spec, V1beta2Spec, WorkloadSpec,
-};
+use crate::state::binding::{EnvDefaults, IdentitySpec, V1beta1Spec, V1beta2Spec, WorkloadSpec};
 use crate::state::inputs;
 
 const CID: &str = "1b461305-28be-5271-beda-bd9fd2e24251";
@@ -126,7 +124,12 @@ fn ready(mut o: Observed) -> Observed {
         Version::V1beta1 => "app-msi-acrpull-secret",
         Version::V1beta2 => "acr-pull-app",
     };
-    o.secrets = vec![secret_for(&o, name, "2026-01-01T11:50:00Z", "2026-01-01T15:00:00Z")];
+    o.secrets = vec![secret_for(
+        &o,
+        name,
+        "2026-01-01T11:50:00Z",
+        "2026-01-01T15:00:00Z",
+    )];
     let target = o.target_service_account.as_mut().unwrap();
     target.pull_secrets.push(name.into());
     o.referencing_service_accounts = vec![target.clone()];
@@ -141,14 +144,20 @@ fn ready(mut o: Observed) -> Observed {
         next_refresh: desired.next_refresh,
         consecutive_failures: desired.consecutive_failures,
         observed_generation: Some(desired.observed_generation),
-        ready: Some((desired.ready, desired.reason.into(), desired.message.clone())),
+        ready: Some((
+            desired.ready,
+            desired.reason.into(),
+            desired.message.clone(),
+        )),
     };
     o
 }
 
 fn mint_identity(d: &Decision) -> (&IdentitySpec, MintReason) {
     match &d.plan {
-        Plan::Mint { request, reason, .. } => (&request.identity, *reason),
+        Plan::Mint {
+            request, reason, ..
+        } => (&request.identity, *reason),
         other => panic!("expected Mint, got {other:?}"),
     }
 }
@@ -158,7 +167,11 @@ fn failed_with(d: &Decision, reason: &str, message: &str) {
     match &d.plan {
         Plan::Fail { status, .. } => {
             assert_eq!(status.reason, reason, "{d:?}");
-            assert!(status.error.contains(message), "{:?} !~ {message}", status.error);
+            assert!(
+                status.error.contains(message),
+                "{:?} !~ {message}",
+                status.error
+            );
             assert!(!status.ready);
         }
         other => panic!("expected Fail, got {other:?}"),
@@ -171,7 +184,13 @@ fn new_binding_gets_a_finalizer_first() {
         let mut o = observed(spec);
         o.binding.has_finalizer = false;
         let d = decide(&o, now(), &policy());
-        assert_eq!(d, Decision { phase: Phase::Pending, plan: Plan::AddFinalizer });
+        assert_eq!(
+            d,
+            Decision {
+                phase: Phase::Pending,
+                plan: Plan::AddFinalizer
+            }
+        );
     }
 }
 
@@ -187,7 +206,10 @@ fn label_selector_mismatch_is_ignored_entirely() {
 fn minting_for_a_missing_secret_each_identity_kind() {
     // v1beta1 client id, v1beta1 resource id (path-cleaned), v1beta2 client id, resource id.
     let cases: Vec<(Spec, IdentitySpec)> = vec![
-        (Spec::V1beta1(v1(CID, "")), IdentitySpec::ManagedClientId(CID.into())),
+        (
+            Spec::V1beta1(v1(CID, "")),
+            IdentitySpec::ManagedClientId(CID.into()),
+        ),
         (
             Spec::V1beta1(v1("", &format!("{RID}/"))),
             IdentitySpec::ManagedResourceId(RID.into()),
@@ -196,7 +218,10 @@ fn minting_for_a_missing_secret_each_identity_kind() {
             Spec::V1beta1(v1("", &RID.replace("/resourceGroups", "//resourceGroups"))),
             IdentitySpec::ManagedResourceId(RID.into()),
         ),
-        (Spec::V1beta2(v2_managed()), IdentitySpec::ManagedClientId(CID.into())),
+        (
+            Spec::V1beta2(v2_managed()),
+            IdentitySpec::ManagedClientId(CID.into()),
+        ),
         (
             Spec::V1beta2(V1beta2Spec {
                 managed: Some((String::new(), RID.into())),
@@ -234,24 +259,36 @@ fn v1beta1_defaults_come_from_the_environment() {
     };
     let o = observed(Spec::V1beta1(V1beta1Spec::default()));
     let d = decide(&o, now(), &p);
-    let Plan::Mint { request, .. } = &d.plan else { panic!("{d:?}") };
+    let Plan::Mint { request, .. } = &d.plan else {
+        panic!("{d:?}")
+    };
     assert_eq!(request.registry.host, "env.azurecr.io");
     assert_eq!(request.identity, IdentitySpec::ManagedClientId(CID.into()));
     assert_eq!(request.target_service_account, "default");
-    assert_eq!(request.scope, None, "empty v1beta1 scope is an unscoped token");
+    assert_eq!(
+        request.scope, None,
+        "empty v1beta1 scope is an unscoped token"
+    );
     assert_eq!(
         request.arm_resource_override.as_deref(),
         Some("https://management.usgovcloudapi.net/")
     );
     assert_eq!(request.secret_name, "app-msi-acrpull-secret");
-    assert_eq!(request.inputs_hash, inputs::v1beta1(CID, "", "env.azurecr.io", ""));
+    assert_eq!(
+        request.inputs_hash,
+        inputs::v1beta1(CID, "", "env.azurecr.io", "")
+    );
 }
 
 #[test]
 fn workload_identity_uses_service_account_ref_and_its_annotations() {
     let mut o = observed(Spec::V1beta2(v2_workload(false)));
     // The referenced SA is missing: fail naming it, no mint.
-    failed_with(&decide(&o, now(), &policy()), "ServiceAccountNotFound", "\"fed\" not found");
+    failed_with(
+        &decide(&o, now(), &policy()),
+        "ServiceAccountNotFound",
+        "\"fed\" not found",
+    );
     // Present but not annotated.
     o.workload_service_account = Some(sa("fed", &[]));
     failed_with(
@@ -259,15 +296,24 @@ fn workload_identity_uses_service_account_ref_and_its_annotations() {
         "InvalidSpec",
         "missing the azure.workload.identity/client-id annotation",
     );
-    o.workload_service_account.as_mut().unwrap().client_id_annotation = Some(CID.into());
+    o.workload_service_account
+        .as_mut()
+        .unwrap()
+        .client_id_annotation = Some(CID.into());
     failed_with(
         &decide(&o, now(), &policy()),
         "InvalidSpec",
         "missing the azure.workload.identity/tenant-id annotation",
     );
-    o.workload_service_account.as_mut().unwrap().tenant_id_annotation = Some("bad tenant!".into());
+    o.workload_service_account
+        .as_mut()
+        .unwrap()
+        .tenant_id_annotation = Some("bad tenant!".into());
     failed_with(&decide(&o, now(), &policy()), "InvalidSpec", "tenant id");
-    o.workload_service_account.as_mut().unwrap().tenant_id_annotation = Some(TID.into());
+    o.workload_service_account
+        .as_mut()
+        .unwrap()
+        .tenant_id_annotation = Some(TID.into());
     let d = decide(&o, now(), &policy());
     let (identity, _) = mint_identity(&d);
     // The token is minted for serviceAccountRef, not the target ("puller"): SPEC §11.
@@ -286,14 +332,28 @@ fn missing_target_service_account_fails_and_waits_for_it() {
     let mut o = observed(Spec::V1beta2(v2_managed()));
     o.target_service_account = None;
     let d = decide(&o, now(), &policy());
-    failed_with(&d, "ServiceAccountNotFound", "service account \"puller\" not found");
-    let Plan::Fail { retry_at, .. } = d.plan else { unreachable!() };
-    assert!(retry_at.is_some(), "re-checked with backoff, and on SA creation via the watch");
+    failed_with(
+        &d,
+        "ServiceAccountNotFound",
+        "service account \"puller\" not found",
+    );
+    let Plan::Fail { retry_at, .. } = d.plan else {
+        unreachable!()
+    };
+    assert!(
+        retry_at.is_some(),
+        "re-checked with backoff, and on SA creation via the watch"
+    );
 }
 
 #[test]
 fn disallowed_registry_fails_before_any_token_call() {
-    for server in ["evil-azurecr.io", "azurecr.io.evil.com", "10.0.0.1", "x.example.com"] {
+    for server in [
+        "evil-azurecr.io",
+        "azurecr.io.evil.com",
+        "10.0.0.1",
+        "x.example.com",
+    ] {
         let o = observed(Spec::V1beta2(V1beta2Spec {
             server: server.into(),
             ..v2_managed()
@@ -306,40 +366,113 @@ fn disallowed_registry_fails_before_any_token_call() {
         server: "evil.example.com".into(),
         ..v2_managed()
     }));
-    failed_with(&decide(&o, now(), &policy()), "RegistryNotAllowed", "not under an allowed");
+    failed_with(
+        &decide(&o, now(), &policy()),
+        "RegistryNotAllowed",
+        "not under an allowed",
+    );
 }
 
 #[test]
 fn bad_input_of_spec_10_fails_with_actionable_messages() {
     let long_sa = "a".repeat(254);
     let cases: Vec<(V1beta2Spec, &str)> = vec![
-        (V1beta2Spec { server: String::new(), ..v2_managed() }, "server is empty"),
-        (V1beta2Spec { server: "https://x.azurecr.io".into(), ..v2_managed() }, "scheme"),
-        (V1beta2Spec { server: "x.azurecr.io/path".into(), ..v2_managed() }, "path"),
-        (V1beta2Spec { server: "u@x.azurecr.io".into(), ..v2_managed() }, "user information"),
-        (V1beta2Spec { server: "x.azurecr.io:443".into(), ..v2_managed() }, "port"),
-        (V1beta2Spec { scope: String::new(), ..v2_managed() }, "scope is empty"),
-        (V1beta2Spec { scope: "repository:*:pull".into(), ..v2_managed() }, "wildcard"),
-        (V1beta2Spec { scope: "pull".into(), ..v2_managed() }, "type:name:actions"),
-        (V1beta2Spec { managed: None, ..v2_managed() }, "set one of"),
         (
-            V1beta2Spec { workload: v2_workload(true).workload, ..v2_managed() },
+            V1beta2Spec {
+                server: String::new(),
+                ..v2_managed()
+            },
+            "server is empty",
+        ),
+        (
+            V1beta2Spec {
+                server: "https://x.azurecr.io".into(),
+                ..v2_managed()
+            },
+            "scheme",
+        ),
+        (
+            V1beta2Spec {
+                server: "x.azurecr.io/path".into(),
+                ..v2_managed()
+            },
+            "path",
+        ),
+        (
+            V1beta2Spec {
+                server: "u@x.azurecr.io".into(),
+                ..v2_managed()
+            },
+            "user information",
+        ),
+        (
+            V1beta2Spec {
+                server: "x.azurecr.io:443".into(),
+                ..v2_managed()
+            },
+            "port",
+        ),
+        (
+            V1beta2Spec {
+                scope: String::new(),
+                ..v2_managed()
+            },
+            "scope is empty",
+        ),
+        (
+            V1beta2Spec {
+                scope: "repository:*:pull".into(),
+                ..v2_managed()
+            },
+            "wildcard",
+        ),
+        (
+            V1beta2Spec {
+                scope: "pull".into(),
+                ..v2_managed()
+            },
+            "type:name:actions",
+        ),
+        (
+            V1beta2Spec {
+                managed: None,
+                ..v2_managed()
+            },
+            "set one of",
+        ),
+        (
+            V1beta2Spec {
+                workload: v2_workload(true).workload,
+                ..v2_managed()
+            },
             "not both",
         ),
         (
-            V1beta2Spec { managed: Some((CID.into(), RID.into())), ..v2_managed() },
+            V1beta2Spec {
+                managed: Some((CID.into(), RID.into())),
+                ..v2_managed()
+            },
             "clientID or resourceID, not both",
         ),
         (
-            V1beta2Spec { managed: Some((String::new(), String::new())), ..v2_managed() },
+            V1beta2Spec {
+                managed: Some((String::new(), String::new())),
+                ..v2_managed()
+            },
             "set clientID or resourceID",
         ),
         (
-            V1beta2Spec { managed: Some(("not-a-guid".into(), String::new())), ..v2_managed() },
+            V1beta2Spec {
+                managed: Some(("not-a-guid".into(), String::new())),
+                ..v2_managed()
+            },
             "not a GUID",
         ),
         (
-            V1beta2Spec { managed: Some((String::new(), "/bad".into())), ..v2_managed() },
+            V1beta2Spec {
+                managed: Some((String::new(), "/bad".into())),
+                ..v2_managed()
+            },
             "must look like /subscriptions",
         ),
         (
@@ -360,8 +493,20 @@ fn bad_input_of_spec_10_fails_with_actionable_messages() {
             },
             "serviceAccountRef is required",
         ),
-        (V1beta2Spec { environment: "AirgappedCloud".into(), ..v2_managed() }, "needs spec.acr.cloudConfig"),
-        (V1beta2Spec { environment: "ArigappedCloud".into(), ..v2_managed() }, "unknown environment"),
+        (
+            V1beta2Spec {
+                environment: "AirgappedCloud".into(),
+                ..v2_managed()
+            },
+            "needs spec.acr.cloudConfig",
+        ),
+        (
+            V1beta2Spec {
+                environment: "ArigappedCloud".into(),
+                ..v2_managed()
+            },
+            "unknown environment",
+        ),
         (
             V1beta2Spec {
                 cloud_config: Some(("https://login.x".into(), "https://mgmt.x".into())),
@@ -385,32 +530,64 @@ fn bad_input_of_spec_10_fails_with_actionable_messages() {
             },
             "needs both",
         ),
-        (V1beta2Spec { service_account_name: String::new(), ..v2_managed() }, "serviceAccountName is required"),
-        (V1beta2Spec { service_account_name: long_sa, ..v2_managed() }, "not a valid ServiceAccount name"),
-        (V1beta2Spec { service_account_name: "Bad_Name".into(), ..v2_managed() }, "not a valid ServiceAccount name"),
+        (
+            V1beta2Spec {
+                service_account_name: String::new(),
+                ..v2_managed()
+            },
+            "serviceAccountName is required",
+        ),
+        (
+            V1beta2Spec {
+                service_account_name: long_sa,
+                ..v2_managed()
+            },
+            "not a valid ServiceAccount name",
+        ),
+        (
+            V1beta2Spec {
+                service_account_name: "Bad_Name".into(),
+                ..v2_managed()
+            },
+            "not a valid ServiceAccount name",
+        ),
     ];
     for (spec, message) in cases {
         let mut o = observed(Spec::V1beta2(spec.clone()));
         o.target_service_account = Some(sa(&spec.service_account_name, &[]));
         let d = decide(&o, now(), &policy());
         failed_with(&d, "InvalidSpec", message);
-        let Plan::Fail { retry_at, .. } = d.plan else { unreachable!() };
-        assert_eq!(retry_at, None, "spec errors wait for a spec change: {message}");
+        let Plan::Fail { retry_at, .. } = d.plan else {
+            unreachable!()
+        };
+        assert_eq!(
+            retry_at, None,
+            "spec errors wait for a spec change: {message}"
+        );
     }
     // v1beta1 without any identity.
     let o = observed(Spec::V1beta1(v1("", "")));
-    failed_with(&decide(&o, now(), &policy()), "InvalidSpec", "no managed identity");
+    failed_with(
+        &decide(&o, now(), &policy()),
+        "InvalidSpec",
+        "no managed identity",
+    );
 }
 
 #[test]
 fn air_gapped_bindings_with_cloud_config_are_served() {
     let o = observed(Spec::V1beta2(V1beta2Spec {
         environment: "AirgappedCloud".into(),
-        cloud_config: Some(("https://login.airgap.example/".into(), "https://mgmt.airgap.example/".into())),
+        cloud_config: Some((
+            "https://login.airgap.example/".into(),
+            "https://mgmt.airgap.example/".into(),
+        )),
         ..v2_managed()
     }));
     let d = decide(&o, now(), &policy());
-    let Plan::Mint { request, .. } = &d.plan else { panic!("{d:?}") };
+    let Plan::Mint { request, .. } = &d.plan else {
+        panic!("{d:?}")
+    };
     assert_eq!(
         request.cloud,
         crate::state::binding::CloudSpec::Airgapped {
@@ -423,16 +600,30 @@ fn air_gapped_bindings_with_cloud_config_are_served() {
 #[test]
 fn attaching_honours_the_ordering() {
     let mut o = observed(Spec::V1beta2(v2_managed()));
-    o.secrets = vec![secret_for(&o, "acr-pull-app", "2026-01-01T11:50:00Z", "2026-01-01T15:00:00Z")];
-    o.target_service_account = Some(sa("puller", &["zz-msi-acrpull-secret", "mine", "acr-pull-zed", "another"]));
+    o.secrets = vec![secret_for(
+        &o,
+        "acr-pull-app",
+        "2026-01-01T11:50:00Z",
+        "2026-01-01T15:00:00Z",
+    )];
+    o.target_service_account = Some(sa(
+        "puller",
+        &["zz-msi-acrpull-secret", "mine", "acr-pull-zed", "another"],
+    ));
     let d = decide(&o, now(), &policy());
     assert_eq!(
         d.plan,
         Plan::Attach {
             service_account: "puller".into(),
-            pull_secrets: ["another", "mine", "acr-pull-app", "acr-pull-zed", "zz-msi-acrpull-secret"]
-                .map(String::from)
-                .to_vec(),
+            pull_secrets: [
+                "another",
+                "mine",
+                "acr-pull-app",
+                "acr-pull-zed",
+                "zz-msi-acrpull-secret"
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     );
 }
@@ -441,19 +632,29 @@ fn attaching_honours_the_ordering() {
 fn status_is_updated_from_the_secret_then_nothing_until_the_boundary() {
     let o = ready(observed(Spec::V1beta2(v2_managed())));
     let d = decide(&o, now(), &policy());
-    let Plan::Wait { until } = d.plan else { panic!("{d:?}") };
+    let Plan::Wait { until } = d.plan else {
+        panic!("{d:?}")
+    };
     assert_eq!(d.phase, Phase::Ready);
     // Boundary for refresh 11:50, expiry 15:00, fraction 0.5 is 13:25, pulled earlier by jitter
     // of at most 10 % of the 95-minute window.
-    assert!(until <= ts("2026-01-01T13:25:00Z") && until >= ts("2026-01-01T13:15:30Z"), "{until}");
+    assert!(
+        until <= ts("2026-01-01T13:25:00Z") && until >= ts("2026-01-01T13:15:30Z"),
+        "{until}"
+    );
     assert_eq!(o.binding.status.next_refresh, Some(until));
     // Out-of-date status (e.g. an old controller's, or a stale generation) is rewritten.
     let mut stale = o.clone();
     stale.binding.generation = 2;
-    assert!(matches!(decide(&stale, now(), &policy()).plan, Plan::WriteStatus(_)));
+    assert!(matches!(
+        decide(&stale, now(), &policy()).plan,
+        Plan::WriteStatus(_)
+    ));
     let mut old_error = o.clone();
     old_error.binding.status.error = "previous failure".into();
-    let Plan::WriteStatus(s) = decide(&old_error, now(), &policy()).plan else { panic!() };
+    let Plan::WriteStatus(s) = decide(&old_error, now(), &policy()).plan else {
+        panic!()
+    };
     assert!(s.error.is_empty() && s.ready && s.reason == "TokenIssued");
 }
 
@@ -463,14 +664,27 @@ fn expiring_secret_is_re_minted_and_v1beta1_uses_its_own_boundary() {
     let at = o.binding.status.next_refresh.unwrap();
     let d = decide(&o, at, &policy());
     assert_eq!(d.phase, Phase::Refreshing);
-    let Plan::Mint { reason, current_expiry, .. } = d.plan else { panic!() };
+    let Plan::Mint {
+        reason,
+        current_expiry,
+        ..
+    } = d.plan
+    else {
+        panic!()
+    };
     assert_eq!(reason, MintReason::Due);
     assert_eq!(current_expiry, Some(ts("2026-01-01T15:00:00Z")));
 
     let o = ready(observed(Spec::V1beta1(v1(CID, ""))));
     // v1beta1 refreshes 30 minutes before expiry (15:00), jitter at most 10 % earlier.
-    assert!(matches!(decide(&o, ts("2026-01-01T14:10:00Z"), &policy()).plan, Plan::Wait { .. }));
-    assert!(matches!(decide(&o, ts("2026-01-01T14:30:00Z"), &policy()).plan, Plan::Mint { .. }));
+    assert!(matches!(
+        decide(&o, ts("2026-01-01T14:10:00Z"), &policy()).plan,
+        Plan::Wait { .. }
+    ));
+    assert!(matches!(
+        decide(&o, ts("2026-01-01T14:30:00Z"), &policy()).plan,
+        Plan::Mint { .. }
+    ));
 }
 
 #[test]
@@ -489,13 +703,31 @@ fn unreadable_or_foreign_secret_is_re_minted() {
 #[test]
 fn input_changes_re_mint() {
     let base = ready(observed(Spec::V1beta2(v2_managed())));
-    let Spec::V1beta2(spec) = &base.binding.spec else { unreachable!() };
+    let Spec::V1beta2(spec) = &base.binding.spec else {
+        unreachable!()
+    };
     let changes: Vec<V1beta2Spec> = vec![
-        V1beta2Spec { server: "other.azurecr.io".into(), ..spec.clone() },
-        V1beta2Spec { scope: "repository:other:pull".into(), ..spec.clone() },
-        V1beta2Spec { managed: Some(("2b461305-28be-5271-beda-bd9fd2e24251".into(), String::new())), ..spec.clone() },
-        V1beta2Spec { managed: Some((String::new(), RID.into())), ..spec.clone() },
-        V1beta2Spec { environment: "ChinaCloud".into(), server: "x.azurecr.cn".into(), ..spec.clone() },
+        V1beta2Spec {
+            server: "other.azurecr.io".into(),
+            ..spec.clone()
+        },
+        V1beta2Spec {
+            scope: "repository:other:pull".into(),
+            ..spec.clone()
+        },
+        V1beta2Spec {
+            managed: Some(("2b461305-28be-5271-beda-bd9fd2e24251".into(), String::new())),
+            ..spec.clone()
+        },
+        V1beta2Spec {
+            managed: Some((String::new(), RID.into())),
+            ..spec.clone()
+        },
+        V1beta2Spec {
+            environment: "ChinaCloud".into(),
+            server: "x.azurecr.cn".into(),
+            ..spec.clone()
+        },
         v2_workload(true),
     ];
     for changed in changes {
@@ -511,7 +743,10 @@ fn input_changes_re_mint() {
     let base = ready(observed(Spec::V1beta1(v1(CID, ""))));
     let mut o = base.clone();
     o.binding.spec = Spec::V1beta1(v1("2b461305-28be-5271-beda-bd9fd2e24251", ""));
-    assert_eq!(mint_identity(&decide(&o, now(), &policy())).1, MintReason::InputsChanged);
+    assert_eq!(
+        mint_identity(&decide(&o, now(), &policy())).1,
+        MintReason::InputsChanged
+    );
 }
 
 #[test]
@@ -519,7 +754,9 @@ fn user_changes_the_target_service_account() {
     // Converged on "puller", then serviceAccountName changes to "other".
     let base = ready(observed(Spec::V1beta2(v2_managed())));
     let mut o = base.clone();
-    let Spec::V1beta2(spec) = &mut o.binding.spec else { unreachable!() };
+    let Spec::V1beta2(spec) = &mut o.binding.spec else {
+        unreachable!()
+    };
     spec.service_account_name = "other".into();
     o.binding.generation = 2;
     o.target_service_account = Some(sa("other", &["mine"]));
@@ -527,27 +764,48 @@ fn user_changes_the_target_service_account() {
     let d = decide(&o, now(), &policy());
     assert_eq!(
         d.plan,
-        Plan::DetachExtraneous { service_account: "puller".into(), pull_secrets: vec![] }
+        Plan::DetachExtraneous {
+            service_account: "puller".into(),
+            pull_secrets: vec![]
+        }
     );
     // After the detach, the inputs hash (includes the SA name) forces a re-mint.
     o.referencing_service_accounts.clear();
-    assert_eq!(mint_identity(&decide(&o, now(), &policy())).1, MintReason::InputsChanged);
+    assert_eq!(
+        mint_identity(&decide(&o, now(), &policy())).1,
+        MintReason::InputsChanged
+    );
     // Mid-cleanup change: the target changes again while "puller" still references it —
     // still detached from every non-target SA first.
     let mut o2 = o.clone();
-    o2.referencing_service_accounts = vec![sa("puller", &["acr-pull-app", "keep"]), sa("other", &["acr-pull-app"])];
+    o2.referencing_service_accounts = vec![
+        sa("puller", &["acr-pull-app", "keep"]),
+        sa("other", &["acr-pull-app"]),
+    ];
     assert_eq!(
         decide(&o2, now(), &policy()).plan,
-        Plan::DetachExtraneous { service_account: "puller".into(), pull_secrets: vec!["keep".into()] }
+        Plan::DetachExtraneous {
+            service_account: "puller".into(),
+            pull_secrets: vec!["keep".into()]
+        }
     );
 }
 
 #[test]
 fn extraneous_secret_is_detached_and_deleted() {
     let mut o = ready(observed(Spec::V1beta2(v2_managed())));
-    let old = secret_for(&o, "app-msi-acrpull-secret", "2026-01-01T11:50:00Z", "2026-01-01T15:00:00Z");
+    let old = secret_for(
+        &o,
+        "app-msi-acrpull-secret",
+        "2026-01-01T11:50:00Z",
+        "2026-01-01T15:00:00Z",
+    );
     o.secrets.push(old);
-    o.target_service_account.as_mut().unwrap().pull_secrets.push("app-msi-acrpull-secret".into());
+    o.target_service_account
+        .as_mut()
+        .unwrap()
+        .pull_secrets
+        .push("app-msi-acrpull-secret".into());
     let d = decide(&o, now(), &policy());
     assert_eq!(
         d.plan,
@@ -562,11 +820,15 @@ fn extraneous_secret_is_detached_and_deleted() {
 fn deletion_unwinds_in_order() {
     let mut o = ready(observed(Spec::V1beta2(v2_managed())));
     o.binding.deleting = true;
-    o.target_service_account.as_mut().unwrap().pull_secrets = vec!["mine".into(), "acr-pull-app".into()];
+    o.target_service_account.as_mut().unwrap().pull_secrets =
+        vec!["mine".into(), "acr-pull-app".into()];
     o.referencing_service_accounts = vec![o.target_service_account.clone().unwrap()];
     assert_eq!(
         decide(&o, now(), &policy()).plan,
-        Plan::Cleanup(CleanupStep::Detach { service_account: "puller".into(), pull_secrets: vec!["mine".into()] })
+        Plan::Cleanup(CleanupStep::Detach {
+            service_account: "puller".into(),
+            pull_secrets: vec!["mine".into()]
+        })
     );
     o.target_service_account.as_mut().unwrap().pull_secrets = vec!["mine".into()];
     o.referencing_service_accounts.clear();
@@ -575,13 +837,22 @@ fn deletion_unwinds_in_order() {
         Plan::Cleanup(CleanupStep::DeleteSecret("acr-pull-app".into()))
     );
     o.secrets.clear();
-    assert_eq!(decide(&o, now(), &policy()).plan, Plan::Cleanup(CleanupStep::RemoveFinalizer));
+    assert_eq!(
+        decide(&o, now(), &policy()).plan,
+        Plan::Cleanup(CleanupStep::RemoveFinalizer)
+    );
     // Missing ServiceAccount is fine.
     o.target_service_account = None;
-    assert_eq!(decide(&o, now(), &policy()).plan, Plan::Cleanup(CleanupStep::RemoveFinalizer));
+    assert_eq!(
+        decide(&o, now(), &policy()).plan,
+        Plan::Cleanup(CleanupStep::RemoveFinalizer)
+    );
     // Deletion of an invalid binding also unwinds (validation is not consulted).
     o.binding.spec = Spec::V1beta2(V1beta2Spec::default());
-    assert_eq!(decide(&o, now(), &policy()).plan, Plan::Cleanup(CleanupStep::RemoveFinalizer));
+    assert_eq!(
+        decide(&o, now(), &policy()).plan,
+        Plan::Cleanup(CleanupStep::RemoveFinalizer)
+    );
     // Without our finalizer, a deleting binding is left alone.
     o.binding.has_finalizer = false;
     assert_eq!(decide(&o, now(), &policy()).plan, Plan::Ignore);
@@ -609,13 +880,25 @@ fn a_failed_refresh_keeps_the_working_secret_and_retries_before_expiry() {
     // While backing off, the decision waits (no Mint, never a delete of the secret).
     let mut failing = o.clone();
     failing.binding.status.consecutive_failures = 1;
-    failing.last_failure = Some(Failure { reason: "Throttled", message: "x".into(), at: due, not_before: None });
-    let d = decide(&failing, add(due, std::time::Duration::from_millis(500)), &policy());
+    failing.last_failure = Some(Failure {
+        reason: "Throttled",
+        message: "x".into(),
+        at: due,
+        not_before: None,
+    });
+    let d = decide(
+        &failing,
+        add(due, std::time::Duration::from_millis(500)),
+        &policy(),
+    );
     assert_eq!(d.phase, Phase::Failed);
     assert!(matches!(d.plan, Plan::Wait { .. }), "{d:?}");
     // Once the backoff has passed, it mints again.
     let later = add(due, std::time::Duration::from_secs(10));
-    assert!(matches!(decide(&failing, later, &policy()).plan, Plan::Mint { .. }));
+    assert!(matches!(
+        decide(&failing, later, &policy()).plan,
+        Plan::Mint { .. }
+    ));
 }
 
 #[test]
@@ -625,7 +908,14 @@ fn backoff_grows_per_binding() {
     let mut o2 = o.clone();
     for failures in 0..6u32 {
         o2.binding.status.consecutive_failures = failures;
-        let (s, at) = after_mint_failure(&o2, "AzureUnavailable", "down".into(), None, now(), &policy());
+        let (s, at) = after_mint_failure(
+            &o2,
+            "AzureUnavailable",
+            "down".into(),
+            None,
+            now(),
+            &policy(),
+        );
         assert_eq!(s.consecutive_failures, failures + 1);
         assert!(at > last, "backoff grows");
         last = at;
@@ -635,8 +925,13 @@ fn backoff_grows_per_binding() {
 
 #[test]
 fn same_failure_twice_is_not_rewritten() {
-    let mut o = observed(Spec::V1beta2(V1beta2Spec { server: "evil.com".into(), ..v2_managed() }));
-    let Plan::Fail { status, .. } = decide(&o, now(), &policy()).plan else { panic!() };
+    let mut o = observed(Spec::V1beta2(V1beta2Spec {
+        server: "evil.com".into(),
+        ..v2_managed()
+    }));
+    let Plan::Fail { status, .. } = decide(&o, now(), &policy()).plan else {
+        panic!()
+    };
     o.binding.status = StatusView {
         phase: Some(status.phase),
         error: status.error.clone(),
@@ -648,7 +943,10 @@ fn same_failure_twice_is_not_rewritten() {
         ready: Some((false, status.reason.into(), status.message.clone())),
     };
     let d = decide(&o, now(), &policy());
-    assert!(matches!(d.plan, Plan::Wait { .. }), "no status write loop: {d:?}");
+    assert!(
+        matches!(d.plan, Plan::Wait { .. }),
+        "no status write loop: {d:?}"
+    );
 }
 
 #[test]

@@ -64,7 +64,12 @@ mod tests {
     #[test]
     fn v1beta1_matches_old_concatenation() {
         assert_eq!(
-            v1beta1("cid", "/subscriptions/s/rg", "r.azurecr.io", "repository:a:pull"),
+            v1beta1(
+                "cid",
+                "/subscriptions/s/rg",
+                "r.azurecr.io",
+                "repository:a:pull"
+            ),
             base36_sha224(b"cid/subscriptions/s/rgr.azurecr.iorepository:a:pull")
         );
     }
@@ -125,7 +130,10 @@ mod tests {
         }
         // Empty ids count as unset.
         assert_eq!(
-            v1beta2(&V1beta2Inputs { workload_ids: Some(("", "")), ..wi.clone() }),
+            v1beta2(&V1beta2Inputs {
+                workload_ids: Some(("", "")),
+                ..wi.clone()
+            }),
             v1beta2(&wi)
         );
     }

@@ -135,7 +135,9 @@ mod tests {
                 0x34, 0xc4, 0x15, 0xa2, 0xb0, 0x1f, 0x82, 0x8e, 0xa6, 0x2a, 0xc5, 0xb3, 0xe4, 0x2f
             ])
         );
-        assert!(empty.chars().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+        assert!(empty
+            .chars()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
         // 224 bits in base36 is at most 44 digits.
         assert!(empty.len() <= 44 && empty.len() > 30);
     }
@@ -147,7 +149,10 @@ mod tests {
         let exactly = "d".repeat(233);
         let cases: Vec<(&str, Box<dyn Fn(&str) -> bool>)> = vec![
             ("app", Box::new(|n| n == "acr-pull-app")),
-            (&exactly, Box::new(|n| n == format!("acr-pull-{}", "d".repeat(233)))),
+            (
+                &exactly,
+                Box::new(|n| n == format!("acr-pull-{}", "d".repeat(233))),
+            ),
             (
                 &long,
                 Box::new(|n| {
@@ -196,16 +201,36 @@ mod tests {
         let cases: &[(&[&str], &[&str])] = &[
             (&[], &[]),
             (
-                &["z-msi-acrpull-secret", "acr-pull-b", "zeta", "acr-pull-a", "alpha", "a-msi-acrpull-secret"],
-                &["alpha", "zeta", "acr-pull-a", "acr-pull-b", "a-msi-acrpull-secret", "z-msi-acrpull-secret"],
+                &[
+                    "z-msi-acrpull-secret",
+                    "acr-pull-b",
+                    "zeta",
+                    "acr-pull-a",
+                    "alpha",
+                    "a-msi-acrpull-secret",
+                ],
+                &[
+                    "alpha",
+                    "zeta",
+                    "acr-pull-a",
+                    "acr-pull-b",
+                    "a-msi-acrpull-secret",
+                    "z-msi-acrpull-secret",
+                ],
             ),
-            (&["acr-pull-a", "acr-pull-a", "mine"], &["mine", "acr-pull-a"]),
+            (
+                &["acr-pull-a", "acr-pull-a", "mine"],
+                &["mine", "acr-pull-a"],
+            ),
             (&["b", "a"], &["a", "b"]),
         ];
         for (input, want) in cases {
             let mut names: Vec<String> = input.iter().map(|s| s.to_string()).collect();
             sort_pull_secrets(&mut names);
-            assert_eq!(names, want.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(
+                names,
+                want.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+            );
         }
     }
 }

@@ -79,7 +79,9 @@ pub fn retry_at(
 /// Time from `now` until `at`, never below [`MIN_REQUEUE`].
 pub fn requeue_after(now: Timestamp, at: Timestamp) -> Duration {
     let d = at.duration_since(now);
-    Duration::try_from(d).unwrap_or(Duration::ZERO).max(MIN_REQUEUE)
+    Duration::try_from(d)
+        .unwrap_or(Duration::ZERO)
+        .max(MIN_REQUEUE)
 }
 
 /// A stable seed from a string (binding UID or namespace/name): FNV-1a.
@@ -114,7 +116,11 @@ fn sub(t: Timestamp, d: Duration) -> Timestamp {
 fn add_ns(t: Timestamp, ns: f64) -> Timestamp {
     let ns = ns.clamp(i64::MIN as f64, i64::MAX as f64) as i64;
     t.checked_add(SignedDuration::from_nanos(ns))
-        .unwrap_or(if ns > 0 { Timestamp::MAX } else { Timestamp::MIN })
+        .unwrap_or(if ns > 0 {
+            Timestamp::MAX
+        } else {
+            Timestamp::MIN
+        })
 }
 
 #[cfg(test)]
@@ -131,9 +137,18 @@ mod tests {
         let expiry = ts("2026-01-01T03:00:00Z");
         let cases = [
             (RefreshRule::V1beta1, "2026-01-01T02:30:00Z"),
-            (RefreshRule::V1beta2 { fraction: 0.5 }, "2026-01-01T01:30:00Z"),
-            (RefreshRule::V1beta2 { fraction: 0.25 }, "2026-01-01T00:45:00Z"),
-            (RefreshRule::V1beta2 { fraction: 0.9 }, "2026-01-01T02:42:00Z"),
+            (
+                RefreshRule::V1beta2 { fraction: 0.5 },
+                "2026-01-01T01:30:00Z",
+            ),
+            (
+                RefreshRule::V1beta2 { fraction: 0.25 },
+                "2026-01-01T00:45:00Z",
+            ),
+            (
+                RefreshRule::V1beta2 { fraction: 0.9 },
+                "2026-01-01T02:42:00Z",
+            ),
         ];
         for (rule, want) in cases {
             assert_eq!(boundary(rule, refreshed, expiry), ts(want), "{rule:?}");
@@ -197,17 +212,26 @@ mod tests {
         assert!(at > ts("2026-01-01T00:03:00Z") && at <= ts("2026-01-01T00:05:00Z"));
         // Expiry in 3 minutes: retry at expiry - margin, earlier than the 4-5 minute backoff.
         let soon = ts("2026-01-01T00:03:00Z");
-        assert_eq!(retry_at(now, 9, 1, cap, Some(soon), margin), ts("2026-01-01T00:02:00Z"));
+        assert_eq!(
+            retry_at(now, 9, 1, cap, Some(soon), margin),
+            ts("2026-01-01T00:02:00Z")
+        );
         // Already inside the margin: the minimum requeue, never in the past.
         let lapsing = ts("2026-01-01T00:00:30Z");
-        assert_eq!(retry_at(now, 9, 1, cap, Some(lapsing), margin), ts("2026-01-01T00:00:01Z"));
+        assert_eq!(
+            retry_at(now, 9, 1, cap, Some(lapsing), margin),
+            ts("2026-01-01T00:00:01Z")
+        );
     }
 
     #[test]
     fn requeue_floor() {
         let now = ts("2026-01-01T00:00:00Z");
         assert_eq!(requeue_after(now, ts("2025-01-01T00:00:00Z")), MIN_REQUEUE);
-        assert_eq!(requeue_after(now, ts("2026-01-01T00:00:00.5Z")), MIN_REQUEUE);
+        assert_eq!(
+            requeue_after(now, ts("2026-01-01T00:00:00.5Z")),
+            MIN_REQUEUE
+        );
         assert_eq!(
             requeue_after(now, ts("2026-01-01T00:01:00Z")),
             Duration::from_secs(60)

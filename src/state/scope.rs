@@ -56,7 +56,10 @@ pub fn parse(scope: &str) -> Result<Vec<ResourceScope>, ScopeError> {
     if scope.len() > MAX_SCOPE_LEN {
         return Err(ScopeError::TooLong);
     }
-    if scope.chars().any(|c| c.is_control() || (c.is_whitespace() && c != ' ')) {
+    if scope
+        .chars()
+        .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
+    {
         return Err(ScopeError::Shape(short(scope)));
     }
     let parts: Vec<&str> = scope.split(' ').filter(|p| !p.is_empty()).collect();
@@ -97,7 +100,10 @@ fn parse_one(raw: &str) -> Result<ResourceScope, ScopeError> {
     check_name(name).map_err(|why| ScopeError::Name(short(raw), why))?;
     let actions: Vec<String> = actions.split(',').map(str::to_string).collect();
     if actions.iter().any(|a| {
-        a.is_empty() || !a.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'*')
+        a.is_empty()
+            || !a
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'*')
     }) {
         return Err(ScopeError::Actions(short(raw)));
     }
@@ -190,15 +196,27 @@ mod tests {
     fn valid_scopes() {
         let cases: &[(&str, &str)] = &[
             ("repository:app:pull", "repository:app:pull"),
-            ("repository:team/app:pull,push", "repository:team/app:pull,push"),
+            (
+                "repository:team/app:pull,push",
+                "repository:team/app:pull,push",
+            ),
             (
                 "repository:team/app:pull  repository:base:pull",
                 "repository:team/app:pull repository:base:pull",
             ),
             ("registry:catalog:*", "registry:catalog:*"),
-            ("artifact-repository:charts/x:pull", "artifact-repository:charts/x:pull"),
-            ("repository:a.b_c-d/e__f:metadata_read", "repository:a.b_c-d/e__f:metadata_read"),
-            ("repository:localhost:5000/app:pull", "repository:localhost:5000/app:pull"),
+            (
+                "artifact-repository:charts/x:pull",
+                "artifact-repository:charts/x:pull",
+            ),
+            (
+                "repository:a.b_c-d/e__f:metadata_read",
+                "repository:a.b_c-d/e__f:metadata_read",
+            ),
+            (
+                "repository:localhost:5000/app:pull",
+                "repository:localhost:5000/app:pull",
+            ),
             ("repository(plugin):app:pull", "repository(plugin):app:pull"),
             (" repository:app:pull ", "repository:app:pull"),
         ];

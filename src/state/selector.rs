@@ -106,7 +106,10 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
         return Ok(Requirement::DoesNotExist(key.into()));
     }
     for (op, ctor) in [
-        ("!=", Requirement::NotEquals as fn(String, String) -> Requirement),
+        (
+            "!=",
+            Requirement::NotEquals as fn(String, String) -> Requirement,
+        ),
         ("==", Requirement::Equals),
         ("=", Requirement::Equals),
     ] {
@@ -192,7 +195,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -209,7 +215,10 @@ mod tests {
             ("env notin (prod)", [false, true, true]),
             ("tier", [true, false, false]),
             ("!tier", [false, true, true]),
-            ("env!=prod,tier in (frontend,backend)", [false, false, false]),
+            (
+                "env!=prod,tier in (frontend,backend)",
+                [false, false, false],
+            ),
             ("env=prod,tier in (frontend,backend)", [true, false, false]),
             ("example.com/team", [false, false, false]),
             ("env in (prod),!missing", [true, false, false]),

@@ -153,7 +153,9 @@ pub fn check_server(
         return Err(malformed("the host name is empty"));
     }
     if host.parse::<std::net::Ipv4Addr>().is_ok()
-        || host.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+        || host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
     {
         return Err(ServerError::IpLiteral(truncate(server)));
     }
@@ -172,7 +174,10 @@ pub fn check_server(
         if label.len() > 63 {
             return Err(malformed("a label is longer than 63 characters"));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(malformed(
                 "host names may only contain letters, digits, '-' and '.'",
             ));
@@ -207,7 +212,10 @@ mod tests {
     use super::*;
 
     fn ok(host: &str, port: Option<u16>) -> Result<RegistryHost, &'static str> {
-        Ok(RegistryHost { host: host.into(), port })
+        Ok(RegistryHost {
+            host: host.into(),
+            port,
+        })
     }
 
     #[test]
@@ -221,7 +229,11 @@ mod tests {
             ("azurecr.io", false, ok("azurecr.io", None)),
             ("a.b.azurecr.us", false, ok("a.b.azurecr.us", None)),
             ("x.azurecr.cn", false, ok("x.azurecr.cn", None)),
-            ("demo.azurecr.io:5000", true, ok("demo.azurecr.io", Some(5000))),
+            (
+                "demo.azurecr.io:5000",
+                true,
+                ok("demo.azurecr.io", Some(5000)),
+            ),
             ("demo.azurecr.io:5000", false, Err("has a port")),
             ("demo.azurecr.io:0", true, Err("port is not a number")),
             ("demo.azurecr.io:99999", true, Err("port is not a number")),
@@ -235,11 +247,31 @@ mod tests {
             ("user:pw@example.azurecr.io", false, Err("user information")),
             (" example.azurecr.io", false, Err("whitespace")),
             ("example.azurecr.io\n", false, Err("whitespace")),
-            ("evil-azurecr.io", false, Err("not under an allowed registry suffix")),
-            ("azurecr.io.evil.com", false, Err("not under an allowed registry suffix")),
-            ("example.azurecr.io.evil.com", false, Err("not under an allowed registry suffix")),
-            ("fakeazurecr.io", false, Err("not under an allowed registry suffix")),
-            ("example.azurecr.de", false, Err("not under an allowed registry suffix")),
+            (
+                "evil-azurecr.io",
+                false,
+                Err("not under an allowed registry suffix"),
+            ),
+            (
+                "azurecr.io.evil.com",
+                false,
+                Err("not under an allowed registry suffix"),
+            ),
+            (
+                "example.azurecr.io.evil.com",
+                false,
+                Err("not under an allowed registry suffix"),
+            ),
+            (
+                "fakeazurecr.io",
+                false,
+                Err("not under an allowed registry suffix"),
+            ),
+            (
+                "example.azurecr.de",
+                false,
+                Err("not under an allowed registry suffix"),
+            ),
             ("10.0.0.1", false, Err("IP address")),
             ("169.254.169.254", false, Err("IP address")),
             ("[::1]", false, Err("IP address")),
@@ -250,7 +282,11 @@ mod tests {
             ("-x.azurecr.io", false, Err("starts or ends")),
             ("ex_ample.azurecr.io", false, Err("may only contain")),
             ("exämple.azurecr.io", false, Err("punycode")),
-            ("xn--exmple-cua.azurecr.io", false, ok("xn--exmple-cua.azurecr.io", None)),
+            (
+                "xn--exmple-cua.azurecr.io",
+                false,
+                ok("xn--exmple-cua.azurecr.io", None),
+            ),
         ];
         for (server, allow_port, want) in cases {
             let got = check_server(server, &allowed, allow_port);
@@ -294,11 +330,15 @@ mod tests {
     fn reasons() {
         let allowed = AllowedSuffixes::defaults();
         assert_eq!(
-            check_server("evil.com", &allowed, false).unwrap_err().reason(),
+            check_server("evil.com", &allowed, false)
+                .unwrap_err()
+                .reason(),
             "RegistryNotAllowed"
         );
         assert_eq!(
-            check_server("https://x", &allowed, false).unwrap_err().reason(),
+            check_server("https://x", &allowed, false)
+                .unwrap_err()
+                .reason(),
             "InvalidSpec"
         );
     }

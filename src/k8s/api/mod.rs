@@ -24,7 +24,10 @@ pub const FINALIZER: &str = "msi-acrpull.microsoft.com";
 
 /// Both CRDs as the cluster should see them, v1beta1 first.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![v1beta1::AcrPullBinding::crd(), v1beta2::AcrPullBinding::crd()];
+    let mut crds = vec![
+        v1beta1::AcrPullBinding::crd(),
+        v1beta2::AcrPullBinding::crd(),
+    ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version

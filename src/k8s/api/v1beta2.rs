@@ -121,7 +121,11 @@ pub struct ManagedIdentityAuth {
     #[serde(default, rename = "clientID", skip_serializing_if = "String::is_empty")]
     pub client_id: String,
     /// ARM resource id of the managed identity.
-    #[serde(default, rename = "resourceID", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "resourceID",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub resource_id: String,
 }
 
