@@ -25,6 +25,14 @@ pub enum Hop {
 }
 
 impl Hop {
+    pub const ALL: [Hop; 5] = [
+        Hop::Imds,
+        Hop::Entra,
+        Hop::AcrExchange,
+        Hop::AcrToken,
+        Hop::AcrVerify,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Hop::Imds => "imds",
@@ -103,6 +111,12 @@ pub struct PipelineMetrics {
 
 impl Default for PipelineMetrics {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PipelineMetrics {
+    fn empty() -> Self {
         Self {
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
@@ -114,8 +128,33 @@ impl Default for PipelineMetrics {
 }
 
 impl PipelineMetrics {
+    /// Metrics with every bounded label combination pre-created at zero, so dashboards and
+    /// alerts see the series before the first token request.
     pub fn new() -> Self {
-        Self::default()
+        let metrics = Self::empty();
+        for hop in Hop::ALL {
+            let label = HopLabel { hop: hop.as_str() };
+            let _ = metrics.requests.get_or_create(&HopOutcome {
+                hop: hop.as_str(),
+                outcome: "success",
+            });
+            let _ = metrics.duration.get_or_create(&label);
+            let _ = metrics.retries.get_or_create(&label);
+        }
+        for limiter in ["imds", "entra", "acr"] {
+            let _ = metrics
+                .limiter_wait
+                .get_or_create(&LimiterLabel { limiter });
+        }
+        for hop in [Hop::Imds, Hop::Entra, Hop::AcrExchange, Hop::AcrToken] {
+            for result in [CacheResult::Hit, CacheResult::Miss, CacheResult::Coalesced] {
+                let _ = metrics.cache.get_or_create(&CacheLabel {
+                    hop: hop.as_str(),
+                    result: result.as_str(),
+                });
+            }
+        }
+        metrics
     }
 
     /// Registers `acrpull_token_requests_total`, `acrpull_token_request_duration_seconds`,
