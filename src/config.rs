@@ -121,6 +121,69 @@ pub struct Cli {
     #[arg(long, env = "ACRPULL_DEBUG_ENDPOINT", num_args = 0..=1, default_missing_value = "true", default_value = "true")]
     pub debug_endpoint: bool,
 
+    /// IMDS base URL (scheme, host and port) for managed identity tokens.
+    #[arg(long, env = "ACRPULL_IMDS_ENDPOINT", default_value = "http://169.254.169.254")]
+    pub imds_endpoint: String,
+
+    /// Entra authority host for PublicCloud (default https://login.microsoftonline.com/).
+    #[arg(long, env = "ACRPULL_ENTRA_AUTHORITY_HOST_PUBLIC")]
+    pub entra_authority_host_public: Option<String>,
+
+    /// Entra authority host for USGovernmentCloud (default https://login.microsoftonline.us/).
+    #[arg(long, env = "ACRPULL_ENTRA_AUTHORITY_HOST_US_GOVERNMENT")]
+    pub entra_authority_host_us_government: Option<String>,
+
+    /// Entra authority host for ChinaCloud (default https://login.chinacloudapi.cn/).
+    #[arg(long, env = "ACRPULL_ENTRA_AUTHORITY_HOST_CHINA")]
+    pub entra_authority_host_china: Option<String>,
+
+    /// Resolve HOST to ADDRESS:PORT for Azure calls (repeatable, comma-separated), e.g.
+    /// demo.azurecr.io=127.0.0.1:8443; TLS still verifies HOST. For split-horizon networks
+    /// and local stand-ins.
+    #[arg(long, env = "ACRPULL_AZURE_RESOLVE", value_delimiter = ',', value_parser = parse_resolve)]
+    pub azure_resolve: Vec<(String, SocketAddr)>,
+
+    /// Extra CA certificates (PEM) trusted for Azure endpoints, besides the bundled roots.
+    #[arg(long, env = "ACRPULL_AZURE_CA_FILE")]
+    pub azure_ca_file: Option<std::path::PathBuf>,
+
+    /// Audience of identity tokens: Resource Manager (default) or the ACR audience, for
+    /// registries with authentication-as-ARM disabled.
+    #[arg(long, env = "ACRPULL_IDENTITY_AUDIENCE", default_value = "resource-manager", value_parser = ["resource-manager", "container-registry"])]
+    pub identity_audience: String,
+
+    /// IMDS requests per second (shared by all bindings).
+    #[arg(long, env = "ACRPULL_IMDS_RPS", default_value = "20", value_parser = clap::value_parser!(u32).range(1..))]
+    pub imds_rps: u32,
+
+    /// IMDS requests in flight at once.
+    #[arg(long, env = "ACRPULL_IMDS_CONCURRENCY", default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
+    pub imds_concurrency: u32,
+
+    /// Entra requests per second.
+    #[arg(long, env = "ACRPULL_ENTRA_RPS", default_value = "20", value_parser = clap::value_parser!(u32).range(1..))]
+    pub entra_rps: u32,
+
+    /// Entra requests in flight at once.
+    #[arg(long, env = "ACRPULL_ENTRA_CONCURRENCY", default_value = "10", value_parser = clap::value_parser!(u32).range(1..))]
+    pub entra_concurrency: u32,
+
+    /// ACR token requests per second, per registry.
+    #[arg(long, env = "ACRPULL_ACR_RPS", default_value = "10", value_parser = clap::value_parser!(u32).range(1..))]
+    pub acr_rps: u32,
+
+    /// ACR token requests in flight at once, per registry.
+    #[arg(long, env = "ACRPULL_ACR_CONCURRENCY", default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
+    pub acr_concurrency: u32,
+
+    /// Timeout of each Kubernetes API call the controller makes.
+    #[arg(long, env = "ACRPULL_KUBE_CALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub kube_call_timeout: Duration,
+
+    /// This replica's name (events, Lease holder identity); from the downward API.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
     /// Accept `host:port` registry servers (for tests against a local registry).
     #[arg(long, env = "ACRPULL_ALLOW_REGISTRY_PORTS", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub allow_registry_ports: bool,
@@ -177,6 +240,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         rest = next;
     }
     Ok(total)
+}
+
+fn parse_resolve(s: &str) -> Result<(String, SocketAddr), String> {
+    let (host, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not HOST=ADDRESS:PORT"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} in {s:?} is not ADDRESS:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok((host.to_ascii_lowercase(), addr))
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {

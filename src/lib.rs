@@ -8,6 +8,7 @@
 //!   leader election.
 //! - [`http`]: health, readiness, metrics and debug endpoints.
 
+pub mod app;
 pub mod azure;
 pub mod config;
 pub mod http;

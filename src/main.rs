@@ -2,7 +2,8 @@
 
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = acrpull::config::Cli::parse();
     acrpull::logging::init(&cli.log_format, &cli.log_level)?;
     if cli.allowed_suffixes().is_disabled() {
@@ -17,8 +18,6 @@ fn main() -> anyhow::Result<()> {
         leader_elect = cli.leader_elect,
         "acrpull starting"
     );
-    anyhow::bail!(
-        "this build has the API types, the decision core and the token pipeline, but the \
-         Kubernetes reconcile loop is not wired in yet (issue 5); use a release that has it"
-    )
+    acrpull::app::run(cli).await?;
+    Ok(())
 }

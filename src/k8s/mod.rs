@@ -1,4 +1,12 @@
-//! Everything that talks to the Kubernetes API: the `AcrPullBinding` types, watches, the single
-//! writer and leader election.
+//! Everything that talks to the Kubernetes API: the `AcrPullBinding` types, watches and
+//! caches, the single writer, and ServiceAccount tokens for workload identity.
 
 pub mod api;
+pub mod binding;
+pub mod controller;
+pub mod events;
+pub mod metrics;
+pub mod observe;
+pub mod run;
+pub mod sa_token;
+pub mod tracker;

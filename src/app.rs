@@ -1,0 +1,235 @@
+//! The running process: Kubernetes client, token pipeline, caches, controllers, probes and
+//! signal handling, wired from the command line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Client;
+use tokio::sync::watch;
+
+use crate::azure::{
+    AuthorityHosts, IdentityAudience, LimitConfig, Limits, PipelineConfig, PipelineMetrics,
+    TokenPipeline,
+};
+use crate::config::Cli;
+use crate::http::health::{self, Readiness};
+use crate::k8s::controller::Context;
+use crate::k8s::metrics::ControllerMetrics;
+use crate::k8s::run::{self, Caches, RunConfig};
+use crate::k8s::sa_token::TokenRequests;
+use crate::k8s::tracker::Tracker;
+use crate::state::binding::{EnvDefaults, Policy};
+use crate::state::selector::Selector;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("no Kubernetes configuration (in-cluster, KUBECONFIG or ~/.kube/config): {0}")]
+    KubeConfig(String),
+    #[error("building the Kubernetes client: {0}")]
+    KubeClient(kube::Error),
+    #[error("reading --azure-ca-file {0}: {1}")]
+    CaFile(String, std::io::Error),
+    #[error("token pipeline: {0}")]
+    Pipeline(String),
+    #[error("binding {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Selector(#[from] crate::state::selector::SelectorError),
+}
+
+/// A kube client from in-cluster config, else `KUBECONFIG` / `~/.kube/config`, with a read
+/// timeout (kube's default has none, so a hung API server would stall a call forever).
+pub async fn kube_client() -> Result<Client, AppError> {
+    let mut config = match kube::Config::incluster() {
+        Ok(c) => c,
+        Err(_) => kube::Config::infer()
+            .await
+            .map_err(|e| AppError::KubeConfig(e.to_string()))?,
+    };
+    // Longer than the watch timeout (290 s) so long polls are not cut; per-call timeouts
+    // bound everything else.
+    config.read_timeout = Some(Duration::from_secs(300));
+    config.connect_timeout = Some(Duration::from_secs(10));
+    Client::try_from(config).map_err(AppError::KubeClient)
+}
+
+pub fn pipeline_config(cli: &Cli) -> Result<PipelineConfig, AppError> {
+    let extra_ca_pem = match &cli.azure_ca_file {
+        Some(path) => Some(
+            std::fs::read(path).map_err(|e| AppError::CaFile(path.display().to_string(), e))?,
+        ),
+        None => None,
+    };
+    Ok(PipelineConfig {
+        imds_base_url: cli.imds_endpoint.clone(),
+        authority_hosts: AuthorityHosts {
+            public: cli.entra_authority_host_public.clone(),
+            us_government: cli.entra_authority_host_us_government.clone(),
+            china: cli.entra_authority_host_china.clone(),
+        },
+        resolve: cli.azure_resolve.clone(),
+        extra_ca_pem,
+        limits: Limits {
+            imds: LimitConfig::new(cli.imds_rps, 1, cli.imds_concurrency),
+            entra: LimitConfig::new(cli.entra_rps, 1, cli.entra_concurrency),
+            acr_per_registry: LimitConfig::new(cli.acr_rps, 1, cli.acr_concurrency),
+        },
+        service_account_token_audience: cli.service_account_token_audience.clone(),
+        default_audience: audience(cli),
+        allowed_suffixes: cli.allowed_suffixes().as_slice().to_vec(),
+        ..PipelineConfig::default()
+    })
+}
+
+fn audience(cli: &Cli) -> IdentityAudience {
+    if cli.identity_audience == "container-registry" {
+        IdentityAudience::ContainerRegistry
+    } else {
+        IdentityAudience::ResourceManager
+    }
+}
+
+pub fn policy(cli: &Cli) -> Policy {
+    Policy {
+        allowed_suffixes: cli.allowed_suffixes(),
+        allow_ports: cli.allow_registry_ports,
+        ttl_rotation_fraction: cli.ttl_rotation_fraction,
+        env: EnvDefaults {
+            acr_server: cli.acr_server.clone(),
+            client_id: cli.managed_identity_client_id.clone(),
+            resource_id: cli.managed_identity_resource_id.clone(),
+            arm_resource: cli.arm_resource.clone(),
+        },
+        ..Policy::default()
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second signal exits the process at once.
+async fn first_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(130);
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Run until signalled.
+pub async fn run(cli: Cli) -> Result<(), AppError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let selector = Selector::parse(&cli.label_selector)?;
+    let client = kube_client().await?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let pipeline_metrics = PipelineMetrics::default();
+    pipeline_metrics.register(&mut registry);
+    let controller_metrics = ControllerMetrics::default();
+    controller_metrics.register(&mut registry);
+
+    let sa_tokens = Arc::new(TokenRequests::new(client.clone(), cli.kube_call_timeout));
+    let pipeline = TokenPipeline::new(pipeline_config(&cli)?, sa_tokens, pipeline_metrics)
+        .map_err(|e| AppError::Pipeline(e.to_string()))?;
+
+    let readiness = Readiness::new(run::WATCHES);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = {
+        let rx = shutdown_rx.clone();
+        async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+
+    // Probes.
+    let probe_listener = tokio::net::TcpListener::bind(cli.health_probe_bind_address)
+        .await
+        .map_err(|e| AppError::Bind(cli.health_probe_bind_address, e))?;
+    let probe_app = health::router(readiness.clone());
+    let probe_shutdown = shutdown.clone();
+    let probes = tokio::spawn(async move {
+        let _ = axum::serve(probe_listener, probe_app)
+            .with_graceful_shutdown(probe_shutdown)
+            .await;
+    });
+
+    // Leadership: without --leader-elect this replica always leads.
+    let (_leader_tx, leader_rx) = watch::channel(!cli.leader_elect);
+    if cli.leader_elect {
+        tracing::warn!("--leader-elect: leader election is not built yet; this replica will not write");
+    }
+
+    let identity = cli
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("acrpull-{}", std::process::id()));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "acrpull".into(),
+            instance: Some(identity),
+        },
+    );
+    let caches = Caches::new();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(pipeline),
+        policy(&cli),
+        selector,
+        caches.secrets.clone(),
+        caches.service_accounts.clone(),
+        recorder,
+        leader_rx.clone(),
+        Tracker::default(),
+        cli.kube_call_timeout,
+        audience(&cli),
+        controller_metrics,
+    ));
+    let controllers = tokio::spawn(run::run(
+        client,
+        caches,
+        ctx,
+        RunConfig {
+            concurrency: cli.concurrency,
+            label_selector: cli.label_selector.clone(),
+        },
+        readiness.clone(),
+        leader_rx,
+        shutdown.clone(),
+    ));
+
+    first_signal().await;
+    tracing::info!("shutting down: readiness off, reconcilers stopping");
+    readiness.shutting_down();
+    let _ = shutdown_tx.send(true);
+    let grace = Duration::from_secs(20);
+    let _ = tokio::time::timeout(grace, async {
+        let _ = controllers.await;
+        let _ = probes.await;
+    })
+    .await;
+    tracing::info!("stopped");
+    drop(registry);
+    Ok(())
+}

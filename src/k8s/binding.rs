@@ -1,0 +1,149 @@
+//! Both CRD versions seen through one trait, so the controller is written once.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+
+use super::api::{v1beta1, v1beta2, AcrPullBindingStatus, FINALIZER};
+use crate::state::binding::{Spec, V1beta1Spec, V1beta2Spec, Version, WorkloadSpec};
+use crate::state::decide::{BindingView, Phase, StatusView};
+
+/// What the controller needs from either `AcrPullBinding` version.
+pub trait BindingResource:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    const VERSION: Version;
+    fn spec_view(&self) -> Spec;
+    fn status(&self) -> Option<&AcrPullBindingStatus>;
+    /// ServiceAccounts whose changes matter to this binding: the target and, for workload
+    /// identity, the `serviceAccountRef`.
+    fn service_accounts(&self) -> Vec<String>;
+}
+
+impl BindingResource for v1beta1::AcrPullBinding {
+    const VERSION: Version = Version::V1beta1;
+
+    fn spec_view(&self) -> Spec {
+        let s = &self.spec;
+        Spec::V1beta1(V1beta1Spec {
+            acr_server: s.acr_server.clone(),
+            scope: s.scope.clone(),
+            client_id: s.managed_identity_client_id.clone(),
+            resource_id: s.managed_identity_resource_id.clone(),
+            service_account_name: s.service_account_name.clone(),
+        })
+    }
+
+    fn status(&self) -> Option<&AcrPullBindingStatus> {
+        self.status.as_ref()
+    }
+
+    fn service_accounts(&self) -> Vec<String> {
+        vec![if self.spec.service_account_name.is_empty() {
+            crate::state::names::DEFAULT_SERVICE_ACCOUNT.to_string()
+        } else {
+            self.spec.service_account_name.clone()
+        }]
+    }
+}
+
+impl BindingResource for v1beta2::AcrPullBinding {
+    const VERSION: Version = Version::V1beta2;
+
+    fn spec_view(&self) -> Spec {
+        let s = &self.spec;
+        Spec::V1beta2(V1beta2Spec {
+            server: s.acr.server.clone(),
+            scope: s.acr.scope.clone(),
+            environment: s.acr.environment.clone(),
+            cloud_config: s.acr.cloud_config.as_ref().map(|c| {
+                (
+                    c.entra_authority_host.clone(),
+                    c.resource_manager_audience.clone(),
+                )
+            }),
+            managed: s
+                .auth
+                .managed_identity
+                .as_ref()
+                .map(|m| (m.client_id.clone(), m.resource_id.clone())),
+            workload: s.auth.workload_identity.as_ref().map(|w| WorkloadSpec {
+                service_account_ref: w.service_account_ref.clone(),
+                client_id: w.client_id.clone(),
+                tenant_id: w.tenant_id.clone(),
+            }),
+            service_account_name: s.service_account_name.clone(),
+        })
+    }
+
+    fn status(&self) -> Option<&AcrPullBindingStatus> {
+        self.status.as_ref()
+    }
+
+    fn service_accounts(&self) -> Vec<String> {
+        let mut v = vec![self.spec.service_account_name.clone()];
+        if let Some(w) = &self.spec.auth.workload_identity {
+            if !w.service_account_ref.is_empty() && !v.contains(&w.service_account_ref) {
+                v.push(w.service_account_ref.clone());
+            }
+        }
+        v
+    }
+}
+
+/// The decision core's view of a binding object.
+pub fn view<K: BindingResource>(b: &K) -> BindingView {
+    let meta = b.meta();
+    BindingView {
+        version: K::VERSION,
+        namespace: b.namespace().unwrap_or_default(),
+        name: b.name_any(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        generation: meta.generation.unwrap_or(0),
+        deleting: meta.deletion_timestamp.is_some(),
+        has_finalizer: b.finalizers().iter().any(|f| f == FINALIZER),
+        spec: b.spec_view(),
+        status: b.status().map(status_view).unwrap_or_default(),
+    }
+}
+
+fn status_view(s: &AcrPullBindingStatus) -> StatusView {
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").map(|c| {
+        (
+            c.status == "True",
+            c.reason.clone(),
+            c.message.clone(),
+        )
+    });
+    StatusView {
+        phase: s.phase.as_deref().and_then(Phase::parse),
+        error: s.error.clone(),
+        last_refresh: s.last_token_refresh_time.as_ref().map(|t| t.0),
+        expiry: s.token_expiration_time.as_ref().map(|t| t.0),
+        next_refresh: s.next_refresh_time.as_ref().map(|t| t.0),
+        consecutive_failures: s.consecutive_failures,
+        observed_generation: s.observed_generation,
+        ready,
+    }
+}
+
+/// RFC 3339 to the second, as the old controller wrote annotations and status.
+pub fn rfc3339(t: Timestamp) -> String {
+    t.round(jiff::Unit::Second)
+        .unwrap_or(t)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Parse an annotation timestamp; `None` for anything unreadable.
+pub fn parse_time(annotations: &BTreeMap<String, String>, key: &str) -> Option<Timestamp> {
+    annotations.get(key).and_then(|v| v.trim().parse().ok())
+}

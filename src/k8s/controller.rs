@@ -1,0 +1,748 @@
+//! The reconcile shell: read the caches, call the pure [`decide`], perform the single planned
+//! step with a timeout, and say when to come back. Every write goes through here (the single
+//! writer), only while this replica leads, with optimistic concurrency: a 409 Conflict means
+//! "the cache was behind" and is retried after the watch catches up, never shown as `Failed`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::binding::{rfc3339, BindingResource};
+use super::events::should_emit_failure;
+use super::observe::{observe, SecretMeta};
+use super::tracker::{BindingKey, Report, Tracker};
+use crate::azure::{
+    AzureError, Cloud, CredentialRequest, Identity, IdentityAudience, TokenPipeline,
+    V1BETA1_DEFAULT_ARM_RESOURCE,
+};
+use crate::state::binding::{CloudSpec, IdentitySpec, Policy, Resolved};
+use crate::state::decide::{
+    after_mint_failure, decide, requeue_for, CleanupStep, Decision, DesiredStatus, Failure,
+    MintReason, Observed, Phase, Plan,
+};
+use crate::state::dockerconfig::docker_config_json;
+use crate::state::names::{
+    sort_pull_secrets, BINDING_LABEL, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRY_ANNOTATION,
+    INPUTS_ANNOTATION, REFRESH_ANNOTATION,
+};
+use crate::state::selector::Selector;
+
+/// Field manager for every write.
+pub const FIELD_MANAGER: &str = "acrpull";
+/// After a write, come back at the latest after this (the watch usually triggers sooner).
+const AFTER_WRITE: Duration = Duration::from_secs(5);
+/// After a conflict, the cache is behind: come back shortly.
+const AFTER_CONFLICT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{op} timed out after {after:?}")]
+    Timeout { op: &'static str, after: Duration },
+    #[error("{op}: {source}")]
+    Kube {
+        op: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ReconcileError {
+    /// Static label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Timeout { .. } => "Timeout",
+            ReconcileError::Kube { source, .. } => match source {
+                kube::Error::Api(s) if s.code == 409 => "Conflict",
+                kube::Error::Api(s) if s.code == 404 => "NotFound",
+                kube::Error::Api(_) => "ApiError",
+                _ => "ClientError",
+            },
+        }
+    }
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    pub client: Client,
+    pub pipeline: Arc<TokenPipeline>,
+    pub policy: Policy,
+    pub selector: Selector,
+    pub secrets: Store<SecretMeta>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub recorder: Recorder,
+    pub leader: watch::Receiver<bool>,
+    pub tracker: Tracker,
+    pub call_timeout: Duration,
+    pub audience: IdentityAudience,
+    failures: Mutex<HashMap<BindingKey, (i64, Failure)>>,
+    pub metrics: super::metrics::ControllerMetrics,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        pipeline: Arc<TokenPipeline>,
+        policy: Policy,
+        selector: Selector,
+        secrets: Store<SecretMeta>,
+        service_accounts: Store<ServiceAccount>,
+        recorder: Recorder,
+        leader: watch::Receiver<bool>,
+        tracker: Tracker,
+        call_timeout: Duration,
+        audience: IdentityAudience,
+        metrics: super::metrics::ControllerMetrics,
+    ) -> Self {
+        Self {
+            client,
+            pipeline,
+            policy,
+            selector,
+            secrets,
+            service_accounts,
+            recorder,
+            leader,
+            tracker,
+            call_timeout,
+            audience,
+            failures: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    fn last_failure(&self, key: &BindingKey, generation: i64) -> Option<Failure> {
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, f)| f.clone())
+    }
+
+    fn set_failure(&self, key: BindingKey, generation: i64, failure: Option<Failure>) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match failure {
+            Some(f) => {
+                map.insert(key, (generation, f));
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, ReconcileError> {
+        match tokio::time::timeout(self.call_timeout, fut).await {
+            Ok(r) => r.map_err(|source| ReconcileError::Kube { op, source }),
+            Err(_) => Err(ReconcileError::Timeout {
+                op,
+                after: self.call_timeout,
+            }),
+        }
+    }
+}
+
+fn key_of<K: BindingResource>(b: &K) -> BindingKey {
+    BindingKey {
+        version: K::VERSION,
+        namespace: b.namespace().unwrap_or_default(),
+        name: b.name_any(),
+    }
+}
+
+/// One pass for one binding.
+pub async fn reconcile<K: BindingResource>(
+    binding: Arc<K>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(binding.as_ref(), &ctx).await;
+    ctx.metrics.observe_reconcile(
+        started.elapsed(),
+        result.as_ref().err().map(ReconcileError::reason),
+    );
+    result
+}
+
+async fn reconcile_inner<K: BindingResource>(
+    binding: &K,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    if !*ctx.leader.borrow() {
+        // Standby: caches stay warm; the leader's election triggers a full pass.
+        return Ok(Action::await_change());
+    }
+    let key = key_of(binding);
+    let generation = binding.meta().generation.unwrap_or(0);
+    let matches = ctx.selector.matches(binding.labels());
+    let observed = observe(
+        binding,
+        matches,
+        &ctx.secrets.state(),
+        &ctx.service_accounts.state(),
+        ctx.last_failure(&key, generation),
+    );
+    let now = Timestamp::now();
+    let decision = decide(&observed, now, &ctx.policy);
+    track(ctx, &key, &observed, &decision, now);
+    tracing::debug!(
+        namespace = %key.namespace, name = %key.name, version = ?key.version,
+        phase = decision.phase.as_str(), plan = plan_name(&decision.plan),
+        "decided"
+    );
+    match execute(binding, &key, &observed, decision, ctx, now).await {
+        Err(e) if e.reason() == "Conflict" || e.reason() == "NotFound" => {
+            tracing::debug!(namespace = %key.namespace, name = %key.name, error = %e, "cache behind the API server; retrying");
+            Ok(Action::requeue(AFTER_CONFLICT))
+        }
+        other => other,
+    }
+}
+
+fn plan_name(plan: &Plan) -> &'static str {
+    match plan {
+        Plan::Ignore => "Ignore",
+        Plan::Cleanup(CleanupStep::Detach { .. }) => "CleanupDetach",
+        Plan::Cleanup(CleanupStep::DeleteSecret(_)) => "CleanupDeleteSecret",
+        Plan::Cleanup(CleanupStep::RemoveFinalizer) => "RemoveFinalizer",
+        Plan::AddFinalizer => "AddFinalizer",
+        Plan::Fail { .. } => "Fail",
+        Plan::DetachExtraneous { .. } => "DetachExtraneous",
+        Plan::Mint { .. } => "Mint",
+        Plan::Attach { .. } => "Attach",
+        Plan::RemoveExtraneousSecret { .. } => "RemoveExtraneousSecret",
+        Plan::WriteStatus(_) => "WriteStatus",
+        Plan::Wait { .. } => "Wait",
+    }
+}
+
+fn track(ctx: &Context, key: &BindingKey, o: &Observed, d: &Decision, now: Timestamp) {
+    if matches!(d.plan, Plan::Ignore) {
+        return;
+    }
+    let (reason, error) = match &d.plan {
+        Plan::Fail { status, .. } => (status.reason.to_string(), status.error.clone()),
+        _ => (
+            o.binding
+                .status
+                .ready
+                .as_ref()
+                .map(|r| r.1.clone())
+                .unwrap_or_else(|| plan_name(&d.plan).to_string()),
+            o.binding.status.error.clone(),
+        ),
+    };
+    let secret_name = super::observe::expected_secret_name(key.version, &key.name);
+    let service_account = o
+        .target_service_account
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    let report = Report {
+        phase: d.phase,
+        reason: reason.clone(),
+        error,
+        last_refresh: o.binding.status.last_refresh,
+        expiry: o.secrets.iter().filter_map(|s| s.expiry).max(),
+        next_refresh: o.binding.status.next_refresh,
+        consecutive_failures: o.binding.status.consecutive_failures,
+        secret_name,
+        service_account,
+    };
+    if let Some(previous) = ctx.tracker.record(key, report, now) {
+        tracing::info!(
+            namespace = %key.namespace, name = %key.name, api_version = key.version.api_version(),
+            from = previous.map(Phase::as_str).unwrap_or("None"), to = d.phase.as_str(), reason = %reason,
+            "phase transition"
+        );
+    }
+}
+
+async fn execute<K: BindingResource>(
+    b: &K,
+    key: &BindingKey,
+    o: &Observed,
+    d: Decision,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Action, ReconcileError> {
+    let ns = key.namespace.as_str();
+    let bindings: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    let pp = PatchParams::default();
+    let rv = b.resource_version().unwrap_or_default();
+    match d.plan {
+        Plan::Ignore => {
+            if o.binding.deleting || !o.matches_selector {
+                ctx.tracker.forget(key);
+            }
+            Ok(Action::await_change())
+        }
+        Plan::AddFinalizer => {
+            let mut finalizers = b.finalizers().to_vec();
+            finalizers.push(crate::k8s::api::FINALIZER.to_string());
+            let patch = json!({"metadata": {"resourceVersion": rv, "finalizers": finalizers}});
+            ctx.call("add finalizer", bindings.patch(&key.name, &pp, &Patch::Merge(&patch)))
+                .await?;
+            Ok(Action::requeue(AFTER_WRITE))
+        }
+        Plan::Cleanup(CleanupStep::Detach {
+            service_account,
+            pull_secrets,
+        })
+        | Plan::DetachExtraneous {
+            service_account,
+            pull_secrets,
+        } => {
+            set_pull_secrets(ctx, &sas, &service_account, pull_secrets).await?;
+            Ok(Action::requeue(AFTER_WRITE))
+        }
+        Plan::Cleanup(CleanupStep::DeleteSecret(name)) => {
+            delete_secret(ctx, &secrets, &name).await?;
+            Ok(Action::requeue(AFTER_WRITE))
+        }
+        Plan::Cleanup(CleanupStep::RemoveFinalizer) => {
+            let finalizers: Vec<String> = b
+                .finalizers()
+                .iter()
+                .filter(|f| *f != crate::k8s::api::FINALIZER)
+                .cloned()
+                .collect();
+            let patch = json!({"metadata": {"resourceVersion": rv, "finalizers": finalizers}});
+            ctx.call("remove finalizer", bindings.patch(&key.name, &pp, &Patch::Merge(&patch)))
+                .await?;
+            publish(ctx, b, EventType::Normal, "CleanedUp", "Cleanup", "pull secret detached and deleted".into()).await;
+            ctx.set_failure(key.clone(), 0, None);
+            ctx.tracker.forget(key);
+            Ok(Action::await_change())
+        }
+        Plan::Fail { status, retry_at } => {
+            write_status(ctx, &bindings, b, &status, now).await?;
+            let failures = status.consecutive_failures;
+            if should_emit_failure(failures, &o.binding.status.error, &status.error) {
+                let reason = match status.reason {
+                    "ServiceAccountNotFound" => "ServiceAccountNotFound",
+                    "InvalidSpec" | "RegistryNotAllowed" => "InvalidSpec",
+                    _ => "TokenRefreshFailed",
+                };
+                publish(ctx, b, EventType::Warning, reason, "Validate", status.error.clone()).await;
+            }
+            Ok(Action::requeue(
+                retry_at
+                    .map(|t| crate::state::refresh::requeue_after(now, t))
+                    .unwrap_or(ctx.policy.recheck_interval),
+            ))
+        }
+        Plan::Mint {
+            request,
+            reason,
+            current_expiry,
+        } => mint(b, key, o, ctx, &secrets, &bindings, *request, reason, current_expiry, now).await,
+        Plan::Attach {
+            service_account,
+            pull_secrets,
+        } => {
+            set_pull_secrets(ctx, &sas, &service_account, pull_secrets).await?;
+            publish(
+                ctx,
+                b,
+                EventType::Normal,
+                "PullSecretAttached",
+                "Attach",
+                format!("pull secret attached to service account {service_account}"),
+            )
+            .await;
+            Ok(Action::requeue(AFTER_WRITE))
+        }
+        Plan::RemoveExtraneousSecret {
+            secret,
+            detach_from,
+        } => {
+            if let Some(sa_name) = detach_from.first() {
+                let current = ctx
+                    .service_accounts
+                    .state()
+                    .into_iter()
+                    .find(|sa| sa.namespace().as_deref() == Some(ns) && sa.name_any() == *sa_name);
+                if let Some(sa) = current {
+                    let list: Vec<String> = sa
+                        .image_pull_secrets
+                        .iter()
+                        .flatten()
+                        .map(|r| r.name.clone())
+                        .filter(|n| *n != secret)
+                        .collect();
+                    set_pull_secrets(ctx, &sas, sa_name, list).await?;
+                }
+            } else {
+                delete_secret(ctx, &secrets, &secret).await?;
+            }
+            Ok(Action::requeue(AFTER_WRITE))
+        }
+        Plan::WriteStatus(status) => {
+            write_status(ctx, &bindings, b, &status, now).await?;
+            ctx.set_failure(key.clone(), 0, None);
+            Ok(Action::requeue(
+                requeue_for(&Plan::Wait { until: status.next_refresh.unwrap_or(now) }, now, &ctx.policy)
+                    .unwrap_or(AFTER_WRITE),
+            ))
+        }
+        Plan::Wait { until } => Ok(Action::requeue(crate::state::refresh::requeue_after(
+            now, until,
+        ))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn mint<K: BindingResource>(
+    b: &K,
+    key: &BindingKey,
+    o: &Observed,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    bindings: &Api<K>,
+    request: Resolved,
+    reason: MintReason,
+    current_expiry: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<Action, ReconcileError> {
+    let generation = o.binding.generation;
+    let req = credential_request(&request, &key.namespace, ctx.audience, current_expiry);
+    match ctx.pipeline.credential(&req).await {
+        Ok(credential) => {
+            let data = docker_config_json(&request.registry.authority(), &credential.token);
+            let existing = ctx.secrets.state().into_iter().find(|s| {
+                s.namespace().as_deref() == Some(key.namespace.as_str())
+                    && s.name_any() == request.secret_name
+            });
+            let owner = OwnerReference {
+                api_version: K::api_version(&()).to_string(),
+                kind: K::kind(&()).to_string(),
+                name: key.name.clone(),
+                uid: b.meta().uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            };
+            let annotations = json!({
+                EXPIRY_ANNOTATION: rfc3339(credential.expires_at),
+                REFRESH_ANNOTATION: rfc3339(now),
+                INPUTS_ANNOTATION: request.inputs_hash,
+            });
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+            match existing {
+                None => {
+                    let secret: Secret = serde_json::from_value(json!({
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "metadata": {
+                            "name": request.secret_name,
+                            "namespace": key.namespace,
+                            "labels": { BINDING_LABEL: key.name },
+                            "annotations": annotations,
+                            "ownerReferences": [owner],
+                        },
+                        "type": DOCKER_CONFIG_TYPE,
+                        "data": { DOCKER_CONFIG_KEY: encoded },
+                    }))
+                    .map_err(|e| ReconcileError::Kube {
+                        op: "build secret",
+                        source: kube::Error::SerdeError(e),
+                    })?;
+                    ctx.call(
+                        "create secret",
+                        secrets.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret),
+                    )
+                    .await?;
+                }
+                Some(meta) => {
+                    let patch = json!({
+                        "metadata": {
+                            "resourceVersion": meta.resource_version(),
+                            "labels": { BINDING_LABEL: key.name },
+                            "annotations": annotations,
+                            "ownerReferences": [owner],
+                        },
+                        "type": DOCKER_CONFIG_TYPE,
+                        "data": { DOCKER_CONFIG_KEY: encoded },
+                    });
+                    ctx.call(
+                        "update secret",
+                        secrets.patch(&request.secret_name, &PatchParams::default(), &Patch::Merge(&patch)),
+                    )
+                    .await?;
+                }
+            }
+            ctx.set_failure(key.clone(), generation, None);
+            let (event, note) = match reason {
+                MintReason::Missing => ("TokenIssued", "pull secret created"),
+                _ => ("TokenRefreshed", "pull secret refreshed"),
+            };
+            publish(
+                ctx,
+                b,
+                EventType::Normal,
+                event,
+                "Mint",
+                format!("{note}; token expires {}", rfc3339(credential.expires_at)),
+            )
+            .await;
+            Ok(Action::requeue(AFTER_WRITE))
+        }
+        Err(err) => {
+            let message = mint_failure_message(&err);
+            let (status, at) = after_mint_failure(
+                o,
+                err.reason(),
+                message.clone(),
+                err.retry_after(),
+                now,
+                &ctx.policy,
+            );
+            ctx.set_failure(
+                key.clone(),
+                generation,
+                Some(Failure {
+                    reason: err.reason(),
+                    message,
+                    at: now,
+                    not_before: Some(at),
+                }),
+            );
+            tracing::warn!(
+                namespace = %key.namespace, name = %key.name, reason = err.reason(),
+                failures = status.consecutive_failures, retry_at = %rfc3339(at),
+                error = %status.error, "token request failed; the existing pull secret is kept"
+            );
+            write_status(ctx, bindings, b, &status, now).await?;
+            if should_emit_failure(status.consecutive_failures, &o.binding.status.error, &status.error) {
+                publish(ctx, b, EventType::Warning, "TokenRefreshFailed", "Mint", status.error.clone()).await;
+            }
+            Ok(Action::requeue(crate::state::refresh::requeue_after(now, at)))
+        }
+    }
+}
+
+/// The message shown in status and events: what failed and what to do (no tokens: errors
+/// from the pipeline never carry them).
+fn mint_failure_message(err: &AzureError) -> String {
+    err.user_message()
+}
+
+fn credential_request(
+    r: &Resolved,
+    namespace: &str,
+    audience: IdentityAudience,
+    current_expiry: Option<Timestamp>,
+) -> CredentialRequest {
+    CredentialRequest {
+        server: r.registry.authority(),
+        scope: r.scope.clone(),
+        identity: match &r.identity {
+            IdentitySpec::ManagedClientId(c) => Identity::ManagedClientId(c.clone()),
+            IdentitySpec::ManagedResourceId(id) => Identity::ManagedResourceId(id.clone()),
+            IdentitySpec::Workload {
+                tenant_id,
+                client_id,
+                service_account,
+            } => Identity::Workload {
+                tenant_id: tenant_id.clone(),
+                client_id: client_id.clone(),
+                service_account_namespace: namespace.to_string(),
+                service_account_name: service_account.clone(),
+            },
+        },
+        cloud: match &r.cloud {
+            CloudSpec::Public => Cloud::Public,
+            CloudSpec::USGovernment => Cloud::USGovernment,
+            CloudSpec::China => Cloud::China,
+            CloudSpec::Airgapped {
+                entra_authority_host,
+                resource_manager_audience,
+            } => Cloud::Airgapped {
+                entra_authority_host: entra_authority_host.clone(),
+                resource_manager_audience: resource_manager_audience.clone(),
+            },
+        },
+        audience,
+        arm_resource_override: r.arm_resource_override.clone().or_else(|| {
+            matches!(r.refresh_rule, crate::state::refresh::RefreshRule::V1beta1)
+                .then(|| V1BETA1_DEFAULT_ARM_RESOURCE.to_string())
+        }),
+        fresher_than: current_expiry,
+    }
+}
+
+async fn set_pull_secrets(
+    ctx: &Context,
+    sas: &Api<ServiceAccount>,
+    name: &str,
+    mut list: Vec<String>,
+) -> Result<(), ReconcileError> {
+    let current = ctx
+        .service_accounts
+        .state()
+        .into_iter()
+        .find(|sa| sa.namespace() == sas_namespace(sas) && sa.name_any() == name);
+    let Some(current) = current else {
+        return Ok(());
+    };
+    sort_pull_secrets_stable(&mut list);
+    let refs: Vec<serde_json::Value> = list.iter().map(|n| json!({"name": n})).collect();
+    let patch = json!({
+        "metadata": {"resourceVersion": current.resource_version()},
+        "imagePullSecrets": refs,
+    });
+    ctx.call(
+        "update service account",
+        sas.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+    )
+    .await?;
+    Ok(())
+}
+
+fn sas_namespace(api: &Api<ServiceAccount>) -> Option<String> {
+    api.namespace().map(str::to_string)
+}
+
+/// The decision core already ordered the list; sorting again only normalises duplicates.
+fn sort_pull_secrets_stable(list: &mut Vec<String>) {
+    sort_pull_secrets(list);
+}
+
+async fn delete_secret(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    name: &str,
+) -> Result<(), ReconcileError> {
+    let uid = ctx
+        .secrets
+        .state()
+        .into_iter()
+        .find(|s| s.namespace() == secrets.namespace().map(str::to_string) && s.name_any() == name)
+        .and_then(|s| s.uid());
+    let dp = DeleteParams {
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match ctx.call("delete secret", secrets.delete(name, &dp)).await {
+        Err(e) if e.reason() == "NotFound" => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+async fn write_status<K: BindingResource>(
+    ctx: &Context,
+    api: &Api<K>,
+    b: &K,
+    s: &DesiredStatus,
+    now: Timestamp,
+) -> Result<(), ReconcileError> {
+    let ready_status = if s.ready { "True" } else { "False" };
+    let previous = b
+        .status()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+    let transition = previous
+        .as_ref()
+        .filter(|c| c.status == ready_status)
+        .map(|c| c.last_transition_time.0)
+        .unwrap_or(now);
+    let opt = |t: Option<Timestamp>| t.map(rfc3339);
+    let patch = json!({
+        "status": {
+            "lastTokenRefreshTime": opt(s.last_refresh),
+            "tokenExpirationTime": opt(s.expiry),
+            "error": if s.error.is_empty() { None } else { Some(&s.error) },
+            "phase": s.phase.as_str(),
+            "conditions": [{
+                "type": "Ready",
+                "status": ready_status,
+                "reason": s.reason,
+                "message": s.message,
+                "observedGeneration": s.observed_generation,
+                "lastTransitionTime": rfc3339(transition),
+            }],
+            "observedGeneration": s.observed_generation,
+            "nextRefreshTime": opt(s.next_refresh),
+            "consecutiveFailures": if s.consecutive_failures == 0 { None } else { Some(s.consecutive_failures) },
+        }
+    });
+    ctx.call(
+        "write status",
+        api.patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(&patch)),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish<K: BindingResource>(
+    ctx: &Context,
+    b: &K,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let reference = b.object_ref(&());
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate_note(note)),
+        action: action.into(),
+        secondary: None,
+    };
+    let fut = ctx.recorder.publish(&ev, &reference);
+    match tokio::time::timeout(ctx.call_timeout, fut).await {
+        Ok(Ok(())) => {}
+        // Events are best effort: a failure to record one never fails the reconcile.
+        Ok(Err(e)) => tracing::debug!(error = %e, reason, "event not recorded"),
+        Err(_) => tracing::debug!(reason, "event publish timed out"),
+    }
+}
+
+fn truncate_note(mut note: String) -> String {
+    if note.len() > 1000 {
+        let cut = note.floor_char_boundary(1000);
+        note.truncate(cut);
+    }
+    note
+}
+
+/// Called by kube-runtime when reconcile returns an error (timeouts, API errors other than
+/// conflicts): retry with the same per-binding backoff as Azure failures.
+pub fn error_policy<K: BindingResource>(
+    binding: Arc<K>,
+    error: &ReconcileError,
+    _ctx: Arc<Context>,
+) -> Action {
+    let failures = binding
+        .status()
+        .map(|s| s.consecutive_failures)
+        .unwrap_or(0)
+        .saturating_add(1);
+    let seed = crate::state::refresh::seed_of(&binding.meta().uid.clone().unwrap_or_default());
+    let delay = crate::state::refresh::backoff(failures.min(6), seed, Duration::from_secs(60));
+    tracing::warn!(
+        namespace = %binding.namespace().unwrap_or_default(), name = %binding.name_any(),
+        reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed"
+    );
+    Action::requeue(delay)
+}

@@ -1,0 +1,165 @@
+//! Gather the [`Observed`] snapshot for one binding from the reflector caches — no API reads.
+//!
+//! Secrets are watched as metadata only (the controller never needs their data, which keeps
+//! memory small at scale): the token facts come from the annotations the controller wrote.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::core::PartialObjectMeta;
+use kube::ResourceExt;
+
+use super::binding::{parse_time, view, BindingResource};
+use crate::state::binding::{ServiceAccountView, Version, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION};
+use crate::state::decide::{BindingView, Failure, Observed, SecretView};
+use crate::state::names::{
+    legacy_pull_secret_name, pull_secret_name, secret_family, SecretFamily, BINDING_LABEL,
+    EXPIRY_ANNOTATION, INPUTS_ANNOTATION, REFRESH_ANNOTATION,
+};
+
+pub type SecretMeta = PartialObjectMeta<Secret>;
+
+/// The API group of each version, as found in ownerReferences.
+pub fn group_of(version: Version) -> &'static str {
+    match version {
+        Version::V1beta1 => "msi-acrpull.microsoft.com",
+        Version::V1beta2 => "acrpull.microsoft.com",
+    }
+}
+
+/// The name a binding's pull secret must have.
+pub fn expected_secret_name(version: Version, binding: &str) -> String {
+    match version {
+        Version::V1beta1 => legacy_pull_secret_name(binding),
+        Version::V1beta2 => pull_secret_name(binding),
+    }
+}
+
+/// Which binding version a labelled secret belongs to, if any: by its controller
+/// ownerReference's group, else (secrets of the old controller without an owner) by name family.
+/// Also returns the owner UID when there is one.
+pub fn secret_owner(secret: &SecretMeta) -> Option<(Version, Option<String>)> {
+    let owner = secret
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "AcrPullBinding");
+    match owner {
+        Some(o) => {
+            let group = o.api_version.split('/').next().unwrap_or_default();
+            let version = if group == group_of(Version::V1beta1) {
+                Version::V1beta1
+            } else if group == group_of(Version::V1beta2) {
+                Version::V1beta2
+            } else {
+                return None;
+            };
+            Some((version, Some(o.uid.clone())))
+        }
+        None => match secret_family(&secret.name_any()) {
+            SecretFamily::Legacy => Some((Version::V1beta1, None)),
+            SecretFamily::Current => Some((Version::V1beta2, None)),
+            SecretFamily::Unmanaged => None,
+        },
+    }
+}
+
+/// Whether `secret` belongs to the binding `b`: labelled with its name, of its version, and
+/// owned by its UID (the expected name is adopted from a previous incarnation of the binding).
+pub fn belongs_to(secret: &SecretMeta, b: &BindingView) -> bool {
+    if secret.namespace().as_deref() != Some(b.namespace.as_str())
+        || secret.labels().get(BINDING_LABEL) != Some(&b.name)
+    {
+        return false;
+    }
+    match secret_owner(secret) {
+        Some((version, uid)) if version == b.version => match uid {
+            None => true,
+            Some(uid) => uid == b.uid || secret.name_any() == expected_secret_name(b.version, &b.name),
+        },
+        _ => false,
+    }
+}
+
+fn secret_view(s: &SecretMeta) -> SecretView {
+    let a = s.annotations();
+    SecretView {
+        name: s.name_any(),
+        expiry: parse_time(a, EXPIRY_ANNOTATION),
+        refresh: parse_time(a, REFRESH_ANNOTATION),
+        inputs: a.get(INPUTS_ANNOTATION).cloned(),
+        // Metadata only: the annotations stand for the content; see the module doc.
+        well_formed: true,
+    }
+}
+
+pub fn service_account_view(sa: &ServiceAccount) -> ServiceAccountView {
+    ServiceAccountView {
+        name: sa.name_any(),
+        pull_secrets: sa
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .collect(),
+        client_id_annotation: sa.annotations().get(WI_CLIENT_ID_ANNOTATION).cloned(),
+        tenant_id_annotation: sa.annotations().get(WI_TENANT_ID_ANNOTATION).cloned(),
+    }
+}
+
+/// Build the snapshot. `secrets` and `service_accounts` may hold objects of any namespace.
+pub fn observe<K: BindingResource>(
+    binding: &K,
+    matches_selector: bool,
+    secrets: &[Arc<SecretMeta>],
+    service_accounts: &[Arc<ServiceAccount>],
+    last_failure: Option<Failure>,
+) -> Observed {
+    let b = view(binding);
+    let mut own: Vec<SecretView> = secrets
+        .iter()
+        .filter(|s| belongs_to(s, &b))
+        .map(|s| secret_view(s))
+        .collect();
+    own.sort_by(|x, y| x.name.cmp(&y.name));
+    let expected = expected_secret_name(b.version, &b.name);
+    let in_ns: Vec<&Arc<ServiceAccount>> = service_accounts
+        .iter()
+        .filter(|sa| sa.namespace().as_deref() == Some(b.namespace.as_str()))
+        .collect();
+    let find = |name: &str| {
+        in_ns
+            .iter()
+            .find(|sa| sa.name_any() == name)
+            .map(|sa| service_account_view(sa))
+    };
+    let targets = binding.service_accounts();
+    let target = targets.first().and_then(|t| find(t));
+    let workload = targets.get(1).and_then(|w| find(w)).or_else(|| {
+        // serviceAccountRef may equal the target.
+        match &b.spec {
+            crate::state::binding::Spec::V1beta2(s) => s
+                .workload
+                .as_ref()
+                .and_then(|w| find(&w.service_account_ref)),
+            _ => None,
+        }
+    });
+    let referencing = in_ns
+        .iter()
+        .map(|sa| service_account_view(sa))
+        .filter(|sa| {
+            sa.pull_secrets
+                .iter()
+                .any(|n| *n == expected || own.iter().any(|s| s.name == *n))
+        })
+        .collect();
+    Observed {
+        binding: b,
+        matches_selector,
+        secrets: own,
+        target_service_account: target,
+        workload_service_account: workload,
+        referencing_service_accounts: referencing,
+        last_failure,
+    }
+}

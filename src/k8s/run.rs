@@ -1,0 +1,231 @@
+//! Wiring: four watches (both binding versions, labelled Secrets as metadata, ServiceAccounts)
+//! feeding shared reflector caches, and one kube-runtime controller per binding version, both
+//! triggered by Secret and ServiceAccount changes. Readiness flips once every watch has
+//! delivered its initial list.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::Api;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+
+use super::api::{v1beta1, v1beta2};
+use super::binding::BindingResource;
+use super::controller::{error_policy, reconcile, Context};
+use super::observe::{expected_secret_name, secret_owner, SecretMeta};
+use crate::http::health::Readiness;
+use crate::state::names::BINDING_LABEL;
+
+/// Events buffered per subscriber of a shared cache.
+const SUBSCRIBE_BUFFER: usize = 1024;
+/// The watches readiness waits for.
+pub const WATCHES: usize = 4;
+
+/// Settings of the watch/reconcile machinery.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub concurrency: u16,
+    /// `--label-selector`, handed to the API server for the binding watches.
+    pub label_selector: String,
+}
+
+/// The caches the controllers share; built before the controllers so the context can hold the
+/// readers.
+pub struct Caches {
+    pub secrets: Store<SecretMeta>,
+    pub service_accounts: Store<ServiceAccount>,
+    secret_writer: reflector::store::Writer<SecretMeta>,
+    sa_writer: reflector::store::Writer<ServiceAccount>,
+}
+
+impl Caches {
+    pub fn new() -> Self {
+        let (secrets, secret_writer) = reflector::store_shared(SUBSCRIBE_BUFFER);
+        let (service_accounts, sa_writer) = reflector::store_shared(SUBSCRIBE_BUFFER);
+        Self {
+            secrets,
+            service_accounts,
+            secret_writer,
+            sa_writer,
+        }
+    }
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn mark_ready<K>(
+    readiness: Readiness,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    let mut done = false;
+    move |event| {
+        if !done && matches!(event, Ok(watcher::Event::InitDone)) {
+            done = true;
+            readiness.synced();
+        }
+    }
+}
+
+/// Run both controllers until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    caches: Caches,
+    ctx: Arc<Context>,
+    config: RunConfig,
+    readiness: Readiness,
+    leader: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let Caches {
+        secret_writer,
+        sa_writer,
+        ..
+    } = caches;
+    let secret_events = secret_writer.subscribe().expect("shared store");
+    let sa_events = sa_writer.subscribe().expect("shared store");
+
+    let secrets = watcher(
+        Api::<SecretMeta>::all(client.clone()),
+        watcher::Config::default().labels(BINDING_LABEL),
+    )
+    .default_backoff()
+    .inspect(mark_ready(readiness.clone()))
+    .reflect_shared(secret_writer)
+    .for_each(|_| std::future::ready(()));
+
+    let service_accounts = watcher(
+        Api::<ServiceAccount>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .inspect(mark_ready(readiness.clone()))
+    .reflect_shared(sa_writer)
+    .for_each(|_| std::future::ready(()));
+
+    let v1 = controller_for::<v1beta1::AcrPullBinding>(
+        &client,
+        &config,
+        ctx.clone(),
+        readiness.clone(),
+        secret_events.clone(),
+        sa_events.clone(),
+        leader.clone(),
+        shutdown.clone(),
+    );
+    let v2 = controller_for::<v1beta2::AcrPullBinding>(
+        &client,
+        &config,
+        ctx,
+        readiness,
+        secret_events,
+        sa_events,
+        leader,
+        shutdown.clone(),
+    );
+    let watches = async {
+        tokio::select! {
+            _ = secrets => {}
+            _ = service_accounts => {}
+            _ = shutdown => {}
+        }
+    };
+    tokio::join!(watches, v1, v2);
+}
+
+/// A stream that yields once each time this replica becomes the leader.
+fn on_leadership(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold((leader, false), |(mut rx, mut was)| async move {
+        loop {
+            let is = *rx.borrow_and_update();
+            if is && !was {
+                return Some(((), (rx, true)));
+            }
+            was = is;
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn controller_for<K: BindingResource>(
+    client: &Client,
+    config: &RunConfig,
+    ctx: Arc<Context>,
+    readiness: Readiness,
+    secret_events: reflector::ReflectHandle<SecretMeta>,
+    sa_events: reflector::ReflectHandle<ServiceAccount>,
+    leader: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (reader, writer) = reflector::store_shared::<K>(SUBSCRIBE_BUFFER);
+    let events = writer.subscribe().expect("shared store");
+    let mut wc = watcher::Config::default();
+    if !config.label_selector.trim().is_empty() {
+        wc = wc.labels(&config.label_selector);
+    }
+    let bindings = watcher(Api::<K>::all(client.clone()), wc)
+        .default_backoff()
+        .inspect(mark_ready(readiness))
+        .reflect_shared(writer)
+        .for_each(|_| std::future::ready(()));
+
+    let by_sa = reader.clone();
+    let controller = Controller::for_shared_stream(events, reader)
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .watches_shared_stream(secret_events, |s: Arc<SecretMeta>| secret_to_binding::<K>(&s))
+        .watches_shared_stream(sa_events, move |sa: Arc<ServiceAccount>| {
+            sa_to_bindings::<K>(&by_sa, &sa)
+        })
+        .reconcile_all_on(on_leadership(leader))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .for_each(|_| std::future::ready(()));
+    tokio::select! {
+        _ = bindings => {}
+        _ = controller => {}
+    }
+}
+
+/// A labelled Secret maps to the binding of its version named by the label.
+fn secret_to_binding<K: BindingResource>(s: &SecretMeta) -> Option<ObjectRef<K>> {
+    let name = s.labels().get(BINDING_LABEL)?;
+    let ns = s.namespace()?;
+    let (version, _) = secret_owner(s)?;
+    (version == K::VERSION).then(|| ObjectRef::new(name).within(&ns))
+}
+
+/// A ServiceAccount maps to the bindings that target it, use it for workload identity, or
+/// whose secrets it references.
+fn sa_to_bindings<K: BindingResource>(store: &Store<K>, sa: &ServiceAccount) -> Vec<ObjectRef<K>> {
+    let Some(ns) = sa.namespace() else {
+        return Vec::new();
+    };
+    let name = sa.name_any();
+    let refs: Vec<String> = sa
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect();
+    store
+        .state()
+        .iter()
+        .filter(|b| b.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|b| {
+            b.service_accounts().contains(&name)
+                || refs.contains(&expected_secret_name(K::VERSION, &b.name_any()))
+        })
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
+}
