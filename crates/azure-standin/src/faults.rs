@@ -208,14 +208,13 @@ impl FaultSet {
             if !in_scope(&state.rule, scope) {
                 continue;
             }
-            if decision.action.is_some()
-                && !matches!(state.rule.action, FaultAction::Latency { .. })
-            {
-                // A terminal action already fired; later terminal rules do not count this one.
-                continue;
-            }
+            // Every in-scope request counts for every rule, so "the nth request" means the nth
+            // request of that scope even when another rule answered an earlier one.
             state.matched += 1;
-            if !fires(&state.rule.trigger, state.matched, state.added) {
+            let terminal = !matches!(state.rule.action, FaultAction::Latency { .. });
+            if (terminal && decision.action.is_some())
+                || !fires(&state.rule.trigger, state.matched, state.added)
+            {
                 continue;
             }
             decision.fired.get_or_insert(state.rule.id);
