@@ -14,7 +14,9 @@ use crate::azure::{
 };
 use crate::config::Cli;
 use crate::http::health::{self, Readiness};
+use crate::http::metrics::{self, BindingCollector};
 use crate::k8s::controller::Context;
+use crate::k8s::leader::{LeaderConfig, LeaderElector};
 use crate::k8s::metrics::ControllerMetrics;
 use crate::k8s::run::{self, Caches, RunConfig};
 use crate::k8s::sa_token::TokenRequests;
@@ -36,6 +38,23 @@ pub enum AppError {
     Bind(std::net::SocketAddr, std::io::Error),
     #[error("{0}")]
     Selector(#[from] crate::state::selector::SelectorError),
+    #[error("the leader-election task stopped; exiting so a healthy replica can lead")]
+    LeaseTaskDied,
+}
+
+/// The Lease namespace: the flag, else the pod's namespace (downward API or the mounted
+/// ServiceAccount), else `default`.
+fn lease_namespace(cli: &Cli) -> String {
+    cli.leader_election_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string())
 }
 
 /// A kube client from in-cluster config, else `KUBECONFIG` / `~/.kube/config`, with a read
@@ -174,16 +193,34 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             .await;
     });
 
-    // Leadership: without --leader-elect this replica always leads.
-    let (_leader_tx, leader_rx) = watch::channel(!cli.leader_elect);
-    if cli.leader_elect {
-        tracing::warn!("--leader-elect: leader election is not built yet; this replica will not write");
-    }
-
     let identity = cli
         .pod_name
         .clone()
         .unwrap_or_else(|| format!("acrpull-{}", std::process::id()));
+
+    // Leadership: without --leader-elect this replica always leads.
+    let (leader_tx, leader_rx) = watch::channel(!cli.leader_elect);
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let elector = if cli.leader_elect {
+        let elector = LeaderElector::new(
+            client.clone(),
+            LeaderConfig {
+                namespace: lease_namespace(&cli),
+                name: cli.leader_election_id.clone(),
+                identity: identity.clone(),
+                lease_duration: cli.lease_duration,
+                renew_deadline: cli.renew_deadline,
+                retry_period: cli.retry_period,
+            },
+        );
+        let task = tokio::spawn(elector.run(leader_tx, async move {
+            let _ = release_rx.await;
+        }));
+        Some(task)
+    } else {
+        drop(release_rx);
+        None
+    };
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -191,6 +228,28 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             instance: Some(identity),
         },
     );
+    let tracker = Tracker::default();
+    registry.register_collector(Box::new(BindingCollector::new(
+        tracker.clone(),
+        leader_rx.clone(),
+    )));
+    let registry = Arc::new(registry);
+    let metrics_listener = tokio::net::TcpListener::bind(cli.metrics_bind_address)
+        .await
+        .map_err(|e| AppError::Bind(cli.metrics_bind_address, e))?;
+    let metrics_app = metrics::router(
+        registry.clone(),
+        tracker.clone(),
+        leader_rx.clone(),
+        cli.debug_endpoint,
+    );
+    let metrics_shutdown = shutdown.clone();
+    let metrics_server = tokio::spawn(async move {
+        let _ = axum::serve(metrics_listener, metrics_app)
+            .with_graceful_shutdown(metrics_shutdown)
+            .await;
+    });
+
     let caches = Caches::new();
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -201,7 +260,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         caches.service_accounts.clone(),
         recorder,
         leader_rx.clone(),
-        Tracker::default(),
+        tracker,
         cli.kube_call_timeout,
         audience(&cli),
         controller_metrics,
@@ -219,17 +278,35 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         shutdown.clone(),
     ));
 
-    first_signal().await;
+    // The lease task dying is fatal: a replica that cannot tell whether it leads must not run.
+    let lease_died = async {
+        match elector {
+            Some(task) => {
+                let _ = task.await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = first_signal() => {}
+        _ = lease_died => {
+            return Err(AppError::LeaseTaskDied);
+        }
+    }
     tracing::info!("shutting down: readiness off, reconcilers stopping");
     readiness.shutting_down();
     let _ = shutdown_tx.send(true);
     let grace = Duration::from_secs(20);
     let _ = tokio::time::timeout(grace, async {
         let _ = controllers.await;
+        // Release the Lease only once no reconcile can write any more.
+        let _ = release_tx.send(());
         let _ = probes.await;
+        let _ = metrics_server.await;
     })
     .await;
+    // Give the elector a moment to release the Lease.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     tracing::info!("stopped");
-    drop(registry);
     Ok(())
 }

@@ -37,7 +37,7 @@ pub struct Cli {
     pub leader_election_id: String,
 
     /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE, else
-    /// kube-system).
+    /// default).
     #[arg(long, env = "ACRPULL_LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
 

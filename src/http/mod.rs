@@ -1,4 +1,5 @@
-//! HTTP endpoints (axum). Probes live on `--health-probe-bind-address`; metrics and debug on
-//! `--metrics-bind-address` (added with the process issue).
+//! HTTP endpoints (axum). Probes live on `--health-probe-bind-address`; `/metrics` and
+//! `/debug/bindings` on `--metrics-bind-address`.
 
 pub mod health;
+pub mod metrics;

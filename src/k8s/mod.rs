@@ -5,6 +5,7 @@ pub mod api;
 pub mod binding;
 pub mod controller;
 pub mod events;
+pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod run;

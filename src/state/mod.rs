@@ -5,6 +5,7 @@ pub mod binding;
 pub mod decide;
 pub mod dockerconfig;
 pub mod inputs;
+pub mod lease;
 pub mod jwt;
 pub mod names;
 pub mod refresh;
