@@ -1,0 +1,189 @@
+//! Asynchronous garbage collection and namespace termination, as the kube-controller-manager
+//! does them: after a configurable delay following any change, dependents whose owners are all
+//! gone are deleted (background), references to vanished owners are stripped, `orphan` and
+//! `foregroundDeletion` finalizers are processed, and terminating namespaces are emptied and
+//! then removed. Nothing cascades inline, so tests cannot come to depend on synchronous GC.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::patch::PatchType;
+use crate::resources::ResourceType;
+use crate::server::Shared;
+use crate::store::{DeleteOpts, WriteOpts};
+
+const MANAGER: &str = "generic-garbage-collector";
+
+fn deleting(o: &Value) -> bool {
+    !o["metadata"]["deletionTimestamp"].is_null()
+}
+
+fn has_finalizer(o: &Value, f: &str) -> bool {
+    o["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x == f))
+}
+
+fn key(o: &Value) -> (String, String) {
+    (
+        o["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+fn wopts() -> WriteOpts {
+    WriteOpts {
+        manager: MANAGER.into(),
+        ..Default::default()
+    }
+}
+
+fn merge(shared: &Shared, rt: &ResourceType, o: &Value, patch: Value) {
+    let (ns, name) = key(o);
+    let _ = shared
+        .store
+        .patch(rt, &ns, &name, PatchType::Merge, &patch, None, &wopts());
+}
+
+fn delete(shared: &Shared, rt: &ResourceType, o: &Value, policy: &str) {
+    if deleting(o) {
+        return;
+    }
+    let (ns, name) = key(o);
+    let opts = DeleteOpts {
+        propagation: Some(policy.into()),
+        ..Default::default()
+    };
+    let _ = shared.store.delete(rt, &ns, &name, &opts);
+}
+
+/// One GC pass over a snapshot; whether it changed anything.
+pub fn pass(shared: &Shared) -> bool {
+    let all = shared.store.all_objects();
+    let by_uid: HashMap<&str, &Value> = all
+        .iter()
+        .filter_map(|(_, o)| o["metadata"]["uid"].as_str().map(|u| (u, o)))
+        .collect();
+    let mut acted = false;
+    for (rt, o) in &all {
+        let Some(refs) = o["metadata"]["ownerReferences"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+        else {
+            continue;
+        };
+        let mut keep = Vec::new();
+        let mut dangling = 0;
+        let mut foreground = false;
+        for r in refs {
+            match r["uid"].as_str().and_then(|u| by_uid.get(u)) {
+                None => dangling += 1,
+                Some(owner) if deleting(owner) && has_finalizer(owner, "orphan") => {}
+                Some(owner) => {
+                    if deleting(owner) && has_finalizer(owner, "foregroundDeletion") {
+                        foreground = true;
+                    }
+                    keep.push(r.clone());
+                }
+            }
+        }
+        if keep.is_empty() && dangling > 0 {
+            if !deleting(o) {
+                delete(shared, rt, o, "Background");
+                acted = true;
+            }
+        } else if keep.len() < refs.len() {
+            merge(
+                shared,
+                rt,
+                o,
+                json!({"metadata": {"ownerReferences": keep}}),
+            );
+            acted = true;
+        } else if foreground && !deleting(o) {
+            delete(shared, rt, o, "Foreground");
+            acted = true;
+        }
+    }
+    for (rt, o) in all.iter().filter(|(_, o)| deleting(o)) {
+        let uid = o["metadata"]["uid"].as_str().unwrap_or_default();
+        let dependents: Vec<&Value> = all
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| {
+                d["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|rs| rs.iter().any(|r| r["uid"] == uid))
+            })
+            .collect();
+        let mut remove = Vec::new();
+        if has_finalizer(o, "orphan") && dependents.is_empty() {
+            remove.push("orphan");
+        }
+        if has_finalizer(o, "foregroundDeletion") {
+            let blocking = dependents.iter().any(|d| {
+                d["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|rs| {
+                        rs.iter()
+                            .any(|r| r["uid"] == uid && r["blockOwnerDeletion"] == true)
+                    })
+            });
+            if !blocking {
+                remove.push("foregroundDeletion");
+            }
+        }
+        if !remove.is_empty() {
+            let fins: Vec<Value> = o["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| !remove.iter().any(|r| *f == r))
+                .cloned()
+                .collect();
+            merge(shared, rt, o, json!({"metadata": {"finalizers": fins}}));
+            acted = true;
+        }
+        if rt.group.is_empty() && rt.plural == "namespaces" {
+            let name = key(o).1;
+            let contents: Vec<&(Arc<ResourceType>, Value)> = all
+                .iter()
+                .filter(|(t, c)| t.namespaced && key(c).0 == name)
+                .collect();
+            if contents.is_empty() {
+                shared.store.purge(rt, "", &name);
+                acted = true;
+            } else {
+                for (t, c) in contents {
+                    if !deleting(c) {
+                        delete(shared, t, c, "Background");
+                        acted = true;
+                    }
+                }
+            }
+        }
+    }
+    acted
+}
+
+/// The GC loop: after every change, wait the GC delay, then run passes.
+pub async fn run(shared: Arc<Shared>) {
+    let mut rv = shared.store.rv_watch();
+    loop {
+        if rv.changed().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(shared.gc_delay).await;
+        rv.borrow_and_update();
+        // Our own writes change the RV, so cascades continue on the next iteration.
+        pass(&shared);
+    }
+}
