@@ -1,9 +1,10 @@
 //! A token cache with single flight: per key, a usable cached value is returned; otherwise one
 //! fetch runs and every concurrent caller for that key awaits the same result.
 //!
-//! The fetch is a shared future stored in the map, so it keeps running as long as any caller
-//! still awaits it, and a caller that gives up (its reconcile was cancelled) does not fail the
-//! others. Errors are shared with the callers that coalesced onto the fetch but never cached.
+//! The fetch runs as its own tokio task and stores its result itself, so a caller that gives up
+//! (its reconcile was cancelled) neither fails the others nor leaves a half-done request parked
+//! while holding a rate-limiter slot. Errors are shared with the callers that coalesced onto
+//! the fetch but never cached.
 //! The lock is a std mutex held only for map operations, never across an `.await`.
 
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use jiff::Timestamp;
 
-use super::error::AzureError;
+use super::error::{AzureError, ErrorKind};
 use super::metrics::CacheResult;
 
 type SharedFetch<V> = Shared<BoxFuture<'static, Result<V, AzureError>>>;
@@ -21,6 +22,15 @@ type SharedFetch<V> = Shared<BoxFuture<'static, Result<V, AzureError>>>;
 struct Slot<V: Clone> {
     value: Option<(V, Timestamp)>,
     inflight: Option<(u64, SharedFetch<V>)>,
+}
+
+impl<V: Clone> Slot<V> {
+    fn empty() -> Self {
+        Self {
+            value: None,
+            inflight: None,
+        }
+    }
 }
 
 struct Inner<K, V: Clone> {
@@ -95,13 +105,11 @@ where
                 if let Some((_, shared)) = &slot.inflight {
                     (shared.clone(), CacheResult::Coalesced)
                 } else {
-                    let shared = self.start(&mut inner, key, fetch);
-                    (shared, CacheResult::Miss)
+                    (self.start(&mut inner, key, fetch), CacheResult::Miss)
                 }
             } else {
                 inner.maybe_sweep(now);
-                let shared = self.start(&mut inner, key, fetch);
-                (shared, CacheResult::Miss)
+                (self.start(&mut inner, key, fetch), CacheResult::Miss)
             }
         };
         (shared.await, result)
@@ -118,13 +126,12 @@ where
         let cache = self.clone();
         let owned_key = key.clone();
         let fut = fetch();
-        let shared = async move {
+        // The fetch stores its own result, so it must run to the end even if every caller
+        // stops waiting: a fetch parked mid-flight would hold a limiter slot forever.
+        let task = async move {
             let result = fut.await;
             let mut inner = cache.lock();
-            let slot = inner.slots.entry(owned_key).or_insert_with(|| Slot {
-                value: None,
-                inflight: None,
-            });
+            let slot = inner.slots.entry(owned_key).or_insert_with(Slot::empty);
             if slot.inflight.as_ref().is_some_and(|(i, _)| *i == id) {
                 slot.inflight = None;
             }
@@ -135,13 +142,37 @@ where
                 }
                 Err(e) => Err(e),
             }
-        }
-        .boxed()
-        .shared();
-        let slot = inner.slots.entry(key.clone()).or_insert_with(|| Slot {
-            value: None,
-            inflight: None,
-        });
+        };
+        let shared = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let handle = runtime.spawn(task);
+                let cache = self.clone();
+                let owned_key = key.clone();
+                async move {
+                    match handle.await {
+                        Ok(result) => result,
+                        Err(join_error) => {
+                            // Panicked or cancelled at runtime shutdown: unblock the key.
+                            let mut inner = cache.lock();
+                            if let Some(slot) = inner.slots.get_mut(&owned_key) {
+                                if slot.inflight.as_ref().is_some_and(|(i, _)| *i == id) {
+                                    slot.inflight = None;
+                                }
+                            }
+                            Err(AzureError::new(
+                                ErrorKind::AzureUnavailable,
+                                format!("token fetch did not complete: {join_error}"),
+                            ))
+                        }
+                    }
+                }
+                .boxed()
+                .shared()
+            }
+            // Outside a runtime (not expected): the callers drive the fetch themselves.
+            Err(_) => task.boxed().shared(),
+        };
+        let slot = inner.slots.entry(key.clone()).or_insert_with(Slot::empty);
         slot.inflight = Some((id, shared.clone()));
         shared
     }
@@ -315,6 +346,42 @@ mod tests {
         let _ = tx.send(());
         let (r, c) = second.await.unwrap_or((Ok(0), CacheResult::Miss));
         assert_eq!((r, c), (Ok(5), CacheResult::Coalesced));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_fetch_still_completes_and_is_cached() {
+        let cache: SingleFlight<u8, u32> = SingleFlight::new();
+        let caller = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get(
+                        &1,
+                        Timestamp::UNIX_EPOCH,
+                        |_| true,
+                        || {
+                            async {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                Ok((9, far()))
+                            }
+                            .boxed()
+                        },
+                    )
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        caller.abort();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (r, c) = cache
+            .get(
+                &1,
+                Timestamp::UNIX_EPOCH,
+                |_| true,
+                || async { Ok((0, far())) }.boxed(),
+            )
+            .await;
+        assert_eq!((r, c), (Ok(9), CacheResult::Hit));
     }
 
     #[tokio::test]

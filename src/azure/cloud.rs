@@ -107,7 +107,8 @@ pub(crate) fn normalize_authority(raw: &str) -> Result<String, AzureError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid("must not carry credentials"));
     }
-    if url.query().is_some() || url.fragment().is_some() || url.path().trim_matches('/') != "" {
+    if url.query().is_some() || url.fragment().is_some() || !url.path().trim_matches('/').is_empty()
+    {
         return Err(invalid("must be a bare host without path or query"));
     }
     Ok(url.as_str().trim_end_matches('/').to_string())

@@ -208,7 +208,7 @@ mod tests {
             (400, r#"{"error":"invalid_scope","error_description":"AADSTS70011: The provided value for the input parameter 'scope' is not valid.","error_codes":[70011]}"#.into(), "InvalidScope", "resourceManagerAudience"),
             (429, r#"{"error":"temporarily_unavailable","error_codes":[70021]}"#.into(), "Throttled", "throttling"),
             (503, "<html>Service Unavailable</html>".into(), "AzureUnavailable", "retries"),
-            (400, format!(r#"{{"error":"invalid_request","error_description":"bad assertion CANARY-assertion-value"}}"#), "InvalidRequest", "malformed"),
+            (400, r#"{"error":"invalid_request","error_description":"bad assertion CANARY-assertion-value"}"#.into(), "InvalidRequest", "malformed"),
         ];
         for (status, body, reason, hint) in cases {
             let err = classify("Entra", status, body.as_bytes(), None, &canary);

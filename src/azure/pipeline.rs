@@ -204,8 +204,11 @@ pub struct TokenPipeline {
 
 impl std::fmt::Debug for TokenPipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let config = &self.inner.config;
         f.debug_struct("TokenPipeline")
-            .field("config", &self.inner.config)
+            .field("imds_base_url", &config.imds_base_url)
+            .field("allowed_suffixes", &self.inner.suffixes)
+            .field("limits", &config.limits)
             .finish_non_exhaustive()
     }
 }
