@@ -75,9 +75,9 @@ pub async fn kube_client() -> Result<Client, AppError> {
 
 pub fn pipeline_config(cli: &Cli) -> Result<PipelineConfig, AppError> {
     let extra_ca_pem = match &cli.azure_ca_file {
-        Some(path) => Some(
-            std::fs::read(path).map_err(|e| AppError::CaFile(path.display().to_string(), e))?,
-        ),
+        Some(path) => {
+            Some(std::fs::read(path).map_err(|e| AppError::CaFile(path.display().to_string(), e))?)
+        }
         None => None,
     };
     Ok(PipelineConfig {

@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use jiff::Timestamp;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
 
@@ -135,7 +135,10 @@ async fn list(State(s): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn one(State(s): State<AppState>, Path((namespace, name)): Path<(String, String)>) -> Response {
+async fn one(
+    State(s): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
     if !s.debug {
         return StatusCode::NOT_FOUND.into_response();
     }

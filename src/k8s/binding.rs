@@ -116,13 +116,11 @@ pub fn view<K: BindingResource>(b: &K) -> BindingView {
 }
 
 fn status_view(s: &AcrPullBindingStatus) -> StatusView {
-    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").map(|c| {
-        (
-            c.status == "True",
-            c.reason.clone(),
-            c.message.clone(),
-        )
-    });
+    let ready = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status == "True", c.reason.clone(), c.message.clone()));
     StatusView {
         phase: s.phase.as_deref().and_then(Phase::parse),
         error: s.error.clone(),

@@ -298,8 +298,11 @@ async fn execute<K: BindingResource>(
             let mut finalizers = b.finalizers().to_vec();
             finalizers.push(crate::k8s::api::FINALIZER.to_string());
             let patch = json!({"metadata": {"resourceVersion": rv, "finalizers": finalizers}});
-            ctx.call("add finalizer", bindings.patch(&key.name, &pp, &Patch::Merge(&patch)))
-                .await?;
+            ctx.call(
+                "add finalizer",
+                bindings.patch(&key.name, &pp, &Patch::Merge(&patch)),
+            )
+            .await?;
             Ok(Action::requeue(AFTER_WRITE))
         }
         Plan::Cleanup(CleanupStep::Detach {
@@ -325,9 +328,20 @@ async fn execute<K: BindingResource>(
                 .cloned()
                 .collect();
             let patch = json!({"metadata": {"resourceVersion": rv, "finalizers": finalizers}});
-            ctx.call("remove finalizer", bindings.patch(&key.name, &pp, &Patch::Merge(&patch)))
-                .await?;
-            publish(ctx, b, EventType::Normal, "CleanedUp", "Cleanup", "pull secret detached and deleted".into()).await;
+            ctx.call(
+                "remove finalizer",
+                bindings.patch(&key.name, &pp, &Patch::Merge(&patch)),
+            )
+            .await?;
+            publish(
+                ctx,
+                b,
+                EventType::Normal,
+                "CleanedUp",
+                "Cleanup",
+                "pull secret detached and deleted".into(),
+            )
+            .await;
             ctx.set_failure(key.clone(), 0, None);
             ctx.tracker.forget(key);
             Ok(Action::await_change())
@@ -341,7 +355,15 @@ async fn execute<K: BindingResource>(
                     "InvalidSpec" | "RegistryNotAllowed" => "InvalidSpec",
                     _ => "TokenRefreshFailed",
                 };
-                publish(ctx, b, EventType::Warning, reason, "Validate", status.error.clone()).await;
+                publish(
+                    ctx,
+                    b,
+                    EventType::Warning,
+                    reason,
+                    "Validate",
+                    status.error.clone(),
+                )
+                .await;
             }
             Ok(Action::requeue(
                 retry_at
@@ -353,7 +375,21 @@ async fn execute<K: BindingResource>(
             request,
             reason,
             current_expiry,
-        } => mint(b, key, o, ctx, &secrets, &bindings, *request, reason, current_expiry, now).await,
+        } => {
+            mint(
+                b,
+                key,
+                o,
+                ctx,
+                &secrets,
+                &bindings,
+                *request,
+                reason,
+                current_expiry,
+                now,
+            )
+            .await
+        }
         Plan::Attach {
             service_account,
             pull_secrets,
@@ -375,11 +411,10 @@ async fn execute<K: BindingResource>(
             detach_from,
         } => {
             if let Some(sa_name) = detach_from.first() {
-                let current = ctx
-                    .service_accounts
-                    .state()
-                    .into_iter()
-                    .find(|sa| sa.namespace().as_deref() == Some(ns) && sa.name_any() == *sa_name);
+                let current =
+                    ctx.service_accounts.state().into_iter().find(|sa| {
+                        sa.namespace().as_deref() == Some(ns) && sa.name_any() == *sa_name
+                    });
                 if let Some(sa) = current {
                     let list: Vec<String> = sa
                         .image_pull_secrets
@@ -399,8 +434,14 @@ async fn execute<K: BindingResource>(
             write_status(ctx, &bindings, b, &status, now).await?;
             ctx.set_failure(key.clone(), 0, None);
             Ok(Action::requeue(
-                requeue_for(&Plan::Wait { until: status.next_refresh.unwrap_or(now) }, now, &ctx.policy)
-                    .unwrap_or(AFTER_WRITE),
+                requeue_for(
+                    &Plan::Wait {
+                        until: status.next_refresh.unwrap_or(now),
+                    },
+                    now,
+                    &ctx.policy,
+                )
+                .unwrap_or(AFTER_WRITE),
             ))
         }
         Plan::Wait { until } => Ok(Action::requeue(crate::state::refresh::requeue_after(
@@ -466,7 +507,13 @@ async fn mint<K: BindingResource>(
                     })?;
                     ctx.call(
                         "create secret",
-                        secrets.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret),
+                        secrets.create(
+                            &PostParams {
+                                field_manager: Some(FIELD_MANAGER.into()),
+                                ..Default::default()
+                            },
+                            &secret,
+                        ),
                     )
                     .await?;
                 }
@@ -483,7 +530,11 @@ async fn mint<K: BindingResource>(
                     });
                     ctx.call(
                         "update secret",
-                        secrets.patch(&request.secret_name, &PatchParams::default(), &Patch::Merge(&patch)),
+                        secrets.patch(
+                            &request.secret_name,
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        ),
                     )
                     .await?;
                 }
@@ -530,10 +581,24 @@ async fn mint<K: BindingResource>(
                 error = %status.error, "token request failed; the existing pull secret is kept"
             );
             write_status(ctx, bindings, b, &status, now).await?;
-            if should_emit_failure(status.consecutive_failures, &o.binding.status.error, &status.error) {
-                publish(ctx, b, EventType::Warning, "TokenRefreshFailed", "Mint", status.error.clone()).await;
+            if should_emit_failure(
+                status.consecutive_failures,
+                &o.binding.status.error,
+                &status.error,
+            ) {
+                publish(
+                    ctx,
+                    b,
+                    EventType::Warning,
+                    "TokenRefreshFailed",
+                    "Mint",
+                    status.error.clone(),
+                )
+                .await;
             }
-            Ok(Action::requeue(crate::state::refresh::requeue_after(now, at)))
+            Ok(Action::requeue(crate::state::refresh::requeue_after(
+                now, at,
+            )))
         }
     }
 }
@@ -687,7 +752,11 @@ async fn write_status<K: BindingResource>(
     });
     ctx.call(
         "write status",
-        api.patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(&patch)),
+        api.patch_status(
+            &b.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        ),
     )
     .await?;
     Ok(())

@@ -66,7 +66,8 @@ impl LeaderElector {
         tokio::pin!(shutdown);
         let mut last_renew: Option<Duration> = None;
         loop {
-            let attempt = tokio::time::timeout(self.config.renew_deadline, self.try_acquire_or_renew());
+            let attempt =
+                tokio::time::timeout(self.config.renew_deadline, self.try_acquire_or_renew());
             let outcome = tokio::select! {
                 r = attempt => r.unwrap_or(Err(LeaseError::Timeout)),
                 _ = &mut shutdown => break,
@@ -142,7 +143,7 @@ impl LeaderElector {
         let record = LeaseRecord {
             holder: spec.holder_identity.clone(),
             lease_duration: Duration::from_secs(
-                spec.lease_duration_seconds.unwrap_or(15).max(1) as u64,
+                spec.lease_duration_seconds.unwrap_or(15).max(1) as u64
             ),
             transitions: spec.lease_transitions.unwrap_or(0),
         };

@@ -10,7 +10,9 @@ use kube::core::PartialObjectMeta;
 use kube::ResourceExt;
 
 use super::binding::{parse_time, view, BindingResource};
-use crate::state::binding::{ServiceAccountView, Version, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION};
+use crate::state::binding::{
+    ServiceAccountView, Version, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION,
+};
 use crate::state::decide::{BindingView, Failure, Observed, SecretView};
 use crate::state::names::{
     legacy_pull_secret_name, pull_secret_name, secret_family, SecretFamily, BINDING_LABEL,
@@ -74,7 +76,9 @@ pub fn belongs_to(secret: &SecretMeta, b: &BindingView) -> bool {
     match secret_owner(secret) {
         Some((version, uid)) if version == b.version => match uid {
             None => true,
-            Some(uid) => uid == b.uid || secret.name_any() == expected_secret_name(b.version, &b.name),
+            Some(uid) => {
+                uid == b.uid || secret.name_any() == expected_secret_name(b.version, &b.name)
+            }
         },
         _ => false,
     }

@@ -1,11 +1,12 @@
 //! Wiring: four watches (both binding versions, labelled Secrets as metadata, ServiceAccounts)
-//! feeding shared reflector caches, and one kube-runtime controller per binding version, both
+//! feeding reflector caches, and one kube-runtime controller per binding version, both
 //! triggered by Secret and ServiceAccount changes. Readiness flips once every watch has
 //! delivered its initial list.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::Api;
@@ -46,8 +47,8 @@ pub struct Caches {
 
 impl Caches {
     pub fn new() -> Self {
-        let (secrets, secret_writer) = reflector::store_shared(SUBSCRIBE_BUFFER);
-        let (service_accounts, sa_writer) = reflector::store_shared(SUBSCRIBE_BUFFER);
+        let (secrets, secret_writer) = reflector::store();
+        let (service_accounts, sa_writer) = reflector::store();
         Self {
             secrets,
             service_accounts,
@@ -63,14 +64,37 @@ impl Default for Caches {
     }
 }
 
-fn mark_ready<K>(
-    readiness: Readiness,
-) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+fn mark_ready<K>(readiness: Readiness) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
     let mut done = false;
     move |event| {
         if !done && matches!(event, Ok(watcher::Event::InitDone)) {
             done = true;
             readiness.synced();
+        }
+    }
+}
+
+/// Fan one watch out to both controllers. Every touched object is forwarded — deletions
+/// included (a hand-deleted Secret or ServiceAccount must trigger its bindings), which
+/// kube-runtime's shared-store subscriptions do not deliver.
+struct FanOut<T> {
+    senders: Vec<mpsc::UnboundedSender<Result<T, watcher::Error>>>,
+}
+
+impl<T: Clone> FanOut<T> {
+    fn new(
+        n: usize,
+    ) -> (
+        Self,
+        Vec<mpsc::UnboundedReceiver<Result<T, watcher::Error>>>,
+    ) {
+        let (senders, receivers) = (0..n).map(|_| mpsc::unbounded()).unzip();
+        (Self { senders }, receivers)
+    }
+
+    fn send(&self, item: &T) {
+        for s in &self.senders {
+            let _ = s.unbounded_send(Ok(item.clone()));
         }
     }
 }
@@ -90,34 +114,52 @@ pub async fn run(
         sa_writer,
         ..
     } = caches;
-    let secret_events = secret_writer.subscribe().expect("shared store");
-    let sa_events = sa_writer.subscribe().expect("shared store");
+    let (secret_fan, mut secret_rx) = FanOut::<SecretMeta>::new(2);
+    let (sa_fan, mut sa_rx) = FanOut::<ServiceAccount>::new(2);
 
-    let secrets = watcher(
-        Api::<SecretMeta>::all(client.clone()),
-        watcher::Config::default().labels(BINDING_LABEL),
+    let secrets = reflector::reflector(
+        secret_writer,
+        watcher(
+            Api::<SecretMeta>::all(client.clone()),
+            watcher::Config::default().labels(BINDING_LABEL),
+        )
+        .default_backoff()
+        .inspect(mark_ready(readiness.clone())),
     )
-    .default_backoff()
-    .inspect(mark_ready(readiness.clone()))
-    .reflect_shared(secret_writer)
-    .for_each(|_| std::future::ready(()));
+    .touched_objects()
+    .for_each(move |o| {
+        if let Ok(o) = o {
+            secret_fan.send(&o);
+        }
+        std::future::ready(())
+    });
 
-    let service_accounts = watcher(
-        Api::<ServiceAccount>::all(client.clone()),
-        watcher::Config::default(),
+    let service_accounts = reflector::reflector(
+        sa_writer,
+        watcher(
+            Api::<ServiceAccount>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .inspect(mark_ready(readiness.clone())),
     )
-    .default_backoff()
-    .inspect(mark_ready(readiness.clone()))
-    .reflect_shared(sa_writer)
-    .for_each(|_| std::future::ready(()));
+    .touched_objects()
+    .for_each(move |o| {
+        if let Ok(o) = o {
+            sa_fan.send(&o);
+        }
+        std::future::ready(())
+    });
 
+    let (s1, s2) = (secret_rx.remove(0), secret_rx.remove(0));
+    let (a1, a2) = (sa_rx.remove(0), sa_rx.remove(0));
     let v1 = controller_for::<v1beta1::AcrPullBinding>(
         &client,
         &config,
         ctx.clone(),
         readiness.clone(),
-        secret_events.clone(),
-        sa_events.clone(),
+        s1,
+        a1,
         leader.clone(),
         shutdown.clone(),
     );
@@ -126,8 +168,8 @@ pub async fn run(
         &config,
         ctx,
         readiness,
-        secret_events,
-        sa_events,
+        s2,
+        a2,
         leader,
         shutdown.clone(),
     );
@@ -163,8 +205,8 @@ async fn controller_for<K: BindingResource>(
     config: &RunConfig,
     ctx: Arc<Context>,
     readiness: Readiness,
-    secret_events: reflector::ReflectHandle<SecretMeta>,
-    sa_events: reflector::ReflectHandle<ServiceAccount>,
+    secret_events: mpsc::UnboundedReceiver<Result<SecretMeta, watcher::Error>>,
+    sa_events: mpsc::UnboundedReceiver<Result<ServiceAccount, watcher::Error>>,
     leader: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -183,8 +225,8 @@ async fn controller_for<K: BindingResource>(
     let by_sa = reader.clone();
     let controller = Controller::for_shared_stream(events, reader)
         .with_config(controller::Config::default().concurrency(config.concurrency))
-        .watches_shared_stream(secret_events, |s: Arc<SecretMeta>| secret_to_binding::<K>(&s))
-        .watches_shared_stream(sa_events, move |sa: Arc<ServiceAccount>| {
+        .watches_stream(secret_events, |s: SecretMeta| secret_to_binding::<K>(&s))
+        .watches_stream(sa_events, move |sa: ServiceAccount| {
             sa_to_bindings::<K>(&by_sa, &sa)
         })
         .reconcile_all_on(on_leadership(leader))

@@ -75,23 +75,31 @@ pub struct Report {
 
 impl Tracker {
     /// Record a pass; returns the previous phase when the phase changed.
-    pub fn record(&self, key: &BindingKey, report: Report, now: Timestamp) -> Option<Option<Phase>> {
+    pub fn record(
+        &self,
+        key: &BindingKey,
+        report: Report,
+        now: Timestamp,
+    ) -> Option<Option<Phase>> {
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let fmt = |t: Option<Timestamp>| t.map(crate::k8s::binding::rfc3339);
-        let entry = inner.entries.entry(key.clone()).or_insert_with(|| BindingEntry {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            api_version: key.version.api_version(),
-            phase: "",
-            error: String::new(),
-            last_refresh: None,
-            expiry: None,
-            next_refresh: None,
-            consecutive_failures: 0,
-            secret_name: String::new(),
-            service_account: String::new(),
-            transitions: VecDeque::new(),
-        });
+        let entry = inner
+            .entries
+            .entry(key.clone())
+            .or_insert_with(|| BindingEntry {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                api_version: key.version.api_version(),
+                phase: "",
+                error: String::new(),
+                last_refresh: None,
+                expiry: None,
+                next_refresh: None,
+                consecutive_failures: 0,
+                secret_name: String::new(),
+                service_account: String::new(),
+                transitions: VecDeque::new(),
+            });
         let previous = Phase::parse(entry.phase);
         let changed = previous != Some(report.phase);
         if changed {
@@ -218,7 +226,11 @@ mod tests {
             Some(Some(Phase::Pending))
         );
         for i in 0..30 {
-            let p = if i % 2 == 0 { Phase::Ready } else { Phase::Refreshing };
+            let p = if i % 2 == 0 {
+                Phase::Ready
+            } else {
+                Phase::Refreshing
+            };
             t.record(&key, report(p), now);
         }
         let got = t.get("ns", "a");
@@ -228,7 +240,10 @@ mod tests {
         assert_eq!(t.count_by_phase()["Ready"], 0);
         assert_eq!(t.transitions_total()[&("Pending", "Exchanging")], 1);
         assert!(t.list()[0].transitions.is_empty());
-        assert_eq!(t.earliest_expiry(), Some("2026-01-01T01:00:00Z".parse().unwrap()));
+        assert_eq!(
+            t.earliest_expiry(),
+            Some("2026-01-01T01:00:00Z".parse().unwrap())
+        );
         t.forget(&key);
         assert!(t.list().is_empty());
     }

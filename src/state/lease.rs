@@ -26,12 +26,7 @@ pub enum LeaseAction {
 
 /// Decide from the record, when we last saw it change (`observed_at`) and `now`
 /// (both monotonic instants of this process, as durations since any fixed origin).
-pub fn decide(
-    me: &str,
-    record: &LeaseRecord,
-    observed_at: Duration,
-    now: Duration,
-) -> LeaseAction {
+pub fn decide(me: &str, record: &LeaseRecord, observed_at: Duration, now: Duration) -> LeaseAction {
     match record.holder.as_deref() {
         Some(h) if h == me => LeaseAction::Take {
             new_transition: false,
@@ -69,16 +64,62 @@ mod tests {
         let s = Duration::from_secs;
         let cases = [
             // (holder, observed_at, now, expected)
-            (None, s(0), s(0), LeaseAction::Take { new_transition: true }),
-            (Some(""), s(0), s(0), LeaseAction::Take { new_transition: true }),
-            (Some("me"), s(0), s(100), LeaseAction::Take { new_transition: false }),
-            (Some("other"), s(10), s(20), LeaseAction::Follow { holder: "other".into() }),
-            (Some("other"), s(10), s(24), LeaseAction::Follow { holder: "other".into() }),
+            (
+                None,
+                s(0),
+                s(0),
+                LeaseAction::Take {
+                    new_transition: true,
+                },
+            ),
+            (
+                Some(""),
+                s(0),
+                s(0),
+                LeaseAction::Take {
+                    new_transition: true,
+                },
+            ),
+            (
+                Some("me"),
+                s(0),
+                s(100),
+                LeaseAction::Take {
+                    new_transition: false,
+                },
+            ),
+            (
+                Some("other"),
+                s(10),
+                s(20),
+                LeaseAction::Follow {
+                    holder: "other".into(),
+                },
+            ),
+            (
+                Some("other"),
+                s(10),
+                s(24),
+                LeaseAction::Follow {
+                    holder: "other".into(),
+                },
+            ),
             // Expired 15 s after we last saw it change, whatever its renewTime says.
-            (Some("other"), s(10), s(25), LeaseAction::Take { new_transition: true }),
+            (
+                Some("other"),
+                s(10),
+                s(25),
+                LeaseAction::Take {
+                    new_transition: true,
+                },
+            ),
         ];
         for (holder, observed, now, want) in cases {
-            assert_eq!(decide("me", &rec(holder), observed, now), want, "{holder:?} {now:?}");
+            assert_eq!(
+                decide("me", &rec(holder), observed, now),
+                want,
+                "{holder:?} {now:?}"
+            );
         }
     }
 

@@ -1,0 +1,268 @@
+//! The real `acrpull` binary against the stand-in API server and stand-in Azure: the binding
+//! lifecycle of SPEC §4 end to end, over real HTTP and real watches.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_identity_binding_becomes_ready_and_is_cleaned_up() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+
+    let b = env.wait_ready(V2, "team-a", "app", "True").await;
+    assert_eq!(b["status"]["phase"], "Ready");
+    assert_eq!(b["status"]["error"], serde_json::Value::Null);
+    assert!(b["status"]["tokenExpirationTime"].is_string());
+    assert!(b["status"]["nextRefreshTime"].is_string());
+    assert_eq!(
+        b["status"]["observedGeneration"],
+        b["metadata"]["generation"]
+    );
+    assert!(b["metadata"]["finalizers"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("msi-acrpull.microsoft.com")));
+
+    // The secret: type, label, owner, annotations, docker config for the registry.
+    let secret = env.secret("team-a", "acr-pull-app").expect("pull secret");
+    assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson");
+    assert_eq!(
+        secret["metadata"]["labels"]["acr.microsoft.com/binding"],
+        "app"
+    );
+    let owner = &secret["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "AcrPullBinding");
+    assert_eq!(owner["apiVersion"], V2);
+    assert_eq!(owner["uid"], b["metadata"]["uid"]);
+    assert_eq!(owner["controller"], true);
+    assert_eq!(owner["blockOwnerDeletion"], true);
+    let ann = &secret["metadata"]["annotations"];
+    assert_eq!(
+        ann["acr.microsoft.com/token.expiry"],
+        b["status"]["tokenExpirationTime"]
+    );
+    assert!(ann["acr.microsoft.com/token.inputs"].is_string());
+    let cfg = docker_config(&secret);
+    let entry = &cfg["auths"][REGISTRY];
+    assert_eq!(entry["username"], "00000000-0000-0000-0000-000000000000");
+    let token = entry["password"].as_str().unwrap();
+    assert!(token.split('.').count() == 3, "an ACR JWT");
+
+    // The token is what the registry's Basic-auth endpoint accepts for the granted scope.
+    let client = env.azure.client_builder().unwrap().build().unwrap();
+    let url = format!(
+        "{}/oauth2/token?service={REGISTRY}&scope=repository:app:pull",
+        env.azure.https_url(REGISTRY)
+    );
+    let r = client
+        .get(&url)
+        .basic_auth("00000000-0000-0000-0000-000000000000", Some(token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Attached to the ServiceAccount.
+    let puller = env.service_account("team-a", "puller").unwrap();
+    assert_eq!(pull_secrets(&puller), ["acr-pull-app"]);
+
+    // No token anywhere in the controller's logs or the binding's status.
+    assert!(!env.logs().contains(token));
+    assert!(!b.to_string().contains(token));
+
+    // Deletion unwinds: detach, delete the secret, drop the finalizer.
+    env.kube
+        .delete(V2, "AcrPullBinding", "team-a", "app")
+        .unwrap();
+    env.wait_gone(V2, "AcrPullBinding", "team-a", "app").await;
+    assert!(env.secret("team-a", "acr-pull-app").is_none());
+    assert!(pull_secrets(&env.service_account("team-a", "puller").unwrap()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_name_v1beta1_and_v1beta2_bindings_coexist_and_order_is_kept() {
+    let env = Env::start().await;
+    env.create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": "team-a"},
+        "imagePullSecrets": [{"name": "zz-user-secret"}]}));
+    env.create(v2_managed(
+        "team-a",
+        "app",
+        "default",
+        "repository:app:pull",
+    ));
+    env.create(json!({"apiVersion": V1, "kind": "AcrPullBinding",
+        "metadata": {"name": "app", "namespace": "team-a"},
+        "spec": {"acrServer": REGISTRY, "managedIdentityResourceID": format!("{MI_RESOURCE}/"),
+                 "scope": "repository:base:pull"}}));
+    env.wait_ready(V2, "team-a", "app", "True").await;
+    env.wait_ready(V1, "team-a", "app", "True").await;
+
+    let v2 = env.secret("team-a", "acr-pull-app").unwrap();
+    let v1 = env.secret("team-a", "app-msi-acrpull-secret").unwrap();
+    assert_eq!(v2["metadata"]["ownerReferences"][0]["apiVersion"], V2);
+    assert_eq!(v1["metadata"]["ownerReferences"][0]["apiVersion"], V1);
+    // Unmanaged first, then acr-pull-*, then *-msi-acrpull-secret.
+    let sa = env.service_account("team-a", "default").unwrap();
+    assert_eq!(
+        pull_secrets(&sa),
+        ["zz-user-secret", "acr-pull-app", "app-msi-acrpull-secret"]
+    );
+    // Deleting one leaves the other's secret alone.
+    env.kube
+        .delete(V1, "AcrPullBinding", "team-a", "app")
+        .unwrap();
+    env.wait_gone(V1, "AcrPullBinding", "team-a", "app").await;
+    assert!(env.secret("team-a", "acr-pull-app").is_some());
+    assert_eq!(
+        pull_secrets(&env.service_account("team-a", "default").unwrap()),
+        ["zz-user-secret", "acr-pull-app"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_uses_the_referenced_service_account() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    env.create(sa(
+        "team-a",
+        "federated",
+        json!({"azure.workload.identity/client-id": WI_CLIENT,
+               "azure.workload.identity/tenant-id": TENANT}),
+    ));
+    env.create(json!({"apiVersion": V2, "kind": "AcrPullBinding",
+        "metadata": {"name": "wi", "namespace": "team-a"},
+        "spec": {"acr": {"server": REGISTRY, "scope": "repository:app:pull", "environment": "PublicCloud"},
+                 "auth": {"workloadIdentity": {"serviceAccountRef": "federated"}},
+                 "serviceAccountName": "puller"}}));
+    env.wait_ready(V2, "team-a", "wi", "True").await;
+    // The ServiceAccount token was minted for serviceAccountRef, not the target (SPEC §11).
+    let issued = env.kube.issued_tokens();
+    assert!(!issued.is_empty());
+    assert!(issued
+        .iter()
+        .all(|t| t.service_account == "federated" && t.namespace == "team-a"));
+    assert_eq!(
+        pull_secrets(&env.service_account("team-a", "puller").unwrap()),
+        ["acr-pull-wi"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_fails_with_a_message_and_other_bindings_still_work() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    // Disallowed look-alike registry: Failed, and no Azure call for it.
+    let mut evil = v2_managed("team-a", "evil", "puller", "repository:app:pull");
+    evil["spec"]["acr"]["server"] = json!("azurecr.io.evil.com");
+    env.create(evil);
+    // Missing ServiceAccount.
+    env.create(v2_managed(
+        "team-a",
+        "nosa",
+        "missing",
+        "repository:app:pull",
+    ));
+    // Identity without a role on the registry: Azure refuses.
+    let mut norole = v2_managed("team-a", "norole", "puller", "repository:app:pull");
+    norole["spec"]["auth"]["managedIdentity"]["clientID"] = json!(NOROLE_CLIENT);
+    env.create(norole);
+    // And a good one next to them.
+    env.create(v2_managed(
+        "team-a",
+        "good",
+        "puller",
+        "repository:app:pull",
+    ));
+
+    env.wait_ready(V2, "team-a", "good", "True").await;
+    let b = env.wait_ready(V2, "team-a", "evil", "False").await;
+    assert_eq!(b["status"]["phase"], "Failed");
+    assert!(
+        b["status"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not under an allowed registry suffix"),
+        "{b:#}"
+    );
+    let reason = b["status"]["conditions"][0]["reason"].as_str().unwrap();
+    assert_eq!(reason, "RegistryNotAllowed");
+    let b = env.wait_ready(V2, "team-a", "nosa", "False").await;
+    assert!(b["status"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("service account \"missing\" not found"));
+    let b = env.wait_ready(V2, "team-a", "norole", "False").await;
+    assert_eq!(b["status"]["phase"], "Failed");
+    assert!(env.secret("team-a", "acr-pull-norole").is_none());
+    assert!(
+        env.azure
+            .requests()
+            .iter()
+            .all(|r| !r.host.contains("evil")),
+        "no request may go to a disallowed host"
+    );
+    // Creating the ServiceAccount repairs the waiting binding.
+    env.create(sa("team-a", "missing", json!({})));
+    env.wait_ready(V2, "team-a", "nosa", "True").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_deleted_secret_is_repaired() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    env.wait_ready(V2, "team-a", "app", "True").await;
+    let before = env.secret("team-a", "acr-pull-app").unwrap();
+    env.kube
+        .delete("v1", "Secret", "team-a", "acr-pull-app")
+        .unwrap();
+    let after = env
+        .kube
+        .wait_for(
+            "v1",
+            "Secret",
+            "team-a",
+            "acr-pull-app",
+            |s| s.is_some_and(|s| s["metadata"]["uid"] != before["metadata"]["uid"]),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after["type"], "kubernetes.io/dockerconfigjson");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_selector_is_honoured() {
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
+    env.spawn(&["--label-selector=tier in (gold)".to_string()]);
+    env.create(sa("team-a", "puller", json!({})));
+    let mut gold = v2_managed("team-a", "gold", "puller", "repository:app:pull");
+    gold["metadata"]["labels"] = json!({"tier": "gold"});
+    env.create(gold);
+    env.create(v2_managed(
+        "team-a",
+        "plain",
+        "puller",
+        "repository:app:pull",
+    ));
+    env.wait_ready(V2, "team-a", "gold", "True").await;
+    // The other binding is never touched: no finalizer, no status, no secret.
+    let plain = env
+        .kube
+        .get(V2, "AcrPullBinding", "team-a", "plain")
+        .unwrap();
+    assert!(plain["metadata"]["finalizers"].is_null(), "{plain:#}");
+    assert!(plain["status"].is_null());
+    assert!(env.secret("team-a", "acr-pull-plain").is_none());
+}
