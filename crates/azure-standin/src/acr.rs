@@ -238,7 +238,11 @@ fn exchange(state: &State, inc: &Incoming, registry: &Registry) -> Reply {
         "permissions": {"actions": ["*"], "notActions": []},
         "roles": [],
     });
-    match state.acr.signer.sign(&claims) {
+    match state
+        .acr
+        .signer
+        .sign_with_chain(&claims, config.acr_token_x5c)
+    {
         Ok(t) => Reply::json(200, &json!({"refresh_token": t})),
         Err(e) => error(500, "UNKNOWN", &e.to_string()),
     }
@@ -356,7 +360,7 @@ fn issue_access(
     state
         .acr
         .signer
-        .sign(&claims)
+        .sign_with_chain(&claims, config.acr_token_x5c)
         .map_err(|e| error(500, "UNKNOWN", &e.to_string()))
 }
 

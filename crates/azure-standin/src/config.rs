@@ -50,6 +50,8 @@ pub struct Config {
     pub arm_audiences: Vec<String>,
     /// `iss` of every ACR-issued JWT; the registry's token auth `issuer` must match it.
     pub acr_issuer: String,
+    /// Whether ACR tokens carry the signing certificate in `x5c` (the `kid` is always set).
+    pub acr_token_x5c: bool,
     pub lifetimes: Lifetimes,
     /// Fixed latency (plus jitter) added to every request of a hop.
     pub latencies: BTreeMap<Hop, Latency>,
@@ -73,6 +75,7 @@ impl Default for Config {
             entra_hosts: Vec::new(),
             arm_audiences: Vec::new(),
             acr_issuer: "Azure Container Registry".to_owned(),
+            acr_token_x5c: true,
             lifetimes: Lifetimes::default(),
             latencies: BTreeMap::new(),
             imds_limits: ImdsLimits::default(),

@@ -233,8 +233,13 @@ impl Signer {
 
     /// Signs `claims` into a compact JWS with header `{typ, alg, kid[, x5c]}`.
     pub fn sign(&self, claims: &Value) -> Result<String, JwtError> {
+        self.sign_with_chain(claims, true)
+    }
+
+    /// Signs, with the certificate chain in `x5c` only when `with_x5c` (and one is known).
+    pub fn sign_with_chain(&self, claims: &Value, with_x5c: bool) -> Result<String, JwtError> {
         let mut header = json!({"typ": "JWT", "alg": "ES256", "kid": self.kid});
-        if !self.x5c.is_empty() {
+        if with_x5c && !self.x5c.is_empty() {
             header["x5c"] = json!(self.x5c);
         }
         let h = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|_| JwtError::Signing)?);
