@@ -122,7 +122,11 @@ pub struct Cli {
     pub debug_endpoint: bool,
 
     /// IMDS base URL (scheme, host and port) for managed identity tokens.
-    #[arg(long, env = "ACRPULL_IMDS_ENDPOINT", default_value = "http://169.254.169.254")]
+    #[arg(
+        long,
+        env = "ACRPULL_IMDS_ENDPOINT",
+        default_value = "http://169.254.169.254"
+    )]
     pub imds_endpoint: String,
 
     /// Entra authority host for PublicCloud (default https://login.microsoftonline.com/).

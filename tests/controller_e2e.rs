@@ -266,3 +266,107 @@ async fn label_selector_is_honoured() {
     assert!(plain["status"].is_null());
     assert!(env.secret("team-a", "acr-pull-plain").is_none());
 }
+
+/// A Secret as the old controller wrote it for `binding` (uid), holding `token`.
+fn old_secret(
+    name: &str,
+    binding: &serde_json::Value,
+    api_version: &str,
+    labelled: bool,
+    inputs: &str,
+    token: &str,
+) -> serde_json::Value {
+    use base64::Engine;
+    let now = jiff::Timestamp::now();
+    let expiry = now + jiff::SignedDuration::from_hours(2);
+    let refresh = now - jiff::SignedDuration::from_mins(5);
+    let doc = acrpull::state::dockerconfig::docker_config_json(
+        REGISTRY,
+        &acrpull::state::token::SecretToken::new(token),
+    );
+    let mut labels = json!({});
+    if labelled {
+        labels = json!({"acr.microsoft.com/binding": binding["metadata"]["name"]});
+    }
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": name, "namespace": "team-a", "labels": labels,
+            "annotations": {
+                "acr.microsoft.com/token.expiry": acrpull::k8s::binding::rfc3339(expiry),
+                "acr.microsoft.com/token.refresh": acrpull::k8s::binding::rfc3339(refresh),
+                "acr.microsoft.com/token.inputs": inputs},
+            "ownerReferences": [{"apiVersion": api_version, "kind": "AcrPullBinding",
+                "name": binding["metadata"]["name"], "uid": binding["metadata"]["uid"],
+                "controller": true, "blockOwnerDeletion": true}]},
+        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(doc)}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_the_old_controller_keeps_valid_tokens() {
+    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    // The cluster as the old controller left it.
+    env.create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": "team-a"},
+        "imagePullSecrets": [{"name": "acr-pull-current"}, {"name": "legacy-msi-acrpull-secret"}]}));
+    let legacy = env.create(json!({"apiVersion": V1, "kind": "AcrPullBinding",
+        "metadata": {"name": "legacy", "namespace": "team-a", "finalizers": ["msi-acrpull.microsoft.com"]},
+        "spec": {"acrServer": REGISTRY, "managedIdentityClientID": MI_CLIENT,
+                 "managedIdentityResourceID": "", "scope": "repository:app:pull"}}));
+    let current = env.create(json!({"apiVersion": V2, "kind": "AcrPullBinding",
+        "metadata": {"name": "current", "namespace": "team-a", "finalizers": ["msi-acrpull.microsoft.com"]},
+        "spec": {"acr": {"server": REGISTRY, "scope": "repository:app:pull", "environment": "PublicCloud"},
+                 "auth": {"managedIdentity": {"clientID": MI_CLIENT}},
+                 "serviceAccountName": "default"}}));
+    // The old controller's hashes, computed the way it did.
+    // path.Clean("") is "." and the old controller then used the (empty) default.
+    let v1_inputs =
+        acrpull::state::inputs::v1beta1(MI_CLIENT, "", REGISTRY, "repository:app:pull");
+    let v2_inputs = acrpull::state::inputs::v1beta2(&acrpull::state::inputs::V1beta2Inputs {
+        service_account_name: "default",
+        managed: Some((MI_CLIENT, "")),
+        environment: "PublicCloud",
+        server: REGISTRY,
+        scope: "repository:app:pull",
+        ..Default::default()
+    });
+    // The legacy secret is unlabelled (old controller versions before the label existed).
+    env.create(old_secret("legacy-msi-acrpull-secret", &legacy, V1, false, &v1_inputs, "old-token-v1"));
+    env.create(old_secret("acr-pull-current", &current, V2, true, &v2_inputs, "old-token-v2"));
+
+    env.spawn(&[]);
+    env.wait_ready(V1, "team-a", "legacy", "True").await;
+    env.wait_ready(V2, "team-a", "current", "True").await;
+
+    // Labelled, not re-minted: the tokens are the old ones and Azure was never called.
+    let l = env.secret("team-a", "legacy-msi-acrpull-secret").unwrap();
+    assert_eq!(l["metadata"]["labels"]["acr.microsoft.com/binding"], "legacy");
+    assert_eq!(docker_config(&l)["auths"][REGISTRY]["password"], "old-token-v1");
+    let c = env.secret("team-a", "acr-pull-current").unwrap();
+    assert_eq!(docker_config(&c)["auths"][REGISTRY]["password"], "old-token-v2");
+    assert!(env.azure.requests().is_empty(), "{:?}", env.azure.requests());
+    assert_eq!(
+        pull_secrets(&env.service_account("team-a", "default").unwrap()),
+        ["acr-pull-current", "legacy-msi-acrpull-secret"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_wait_for_condition_ready_works() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    let cache = env.dir.path().join("kubectl-cache");
+    let out = tokio::process::Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", env.kubeconfig.display()))
+        .arg(format!("--cache-dir={}", cache.display()))
+        .args(["-n", "team-a", "wait", "--for=condition=Ready", "apb/app", "--timeout=60s"])
+        .output()
+        .await
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl wait failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("condition met"));
+}

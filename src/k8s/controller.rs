@@ -50,6 +50,8 @@ const AFTER_CONFLICT: Duration = Duration::from_millis(500);
 pub enum ReconcileError {
     #[error("{op} timed out after {after:?}")]
     Timeout { op: &'static str, after: Duration },
+    #[error("a Secret named {secret:?} already exists and is not managed by acrpull; rename or delete it")]
+    Foreign { secret: String },
     #[error("{op}: {source}")]
     Kube {
         op: &'static str,
@@ -63,6 +65,7 @@ impl ReconcileError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReconcileError::Timeout { .. } => "Timeout",
+            ReconcileError::Foreign { .. } => "SecretConflict",
             ReconcileError::Kube { source, .. } => match source {
                 kube::Error::Api(s) if s.code == 409 => "Conflict",
                 kube::Error::Api(s) if s.code == 404 => "NotFound",
@@ -464,6 +467,31 @@ async fn mint<K: BindingResource>(
     now: Timestamp,
 ) -> Result<Action, ReconcileError> {
     let generation = o.binding.generation;
+    if reason == MintReason::Missing {
+        // The cache shows no secret. Before minting, make sure none exists unlabelled
+        // (secrets of the old controller, SPEC §4.1, or a label removed by hand): label it
+        // so the Secret watch sees it, instead of minting a token and colliding on create.
+        match adopt_existing(b, key, ctx, secrets, &request.secret_name).await {
+            Ok(Some(action)) => return Ok(action),
+            Ok(None) => {}
+            Err(e @ ReconcileError::Foreign { .. }) => {
+                let (status, at) = after_mint_failure(
+                    o,
+                    "SecretConflict",
+                    e.to_string(),
+                    None,
+                    now,
+                    &ctx.policy,
+                );
+                write_status(ctx, bindings, b, &status, now).await?;
+                if should_emit_failure(status.consecutive_failures, &o.binding.status.error, &status.error) {
+                    publish(ctx, b, EventType::Warning, "InvalidSpec", "Mint", status.error.clone()).await;
+                }
+                return Ok(Action::requeue(crate::state::refresh::requeue_after(now, at)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let req = credential_request(&request, &key.namespace, ctx.audience, current_expiry);
     match ctx.pipeline.credential(&req).await {
         Ok(credential) => {
@@ -601,6 +629,48 @@ async fn mint<K: BindingResource>(
             )))
         }
     }
+}
+
+/// If a Secret with the binding's pull-secret name exists but is not in the labelled cache,
+/// label it when it is ours (owned by this binding, or an ownerless old-controller secret of
+/// the right name family), or fail the binding when it belongs to someone else.
+async fn adopt_existing<K: BindingResource>(
+    b: &K,
+    key: &BindingKey,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    name: &str,
+) -> Result<Option<Action>, ReconcileError> {
+    let Some(existing) = ctx.call("read secret", secrets.get_opt(name)).await? else {
+        return Ok(None);
+    };
+    let uid = b.meta().uid.clone().unwrap_or_default();
+    let owners = existing.owner_references();
+    let ours = owners.is_empty()
+        || owners
+            .iter()
+            .any(|o| o.kind == "AcrPullBinding" && (o.uid == uid || o.name == key.name));
+    let labelled = existing.labels().get(BINDING_LABEL) == Some(&key.name);
+    if ours && !labelled {
+        let patch = json!({"metadata": {
+            "resourceVersion": existing.resource_version(),
+            "labels": { BINDING_LABEL: key.name },
+        }});
+        ctx.call(
+            "label legacy secret",
+            secrets.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await?;
+        tracing::info!(namespace = %key.namespace, secret = name, "labelled an existing pull secret for this binding");
+        return Ok(Some(Action::requeue(AFTER_WRITE)));
+    }
+    if ours {
+        // Labelled but not cached yet: the watch is behind.
+        return Ok(Some(Action::requeue(AFTER_CONFLICT)));
+    }
+    Err(ReconcileError::Foreign {
+        secret: name.to_string(),
+    })
 }
 
 /// The message shown in status and events: what failed and what to do (no tokens: errors
