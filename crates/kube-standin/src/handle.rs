@@ -339,7 +339,8 @@ impl Handle {
         &self.shared.faults
     }
 
-    /// Drop the watch cache: older watches and continue tokens get 410.
+    /// Compact at the current revision: watches and continue tokens from older
+    /// resourceVersions get 410.
     pub fn compact(&self) {
         self.shared.store.compact()
     }

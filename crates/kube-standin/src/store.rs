@@ -372,7 +372,8 @@ impl Store {
         self.lock().registry.by_path(group, version, plural)
     }
 
-    /// Drop the whole watch cache: every watch or continue token from before now gets 410.
+    /// Drop the whole watch cache, as an etcd compaction at the current revision: watches and
+    /// continue tokens from older resourceVersions get 410.
     pub fn compact(&self) {
         let mut inner = self.lock();
         inner.compacted = inner.rv;
