@@ -13,6 +13,11 @@ pub fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
+/// `now + secs`, saturating (lifetimes come from configuration and may be absurd).
+pub fn expiry(now: i64, secs: u64) -> i64 {
+    now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
 /// A freshly issued token.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -29,7 +34,7 @@ pub fn issue(
     lifetime_secs: u64,
 ) -> Result<Issued, JwtError> {
     let iat = now();
-    let exp = iat.saturating_add(lifetime_secs as i64);
+    let exp = expiry(iat, lifetime_secs);
     let tid = &identity.tenant;
     let mut claims = json!({
         "aud": resource,

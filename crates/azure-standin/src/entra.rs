@@ -294,10 +294,12 @@ async fn token(state: &State, inc: &Incoming, tenant: &str) -> Reply {
         return reply;
     }
     let now = arm::now();
-    let skew = config.assertion_clock_skew_secs as i64;
+    let skew = i64::try_from(config.assertion_clock_skew_secs).unwrap_or(i64::MAX);
     let exp = assertion.time_claim("exp");
     let nbf = assertion.time_claim("nbf");
-    if exp.is_none_or(|exp| exp + skew <= now) || nbf.is_some_and(|nbf| nbf - skew > now) {
+    if exp.is_none_or(|exp| exp.saturating_add(skew) <= now)
+        || nbf.is_some_and(|nbf| nbf.saturating_sub(skew) > now)
+    {
         let show = |t: Option<i64>| {
             t.and_then(|s| jiff::Timestamp::from_second(s).ok())
                 .map(|ts| ts.to_string())

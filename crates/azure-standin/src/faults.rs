@@ -283,7 +283,8 @@ fn in_scope(rule: &FaultRule, scope: &FaultScope<'_>) -> bool {
 fn fires(trigger: &Trigger, matched: u64, added: Instant) -> bool {
     match trigger {
         Trigger::Always => true,
-        Trigger::Probability { p } => rand::random_bool(p.clamp(0.0, 1.0)),
+        // NaN never fires instead of panicking in `random_bool`.
+        Trigger::Probability { p } => p.is_finite() && rand::random_bool(p.clamp(0.0, 1.0)),
         Trigger::Nth { n } => matched == *n,
         Trigger::NextN { n } => matched <= *n,
         Trigger::Window { after_ms, for_ms } => {
@@ -389,6 +390,13 @@ mod tests {
             after_ms: 60_000,
             for_ms: None,
         }));
+        assert!(set.evaluate(&scope(Hop::Imds, "h", &[])).action.is_none());
+    }
+
+    #[test]
+    fn nan_probability_never_fires() {
+        let set = FaultSet::default();
+        set.add(FaultRule::new(FaultAction::Hang).trigger(Trigger::Probability { p: f64::NAN }));
         assert!(set.evaluate(&scope(Hop::Imds, "h", &[])).action.is_none());
     }
 

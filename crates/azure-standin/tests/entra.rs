@@ -215,6 +215,18 @@ async fn expired_or_future_assertion_is_aadsts700024() {
 }
 
 #[tokio::test]
+async fn extreme_time_claims_do_not_break_the_server() {
+    let signer = Signer::generate(Some("k".into())).unwrap();
+    let (_handle, client) = start_with_jwks(&signer).await;
+    let assertion = sa_token(&signer, ISSUER, SUBJECT, AUDIENCE, i64::MIN, i64::MAX);
+    let r = entra_token(&client, TENANT, APP_CLIENT, &assertion, ARM_SCOPE).await;
+    assert_eq!(r.status(), 200);
+    let assertion = sa_token(&signer, ISSUER, SUBJECT, AUDIENCE, i64::MAX, i64::MIN);
+    let r = entra_token(&client, TENANT, APP_CLIENT, &assertion, ARM_SCOPE).await;
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
 async fn unknown_client_or_client_of_another_tenant_is_aadsts700016() {
     let signer = Signer::generate(Some("k".into())).unwrap();
     let (_handle, client) = start_with_jwks(&signer).await;
