@@ -682,6 +682,49 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_throttled_endpoint_pauses_every_request_to_it() {
+    let w = Arc::new(world(|_| {}));
+    w.acr.exchange.set_latency(Duration::from_millis(10));
+    w.acr
+        .exchange
+        .fail_next([AzureError::new(ErrorKind::Throttled, "HTTP 429")
+            .with_retry_after(Some(Duration::from_secs(5)))]);
+    let first = {
+        let w = w.clone();
+        tokio::spawn(async move {
+            w.pipeline
+                .credential(&managed("id-a", "demo.azurecr.io", None))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Other registries are not held back by the pause.
+    let started = Instant::now();
+    ok(&w, &managed("id-c", "other.azurecr.io", None)).await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Another identity, same registry, asks during the pause.
+    let second = w
+        .pipeline
+        .credential(&managed("id-b", "demo.azurecr.io", None))
+        .await;
+    assert!(second.is_ok());
+    assert!(first.await.unwrap().is_ok());
+    let demo: Vec<Instant> = w
+        .acr
+        .exchange
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r.server == "demo.azurecr.io")
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(demo.len(), 3);
+    assert!(demo[1] - demo[0] >= Duration::from_secs(5), "{demo:?}");
+    assert!(demo[2] - demo[0] >= Duration::from_secs(5), "{demo:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn persistent_transient_failures_stop_after_max_attempts() {
     let w = world(|c| c.retry.max_attempts = 3);
     w.acr.exchange.fail_next((0..10).map(|_| unavailable()));

@@ -6,6 +6,9 @@
 //! taking the slot first keeps the actual send times spaced by the rate limit even when many
 //! callers queue.
 //!
+//! A 429 with `Retry-After` pauses the whole class (see [`Limiter::pause_for`]), since the
+//! server throttles this client, not one binding.
+//!
 //! governor's default clock is `quanta`/`std`, which `tokio::time::pause()` does not move, so
 //! [`TokioClock`] implements governor's `Clock` on `tokio::time::Instant`, and waiting uses
 //! `tokio::time::sleep`.
@@ -105,6 +108,8 @@ pub struct Limiter {
     rate: GcraLimiter,
     clock: TokioClock,
     slots: Arc<Semaphore>,
+    /// Set from a 429's `Retry-After`: no request of this class is sent before it.
+    paused_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Held while a request is in flight; dropping it frees the concurrency slot.
@@ -138,6 +143,7 @@ impl Limiter {
             rate: RateLimiter::direct_with_clock(quota, clock),
             clock,
             slots: Arc::new(Semaphore::new(config.max_concurrent as usize)),
+            paused_until: Mutex::new(None),
         })
     }
 
@@ -152,11 +158,30 @@ impl Limiter {
             }
             tokio::task::yield_now().await;
         };
+        loop {
+            let paused_until = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+            match paused_until {
+                Some(until) if until > tokio::time::Instant::now() => {
+                    tokio::time::sleep_until(until).await
+                }
+                _ => break,
+            }
+        }
         while let Err(not_until) = self.rate.check() {
             tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
         }
         metrics.record_limiter_wait(self.name, started.elapsed());
         LimiterPermit { _slot: slot }
+    }
+
+    /// Holds back every request of this class for `wait` (a server said `Retry-After` on a
+    /// 429): the endpoint throttles the caller, not one binding, so the whole class waits.
+    pub fn pause_for(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
     }
 }
 

@@ -8,7 +8,10 @@
 //! per-binding backoff then waits that long) rather than holding a request open.
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 
@@ -25,7 +28,7 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Upper bound of one backoff delay (before jitter).
     pub max_delay: Duration,
-    /// No retry is scheduled if it would start later than this after the first attempt began.
+    /// No retry is scheduled if it would start later than this after the first attempt was sent.
     pub max_total: Duration,
     /// A longer `Retry-After` is not waited for here; the error carries it to the caller.
     pub max_retry_after: Duration,
@@ -79,12 +82,20 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, AzureError>>,
 {
-    let started = tokio::time::Instant::now();
+    // The time budget starts when the first attempt is sent, not when the caller queued for
+    // the limiter: under a burst the queue alone can take longer than the budget.
+    let first_sent: Mutex<Option<Instant>> = Mutex::new(None);
+    let first_sent = &first_sent;
+    let max_pause = policy.max_retry_after;
     let attempt = || {
         let fut = call();
         async move {
             let _permit = limiter.acquire(metrics).await;
-            let sent = tokio::time::Instant::now();
+            let sent = Instant::now();
+            first_sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(sent);
             let result = match tokio::time::timeout(attempt_timeout, fut).await {
                 Ok(result) => result,
                 Err(_) => Err(AzureError::new(
@@ -97,6 +108,13 @@ where
                 )),
             };
             metrics.record_attempt(hop, result.as_ref().map(|_| ()), sent.elapsed());
+            if let Err(e) = &result {
+                if e.kind() == ErrorKind::Throttled {
+                    if let Some(wait) = e.retry_after() {
+                        limiter.pause_for(wait.min(max_pause));
+                    }
+                }
+            }
             result
         }
     };
@@ -112,6 +130,10 @@ where
                 }
                 delay = delay.max(retry_after);
             }
+            let started = first_sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(Instant::now);
             if started.elapsed() + delay > policy.max_total {
                 return None;
             }
@@ -243,6 +265,38 @@ mod tests {
         // Delays 1 + 2 + 4 = 7 s; the next 4 s would pass the 10 s budget.
         assert_eq!(calls.load(Ordering::SeqCst), 4);
         assert_eq!(started.elapsed(), Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queueing_for_the_limiter_does_not_use_up_the_retry_budget() {
+        let limiter =
+            Limiter::new("imds", LimitConfig::new(1000, 1000, 1)).unwrap_or_else(|e| panic!("{e}"));
+        let metrics = PipelineMetrics::new();
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            max_total: Duration::from_secs(10),
+            ..RetryPolicy::default()
+        };
+        let calls = AtomicU32::new(0);
+        let ((), result) = tokio::join!(
+            async {
+                // Another request holds the only slot for 60 s first.
+                let _slot = limiter.acquire(&metrics).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            },
+            with_retries(&policy, T, Hop::Imds, &limiter, &metrics, || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        Err(unavailable())
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+        );
+        assert!(metrics.requests_total(Hop::Imds, "AzureUnavailable") == 1);
+        assert_eq!(result, Ok(1));
     }
 
     #[tokio::test(start_paused = true)]
