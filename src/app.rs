@@ -59,7 +59,10 @@ fn lease_namespace(cli: &Cli) -> String {
 
 /// A kube client from in-cluster config, else `KUBECONFIG` / `~/.kube/config`, with a read
 /// timeout (kube's default has none, so a hung API server would stall a call forever).
-pub async fn kube_client() -> Result<Client, AppError> {
+///
+/// Requests carry `User-Agent: acrpull/<version> (<identity>)`, so API server audit logs (and
+/// the tests) can tell replicas apart.
+pub async fn kube_client(identity: &str) -> Result<Client, AppError> {
     let mut config = match kube::Config::incluster() {
         Ok(c) => c,
         Err(_) => kube::Config::infer()
@@ -70,6 +73,10 @@ pub async fn kube_client() -> Result<Client, AppError> {
     // bound everything else.
     config.read_timeout = Some(Duration::from_secs(300));
     config.connect_timeout = Some(Duration::from_secs(10));
+    let agent = format!("acrpull/{} ({identity})", env!("CARGO_PKG_VERSION"));
+    if let Ok(value) = http::HeaderValue::from_str(&agent) {
+        config.headers.push((http::header::USER_AGENT, value));
+    }
     Client::try_from(config).map_err(AppError::KubeClient)
 }
 
@@ -158,7 +165,11 @@ async fn first_signal() {
 pub async fn run(cli: Cli) -> Result<(), AppError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let selector = Selector::parse(&cli.label_selector)?;
-    let client = kube_client().await?;
+    let identity = cli
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("acrpull-{}", std::process::id()));
+    let client = kube_client(&identity).await?;
 
     let mut registry = prometheus_client::registry::Registry::default();
     let pipeline_metrics = PipelineMetrics::default();
@@ -192,11 +203,6 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             .with_graceful_shutdown(probe_shutdown)
             .await;
     });
-
-    let identity = cli
-        .pod_name
-        .clone()
-        .unwrap_or_else(|| format!("acrpull-{}", std::process::id()));
 
     // Leadership: without --leader-elect this replica always leads.
     let (leader_tx, leader_rx) = watch::channel(!cli.leader_elect);

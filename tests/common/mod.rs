@@ -208,6 +208,24 @@ impl Env {
         self.child = Some(child);
     }
 
+    /// Another controller process against the same stand-ins (its own probe/metrics ports).
+    pub fn second_process(env: &Env, extra: &[String]) -> Child {
+        let mut args = env.args();
+        args.retain(|a| !a.starts_with("--metrics-bind-address") && !a.starts_with("--health-probe-bind-address"));
+        args.push(format!("--metrics-bind-address=127.0.0.1:{}", free_port()));
+        args.push(format!("--health-probe-bind-address=127.0.0.1:{}", free_port()));
+        args.extend(extra.iter().cloned());
+        let log = std::fs::File::create(env.dir.path().join("second.log")).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_acrpull"))
+            .args(&args)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("second acrpull starts")
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

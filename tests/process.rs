@@ -1,0 +1,355 @@
+//! Process-level tests of the real binary: probes and readiness at start and shutdown,
+//! metrics and debug content, SIGTERM, leader election with two replicas, and the RBAC
+//! manifests covering every request the controller makes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kube_standin::faults::{Action, Fault};
+use serde_json::json;
+
+async fn wait_http(env: &Env, port: u16, path: &str, want: u16) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = env.http_get(port, path).await;
+        if code == want {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never answered {want} (last {code}: {body})\nlogs:\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_every_watch_and_flips_on_sigterm() {
+    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    // Fail the ServiceAccount list: the process is alive but not ready.
+    let hold = env.kube.faults().add(
+        Fault::new(Action::Error {
+            code: 500,
+            message: None,
+            retry_after: None,
+        })
+        .verb("list")
+        .resource("serviceaccounts"),
+    );
+    env.spawn(&[]);
+    wait_http(&env, env.probe_port, "/healthz", 200).await;
+    let body = wait_http(&env, env.probe_port, "/readyz", 503).await;
+    assert!(body.contains("syncing"), "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.http_get(env.probe_port, "/readyz").await.0, 503);
+    env.kube.faults().remove(&hold);
+    // The watcher retries with backoff; readiness follows once the list completes.
+    wait_http(&env, env.probe_port, "/readyz", 200).await;
+
+    let status = env.terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", env.logs());
+    assert!(env.logs().contains("shutting down"), "{}", env.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_debug_show_bindings_without_tokens() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    let mut bad = v2_managed("team-a", "bad", "puller", "repository:app:pull");
+    bad["spec"]["acr"]["server"] = json!("evil.example.com");
+    env.create(bad);
+    env.wait_ready(V2, "team-a", "app", "True").await;
+    env.wait_ready(V2, "team-a", "bad", "False").await;
+    let token = docker_config(&env.secret("team-a", "acr-pull-app").unwrap())["auths"][REGISTRY]
+        ["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let metrics = wait_http(&env, env.metrics_port, "/metrics", 200).await;
+    for needle in [
+        "acrpull_bindings{phase=\"Ready\"} 1",
+        "acrpull_bindings{phase=\"Failed\"} 1",
+        "acrpull_token_requests_total{hop=\"imds\",outcome=\"success\"} 1",
+        "acrpull_token_requests_total{hop=\"acr_exchange\",outcome=\"success\"} 1",
+        "acrpull_token_requests_total{hop=\"acr_token\",outcome=\"success\"} 1",
+        "acrpull_leader 1",
+        "acrpull_earliest_token_expiry_seconds",
+        "acrpull_reconcile_duration_seconds_bucket",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle}\n{metrics}");
+    }
+    assert!(!metrics.contains("name=\"app\""), "no binding names as labels");
+
+    let list = wait_http(&env, env.metrics_port, "/debug/bindings", 200).await;
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let app = v["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "app")
+        .unwrap()
+        .clone();
+    assert_eq!(app["phase"], "Ready");
+    assert_eq!(app["apiVersion"], V2);
+    assert_eq!(app["secretName"], "acr-pull-app");
+    assert_eq!(app["serviceAccount"], "puller");
+    assert!(app["expiry"].is_string());
+    let one = wait_http(&env, env.metrics_port, "/debug/bindings/team-a/bad", 200).await;
+    let v: serde_json::Value = serde_json::from_str(&one).unwrap();
+    let bad = &v["bindings"][0];
+    assert_eq!(bad["phase"], "Failed");
+    assert!(bad["error"].as_str().unwrap().contains("allowed registry suffix"));
+    assert!(!bad["transitions"].as_array().unwrap().is_empty());
+    assert_eq!(
+        env.http_get(env.metrics_port, "/debug/bindings/team-a/nope").await.0,
+        404
+    );
+    for body in [&metrics, &list, &one] {
+        assert!(!body.contains(&token), "token leaked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_writer_and_failover() {
+    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    env.create(sa("team-a", "puller", json!({})));
+    let lease_args = |name: &str| {
+        vec![
+            "--leader-elect".to_string(),
+            "--leader-election-namespace=team-a".to_string(),
+            "--lease-duration=3s".to_string(),
+            "--renew-deadline=2s".to_string(),
+            "--retry-period=500ms".to_string(),
+            format!("--pod-name={name}"),
+        ]
+    };
+    env.spawn(&lease_args("replica-a"));
+    let mut second = Env::second_process(&env, &lease_args("replica-b"));
+    // One of them takes the Lease.
+    let lease = env
+        .kube
+        .wait_for(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "team-a",
+            "aks.azure.com",
+            |l| l.is_some_and(|l| l["spec"]["holderIdentity"].is_string()),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let leader = lease["spec"]["holderIdentity"].as_str().unwrap().to_string();
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    env.wait_ready(V2, "team-a", "app", "True").await;
+
+    // Every write came from the leader.
+    let writes: Vec<_> = env
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| ["create", "update", "patch", "delete"].contains(&r.verb.as_str()))
+        .filter(|r| r.resource != "leases" && r.resource != "events")
+        .collect();
+    assert!(!writes.is_empty());
+    for w in &writes {
+        assert!(w.user_agent.contains(&leader), "write from a non-leader: {w:?}");
+    }
+
+    // Kill -9 the leader; the other takes over within the lease duration (+ slack) and
+    // the bindings keep converging.
+    let follower = if leader == "replica-a" { "replica-b" } else { "replica-a" };
+    if leader == "replica-a" {
+        let _ = env.child().kill();
+    } else {
+        let _ = second.kill();
+    }
+    let started = std::time::Instant::now();
+    env.kube
+        .wait_for(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "team-a",
+            "aks.azure.com",
+            |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == follower),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let takeover = started.elapsed();
+    assert!(takeover < Duration::from_secs(3 + 3), "takeover took {takeover:?}");
+    env.create(v2_managed("team-a", "after", "puller", "repository:app:pull"));
+    env.wait_ready(V2, "team-a", "after", "True").await;
+    let _ = second.kill();
+    let _ = second.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_the_lease_for_a_fast_successor() {
+    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    env.spawn(&[
+        "--leader-elect".into(),
+        "--leader-election-namespace=team-a".into(),
+        "--lease-duration=60s".into(),
+        "--pod-name=only".into(),
+    ]);
+    env.kube
+        .wait_for(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "team-a",
+            "aks.azure.com",
+            |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "only"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let status = env.terminate();
+    assert!(status.success());
+    let lease = env
+        .kube
+        .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "lease not released: {lease:#}\n{}",
+        env.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_takeover_by_another_holder_stops_writes() {
+    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    env.create(sa("team-a", "puller", json!({})));
+    env.spawn(&[
+        "--leader-elect".into(),
+        "--leader-election-namespace=team-a".into(),
+        "--lease-duration=30s".into(),
+        "--renew-deadline=2s".into(),
+        "--retry-period=200ms".into(),
+        "--pod-name=victim".into(),
+    ]);
+    env.kube
+        .wait_for(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "team-a",
+            "aks.azure.com",
+            |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "victim"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    wait_http(&env, env.metrics_port, "/metrics", 200).await;
+    env.kube.take_over_lease("team-a", "aks.azure.com", "usurper");
+    // The victim notices at its next renew and reports it is no longer leader.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, m) = env.http_get(env.metrics_port, "/metrics").await;
+        if m.contains("acrpull_leader 0") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still leader:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.kube.clear_requests();
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes: Vec<_> = env
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| ["create", "update", "patch", "delete"].contains(&r.verb.as_str()))
+        .filter(|r| r.resource == "acrpullbindings" || r.resource == "secrets")
+        .filter(|r| r.user_agent.contains("victim"))
+        .collect();
+    assert!(writes.is_empty(), "a non-leader wrote: {writes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_manifests_cover_every_request_the_controller_makes() {
+    let env = Env::start_with(Options {
+        extra_args: vec![
+            "--leader-elect".into(),
+            "--leader-election-namespace=team-a".into(),
+            "--pod-name=rbac".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // Exercise every path: managed and workload identity, attach, failure, deletion.
+    env.create(sa("team-a", "puller", json!({})));
+    env.create(sa(
+        "team-a",
+        "federated",
+        json!({"azure.workload.identity/client-id": WI_CLIENT,
+               "azure.workload.identity/tenant-id": TENANT}),
+    ));
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    env.create(json!({"apiVersion": V2, "kind": "AcrPullBinding",
+        "metadata": {"name": "wi", "namespace": "team-a"},
+        "spec": {"acr": {"server": REGISTRY, "scope": "repository:app:pull", "environment": "PublicCloud"},
+                 "auth": {"workloadIdentity": {"serviceAccountRef": "federated"}},
+                 "serviceAccountName": "puller"}}));
+    env.create(v2_managed("team-a", "nosa", "missing", "repository:app:pull"));
+    env.wait_ready(V2, "team-a", "app", "True").await;
+    env.wait_ready(V2, "team-a", "wi", "True").await;
+    env.wait_ready(V2, "team-a", "nosa", "False").await;
+    env.kube.delete(V2, "AcrPullBinding", "team-a", "app").unwrap();
+    env.wait_gone(V2, "AcrPullBinding", "team-a", "app").await;
+
+    let rules = rbac_rules();
+    let mut missing = Vec::new();
+    for r in env.kube.requests() {
+        if !r.user_agent.contains("acrpull/") || r.verb.is_empty() {
+            continue;
+        }
+        let resource = if r.subresource.is_empty() {
+            r.resource.clone()
+        } else {
+            format!("{}/{}", r.resource, r.subresource)
+        };
+        let allowed = rules.iter().any(|(groups, resources, verbs)| {
+            groups.contains(&r.group)
+                && (resources.contains(&resource))
+                && verbs.contains(&r.verb)
+        });
+        if !allowed {
+            missing.push(format!("{} {}/{} ({})", r.verb, r.group, resource, r.path));
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(missing.is_empty(), "requests not allowed by deploy/rbac.yaml: {missing:#?}");
+}
+
+/// (apiGroups, resources, verbs) of every Role and ClusterRole in deploy/rbac.yaml.
+fn rbac_rules() -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"))
+        .unwrap();
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] != "ClusterRole" && v["kind"] != "Role" {
+            continue;
+        }
+        for rule in v["rules"].as_array().into_iter().flatten() {
+            let list = |k: &str| -> Vec<String> {
+                rule[k]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            };
+            out.push((list("apiGroups"), list("resources"), list("verbs")));
+        }
+    }
+    out
+}
