@@ -370,3 +370,79 @@ async fn kubectl_wait_for_condition_ready_works() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("condition met"));
 }
+
+fn password(env: &Env, ns: &str, name: &str) -> String {
+    docker_config(&env.secret(ns, name).unwrap())["auths"][REGISTRY]["password"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_keeps_the_working_secret_then_recovers() {
+    use azure_standin::{FaultAction, FaultRule, Hop};
+    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    // 20 s tokens: refreshed after ~10 s (fraction 0.5, up to 10 % jitter earlier).
+    env.azure
+        .update_config(|c| c.lifetimes.acr_access_secs = 20)
+        .unwrap();
+    env.spawn(&[]);
+    env.create(sa("team-a", "puller", json!({})));
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    env.wait_ready(V2, "team-a", "app", "True").await;
+    let first = password(&env, "team-a", "acr-pull-app");
+    let first_expiry = env.secret("team-a", "acr-pull-app").unwrap()["metadata"]["annotations"]
+        ["acr.microsoft.com/token.expiry"]
+        .clone();
+
+    // Azure goes down for the scoped-token hop: the refresh fails.
+    let fault = env
+        .azure
+        .faults()
+        .add(FaultRule::new(FaultAction::Status { status: 503, retry_after_secs: None }).hop(Hop::AcrToken));
+    let failed = env.wait_ready(V2, "team-a", "app", "False").await;
+    assert_eq!(failed["status"]["phase"], "Failed");
+    assert!(failed["status"]["consecutiveFailures"].as_u64().unwrap() >= 1);
+    assert_eq!(failed["status"]["conditions"][0]["reason"], "AzureUnavailable", "{failed:#}");
+    // The working credential is untouched while the refresh fails.
+    assert_eq!(password(&env, "team-a", "acr-pull-app"), first);
+    assert_eq!(
+        env.secret("team-a", "acr-pull-app").unwrap()["metadata"]["annotations"]
+            ["acr.microsoft.com/token.expiry"],
+        first_expiry
+    );
+    assert!(pull_secrets(&env.service_account("team-a", "puller").unwrap()).contains(&"acr-pull-app".to_string()));
+
+    // Azure recovers: a new token replaces the old one before it expires.
+    env.azure.faults().remove(fault);
+    env.wait_ready(V2, "team-a", "app", "True").await;
+    let second = password(&env, "team-a", "acr-pull-app");
+    assert_ne!(second, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_conflicts_and_errors_are_retried_never_shown_as_failed() {
+    use kube_standin::faults::{Action, Fault};
+    let env = Env::start().await;
+    // Every second write conflicts, and some return 500.
+    env.kube.faults().add(
+        Fault::new(Action::Error { code: 409, message: None, retry_after: None })
+            .verb("patch")
+            .probability(0.5),
+    );
+    env.kube.faults().add(
+        Fault::new(Action::Error { code: 500, message: None, retry_after: None })
+            .verb("create")
+            .resource("secrets")
+            .next(2),
+    );
+    env.create(sa("team-a", "puller", json!({})));
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    let b = env.wait_ready(V2, "team-a", "app", "True").await;
+    assert_eq!(b["status"]["phase"], "Ready");
+    assert!(b["status"]["consecutiveFailures"].is_null());
+    let conflicts = env.kube.requests().iter().filter(|r| r.status == 409).count();
+    assert!(conflicts > 0, "the fault fired");
+    // Never surfaced as a failure.
+    assert!(!env.logs().contains("phase transition") || !env.logs().contains("to=\"Failed\""));
+}
