@@ -185,9 +185,10 @@ fn reorder(list: &mut Vec<Value>, order: &[Value], key: Option<&str>) {
     *list = out;
 }
 
+/// The patch map as a new value: directives dropped, and nulls too (deleting from nothing).
 fn strip_directives(m: &Map<String, Value>) -> Map<String, Value> {
     m.iter()
-        .filter(|(k, _)| !k.starts_with('$'))
+        .filter(|(k, v)| !k.starts_with('$') && !v.is_null())
         .map(|(k, v)| {
             let v = match v {
                 Value::Object(inner) => Value::Object(strip_directives(inner)),

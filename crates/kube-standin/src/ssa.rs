@@ -275,6 +275,50 @@ pub struct Conflict {
     pub manager: String,
     /// The field, dotted.
     pub field: String,
+    /// The field as a path.
+    pub path: Path,
+}
+
+/// The client-side-apply upgrade path of the real API server (its `lastAppliedManager`): a
+/// server-side apply whose conflicts are all with `kubectl-client-side-apply` over fields
+/// recorded in the `kubectl.kubernetes.io/last-applied-configuration` annotation is forced;
+/// an existing annotation is then kept in step with the applied configuration.
+pub fn apply_with_csa_upgrade(
+    current: &Value,
+    applied: &Value,
+    w: &Writer,
+    force: bool,
+) -> Result<Value, Vec<Conflict>> {
+    const ANN: &str = "kubectl.kubernetes.io/last-applied-configuration";
+    let last: Option<Value> = current["metadata"]["annotations"][ANN]
+        .as_str()
+        .and_then(|s| serde_json::from_str(s).ok());
+    let mut out = match apply(current, applied, w, force) {
+        Ok(o) => o,
+        Err(conflicts) => {
+            let upgradable = last.as_ref().is_some_and(|l| {
+                conflicts.iter().all(|c| {
+                    c.manager == "kubectl-client-side-apply" && get_path(l, &c.path).is_some()
+                })
+            });
+            if !upgradable {
+                return Err(conflicts);
+            }
+            apply(current, applied, w, true)?
+        }
+    };
+    if last.is_some() {
+        let mut cfg = applied.clone();
+        if let Some(m) = cfg["metadata"].as_object_mut() {
+            if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
+                a.remove(ANN);
+            }
+        }
+        if out["metadata"]["annotations"].is_object() {
+            out["metadata"]["annotations"][ANN] = json!(cfg.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Server-side apply of `applied` onto `current` (or onto an empty object on create).
@@ -303,6 +347,7 @@ pub fn apply(
                         conflicts.push(Conflict {
                             manager: e.manager.clone(),
                             field: format!(".{}", f.join(".")),
+                            path: f.clone(),
                         });
                     }
                 }

@@ -972,7 +972,7 @@ impl Store {
                     api_version: &rt.api_version(&version),
                     now: &now,
                 };
-                new = ssa::apply(&current, &applied, &w, opts.force).map_err(|c| {
+                new = ssa::apply_with_csa_upgrade(&current, &applied, &w, opts.force).map_err(|c| {
                     let fields: Vec<String> = c.iter().map(|c| format!("conflict with \"{}\": {}", c.manager, c.field)).collect();
                     ApiError::new(409, "Conflict", format!("Apply failed with {} conflict{}: {}", c.len(), if c.len() == 1 { "" } else { "s" }, fields.join("\n")))
                         .with_details(json!({"name": name, "kind": rt.plural, "group": rt.group,
@@ -1024,6 +1024,7 @@ impl Store {
             new["metadata"] = json!({});
         }
         let sub_name = sub.unwrap_or("");
+        let mut client_mf: Option<Value> = None;
         match sub {
             Some("status") => {
                 let status = new.get("status").cloned();
@@ -1080,9 +1081,13 @@ impl Store {
                 }
             }
             if !managed_fields_done {
-                md.remove("managedFields");
-                if let Some(mf) = current["metadata"].get("managedFields") {
-                    md.insert("managedFields".into(), mf.clone());
+                // A client may rewrite managedFields explicitly (kubectl's client-side-apply
+                // upgrade does); omitting them keeps the stored ones.
+                match md.remove("managedFields") {
+                    Some(mf) if Some(&mf) != current["metadata"].get("managedFields") => {
+                        client_mf = Some(mf);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -1141,8 +1146,17 @@ impl Store {
                 &opts.manager
             };
             let mut cur_for_diff = current.clone();
-            cur_for_diff["metadata"]["managedFields"] =
-                current["metadata"]["managedFields"].clone();
+            if let Some(mf) = &client_mf {
+                // `[{}]` (or an empty list) resets ownership.
+                let entries: Vec<Value> = mf
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e.get("manager").is_some())
+                    .cloned()
+                    .collect();
+                cur_for_diff["metadata"]["managedFields"] = Value::Array(entries);
+            }
             ssa::record_update(
                 Some(&cur_for_diff),
                 &mut new,
@@ -1155,7 +1169,7 @@ impl Store {
             );
         }
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-        if same_content(&new, &current) {
+        if same_content(&new, &current) && client_mf.is_none() {
             return Ok(current);
         }
         if opts.dry_run {
@@ -1351,8 +1365,13 @@ impl Store {
                 obj["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
                 let status = obj.get("status").cloned();
                 let updated = self.update(rt, ns, &name, obj, None, &opts)?;
+                let still_there = self.lock().get_obj(rt, ns, &name).is_some();
                 match status {
-                    Some(s) if rt.status_subresource => {
+                    Some(s)
+                        if rt.status_subresource
+                            && still_there
+                            && updated.get("status") != Some(&s) =>
+                    {
                         let mut with = updated.clone();
                         with["status"] = s;
                         self.update(rt, ns, &name, with, Some("status"), &opts)

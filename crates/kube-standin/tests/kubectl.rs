@@ -1,0 +1,459 @@
+//! The real kubectl (`/usr/bin/kubectl`) against the stand-in, with default validation.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use kube_standin::{Handle, StandIn};
+use serde_json::json;
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: acrpullbindings.acrpull.microsoft.com
+spec:
+  group: acrpull.microsoft.com
+  names:
+    kind: AcrPullBinding
+    plural: acrpullbindings
+    singular: acrpullbinding
+    shortNames: [apb, apbs]
+  scope: Namespaced
+  versions:
+  - name: v1beta2
+    served: true
+    storage: true
+    subresources:
+      status: {}
+    additionalPrinterColumns:
+    - name: Server
+      type: string
+      jsonPath: .spec.acr.server
+    - name: Phase
+      type: string
+      jsonPath: .status.phase
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [acr, serviceAccountName]
+            properties:
+              acr:
+                type: object
+                properties:
+                  server:
+                    type: string
+                    x-kubernetes-validations:
+                    - rule: self.size() > 0
+                      message: server must not be empty
+                  scope: {type: string}
+                  environment: {type: string, default: PublicCloud}
+              serviceAccountName: {type: string}
+          status:
+            type: object
+            properties:
+              phase: {type: string}
+              conditions:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [type]
+                items:
+                  type: object
+                  required: [type, status]
+                  properties:
+                    type: {type: string}
+                    status: {type: string}
+                    reason: {type: string}
+                    message: {type: string}
+                    lastTransitionTime: {type: string, format: date-time}
+"#;
+
+fn cr(scope: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: acrpull.microsoft.com/v1beta2
+kind: AcrPullBinding
+metadata:
+  name: b1
+  namespace: kc
+spec:
+  acr:
+    server: example.azurecr.io
+    scope: {scope}
+  serviceAccountName: default
+{extra}"
+    )
+}
+
+struct Kubectl {
+    dir: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn new(h: &Handle) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        h.write_kubeconfig(&dir.path().join("kubeconfig")).unwrap();
+        Kubectl { dir }
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(KUBECTL);
+        c.arg("--kubeconfig")
+            .arg(self.dir.path().join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        c
+    }
+
+    /// Run to completion off the async runtime; returns (rc, stdout, stderr).
+    async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let mut c = self.cmd(args);
+        let out = tokio::task::spawn_blocking(move || c.output().expect("run kubectl"))
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (rc, out, err) = self.run(args).await;
+        assert_eq!(rc, 0, "kubectl {args:?} failed: {err}\n{out}");
+        out
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_flows_with_default_validation() {
+    let h = StandIn::builder().start().await.unwrap();
+    h.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kc\n")
+        .unwrap();
+    let k = Kubectl::new(&h);
+    let crd = k.file("crd.yaml", CRD);
+    k.ok(&["apply", "-f", path(&crd)]).await;
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/acrpullbindings.acrpull.microsoft.com",
+        "--timeout=10s",
+    ])
+    .await;
+
+    // Create with default validation: kubectl turns on server-side validation (Strict).
+    let b1 = k.file("b1.yaml", &cr("repository:a:pull", ""));
+    let out = k.ok(&["apply", "-f", path(&b1)]).await;
+    assert!(
+        out.contains("acrpullbinding.acrpull.microsoft.com/b1 created"),
+        "{out}"
+    );
+    assert!(h.requests().iter().any(|r| r.verb == "create"
+        && r.resource == "acrpullbindings"
+        && r.query.contains("fieldValidation=Strict")
+        && r.field_manager == "kubectl-client-side-apply"));
+    let stored = h
+        .get("acrpull.microsoft.com/v1beta2", "apb", "kc", "b1")
+        .unwrap();
+    assert_eq!(
+        stored["spec"]["acr"]["environment"], "PublicCloud",
+        "schema default applied"
+    );
+
+    // Strict validation rejects unknown fields, as a real server does.
+    let bad = k.file(
+        "bad.yaml",
+        &cr("x", "  bogus: 1\n").replace("name: b1", "name: bad"),
+    );
+    let (rc, _, err) = k.run(&["apply", "-f", path(&bad)]).await;
+    assert_ne!(rc, 0);
+    assert!(err.contains("unknown field"), "{err}");
+
+    // Re-apply (merge patch), then server-side apply.
+    let b1 = k.file("b1.yaml", &cr("repository:b:pull", ""));
+    let out = k.ok(&["apply", "-f", path(&b1)]).await;
+    assert!(out.contains("configured"), "{out}");
+    assert!(h
+        .requests()
+        .iter()
+        .any(|r| r.verb == "patch" && r.content_type.starts_with("application/merge-patch+json")));
+    let b1 = k.file("b1.yaml", &cr("repository:c:pull", ""));
+    let out = k.ok(&["apply", "--server-side", "-f", path(&b1)]).await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    assert!(h.requests().iter().any(|r| r.verb == "patch"
+        && r.content_type.starts_with("application/apply-patch+yaml")
+        && r.field_manager == "kubectl"));
+    let stored = h
+        .get(
+            "acrpull.microsoft.com/v1beta2",
+            "AcrPullBinding",
+            "kc",
+            "b1",
+        )
+        .unwrap();
+    assert_eq!(stored["spec"]["acr"]["scope"], "repository:c:pull");
+    assert_eq!(stored["metadata"]["generation"], 3);
+
+    // get by plural and short name; -o yaml.
+    let out = k.ok(&["get", "apb", "-n", "kc"]).await;
+    assert!(out.contains("b1"), "{out}");
+    let out = k
+        .ok(&["get", "acrpullbindings", "-n", "kc", "-o", "name"])
+        .await;
+    assert_eq!(out.trim(), "acrpullbinding.acrpull.microsoft.com/b1");
+    let out = k.ok(&["get", "apbs", "b1", "-n", "kc", "-o", "yaml"]).await;
+    assert!(
+        out.contains("scope: repository:c:pull") && out.contains("kind: AcrPullBinding"),
+        "{out}"
+    );
+
+    // wait --for=condition=Ready while "a controller" sets the status.
+    let mut waiter = k.cmd(&[
+        "wait",
+        "--for=condition=Ready",
+        "apb/b1",
+        "-n",
+        "kc",
+        "--timeout=20s",
+    ]);
+    let wait = tokio::task::spawn_blocking(move || waiter.output().unwrap());
+    h.wait_until(
+        |h| {
+            h.requests()
+                .iter()
+                .any(|r| r.verb == "watch" && r.resource == "acrpullbindings")
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mut obj = h
+        .get(
+            "acrpull.microsoft.com/v1beta2",
+            "AcrPullBinding",
+            "kc",
+            "b1",
+        )
+        .unwrap();
+    obj["status"] = json!({"phase": "Ready", "unknownField": "pruned", "conditions": [{"type": "Ready", "status": "True", "reason": "Ok", "message": "ok", "lastTransitionTime": "2025-01-01T00:00:00Z"}]});
+    h.apply(obj).unwrap();
+    let out = wait.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("condition met"));
+    let stored = h
+        .get(
+            "acrpull.microsoft.com/v1beta2",
+            "AcrPullBinding",
+            "kc",
+            "b1",
+        )
+        .unwrap();
+    assert!(stored["status"].get("unknownField").is_none());
+
+    // delete with wait --for=delete watching concurrently; a finalizer holds it first.
+    let mut obj = stored.clone();
+    obj["metadata"]["finalizers"] = json!(["acrpull.microsoft.com/finalizer"]);
+    h.apply(obj).unwrap();
+    let mut waiter = k.cmd(&[
+        "wait",
+        "--for=delete",
+        "apb/b1",
+        "-n",
+        "kc",
+        "--timeout=20s",
+    ]);
+    let wait = tokio::task::spawn_blocking(move || waiter.output().unwrap());
+    let out = k.ok(&["delete", "-f", path(&b1), "--wait=false"]).await;
+    assert!(out.contains("deleted"), "{out}");
+    assert!(h
+        .get(
+            "acrpull.microsoft.com/v1beta2",
+            "AcrPullBinding",
+            "kc",
+            "b1"
+        )
+        .unwrap()["metadata"]["deletionTimestamp"]
+        .is_string());
+    let mut obj = h
+        .get(
+            "acrpull.microsoft.com/v1beta2",
+            "AcrPullBinding",
+            "kc",
+            "b1",
+        )
+        .unwrap();
+    obj["metadata"]["finalizers"] = json!([]);
+    h.apply(obj).unwrap();
+    let out = wait.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (rc, _, err) = k.run(&["get", "apb", "b1", "-n", "kc"]).await;
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+    h.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_builtins_secret_reapply_and_events() {
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    let s = k.file("s.yaml", "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s1\n  namespace: default\nstringData:\n  a: one\n");
+    k.ok(&["apply", "-f", path(&s)]).await;
+    let s = k.file("s.yaml", "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s1\n  namespace: default\nstringData:\n  b: two\n");
+    k.ok(&["apply", "-f", path(&s)]).await;
+    assert!(h.requests().iter().any(|r| r.verb == "patch"
+        && r.resource == "secrets"
+        && r.content_type
+            .starts_with("application/strategic-merge-patch+json")));
+    let out = k
+        .ok(&["get", "secret", "s1", "-o", "jsonpath={.data}"])
+        .await;
+    assert!(out.contains("\"b\":\"dHdv\""), "{out}");
+    // As on a real server: stringData is write-only, so dropping a key from it leaves data alone.
+    assert!(out.contains("\"a\":\"b25l\""), "{out}");
+    // SA with imagePullSecrets re-applied through a strategic merge patch.
+    let sa = k.file("sa.yaml", "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: puller\nimagePullSecrets:\n- name: one\n");
+    k.ok(&["apply", "-f", path(&sa)]).await;
+    let sa = k.file("sa.yaml", "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: puller\nimagePullSecrets:\n- name: one\n- name: two\n");
+    k.ok(&["apply", "-f", path(&sa)]).await;
+    let stored = h.get("v1", "ServiceAccount", "default", "puller").unwrap();
+    assert_eq!(
+        stored["imagePullSecrets"],
+        json!([{"name": "one"}, {"name": "two"}])
+    );
+    // Events with a field selector.
+    h.apply(json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1", "namespace": "default"},
+        "involvedObject": {"kind": "Secret", "name": "s1", "namespace": "default"}, "reason": "Refreshed", "message": "m", "type": "Normal"}))
+        .unwrap();
+    h.apply(json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e2", "namespace": "default"},
+        "involvedObject": {"kind": "Secret", "name": "other", "namespace": "default"}, "reason": "Other", "message": "m", "type": "Normal"}))
+        .unwrap();
+    let out = k
+        .ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=s1",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(out.trim(), "event/e1");
+    let out = k.ok(&["delete", "secret", "s1"]).await;
+    assert!(out.contains("deleted"));
+    h.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_the_project_crds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!("no {} yet; skipping", dir.display());
+        return;
+    };
+    let files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    for f in &files {
+        k.ok(&["apply", "-f", path(f)]).await;
+    }
+    let out = k.ok(&["get", "crd", "-o", "name"]).await;
+    for g in [
+        "acrpullbindings.acrpull.microsoft.com",
+        "acrpullbindings.msi-acrpull.microsoft.com",
+    ] {
+        if files.iter().any(|f| f.to_string_lossy().contains(g)) {
+            assert!(out.contains(g), "{out}");
+        }
+    }
+    let out = k
+        .ok(&[
+            "api-resources",
+            "--api-group=acrpull.microsoft.com",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert!(out.contains("acrpullbindings"), "{out}");
+    // Re-applying the same manifests is a no-op on the server.
+    let rv = h.resource_version();
+    for f in &files {
+        k.ok(&["apply", "-f", path(f)]).await;
+    }
+    assert_eq!(h.resource_version(), rv);
+    h.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_writes_kubeconfig_and_serves_until_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kc");
+    let crd = dir.path().join("crd.yaml");
+    std::fs::write(&crd, CRD).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-standin"))
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--crd")
+        .arg(&crd)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !kc.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kubeconfig written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kc2 = kc.clone();
+    let cache = dir.path().join("cache");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(&kc2)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["get", "apb", "-A"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
