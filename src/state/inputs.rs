@@ -51,7 +51,7 @@ pub fn v1beta2(i: &V1beta2Inputs<'_>) -> String {
     if let Some((authority, audience)) = i.cloud_config {
         s.push_str("\u{0}cloudConfig=");
         s.push_str(authority);
-        s.push_str("\u{0}");
+        s.push('\u{0}');
         s.push_str(audience);
     }
     base36_sha224(s.as_bytes())

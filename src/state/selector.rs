@@ -37,7 +37,7 @@ impl Selector {
             why: why.to_string(),
         };
         let mut reqs = Vec::new();
-        for part in split_top_level(input).map_err(|w| err(w))? {
+        for part in split_top_level(input).map_err(&err)? {
             let part = part.trim();
             if part.is_empty() {
                 if input.trim().is_empty() {
