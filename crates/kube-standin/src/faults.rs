@@ -262,7 +262,7 @@ pub struct RequestFacts {
 impl Matcher {
     fn matches(&self, r: &RequestFacts) -> bool {
         let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
-        (self.verbs.is_empty() || self.verbs.iter().any(|v| *v == r.verb))
+        (self.verbs.is_empty() || self.verbs.contains(&r.verb))
             && eq(&self.resource, &r.resource)
             && eq(&self.group, &r.group)
             && eq(&self.namespace, &r.namespace)

@@ -173,7 +173,7 @@ impl Registry {
                     && (t.kind.to_lowercase() == lname
                         || t.plural == lname
                         || t.singular == lname
-                        || t.short_names.iter().any(|s| *s == lname))
+                        || t.short_names.contains(&lname))
             })
             .cloned()
     }

@@ -237,6 +237,7 @@ impl Inner {
             .get(&(String::new(), ns.to_string()))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
         tx: &broadcast::Sender<Arc<Change>>,
@@ -1108,19 +1109,20 @@ impl Store {
                 return Err(ApiError::invalid(&rt.kind, &rt.group, name, "metadata.finalizers", &format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}", added.join(", "))));
             }
         }
-        if rt.group.is_empty() && rt.plural == "secrets" && current["immutable"] == true {
-            if new["data"] != current["data"]
+        let immutable_secret =
+            rt.group.is_empty() && rt.plural == "secrets" && current["immutable"] == true;
+        if immutable_secret
+            && (new["data"] != current["data"]
                 || new["immutable"] != current["immutable"]
-                || new["type"] != current["type"]
-            {
-                return Err(ApiError::invalid(
-                    &rt.kind,
-                    &rt.group,
-                    name,
-                    "data",
-                    "Forbidden: field is immutable when `immutable` is set",
-                ));
-            }
+                || new["type"] != current["type"])
+        {
+            return Err(ApiError::invalid(
+                &rt.kind,
+                &rt.group,
+                name,
+                "data",
+                "Forbidden: field is immutable when `immutable` is set",
+            ));
         }
         if rt.kind == "CustomResourceDefinition" {
             let t = crd::resource_type(&new)?;
