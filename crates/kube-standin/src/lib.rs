@@ -73,6 +73,7 @@ pub mod selector;
 pub mod server;
 pub mod ssa;
 pub mod store;
+pub mod table;
 pub mod token;
 pub mod watch;
 

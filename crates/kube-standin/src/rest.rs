@@ -112,6 +112,8 @@ pub struct Call {
     pub content_type: String,
     /// User agent.
     pub user_agent: String,
+    /// Accept header.
+    pub accept: String,
     /// Watch faults.
     pub watch_faults: WatchFaults,
     /// TokenRequest lifetime override.
@@ -200,7 +202,15 @@ pub async fn serve(shared: &Arc<Shared>, info: &RequestInfo, call: Call) -> ApiR
     let store = &shared.store;
     let present_v = |v: Value| present(&rt, version, v);
     match info.verb.as_str() {
-        "get" => Ok(Reply::json(200, present_v(store.get(&rt, &ns, &name)?))),
+        "get" => {
+            let obj = present_v(store.get(&rt, &ns, &name)?);
+            if crate::table::wants_table(&call.accept) {
+                if let Some(t) = crate::table::table(&rt, version, &obj) {
+                    return Ok(Reply::json(200, t));
+                }
+            }
+            Ok(Reply::json(200, obj))
+        }
         "list" => {
             let opts = ListOpts {
                 selectors: selectors(&call.query, &rt)?,
@@ -215,6 +225,11 @@ pub async fn serve(shared: &Arc<Shared>, info: &RequestInfo, call: Call) -> ApiR
             if let Some(items) = list["items"].as_array_mut() {
                 for i in items.iter_mut() {
                     i["apiVersion"] = json!(rt.api_version(version));
+                }
+            }
+            if crate::table::wants_table(&call.accept) {
+                if let Some(t) = crate::table::table(&rt, version, &list) {
+                    return Ok(Reply::json(200, t));
                 }
             }
             Ok(Reply::json(200, list))

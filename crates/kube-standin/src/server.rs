@@ -471,6 +471,7 @@ async fn handle(
         body,
         content_type,
         user_agent,
+        accept,
         watch_faults,
         token_expiry,
     };

@@ -269,6 +269,13 @@ async fn kubectl_flows_with_default_validation() {
         )
         .unwrap();
     assert!(stored["status"].get("unknownField").is_none());
+    // Server-side printing with the CRD's printer columns.
+    let out = k.ok(&["get", "apb", "-n", "kc"]).await;
+    assert!(out.contains("SERVER") && out.contains("PHASE"), "{out}");
+    assert!(
+        out.contains("example.azurecr.io") && out.contains("Ready"),
+        "{out}"
+    );
 
     // delete with wait --for=delete watching concurrently; a finalizer holds it first.
     let mut obj = stored.clone();
