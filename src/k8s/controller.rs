@@ -14,12 +14,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 
 use super::binding::{rfc3339, BindingResource};
+use super::cache::NsCache;
 use super::events::should_emit_failure;
 use super::observe::{observe, SecretMeta};
 use super::tracker::{BindingKey, Report, Tracker};
@@ -82,8 +82,8 @@ pub struct Context {
     pub pipeline: Arc<TokenPipeline>,
     pub policy: Policy,
     pub selector: Selector,
-    pub secrets: Store<SecretMeta>,
-    pub service_accounts: Store<ServiceAccount>,
+    pub secrets: NsCache<SecretMeta>,
+    pub service_accounts: NsCache<ServiceAccount>,
     pub recorder: Recorder,
     pub leader: watch::Receiver<bool>,
     pub tracker: Tracker,
@@ -100,8 +100,8 @@ impl Context {
         pipeline: Arc<TokenPipeline>,
         policy: Policy,
         selector: Selector,
-        secrets: Store<SecretMeta>,
-        service_accounts: Store<ServiceAccount>,
+        secrets: NsCache<SecretMeta>,
+        service_accounts: NsCache<ServiceAccount>,
         recorder: Recorder,
         leader: watch::Receiver<bool>,
         tracker: Tracker,
@@ -196,8 +196,8 @@ async fn reconcile_inner<K: BindingResource>(
     let observed = observe(
         binding,
         matches,
-        &ctx.secrets.state(),
-        &ctx.service_accounts.state(),
+        &ctx.secrets.in_namespace(&key.namespace),
+        &ctx.service_accounts.in_namespace(&key.namespace),
         ctx.last_failure(&key, generation),
     );
     let now = Timestamp::now();
@@ -414,10 +414,7 @@ async fn execute<K: BindingResource>(
             detach_from,
         } => {
             if let Some(sa_name) = detach_from.first() {
-                let current =
-                    ctx.service_accounts.state().into_iter().find(|sa| {
-                        sa.namespace().as_deref() == Some(ns) && sa.name_any() == *sa_name
-                    });
+                let current = ctx.service_accounts.get(ns, sa_name);
                 if let Some(sa) = current {
                     let list: Vec<String> = sa
                         .image_pull_secrets
@@ -475,19 +472,27 @@ async fn mint<K: BindingResource>(
             Ok(Some(action)) => return Ok(action),
             Ok(None) => {}
             Err(e @ ReconcileError::Foreign { .. }) => {
-                let (status, at) = after_mint_failure(
-                    o,
-                    "SecretConflict",
-                    e.to_string(),
-                    None,
-                    now,
-                    &ctx.policy,
-                );
+                let (status, at) =
+                    after_mint_failure(o, "SecretConflict", e.to_string(), None, now, &ctx.policy);
                 write_status(ctx, bindings, b, &status, now).await?;
-                if should_emit_failure(status.consecutive_failures, &o.binding.status.error, &status.error) {
-                    publish(ctx, b, EventType::Warning, "InvalidSpec", "Mint", status.error.clone()).await;
+                if should_emit_failure(
+                    status.consecutive_failures,
+                    &o.binding.status.error,
+                    &status.error,
+                ) {
+                    publish(
+                        ctx,
+                        b,
+                        EventType::Warning,
+                        "InvalidSpec",
+                        "Mint",
+                        status.error.clone(),
+                    )
+                    .await;
                 }
-                return Ok(Action::requeue(crate::state::refresh::requeue_after(now, at)));
+                return Ok(Action::requeue(crate::state::refresh::requeue_after(
+                    now, at,
+                )));
             }
             Err(e) => return Err(e),
         }
@@ -496,10 +501,7 @@ async fn mint<K: BindingResource>(
     match ctx.pipeline.credential(&req).await {
         Ok(credential) => {
             let data = docker_config_json(&request.registry.authority(), &credential.token);
-            let existing = ctx.secrets.state().into_iter().find(|s| {
-                s.namespace().as_deref() == Some(key.namespace.as_str())
-                    && s.name_any() == request.secret_name
-            });
+            let existing = ctx.secrets.get(&key.namespace, &request.secret_name);
             let owner = OwnerReference {
                 api_version: K::api_version(&()).to_string(),
                 kind: K::kind(&()).to_string(),
@@ -729,11 +731,9 @@ async fn set_pull_secrets(
     name: &str,
     mut list: Vec<String>,
 ) -> Result<(), ReconcileError> {
-    let current = ctx
-        .service_accounts
-        .state()
-        .into_iter()
-        .find(|sa| sa.namespace() == sas_namespace(sas) && sa.name_any() == name);
+    let current = sas
+        .namespace()
+        .and_then(|ns| ctx.service_accounts.get(ns, name));
     let Some(current) = current else {
         return Ok(());
     };
@@ -751,10 +751,6 @@ async fn set_pull_secrets(
     Ok(())
 }
 
-fn sas_namespace(api: &Api<ServiceAccount>) -> Option<String> {
-    api.namespace().map(str::to_string)
-}
-
 /// The decision core already ordered the list; sorting again only normalises duplicates.
 fn sort_pull_secrets_stable(list: &mut Vec<String>) {
     sort_pull_secrets(list);
@@ -765,11 +761,9 @@ async fn delete_secret(
     secrets: &Api<Secret>,
     name: &str,
 ) -> Result<(), ReconcileError> {
-    let uid = ctx
-        .secrets
-        .state()
-        .into_iter()
-        .find(|s| s.namespace() == secrets.namespace().map(str::to_string) && s.name_any() == name)
+    let uid = secrets
+        .namespace()
+        .and_then(|ns| ctx.secrets.get(ns, name))
         .and_then(|s| s.uid());
     let dp = DeleteParams {
         preconditions: uid.map(|uid| Preconditions {

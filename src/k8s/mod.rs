@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod binding;
+pub mod cache;
 pub mod controller;
 pub mod events;
 pub mod leader;

@@ -11,13 +11,14 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use super::api::{v1beta1, v1beta2};
 use super::binding::BindingResource;
+use super::cache::NsCache;
 use super::controller::{error_policy, reconcile, Context};
 use super::observe::{expected_secret_name, secret_owner, SecretMeta};
 use crate::http::health::Readiness;
@@ -36,31 +37,16 @@ pub struct RunConfig {
     pub label_selector: String,
 }
 
-/// The caches the controllers share; built before the controllers so the context can hold the
-/// readers.
+/// The caches the controllers read: Secrets (metadata) and ServiceAccounts, by namespace.
+#[derive(Default)]
 pub struct Caches {
-    pub secrets: Store<SecretMeta>,
-    pub service_accounts: Store<ServiceAccount>,
-    secret_writer: reflector::store::Writer<SecretMeta>,
-    sa_writer: reflector::store::Writer<ServiceAccount>,
+    pub secrets: NsCache<SecretMeta>,
+    pub service_accounts: NsCache<ServiceAccount>,
 }
 
 impl Caches {
     pub fn new() -> Self {
-        let (secrets, secret_writer) = reflector::store();
-        let (service_accounts, sa_writer) = reflector::store();
-        Self {
-            secrets,
-            service_accounts,
-            secret_writer,
-            sa_writer,
-        }
-    }
-}
-
-impl Default for Caches {
-    fn default() -> Self {
-        Self::new()
+        Self::default()
     }
 }
 
@@ -110,22 +96,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let Caches {
-        secret_writer,
-        sa_writer,
-        ..
+        secrets: secret_cache,
+        service_accounts: sa_cache,
     } = caches;
     let (secret_fan, mut secret_rx) = FanOut::<SecretMeta>::new(2);
     let (sa_fan, mut sa_rx) = FanOut::<ServiceAccount>::new(2);
 
-    let secrets = reflector::reflector(
-        secret_writer,
-        watcher(
-            Api::<SecretMeta>::all(client.clone()),
-            watcher::Config::default().labels(BINDING_LABEL),
-        )
-        .default_backoff()
-        .inspect(mark_ready(readiness.clone())),
+    let secrets = watcher(
+        Api::<SecretMeta>::all(client.clone()),
+        watcher::Config::default().labels(BINDING_LABEL),
     )
+    .default_backoff()
+    .inspect(mark_ready(readiness.clone()))
+    .inspect(move |e| {
+        if let Ok(e) = e {
+            secret_cache.apply_event(e);
+        }
+    })
     .touched_objects()
     .for_each(move |o| {
         if let Ok(o) = o {
@@ -134,15 +121,17 @@ pub async fn run(
         std::future::ready(())
     });
 
-    let service_accounts = reflector::reflector(
-        sa_writer,
-        watcher(
-            Api::<ServiceAccount>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .inspect(mark_ready(readiness.clone())),
+    let service_accounts = watcher(
+        Api::<ServiceAccount>::all(client.clone()),
+        watcher::Config::default(),
     )
+    .default_backoff()
+    .inspect(mark_ready(readiness.clone()))
+    .inspect(move |e| {
+        if let Ok(e) = e {
+            sa_cache.apply_event(e);
+        }
+    })
     .touched_objects()
     .for_each(move |o| {
         if let Ok(o) = o {
@@ -216,13 +205,19 @@ async fn controller_for<K: BindingResource>(
     if !config.label_selector.trim().is_empty() {
         wc = wc.labels(&config.label_selector);
     }
+    let index = NsCache::<K>::default();
+    let by_sa = index.clone();
     let bindings = watcher(Api::<K>::all(client.clone()), wc)
         .default_backoff()
         .inspect(mark_ready(readiness))
+        .inspect(move |e| {
+            if let Ok(e) = e {
+                index.apply_event(e);
+            }
+        })
         .reflect_shared(writer)
         .for_each(|_| std::future::ready(()));
 
-    let by_sa = reader.clone();
     let controller = Controller::for_shared_stream(events, reader)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .watches_stream(secret_events, |s: SecretMeta| secret_to_binding::<K>(&s))
@@ -249,7 +244,10 @@ fn secret_to_binding<K: BindingResource>(s: &SecretMeta) -> Option<ObjectRef<K>>
 
 /// A ServiceAccount maps to the bindings that target it, use it for workload identity, or
 /// whose secrets it references.
-fn sa_to_bindings<K: BindingResource>(store: &Store<K>, sa: &ServiceAccount) -> Vec<ObjectRef<K>> {
+fn sa_to_bindings<K: BindingResource>(
+    index: &NsCache<K>,
+    sa: &ServiceAccount,
+) -> Vec<ObjectRef<K>> {
     let Some(ns) = sa.namespace() else {
         return Vec::new();
     };
@@ -260,10 +258,9 @@ fn sa_to_bindings<K: BindingResource>(store: &Store<K>, sa: &ServiceAccount) -> 
         .flatten()
         .map(|r| r.name.clone())
         .collect();
-    store
-        .state()
+    index
+        .in_namespace(&ns)
         .iter()
-        .filter(|b| b.namespace().as_deref() == Some(ns.as_str()))
         .filter(|b| {
             b.service_accounts().contains(&name)
                 || refs.contains(&expected_secret_name(K::VERSION, &b.name_any()))

@@ -97,6 +97,7 @@ pub fn azure_config(issuer: &str, jwks: Value) -> Config {
             authentication_as_arm: true,
             ops_per_minute: None,
             tenant: None,
+            upstream: None,
         }],
         role_assignments: vec![
             role("mi-pull", "app", &["pull"]),
