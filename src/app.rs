@@ -257,20 +257,23 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     });
 
     let caches = Caches::new();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::new(pipeline),
-        policy(&cli),
-        selector,
-        caches.secrets.clone(),
-        caches.service_accounts.clone(),
-        recorder,
-        leader_rx.clone(),
-        tracker,
-        cli.kube_call_timeout,
-        audience(&cli),
-        controller_metrics,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Arc::new(pipeline),
+            policy(&cli),
+            selector,
+            caches.secrets.clone(),
+            caches.service_accounts.clone(),
+            recorder,
+            leader_rx.clone(),
+            tracker,
+            cli.kube_call_timeout,
+            audience(&cli),
+            controller_metrics,
+        )
+        .with_verification(cli.verify_credentials),
+    );
     let controllers = tokio::spawn(run::run(
         client,
         caches,

@@ -188,6 +188,11 @@ pub struct Cli {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
 
+    /// After minting, present the credential to the registry's token endpoint the way a pull
+    /// client does and check every requested scope is granted (CredentialVerified condition).
+    #[arg(long, env = "ACRPULL_VERIFY_CREDENTIALS", num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    pub verify_credentials: bool,
+
     /// Accept `host:port` registry servers (for tests against a local registry).
     #[arg(long, env = "ACRPULL_ALLOW_REGISTRY_PORTS", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub allow_registry_ports: bool,

@@ -302,7 +302,11 @@ fn old_secret(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_from_the_old_controller_keeps_valid_tokens() {
-    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
     // The cluster as the old controller left it.
     env.create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": "default", "namespace": "team-a"},
@@ -318,8 +322,7 @@ async fn upgrade_from_the_old_controller_keeps_valid_tokens() {
                  "serviceAccountName": "default"}}));
     // The old controller's hashes, computed the way it did.
     // path.Clean("") is "." and the old controller then used the (empty) default.
-    let v1_inputs =
-        acrpull::state::inputs::v1beta1(MI_CLIENT, "", REGISTRY, "repository:app:pull");
+    let v1_inputs = acrpull::state::inputs::v1beta1(MI_CLIENT, "", REGISTRY, "repository:app:pull");
     let v2_inputs = acrpull::state::inputs::v1beta2(&acrpull::state::inputs::V1beta2Inputs {
         service_account_name: "default",
         managed: Some((MI_CLIENT, "")),
@@ -329,8 +332,22 @@ async fn upgrade_from_the_old_controller_keeps_valid_tokens() {
         ..Default::default()
     });
     // The legacy secret is unlabelled (old controller versions before the label existed).
-    env.create(old_secret("legacy-msi-acrpull-secret", &legacy, V1, false, &v1_inputs, "old-token-v1"));
-    env.create(old_secret("acr-pull-current", &current, V2, true, &v2_inputs, "old-token-v2"));
+    env.create(old_secret(
+        "legacy-msi-acrpull-secret",
+        &legacy,
+        V1,
+        false,
+        &v1_inputs,
+        "old-token-v1",
+    ));
+    env.create(old_secret(
+        "acr-pull-current",
+        &current,
+        V2,
+        true,
+        &v2_inputs,
+        "old-token-v2",
+    ));
 
     env.spawn(&[]);
     env.wait_ready(V1, "team-a", "legacy", "True").await;
@@ -338,11 +355,24 @@ async fn upgrade_from_the_old_controller_keeps_valid_tokens() {
 
     // Labelled, not re-minted: the tokens are the old ones and Azure was never called.
     let l = env.secret("team-a", "legacy-msi-acrpull-secret").unwrap();
-    assert_eq!(l["metadata"]["labels"]["acr.microsoft.com/binding"], "legacy");
-    assert_eq!(docker_config(&l)["auths"][REGISTRY]["password"], "old-token-v1");
+    assert_eq!(
+        l["metadata"]["labels"]["acr.microsoft.com/binding"],
+        "legacy"
+    );
+    assert_eq!(
+        docker_config(&l)["auths"][REGISTRY]["password"],
+        "old-token-v1"
+    );
     let c = env.secret("team-a", "acr-pull-current").unwrap();
-    assert_eq!(docker_config(&c)["auths"][REGISTRY]["password"], "old-token-v2");
-    assert!(env.azure.requests().is_empty(), "{:?}", env.azure.requests());
+    assert_eq!(
+        docker_config(&c)["auths"][REGISTRY]["password"],
+        "old-token-v2"
+    );
+    assert!(
+        env.azure.requests().is_empty(),
+        "{:?}",
+        env.azure.requests()
+    );
     assert_eq!(
         pull_secrets(&env.service_account("team-a", "default").unwrap()),
         ["acr-pull-current", "legacy-msi-acrpull-secret"]
@@ -358,7 +388,14 @@ async fn kubectl_wait_for_condition_ready_works() {
     let out = tokio::process::Command::new("kubectl")
         .arg(format!("--kubeconfig={}", env.kubeconfig.display()))
         .arg(format!("--cache-dir={}", cache.display()))
-        .args(["-n", "team-a", "wait", "--for=condition=Ready", "apb/app", "--timeout=60s"])
+        .args([
+            "-n",
+            "team-a",
+            "wait",
+            "--for=condition=Ready",
+            "apb/app",
+            "--timeout=60s",
+        ])
         .output()
         .await
         .expect("kubectl runs");
@@ -381,7 +418,11 @@ fn password(env: &Env, ns: &str, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_refresh_keeps_the_working_secret_then_recovers() {
     use azure_standin::{FaultAction, FaultRule, Hop};
-    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
     // 20 s tokens: refreshed after ~10 s (fraction 0.5, up to 10 % jitter earlier).
     env.azure
         .update_config(|c| c.lifetimes.acr_access_secs = 20)
@@ -396,14 +437,20 @@ async fn a_failed_refresh_keeps_the_working_secret_then_recovers() {
         .clone();
 
     // Azure goes down for the scoped-token hop: the refresh fails.
-    let fault = env
-        .azure
-        .faults()
-        .add(FaultRule::new(FaultAction::Status { status: 503, retry_after_secs: None }).hop(Hop::AcrToken));
+    let fault = env.azure.faults().add(
+        FaultRule::new(FaultAction::Status {
+            status: 503,
+            retry_after_secs: None,
+        })
+        .hop(Hop::AcrToken),
+    );
     let failed = env.wait_ready(V2, "team-a", "app", "False").await;
     assert_eq!(failed["status"]["phase"], "Failed");
     assert!(failed["status"]["consecutiveFailures"].as_u64().unwrap() >= 1);
-    assert_eq!(failed["status"]["conditions"][0]["reason"], "AzureUnavailable", "{failed:#}");
+    assert_eq!(
+        failed["status"]["conditions"][0]["reason"], "AzureUnavailable",
+        "{failed:#}"
+    );
     // The working credential is untouched while the refresh fails.
     assert_eq!(password(&env, "team-a", "acr-pull-app"), first);
     assert_eq!(
@@ -411,7 +458,10 @@ async fn a_failed_refresh_keeps_the_working_secret_then_recovers() {
             ["acr.microsoft.com/token.expiry"],
         first_expiry
     );
-    assert!(pull_secrets(&env.service_account("team-a", "puller").unwrap()).contains(&"acr-pull-app".to_string()));
+    assert!(
+        pull_secrets(&env.service_account("team-a", "puller").unwrap())
+            .contains(&"acr-pull-app".to_string())
+    );
 
     // Azure recovers: a new token replaces the old one before it expires.
     env.azure.faults().remove(fault);
@@ -426,23 +476,81 @@ async fn api_conflicts_and_errors_are_retried_never_shown_as_failed() {
     let env = Env::start().await;
     // Every second write conflicts, and some return 500.
     env.kube.faults().add(
-        Fault::new(Action::Error { code: 409, message: None, retry_after: None })
-            .verb("patch")
-            .probability(0.5),
+        Fault::new(Action::Error {
+            code: 409,
+            message: None,
+            retry_after: None,
+        })
+        .verb("patch")
+        .probability(0.5),
     );
     env.kube.faults().add(
-        Fault::new(Action::Error { code: 500, message: None, retry_after: None })
-            .verb("create")
-            .resource("secrets")
-            .next(2),
+        Fault::new(Action::Error {
+            code: 500,
+            message: None,
+            retry_after: None,
+        })
+        .verb("create")
+        .resource("secrets")
+        .next(2),
     );
     env.create(sa("team-a", "puller", json!({})));
     env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
     let b = env.wait_ready(V2, "team-a", "app", "True").await;
     assert_eq!(b["status"]["phase"], "Ready");
     assert!(b["status"]["consecutiveFailures"].is_null());
-    let conflicts = env.kube.requests().iter().filter(|r| r.status == 409).count();
+    let conflicts = env
+        .kube
+        .requests()
+        .iter()
+        .filter(|r| r.status == 409)
+        .count();
     assert!(conflicts > 0, "the fault fired");
     // Never surfaced as a failure.
     assert!(!env.logs().contains("phase transition") || !env.logs().contains("to=\"Failed\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_verified_and_scope_gaps_fail_before_any_pull() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    // mi-pull has no rights on `secret`: ACR mints a token, but it grants nothing there.
+    env.create(v2_managed(
+        "team-a",
+        "gap",
+        "puller",
+        "repository:app:pull repository:secret:pull",
+    ));
+
+    let ok = env.wait_ready(V2, "team-a", "app", "True").await;
+    let verified = ok["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "CredentialVerified")
+        .cloned()
+        .expect("CredentialVerified condition");
+    assert_eq!(verified["status"], "True");
+    assert_eq!(
+        env.secret("team-a", "acr-pull-app").unwrap()["metadata"]["annotations"]
+            ["acr.microsoft.com/token.verified"],
+        "true"
+    );
+
+    let gap = env.wait_ready(V2, "team-a", "gap", "False").await;
+    assert_eq!(gap["status"]["phase"], "Failed");
+    assert_eq!(gap["status"]["conditions"][0]["reason"], "ScopeNotGranted");
+    let error = gap["status"]["error"].as_str().unwrap();
+    assert!(error.contains("repository:secret:pull"), "{error}");
+    assert!(error.contains("AcrPull"), "an actionable hint: {error}");
+    assert!(!error.contains("repository:app:pull,"), "{error}");
+    // No half-working secret was written for it.
+    assert!(env.secret("team-a", "acr-pull-gap").is_none());
+    // The check went to the registry's Basic-auth token endpoint.
+    assert!(env
+        .azure
+        .requests_for(azure_standin::Hop::AcrTokenGet)
+        .iter()
+        .any(|r| r.host.starts_with(REGISTRY)));
 }

@@ -130,6 +130,11 @@ fn status_view(s: &AcrPullBindingStatus) -> StatusView {
         consecutive_failures: s.consecutive_failures,
         observed_generation: s.observed_generation,
         ready,
+        verified: s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "CredentialVerified")
+            .map(|c| c.status == "True"),
     }
 }
 

@@ -35,7 +35,7 @@ use crate::state::decide::{
 use crate::state::dockerconfig::docker_config_json;
 use crate::state::names::{
     sort_pull_secrets, BINDING_LABEL, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRY_ANNOTATION,
-    INPUTS_ANNOTATION, REFRESH_ANNOTATION,
+    INPUTS_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
 };
 use crate::state::selector::Selector;
 
@@ -91,6 +91,8 @@ pub struct Context {
     pub audience: IdentityAudience,
     failures: Mutex<HashMap<BindingKey, (i64, Failure)>>,
     pub metrics: super::metrics::ControllerMetrics,
+    /// Check each new credential at the registry's token endpoint (`--verify-credentials`).
+    pub verify: bool,
 }
 
 impl Context {
@@ -123,7 +125,14 @@ impl Context {
             audience,
             failures: Mutex::new(HashMap::new()),
             metrics,
+            verify: true,
         }
+    }
+
+    /// Switch post-mint verification on or off.
+    pub fn with_verification(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
     }
 
     fn last_failure(&self, key: &BindingKey, generation: i64) -> Option<Failure> {
@@ -500,6 +509,16 @@ async fn mint<K: BindingResource>(
     let req = credential_request(&request, &key.namespace, ctx.audience, current_expiry);
     match ctx.pipeline.credential(&req).await {
         Ok(credential) => {
+            let verified = match verify_credential(ctx, &request, &credential).await {
+                Verification::Verified => Some(true),
+                Verification::Unknown => None,
+                Verification::Failed(reason, message) => {
+                    return record_mint_failure(
+                        b, key, o, ctx, bindings, reason, message, None, now,
+                    )
+                    .await;
+                }
+            };
             let data = docker_config_json(&request.registry.authority(), &credential.token);
             let existing = ctx.secrets.get(&key.namespace, &request.secret_name);
             let owner = OwnerReference {
@@ -514,6 +533,8 @@ async fn mint<K: BindingResource>(
                 EXPIRY_ANNOTATION: rfc3339(credential.expires_at),
                 REFRESH_ANNOTATION: rfc3339(now),
                 INPUTS_ANNOTATION: request.inputs_hash,
+                // null removes a stale outcome on update (merge patch).
+                VERIFIED_ANNOTATION: verified.map(|v| v.to_string()),
             });
             let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
             match existing {
@@ -587,48 +608,139 @@ async fn mint<K: BindingResource>(
         }
         Err(err) => {
             let message = mint_failure_message(&err);
-            let (status, at) = after_mint_failure(
+            record_mint_failure(
+                b,
+                key,
                 o,
+                ctx,
+                bindings,
                 err.reason(),
-                message.clone(),
+                message,
                 err.retry_after(),
                 now,
-                &ctx.policy,
-            );
-            ctx.set_failure(
-                key.clone(),
-                generation,
-                Some(Failure {
-                    reason: err.reason(),
-                    message,
-                    at: now,
-                    not_before: Some(at),
-                }),
-            );
-            tracing::warn!(
-                namespace = %key.namespace, name = %key.name, reason = err.reason(),
-                failures = status.consecutive_failures, retry_at = %rfc3339(at),
-                error = %status.error, "token request failed; the existing pull secret is kept"
-            );
-            write_status(ctx, bindings, b, &status, now).await?;
-            if should_emit_failure(
-                status.consecutive_failures,
-                &o.binding.status.error,
-                &status.error,
-            ) {
-                publish(
-                    ctx,
-                    b,
-                    EventType::Warning,
-                    "TokenRefreshFailed",
-                    "Mint",
-                    status.error.clone(),
-                )
-                .await;
+            )
+            .await
+        }
+    }
+}
+
+/// Record a failed mint (Azure error or failed verification): status `Failed` with the
+/// reason and backoff, an aggregated event, and the in-memory failure. The existing pull
+/// secret is not touched.
+#[allow(clippy::too_many_arguments)]
+async fn record_mint_failure<K: BindingResource>(
+    b: &K,
+    key: &BindingKey,
+    o: &Observed,
+    ctx: &Context,
+    bindings: &Api<K>,
+    reason: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+    now: Timestamp,
+) -> Result<Action, ReconcileError> {
+    let (status, at) =
+        after_mint_failure(o, reason, message.clone(), retry_after, now, &ctx.policy);
+    ctx.set_failure(
+        key.clone(),
+        o.binding.generation,
+        Some(Failure {
+            reason,
+            message,
+            at: now,
+            not_before: Some(at),
+        }),
+    );
+    tracing::warn!(
+        namespace = %key.namespace, name = %key.name, reason,
+        failures = status.consecutive_failures, retry_at = %rfc3339(at),
+        error = %status.error, "token request failed; the existing pull secret is kept"
+    );
+    write_status(ctx, bindings, b, &status, now).await?;
+    if should_emit_failure(
+        status.consecutive_failures,
+        &o.binding.status.error,
+        &status.error,
+    ) {
+        publish(
+            ctx,
+            b,
+            EventType::Warning,
+            "TokenRefreshFailed",
+            "Mint",
+            status.error.clone(),
+        )
+        .await;
+    }
+    Ok(Action::requeue(crate::state::refresh::requeue_after(
+        now, at,
+    )))
+}
+
+/// What checking a fresh credential at the registry's token endpoint showed.
+enum Verification {
+    /// Every requested scope was granted.
+    Verified,
+    /// Not checked (switched off) or the check could not be made (transient error).
+    Unknown,
+    /// A failure to surface: (reason, message).
+    Failed(&'static str, String),
+}
+
+/// Present the credential the way a pull client does and compare the granted access with
+/// the binding's scopes. Counts against the registry's rate limiter (inside the pipeline).
+async fn verify_credential(
+    ctx: &Context,
+    request: &Resolved,
+    credential: &crate::azure::AcrCredential,
+) -> Verification {
+    if !ctx.verify {
+        ctx.metrics.verification("skipped");
+        return Verification::Unknown;
+    }
+    let scope = request.scope.clone().unwrap_or_default();
+    let server = request.registry.authority();
+    match ctx
+        .pipeline
+        .verify(&server, &credential.token, &scope)
+        .await
+    {
+        Ok(registry_token) => {
+            if scope.is_empty() {
+                ctx.metrics.verification("verified");
+                return Verification::Verified;
             }
-            Ok(Action::requeue(crate::state::refresh::requeue_after(
-                now, at,
-            )))
+            let granted =
+                crate::state::jwt::granted_access(registry_token.expose()).unwrap_or_default();
+            let missing = crate::state::verify::missing_access(&scope, &granted);
+            if missing.is_empty() {
+                ctx.metrics.verification("verified");
+                Verification::Verified
+            } else {
+                ctx.metrics.verification("scope_not_granted");
+                Verification::Failed(
+                    "ScopeNotGranted",
+                    format!(
+                        "registry {server} did not grant {} to this identity; give the identity the AcrPull role on the registry (or on those repositories), or narrow spec.acr.scope",
+                        missing.join(", ")
+                    ),
+                )
+            }
+        }
+        Err(e) if e.reason() == "Unauthorized" => {
+            ctx.metrics.verification("rejected");
+            Verification::Failed(
+                "CredentialRejected",
+                format!(
+                    "registry {server} rejected the new credential: {}",
+                    e.user_message()
+                ),
+            )
+        }
+        Err(e) => {
+            ctx.metrics.verification("unavailable");
+            tracing::info!(registry = %server, reason = e.reason(), "credential check unavailable; writing the credential unverified");
+            Verification::Unknown
         }
     }
 }
@@ -795,20 +907,50 @@ async fn write_status<K: BindingResource>(
         .map(|c| c.last_transition_time.0)
         .unwrap_or(now);
     let opt = |t: Option<Timestamp>| t.map(rfc3339);
+    let mut conditions = vec![json!({
+        "type": "Ready",
+        "status": ready_status,
+        "reason": s.reason,
+        "message": s.message,
+        "observedGeneration": s.observed_generation,
+        "lastTransitionTime": rfc3339(transition),
+    })];
+    if let Some(verified) = s.verified {
+        let status = if verified { "True" } else { "False" };
+        let since = b
+            .status()
+            .and_then(|st| {
+                st.conditions
+                    .iter()
+                    .find(|c| c.type_ == "CredentialVerified")
+            })
+            .filter(|c| c.status == status)
+            .map(|c| c.last_transition_time.0)
+            .unwrap_or(now);
+        let (reason, message) = if verified {
+            (
+                "Verified",
+                "the registry granted every requested scope to the current credential".to_string(),
+            )
+        } else {
+            (s.reason, s.message.clone())
+        };
+        conditions.push(json!({
+            "type": "CredentialVerified",
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "observedGeneration": s.observed_generation,
+            "lastTransitionTime": rfc3339(since),
+        }));
+    }
     let patch = json!({
         "status": {
             "lastTokenRefreshTime": opt(s.last_refresh),
             "tokenExpirationTime": opt(s.expiry),
             "error": if s.error.is_empty() { None } else { Some(&s.error) },
             "phase": s.phase.as_str(),
-            "conditions": [{
-                "type": "Ready",
-                "status": ready_status,
-                "reason": s.reason,
-                "message": s.message,
-                "observedGeneration": s.observed_generation,
-                "lastTransitionTime": rfc3339(transition),
-            }],
+            "conditions": conditions,
             "observedGeneration": s.observed_generation,
             "nextRefreshTime": opt(s.next_refresh),
             "consecutiveFailures": if s.consecutive_failures == 0 { None } else { Some(s.consecutive_failures) },

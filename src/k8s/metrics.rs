@@ -20,6 +20,12 @@ pub struct ControllerMetrics {
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconciles: Counter,
+    pub verifications: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 impl Default for ControllerMetrics {
@@ -28,6 +34,7 @@ impl Default for ControllerMetrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             reconcile_errors: Family::default(),
             reconciles: Counter::default(),
+            verifications: Family::default(),
         }
     }
 }
@@ -46,10 +53,23 @@ impl ControllerMetrics {
             self.reconcile_errors.clone(),
         );
         registry.register(
+            "acrpull_credential_verifications",
+            "Checks of new credentials at the registry token endpoint, by outcome",
+            self.verifications.clone(),
+        );
+        registry.register(
             "acrpull_reconciles",
             "Reconcile passes",
             self.reconciles.clone(),
         );
+    }
+
+    /// One post-mint credential check: verified, scope_not_granted, rejected, unavailable
+    /// or skipped.
+    pub fn verification(&self, outcome: &'static str) {
+        self.verifications
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn observe_reconcile(&self, took: Duration, error: Option<&'static str>) {

@@ -16,7 +16,7 @@ use crate::state::binding::{
 use crate::state::decide::{BindingView, Failure, Observed, SecretView};
 use crate::state::names::{
     legacy_pull_secret_name, pull_secret_name, secret_family, SecretFamily, BINDING_LABEL,
-    EXPIRY_ANNOTATION, INPUTS_ANNOTATION, REFRESH_ANNOTATION,
+    EXPIRY_ANNOTATION, INPUTS_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
 };
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
@@ -93,6 +93,7 @@ fn secret_view(s: &SecretMeta) -> SecretView {
         inputs: a.get(INPUTS_ANNOTATION).cloned(),
         // Metadata only: the annotations stand for the content; see the module doc.
         well_formed: true,
+        verified: a.get(VERIFIED_ANNOTATION).map(|v| v == "true"),
     }
 }
 

@@ -69,6 +69,8 @@ pub struct StatusView {
     pub observed_generation: Option<i64>,
     /// `(status, reason, message)` of the `Ready` condition.
     pub ready: Option<(bool, String, String)>,
+    /// Status of the `CredentialVerified` condition, when present.
+    pub verified: Option<bool>,
 }
 
 /// A Secret that belongs to this binding (labelled with its name and owned by its UID, or an
@@ -83,6 +85,8 @@ pub struct SecretView {
     pub inputs: Option<String>,
     /// Type is `kubernetes.io/dockerconfigjson` and `.dockerconfigjson` is present.
     pub well_formed: bool,
+    /// The verification outcome recorded when the token was minted (None: not checked).
+    pub verified: Option<bool>,
 }
 
 /// The outcome of the last token attempt, kept in memory by the controller.
@@ -152,6 +156,8 @@ pub struct DesiredStatus {
     pub ready: bool,
     pub reason: &'static str,
     pub message: String,
+    /// The `CredentialVerified` condition (None: not checked, no condition).
+    pub verified: Option<bool>,
 }
 
 impl DesiredStatus {
@@ -165,6 +171,7 @@ impl DesiredStatus {
             && current.consecutive_failures == self.consecutive_failures
             && current.observed_generation == Some(self.observed_generation)
             && current.ready == Some((self.ready, self.reason.to_string(), self.message.clone()))
+            && current.verified == self.verified
     }
 }
 
@@ -415,6 +422,7 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
             "pull secret {} is attached to service account {}",
             resolved.secret_name, target.name
         ),
+        verified: secret.verified,
     };
     if !desired.matches(&b.status) {
         return Decision {
@@ -505,8 +513,16 @@ fn failed_status(
         ready: false,
         reason: invalid.reason,
         message: invalid.message.clone(),
+        verified: if VERIFICATION_FAILURES.contains(&invalid.reason) {
+            Some(false)
+        } else {
+            b.status.verified
+        },
     }
 }
+
+/// Failure reasons that mean the registry did not accept what was minted.
+pub const VERIFICATION_FAILURES: [&str; 2] = ["ScopeNotGranted", "CredentialRejected"];
 
 /// The status to write after a mint failed with `reason`/`message`. The existing secret is
 /// untouched by the caller; this only records the failure and schedules the retry.

@@ -115,6 +115,7 @@ fn secret_for(o: &Observed, name: &str, refresh: &str, expiry: &str) -> SecretVi
         refresh: Some(ts(refresh)),
         inputs: Some(hash_of(o)),
         well_formed: true,
+        verified: Some(true),
     }
 }
 
@@ -149,6 +150,7 @@ fn ready(mut o: Observed) -> Observed {
             desired.reason.into(),
             desired.message.clone(),
         )),
+        verified: desired.verified,
     };
     o
 }
@@ -941,6 +943,7 @@ fn same_failure_twice_is_not_rewritten() {
         consecutive_failures: status.consecutive_failures,
         observed_generation: Some(1),
         ready: Some((false, status.reason.into(), status.message.clone())),
+        verified: status.verified,
     };
     let d = decide(&o, now(), &policy());
     assert!(
@@ -971,4 +974,36 @@ fn clean_path_matches_go() {
     ] {
         assert_eq!(clean_path(input), want, "{input:?}");
     }
+}
+
+#[test]
+fn verification_outcome_reaches_status_and_scope_gaps_fail() {
+    let o = ready(observed(Spec::V1beta2(v2_managed())));
+    assert_eq!(o.binding.status.verified, Some(true));
+    // A secret minted without verification (flag off, or the old controller's) has no
+    // CredentialVerified condition; changing that is a status write.
+    let mut unverified = o.clone();
+    unverified.secrets[0].verified = None;
+    let Plan::WriteStatus(s) = decide(&unverified, now(), &policy()).plan else {
+        panic!()
+    };
+    assert_eq!(s.verified, None);
+    // The registry did not grant the scope: Failed with verified=false, secret untouched.
+    let (status, _) = after_mint_failure(
+        &o,
+        "ScopeNotGranted",
+        "the registry did not grant repository:app:pull".into(),
+        None,
+        now(),
+        &policy(),
+    );
+    assert_eq!(status.verified, Some(false));
+    assert!(!status.ready);
+    let (status, _) =
+        after_mint_failure(&o, "Throttled", "slow down".into(), None, now(), &policy());
+    assert_eq!(
+        status.verified,
+        Some(true),
+        "a transient failure keeps the last outcome"
+    );
 }

@@ -11,6 +11,9 @@ pub const EXPIRY_ANNOTATION: &str = "acr.microsoft.com/token.expiry";
 pub const REFRESH_ANNOTATION: &str = "acr.microsoft.com/token.refresh";
 /// base36(sha224) of the binding inputs the token was minted for.
 pub const INPUTS_ANNOTATION: &str = "acr.microsoft.com/token.inputs";
+/// Outcome of checking the credential at the registry's token endpoint after minting:
+/// `true` (every requested scope granted) or `false`; absent when not checked.
+pub const VERIFIED_ANNOTATION: &str = "acr.microsoft.com/token.verified";
 /// The only key of a `kubernetes.io/dockerconfigjson` Secret.
 pub const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
 pub const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
