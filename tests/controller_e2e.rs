@@ -71,6 +71,18 @@ async fn managed_identity_binding_becomes_ready_and_is_cleaned_up() {
     let puller = env.service_account("team-a", "puller").unwrap();
     assert_eq!(pull_secrets(&puller), ["acr-pull-app"]);
 
+    // Events on the binding: issued and attached (recorded as events.k8s.io/v1).
+    let reasons: Vec<String> = env
+        .kube
+        .list("events.k8s.io/v1", "Event", Some("team-a"))
+        .iter()
+        .filter(|e| e["regarding"]["name"] == "app")
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .collect();
+    for want in ["TokenIssued", "PullSecretAttached"] {
+        assert!(reasons.iter().any(|r| r == want), "no {want} event in {reasons:?}");
+    }
+
     // No token anywhere in the controller's logs or the binding's status.
     assert!(!env.logs().contains(token));
     assert!(!b.to_string().contains(token));
