@@ -269,7 +269,7 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
     // Rule 4: static validation.
     let stat = match validate(&b.name, &b.spec, policy) {
         Ok(s) => s,
-        Err(invalid) => return fail(o, invalid, None, now, policy, valid_secret_expiry, seed),
+        Err(invalid) => return fail(o, invalid, now, policy),
     };
 
     // Rule 5: ServiceAccounts other than the target referencing this binding's secrets.
@@ -303,11 +303,11 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
                 stat.target_service_account
             ),
         };
-        return fail(o, invalid, None, now, policy, valid_secret_expiry, seed);
+        return fail(o, invalid, now, policy);
     };
     let resolved = match stat.resolve(o.workload_service_account.as_ref()) {
         Ok(r) => r,
-        Err(invalid) => return fail(o, invalid, None, now, policy, valid_secret_expiry, seed),
+        Err(invalid) => return fail(o, invalid, now, policy),
     };
 
     // Rule 7: mint when the secret is missing, due, unreadable or minted for other inputs.
@@ -437,59 +437,33 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
     }
 }
 
-/// The status after a failed attempt, and when to retry: exponential backoff per binding,
-/// never after a still-valid token expires. Used for rule 4/6 failures and failed mints.
-fn fail(
-    o: &Observed,
-    invalid: Invalid,
-    not_before: Option<Timestamp>,
-    now: Timestamp,
-    policy: &Policy,
-    valid_secret_expiry: Option<Timestamp>,
-    seed: u64,
-) -> Decision {
+/// Rules 4 and 6: record a failure found in the observed state (bad spec, missing
+/// ServiceAccount or annotation) once, then wait for a change.
+fn fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Policy) -> Decision {
     let b = &o.binding;
     let same = b.status.phase == Some(Phase::Failed) && b.status.error == invalid.message;
-    // Spec errors wait for a spec change (no retry); the count still records the failure.
     let failures = if same {
         b.status.consecutive_failures.max(1)
     } else {
         b.status.consecutive_failures.saturating_add(1)
     };
-    let retry = match invalid.reason {
-        "InvalidSpec" | "RegistryNotAllowed" => None,
-        _ => {
-            let mut at = retry_at(
-                now,
-                failures,
-                seed,
-                policy.backoff_cap,
-                valid_secret_expiry,
-                policy.expiry_margin,
-            );
-            if let Some(nb) = not_before {
-                at = at.max(nb);
-            }
-            Some(at)
-        }
-    };
-    let status = failed_status(o, &invalid, failures, retry.or(b.status.next_refresh));
+    // These failures come from what is observed (the spec, a ServiceAccount), not from a
+    // call that could succeed on retry: a change to the binding or its ServiceAccounts
+    // triggers the next pass through the watches; the re-check interval is a safety net.
+    let status = failed_status(o, &invalid, failures, b.status.next_refresh);
     if same && status.matches(&b.status) {
-        // Already recorded: just wait.
-        let until = retry
-            .or(b.status.next_refresh)
-            .filter(|t| *t > now)
-            .unwrap_or_else(|| add(now, policy.recheck_interval));
         return Decision {
             phase: Phase::Failed,
-            plan: Plan::Wait { until },
+            plan: Plan::Wait {
+                until: add(now, policy.recheck_interval),
+            },
         };
     }
     Decision {
         phase: Phase::Failed,
         plan: Plan::Fail {
             status,
-            retry_at: retry,
+            retry_at: None,
         },
     }
 }

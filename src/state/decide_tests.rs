@@ -339,12 +339,33 @@ fn missing_target_service_account_fails_and_waits_for_it() {
         "ServiceAccountNotFound",
         "service account \"puller\" not found",
     );
-    let Plan::Fail { retry_at, .. } = d.plan else {
+    let Plan::Fail { status, retry_at } = d.plan else {
         unreachable!()
     };
-    assert!(
-        retry_at.is_some(),
-        "re-checked with backoff, and on SA creation via the watch"
+    assert_eq!(
+        retry_at, None,
+        "re-checked when the ServiceAccount appears (watch)"
+    );
+    // Recorded once: the next pass waits instead of rewriting status (no hot loop).
+    o.binding.status = StatusView {
+        phase: Some(status.phase),
+        error: status.error.clone(),
+        last_refresh: None,
+        expiry: None,
+        next_refresh: status.next_refresh,
+        consecutive_failures: status.consecutive_failures,
+        observed_generation: Some(1),
+        ready: Some((false, status.reason.into(), status.message.clone())),
+        verified: status.verified,
+    };
+    let later = add(now(), std::time::Duration::from_secs(5));
+    let d = decide(&o, later, &policy());
+    assert_eq!(
+        d.plan,
+        Plan::Wait {
+            until: add(later, policy().recheck_interval)
+        },
+        "{d:?}"
     );
 }
 
