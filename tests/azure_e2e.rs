@@ -62,6 +62,7 @@ fn registry(host: &str, authentication_as_arm: bool) -> Registry {
         authentication_as_arm,
         ops_per_minute: None,
         tenant: None,
+        upstream: None,
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::http::host_without_port;
 use crate::log::Hop;
 
 /// The public-cloud Entra authority hosts that are always served.
@@ -154,7 +155,10 @@ pub enum Sku {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Registry {
-    /// Login server, e.g. `demo.azurecr.io`.
+    /// Login server, e.g. `demo.azurecr.io`, or `host:port` (e.g. `localhost:8443`) for a
+    /// registry addressed with an explicit port. A bare host matches requests on any port; a
+    /// `host:port` one matches only that authority and is the `service` and token `aud`, as
+    /// real clients send the login server verbatim.
     pub host: String,
     #[serde(default)]
     pub sku: Sku,
@@ -167,6 +171,11 @@ pub struct Registry {
     /// When set, only tokens of this tenant are accepted.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// Base URL of a real registry (`http://127.0.0.1:5000`) this host fronts: `/v2` requests
+    /// are reverse-proxied to it while `/oauth2/*` stays served here, so pull clients see one
+    /// login server as in ACR. Plain `http://` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 /// Grants an identity actions on repositories of a registry.
@@ -306,10 +315,25 @@ impl Config {
         })
     }
 
+    /// The registry configured under exactly this login server (`host` or `host:port`).
     pub fn registry(&self, host: &str) -> Option<&Registry> {
         self.registries
             .iter()
             .find(|r| r.host.eq_ignore_ascii_case(host))
+    }
+
+    /// The registry a request's authority (`Host` header, maybe with a port) addresses: a
+    /// `host:port` registry of exactly that authority first, else a bare-host registry.
+    pub fn registry_for(&self, authority: &str) -> Option<&Registry> {
+        let host = host_without_port(authority);
+        self.registries
+            .iter()
+            .find(|r| r.host.contains(':') && r.host.eq_ignore_ascii_case(authority))
+            .or_else(|| {
+                self.registries
+                    .iter()
+                    .find(|r| !r.host.contains(':') && r.host.eq_ignore_ascii_case(&host))
+            })
     }
 
     /// Whether `host` is one of the Entra authority hosts served.
@@ -325,7 +349,7 @@ impl Config {
     pub fn tls_hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = DEFAULT_ENTRA_HOSTS.iter().map(|h| h.to_string()).collect();
         hosts.extend(self.entra_hosts.iter().cloned());
-        hosts.extend(self.registries.iter().map(|r| r.host.clone()));
+        hosts.extend(self.registries.iter().map(|r| host_without_port(&r.host)));
         hosts.push("localhost".to_owned());
         hosts.push("127.0.0.1".to_owned());
         let mut seen = std::collections::BTreeSet::new();
@@ -393,8 +417,20 @@ impl Config {
             }
         }
         for registry in &self.registries {
-            if registry.host.is_empty() || registry.host.contains([':', '/']) {
+            let (name, port) = match registry.host.split_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (registry.host.as_str(), None),
+            };
+            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
+            if name.is_empty() || name.contains([':', '/', '[']) || !port_ok {
                 return Err(ConfigError::BadHost(registry.host.clone()));
+            }
+            if let Some(upstream) = &registry.upstream {
+                let rest = upstream.strip_prefix("http://").unwrap_or_default();
+                let authority = rest.trim_end_matches('/');
+                if authority.is_empty() || authority.contains('/') {
+                    return Err(ConfigError::BadUpstream(upstream.clone()));
+                }
             }
         }
         Ok(())
@@ -410,8 +446,10 @@ pub enum ConfigError {
     UnknownIdentity { what: String, identity: String },
     #[error("role assignment refers to unknown registry {0}")]
     UnknownRegistry(String),
-    #[error("registry host {0:?} must be a bare host name")]
+    #[error("registry host {0:?} must be a host name, optionally with :port")]
     BadHost(String),
+    #[error("registry upstream {0:?} must be http://host:port")]
+    BadUpstream(String),
 }
 
 #[cfg(test)]
@@ -450,6 +488,82 @@ mod tests {
             cfg.validate(),
             Err(ConfigError::UnknownIdentity { .. })
         ));
+    }
+
+    fn registry(host: &str) -> Registry {
+        Registry {
+            host: host.into(),
+            sku: Sku::Standard,
+            authentication_as_arm: true,
+            ops_per_minute: None,
+            tenant: None,
+            upstream: None,
+        }
+    }
+
+    #[test]
+    fn registry_hosts_may_carry_a_port() {
+        let cfg = Config {
+            registries: vec![registry("localhost:8443"), registry("demo.azurecr.io")],
+            ..Config::default()
+        };
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.registry_for("LOCALHOST:8443").unwrap().host,
+            "localhost:8443"
+        );
+        // Another port of the same host is another login server.
+        assert!(cfg.registry_for("localhost:9443").is_none());
+        assert!(cfg.registry_for("localhost").is_none());
+        // A bare host matches with or without a port.
+        assert_eq!(
+            cfg.registry_for("demo.azurecr.io:443").unwrap().host,
+            "demo.azurecr.io"
+        );
+        assert_eq!(
+            cfg.registry_for("demo.azurecr.io").unwrap().host,
+            "demo.azurecr.io"
+        );
+        // The certificate names the host only.
+        assert!(cfg.tls_hosts().contains(&"localhost".to_owned()));
+        assert!(!cfg.tls_hosts().iter().any(|h| h.contains(':')));
+        for bad in [
+            "localhost:",
+            "localhost:0",
+            "localhost:x",
+            ":443",
+            "a/b",
+            "a:1:2",
+        ] {
+            let cfg = Config {
+                registries: vec![registry(bad)],
+                ..Config::default()
+            };
+            assert_eq!(
+                cfg.validate(),
+                Err(ConfigError::BadHost(bad.into())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstreams_must_be_plain_http_authorities() {
+        for (upstream, ok) in [
+            ("http://127.0.0.1:5000", true),
+            ("http://127.0.0.1:5000/", true),
+            ("https://127.0.0.1:5000", false),
+            ("http://127.0.0.1:5000/v2", false),
+            ("http://", false),
+        ] {
+            let mut r = registry("localhost:8443");
+            r.upstream = Some(upstream.into());
+            let cfg = Config {
+                registries: vec![r],
+                ..Config::default()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "{upstream}");
+        }
     }
 
     #[test]

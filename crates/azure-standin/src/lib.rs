@@ -23,6 +23,7 @@ pub mod imds;
 pub mod jwt;
 pub mod limits;
 pub mod log;
+pub mod proxy;
 pub mod scope;
 mod server;
 pub mod state;

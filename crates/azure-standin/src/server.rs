@@ -27,6 +27,7 @@ use crate::faults::{FaultAction, FaultScope};
 use crate::http::{host_without_port, Incoming, Reply};
 use crate::imds;
 use crate::log::{Hop, RequestRecord};
+use crate::proxy;
 use crate::state::State;
 
 /// Largest request body read.
@@ -66,11 +67,13 @@ fn classify(config: &Config, inc: &Incoming, tls: bool) -> Target {
             Target::NotFound
         };
     }
-    if let Some(registry) = config.registry(&inc.host) {
-        return match acr::hop_of(&inc.method, &inc.path) {
-            Hop::Other => Target::NotFound,
-            hop => Target::Acr(hop, registry.clone()),
-        };
+    if let Some(registry) = config.registry_for(&inc.authority) {
+        match acr::hop_of(&inc.method, &inc.path) {
+            // `localhost` may be both a registry (`localhost:<port>`) and an Entra host.
+            Hop::Other if config.is_entra_host(&inc.host) || inc.host == "localhost" => {}
+            Hop::Other => return Target::NotFound,
+            hop => return Target::Acr(hop, registry.clone()),
+        }
     }
     let entra_host =
         config.is_entra_host(&inc.host) || inc.host == "localhost" || inc.host == "127.0.0.1";
@@ -89,9 +92,6 @@ async fn dispatch(AxumState(state): AxumState<Arc<State>>, req: Request) -> Resp
     let conn = req.extensions().get::<Conn>().cloned();
     let tls = conn.as_ref().is_some_and(|c| c.tls);
     let (parts, body) = req.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, BODY_LIMIT).await else {
-        return Reply::text(413, "request body too large").into_response();
-    };
     let authority = parts
         .headers
         .get(HOST)
@@ -99,6 +99,21 @@ async fn dispatch(AxumState(state): AxumState<Arc<State>>, req: Request) -> Resp
         .map(str::to_owned)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
+    let config = state.config();
+    // A registry fronting a real one streams `/v2` bodies (blobs) instead of buffering them.
+    let proxied = tls
+        && acr::hop_of(&parts.method, parts.uri.path()) == Hop::V2
+        && config
+            .registry_for(&authority)
+            .is_some_and(|r| r.upstream.is_some());
+    let (body, mut stream) = if proxied {
+        (bytes::Bytes::new(), Some(body))
+    } else {
+        let Ok(body) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+            return Reply::text(413, "request body too large").into_response();
+        };
+        (body, None)
+    };
     let inc = Incoming {
         method: parts.method,
         host: host_without_port(&authority),
@@ -116,7 +131,6 @@ async fn dispatch(AxumState(state): AxumState<Arc<State>>, req: Request) -> Resp
         return control::handle(&state, &inc).await.into_response();
     }
 
-    let config = state.config();
     let target = classify(&config, &inc, tls);
     let hop = target.hop();
     let (client_id, mut keys) = match &target {
@@ -208,6 +222,35 @@ async fn dispatch(AxumState(state): AxumState<Arc<State>>, req: Request) -> Resp
             }
             Some((_, action)) => reply = Some(fault_reply(&target, &inc, &action)),
             None => {}
+        }
+    }
+    if reply.is_none() {
+        if let (Target::Acr(Hop::V2, registry), Some(body)) = (&target, stream.take()) {
+            if let Some(upstream) = &registry.upstream {
+                let forward = proxy::Forward {
+                    method: inc.method.clone(),
+                    path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                    headers: &inc.headers,
+                    authority: &inc.authority,
+                    body,
+                };
+                match proxy::forward(upstream, forward).await {
+                    Ok(response) => {
+                        state
+                            .log
+                            .push(record(response.status().as_u16(), None, fault));
+                        return response;
+                    }
+                    Err(e) => {
+                        tracing::warn!(registry = %registry.host, error = %e, "upstream registry unreachable");
+                        reply = Some(acr::error(
+                            502,
+                            "UNKNOWN",
+                            &format!("upstream registry: {e}"),
+                        ));
+                    }
+                }
+            }
         }
     }
     let reply = match reply {

@@ -106,6 +106,7 @@ pub fn fixture() -> Config {
                 authentication_as_arm: true,
                 ops_per_minute: None,
                 tenant: None,
+                upstream: None,
             },
             Registry {
                 host: ARMLESS.into(),
@@ -113,6 +114,7 @@ pub fn fixture() -> Config {
                 authentication_as_arm: false,
                 ops_per_minute: None,
                 tenant: None,
+                upstream: None,
             },
             Registry {
                 host: BASIC.into(),
@@ -120,6 +122,7 @@ pub fn fixture() -> Config {
                 authentication_as_arm: true,
                 ops_per_minute: None,
                 tenant: None,
+                upstream: None,
             },
         ],
         role_assignments: vec![
