@@ -128,6 +128,10 @@ pub struct Handle {
     shared: Arc<Shared>,
 }
 
+fn is_events_v1(t: &ResourceType) -> bool {
+    t.group == "events.k8s.io" && t.plural == "events"
+}
+
 /// Parse multi-document YAML (or JSON) into objects, skipping empty documents.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, HandleError> {
     use serde::Deserialize as _;
@@ -183,16 +187,25 @@ impl Handle {
         Ok(crate::kubeconfig::write(path, &self.url())?)
     }
 
+    /// The stored type (events.k8s.io Events are stored as core Events).
     fn resolve(&self, api_version: &str, kind: &str) -> Result<Arc<ResourceType>, HandleError> {
-        self.shared
-            .store
-            .registry()
+        let reg = self.shared.store.registry();
+        let t = reg
             .by_api_version(api_version, kind)
-            .ok_or_else(|| HandleError::UnknownType(api_version.into(), kind.into()))
+            .ok_or_else(|| HandleError::UnknownType(api_version.into(), kind.into()))?;
+        if is_events_v1(&t) {
+            return reg
+                .by_key("", "events")
+                .ok_or_else(|| HandleError::UnknownType(api_version.into(), kind.into()));
+        }
+        Ok(t)
     }
 
     fn present(rt: &ResourceType, api_version: &str, v: Value) -> Value {
-        let (_, version) = crate::resources::split_api_version(api_version);
+        let (group, version) = crate::resources::split_api_version(api_version);
+        if group == "events.k8s.io" && rt.plural == "events" {
+            return crate::events::to_events_v1(&v);
+        }
         crate::watch::present(rt, version, v)
     }
 
@@ -201,6 +214,11 @@ impl Handle {
         let av = obj["apiVersion"].as_str().unwrap_or_default().to_string();
         let kind = obj["kind"].as_str().unwrap_or_default().to_string();
         let rt = self.resolve(&av, &kind)?;
+        let obj = if av.starts_with("events.k8s.io/") {
+            crate::events::to_core(&obj)
+        } else {
+            obj
+        };
         let ns = if rt.namespaced {
             obj["metadata"]["namespace"]
                 .as_str()

@@ -60,6 +60,7 @@ pub mod control;
 pub mod crd;
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod gc;
 pub mod handle;

@@ -176,6 +176,119 @@ pub async fn serve(shared: &Arc<Shared>, info: &RequestInfo, call: Call) -> ApiR
         .store
         .type_by_path(&info.group, &info.version, &info.resource)
         .ok_or_else(ApiError::no_route)?;
+    if rt.group == "events.k8s.io" && rt.plural == "events" {
+        return serve_events_v1(shared, info, call).await;
+    }
+    serve_type(shared, rt, info, call).await
+}
+
+/// `events.k8s.io/v1` is served from the core Events, converting on the way in and out.
+async fn serve_events_v1(
+    shared: &Arc<Shared>,
+    info: &RequestInfo,
+    mut call: Call,
+) -> ApiResult<Reply> {
+    use crate::events::{core_field_selector, to_core, to_events_v1};
+    let core = shared
+        .store
+        .type_by_path("", "v1", "events")
+        .ok_or_else(ApiError::no_route)?;
+    if let Some(fs) = call.query.get("fieldSelector").cloned() {
+        let mapped = core_field_selector(&fs).map_err(ApiError::bad_request)?;
+        call.query.insert("fieldSelector".into(), mapped);
+    }
+    let ns = info.namespace.clone().unwrap_or_default();
+    let name = info.name.clone().unwrap_or_default();
+    if matches!(info.verb.as_str(), "create" | "update") {
+        let body = parse_body(&call)?;
+        call.body = Bytes::from(to_core(&body).to_string());
+        call.content_type = "application/json".into();
+    }
+    if info.verb == "patch" {
+        let ptype = PatchType::from_content_type(&call.content_type)
+            .ok_or_else(|| ApiError::unsupported_media_type(&call.content_type))?;
+        let patch = parse_body(&call)?;
+        let opts = write_opts(&call, "v1");
+        let current = match shared.store.get(&core, &ns, &name) {
+            Ok(c) => c,
+            Err(e) if ptype == PatchType::Apply => {
+                let _ = e;
+                let mut body = to_core(&patch);
+                body["metadata"]["name"] = json!(name);
+                let out = shared.store.create(&core, &ns, body, &opts)?;
+                return Ok(Reply::json(201, to_events_v1(&out)));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut view = to_events_v1(&current);
+        match ptype {
+            PatchType::Merge | PatchType::Strategic => crate::patch::merge(&mut view, &patch),
+            PatchType::Json => crate::patch::json_patch(&mut view, &patch)
+                .map_err(|e| ApiError::new(422, "Invalid", e))?,
+            PatchType::Apply => crate::patch::apply_merge(&mut view, &patch),
+        }
+        let cur_rv = current["metadata"]["resourceVersion"].clone();
+        if !view["metadata"]["resourceVersion"].is_null()
+            && view["metadata"]["resourceVersion"] != cur_rv
+        {
+            return Err(ApiError::conflict_stale(&info.group, &info.resource, &name));
+        }
+        let mut body = to_core(&view);
+        body["metadata"]["resourceVersion"] = cur_rv;
+        let out = shared.store.update(&core, &ns, &name, body, None, &opts)?;
+        return Ok(Reply::json(200, to_events_v1(&out)));
+    }
+    let mut core_info = info.clone();
+    core_info.group = String::new();
+    core_info.version = "v1".into();
+    let reply = serve_type(shared, core, &core_info, call).await?;
+    let convert = |v: Value| -> Value {
+        match v["kind"].as_str() {
+            Some("Event") => to_events_v1(&v),
+            Some("EventList") => {
+                let mut l = v.clone();
+                l["apiVersion"] = json!("events.k8s.io/v1");
+                if let Some(items) = l["items"].as_array_mut() {
+                    for i in items.iter_mut() {
+                        *i = to_events_v1(i);
+                    }
+                }
+                l
+            }
+            _ => v,
+        }
+    };
+    Ok(match reply {
+        Reply::Json(code, v) => Reply::Json(code, convert(v)),
+        Reply::Stream(mut rx) => {
+            let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(64);
+            tokio::spawn(async move {
+                while let Some(line) = rx.recv().await {
+                    let mut ev: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
+                    match ev["type"].as_str() {
+                        Some("ERROR") | None => {}
+                        Some("BOOKMARK") => ev["object"]["apiVersion"] = json!("events.k8s.io/v1"),
+                        Some(_) => ev["object"] = to_events_v1(&ev["object"]),
+                    }
+                    let mut s = ev.to_string();
+                    s.push('\n');
+                    if tx.send(Bytes::from(s)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Reply::Stream(out)
+        }
+        other => other,
+    })
+}
+
+async fn serve_type(
+    shared: &Arc<Shared>,
+    rt: Arc<ResourceType>,
+    info: &RequestInfo,
+    call: Call,
+) -> ApiResult<Reply> {
     let ns = if rt.namespaced {
         match (&info.namespace, info.verb.as_str()) {
             (Some(n), _) => n.clone(),

@@ -748,6 +748,14 @@ async fn events_recorder_and_field_selectors() {
         .unwrap()
         .items
         .is_empty());
+    // Both API versions serve the same stored Events, as in a real cluster.
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.clone(), "ev");
+    let seen = core
+        .list(&ListParams::default().fields("involvedObject.name=target"))
+        .await
+        .unwrap();
+    assert_eq!(seen.items.len(), 1);
+    assert_eq!(seen.items[0].message.as_deref(), Some("hello"));
     // Unsupported field labels are rejected as by a real server.
     assert_eq!(
         api_err(
