@@ -2,8 +2,10 @@
 //! document is a named object; the Deployment is hardened, leader-elected and probed on the
 //! health port; RBAC grants exactly the permissions in [`REQUIRED`], no more and no less;
 //! Prometheus scrapes a port the pod actually listens on from outside (not loopback); the
-//! admission policies match the controller and fail closed when their parameters are
-//! missing, except in files marked `fail-open`.
+//! admission policies take no parameters (a missing parameter object would either switch
+//! them off or deny every TokenRequest in the cluster), match only the controller, carry
+//! the controller's token audience as a literal, and fail closed, while
+//! `admission-fail-open.yaml` holds the same policies failing open.
 //!
 //! The permission table is the one place to change when the controller starts (or stops)
 //! making an API call: check it against the controller's real request log, then update
@@ -692,18 +694,95 @@ fn monitors_scrape_the_metrics_port_on_the_pod_ip() {
     }
 }
 
+/// The manifest holding the fail-closed policies, installed by the kustomization.
+const ADMISSION: &str = "admission.yaml";
+/// The manifest holding the same policies failing open, applied by hand instead.
+const ADMISSION_FAIL_OPEN: &str = "admission-fail-open.yaml";
+
+/// The ValidatingAdmissionPolicies of one manifest, by name.
+fn policies_in<'a>(docs: &'a [Doc], file: &str) -> BTreeMap<&'a str, &'a Doc> {
+    let mut policies = BTreeMap::new();
+    for policy in of_kind(docs, "ValidatingAdmissionPolicy").filter(|p| p.file == file) {
+        assert!(
+            policies.insert(policy.name(), policy).is_none(),
+            "{} is defined twice",
+            policy.what()
+        );
+    }
+    policies
+}
+
+/// Whether a policy intercepts `resource` (e.g. `serviceaccounts/token`).
+fn policy_matches_resource(policy: &Doc, resource: &str) -> bool {
+    list(&policy.value, "/spec/matchConstraints/resourceRules")
+        .iter()
+        .any(|rule| strings(rule, "/resources").iter().any(|r| r == resource))
+}
+
+/// The text of a CEL string literal (`'…'` or `"…"`, no escapes), or None for any other
+/// expression.
+fn cel_string_literal(expression: &str) -> Option<&str> {
+    let expression = expression.trim();
+    ['\'', '"'].into_iter().find_map(|quote| {
+        let inner = expression.strip_prefix(quote)?.strip_suffix(quote)?;
+        (!inner.contains([quote, '\\'])).then_some(inner)
+    })
+}
+
 #[test]
-fn admission_bindings_fail_closed_unless_marked_fail_open() {
+fn admission_policies_take_no_parameters() {
     let docs = all_docs();
-    let policies: BTreeMap<&str, &Doc> = of_kind(&docs, "ValidatingAdmissionPolicy")
-        .map(|p| (p.name(), p))
-        .collect();
+    let policies: Vec<&Doc> = of_kind(&docs, "ValidatingAdmissionPolicy").collect();
+    let bindings: Vec<&Doc> = of_kind(&docs, "ValidatingAdmissionPolicyBinding").collect();
+    assert!(
+        policies.len() >= 6 && bindings.len() >= 3,
+        "three policies in each admission manifest, three bindings"
+    );
+    // The API server resolves parameters before matchConditions: a missing parameter
+    // object either switches a policy off (Allow) or denies every matching request in the
+    // cluster, from any user (Deny). So there must be none.
+    for policy in policies {
+        assert!(
+            policy.value.pointer("/spec/paramKind").is_none(),
+            "{}: paramKind (the policy must not depend on a parameter object)",
+            policy.what()
+        );
+        let expressions = [
+            "/spec/validations",
+            "/spec/variables",
+            "/spec/matchConditions",
+        ]
+        .into_iter()
+        .flat_map(|field| list(&policy.value, field))
+        .flat_map(|item| ["/expression", "/messageExpression"].map(|f| text(item, f)))
+        .flatten();
+        for expression in expressions {
+            assert!(
+                !expression.contains("params."),
+                "{}: expression reads params: {expression}",
+                policy.what()
+            );
+        }
+    }
+    for binding in bindings {
+        assert!(
+            binding.value.pointer("/spec/paramRef").is_none(),
+            "{}: paramRef (the policies take no parameters)",
+            binding.what()
+        );
+    }
+}
+
+#[test]
+fn admission_bindings_deny_and_cover_every_installed_policy() {
+    let installed = installed_docs();
+    let policies = policies_in(&installed, ADMISSION);
     assert!(
         policies.len() >= 3,
-        "token, Secret and ServiceAccount policies"
+        "token, Secret and ServiceAccount policies are installed"
     );
-    let bindings: Vec<&Doc> = of_kind(&docs, "ValidatingAdmissionPolicyBinding").collect();
-    for binding in &bindings {
+    let mut bound = BTreeSet::new();
+    for binding in of_kind(&installed, "ValidatingAdmissionPolicyBinding") {
         let what = binding.what();
         let spec = &binding.value["spec"];
         assert_eq!(
@@ -716,44 +795,15 @@ fn admission_bindings_fail_closed_unless_marked_fail_open() {
             "{what}: validationActions must include Deny"
         );
         let policy_name = text(spec, "/policyName").unwrap_or("");
-        let policy = policies
-            .get(policy_name)
-            .unwrap_or_else(|| panic!("{what}: no policy {policy_name}"));
-        let param_kind = policy.value.pointer("/spec/paramKind");
-        let Some(param_ref) = spec.get("paramRef") else {
-            assert!(
-                param_kind.is_none(),
-                "{what}: {policy_name} takes parameters, the binding gives none"
-            );
-            continue;
-        };
-        let action = text(param_ref, "/parameterNotFoundAction");
-        if binding.file.contains("fail-open") {
-            assert_eq!(action, Some("Allow"), "{what}: a fail-open file");
-        } else {
-            assert_eq!(
-                action,
-                Some("Deny"),
-                "{what}: a missing parameter must fail closed"
-            );
-        }
-        // The referenced parameter object is installed alongside.
-        let kind = param_kind
-            .and_then(|k| text(k, "/kind"))
-            .unwrap_or_else(|| panic!("{what}: {policy_name} has no paramKind"));
-        let name = text(param_ref, "/name").expect("paramRef by name");
-        let param = one(&docs, kind, name);
-        assert_eq!(param.namespace(), text(param_ref, "/namespace"), "{what}");
-    }
-    let installed = installed_docs();
-    for policy in of_kind(&installed, "ValidatingAdmissionPolicy") {
         assert!(
-            of_kind(&installed, "ValidatingAdmissionPolicyBinding").any(|b| text(
-                &b.value,
-                "/spec/policyName"
-            ) == Some(
-                policy.name()
-            )),
+            policies.contains_key(policy_name),
+            "{what}: no installed policy {policy_name}"
+        );
+        bound.insert(policy_name);
+    }
+    for (name, policy) in &policies {
+        assert!(
+            bound.contains(name),
             "{} is installed without a binding",
             policy.what()
         );
@@ -761,8 +811,64 @@ fn admission_bindings_fail_closed_unless_marked_fail_open() {
 }
 
 #[test]
-fn admission_policies_match_only_the_controller_and_fail_closed_on_errors() {
+fn admission_policies_fail_closed_and_the_alternative_differs_only_in_failing_open() {
     let docs = all_docs();
+    let closed = policies_in(&docs, ADMISSION);
+    let open = policies_in(&docs, ADMISSION_FAIL_OPEN);
+    assert!(
+        closed.len() >= 3,
+        "token, Secret and ServiceAccount policies"
+    );
+    // Only the policies are replaced; the bindings of admission.yaml stay.
+    for doc in docs.iter().filter(|d| d.file == ADMISSION_FAIL_OPEN) {
+        assert_eq!(
+            doc.kind(),
+            "ValidatingAdmissionPolicy",
+            "{}: the fail-open file holds only policies",
+            doc.what()
+        );
+    }
+    assert_eq!(
+        open.keys().collect::<Vec<_>>(),
+        closed.keys().collect::<Vec<_>>(),
+        "{ADMISSION_FAIL_OPEN} must replace exactly the policies of {ADMISSION}"
+    );
+    // Every policy anywhere but the fail-open file fails closed.
+    for policy in of_kind(&docs, "ValidatingAdmissionPolicy") {
+        let expected = if policy.file == ADMISSION_FAIL_OPEN {
+            "Ignore"
+        } else {
+            "Fail"
+        };
+        assert_eq!(
+            text(&policy.value, "/spec/failurePolicy"),
+            Some(expected),
+            "{}: failurePolicy",
+            policy.what()
+        );
+    }
+    let without_failure_policy = |policy: &Doc| {
+        let mut value = policy.value.clone();
+        value["spec"]
+            .as_object_mut()
+            .expect("a policy has a spec")
+            .remove("failurePolicy");
+        value
+    };
+    for (name, policy) in &closed {
+        assert_eq!(
+            without_failure_policy(open[name]),
+            without_failure_policy(policy),
+            "{name}: {ADMISSION_FAIL_OPEN} must differ from {ADMISSION} only in failurePolicy"
+        );
+    }
+}
+
+#[test]
+fn admission_policies_match_only_the_controller() {
+    let docs = all_docs();
+    let user_check = format!("request.userInfo.username == '{CONTROLLER_USER}'");
+    let mut checked = 0;
     for policy in of_kind(&docs, "ValidatingAdmissionPolicy") {
         let what = policy.what();
         assert_eq!(
@@ -770,44 +876,60 @@ fn admission_policies_match_only_the_controller_and_fail_closed_on_errors() {
             Some("admissionregistration.k8s.io/v1"),
             "{what}"
         );
-        assert_eq!(
-            text(&policy.value, "/spec/failurePolicy"),
-            Some("Fail"),
-            "{what}"
-        );
-        let user_check = format!("request.userInfo.username == '{CONTROLLER_USER}'");
+        // Exactly the user check, not merely containing it: `… || true` would match all.
+        // All matchConditions must hold, so one such condition restricts the policy.
         assert!(
             list(&policy.value, "/spec/matchConditions")
                 .iter()
-                .any(|c| text(c, "/expression").is_some_and(|e| e.contains(&user_check))),
+                .any(|c| text(c, "/expression").is_some_and(|e| e.trim() == user_check)),
             "{what}: no matchCondition `{user_check}`"
         );
         assert!(
             !list(&policy.value, "/spec/validations").is_empty(),
             "{what}: no validations"
         );
+        checked += 1;
     }
+    assert!(checked >= 6, "three policies in each admission manifest");
 }
 
 #[test]
-fn token_audience_agrees_between_controller_and_admission() {
-    let docs = installed_docs();
+fn token_policy_audience_literal_equals_the_controller_flag() {
+    let docs = all_docs();
     let container = controller_container(controller_deployment(&docs));
     let audience = effective_flag(
         container,
         "--service-account-token-audience",
         DEFAULT_TOKEN_AUDIENCE,
     );
-    for binding in of_kind(&docs, "ValidatingAdmissionPolicyBinding") {
-        let Some(name) = text(&binding.value, "/spec/paramRef/name") else {
-            continue;
-        };
-        let params = one(&docs, "ConfigMap", name);
+    let token_policies: Vec<&Doc> = of_kind(&docs, "ValidatingAdmissionPolicy")
+        .filter(|p| policy_matches_resource(p, "serviceaccounts/token"))
+        .collect();
+    assert!(
+        token_policies.len() >= 2,
+        "a token-request policy in each admission manifest"
+    );
+    for policy in token_policies {
+        let what = policy.what();
+        let variable = list(&policy.value, "/spec/variables")
+            .iter()
+            .find(|v| text(v, "/name") == Some("audience"))
+            .unwrap_or_else(|| panic!("{what}: no variable `audience`"));
+        let expression = text(variable, "/expression").unwrap_or("");
+        let literal = cel_string_literal(expression).unwrap_or_else(|| {
+            panic!("{what}: variable `audience` must be a string literal, not {expression}")
+        });
         assert_eq!(
-            text(&params.value, "/data/tokenAudience"),
-            Some(audience.as_str()),
-            "{}: tokenAudience must equal --service-account-token-audience",
-            params.what()
+            literal, audience,
+            "{what}: the audience literal must equal --service-account-token-audience"
+        );
+        // The literal must be what TokenRequests are checked against.
+        let rule = "object.spec.audiences == [variables.audience]";
+        assert!(
+            list(&policy.value, "/spec/validations")
+                .iter()
+                .any(|v| text(v, "/expression").is_some_and(|e| e.contains(rule))),
+            "{what}: no validation `{rule}`"
         );
     }
 }
@@ -823,4 +945,8 @@ fn flag_parsing_helpers() {
     assert_eq!(bind_port(":8080"), 8080);
     assert_eq!(bind_host("127.0.0.1:8080"), "127.0.0.1");
     assert_eq!(bind_host("[::1]:8080"), "[::1]");
+    assert_eq!(cel_string_literal(" 'api://x' "), Some("api://x"));
+    assert_eq!(cel_string_literal("\"api://x\""), Some("api://x"));
+    assert_eq!(cel_string_literal("'a' + 'b'"), None);
+    assert_eq!(cel_string_literal("params.data.tokenAudience"), None);
 }
