@@ -1030,3 +1030,31 @@ async fn discovery_works_for_kube() {
     let _ = client_for(&h);
     h.shutdown();
 }
+
+#[tokio::test]
+async fn watch_timeout_ends_cleanly_and_initial_events_need_bookmarks() {
+    let (h, c) = start().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(c.clone());
+    let t = std::time::Instant::now();
+    let mut s = cms
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let ended = tokio::time::timeout(T, async {
+        while let Some(ev) = s.next().await {
+            ev.unwrap();
+        }
+    })
+    .await;
+    assert!(ended.is_ok() && t.elapsed() >= Duration::from_millis(900));
+    let status = c
+        .request_status::<serde_json::Value>(
+            http::Request::get("/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan")
+                .body(vec![])
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(api_err(status.unwrap_err()).0, 422);
+    h.shutdown();
+}
