@@ -209,12 +209,44 @@ impl Env {
         self.child = Some(child);
     }
 
+    /// Like [`Env::spawn`], but a flag in `extra` replaces the harness's own value of that flag
+    /// (e.g. `--log-level=trace`) instead of being passed twice.
+    pub fn spawn_overriding(&mut self, extra: &[String]) {
+        let flag = |a: &str| a.split('=').next().unwrap_or(a).to_string();
+        let overridden: Vec<String> = extra.iter().map(|a| flag(a)).collect();
+        let mut args = self.args();
+        args.retain(|a| !overridden.contains(&flag(a)));
+        args.extend(extra.iter().cloned());
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_acrpull"))
+            .args(&args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("ACR_SERVER")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("acrpull starts");
+        self.child = Some(child);
+    }
+
+    /// The controller's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Another controller process against the same stand-ins (its own probe/metrics ports).
     pub fn second_process(env: &Env, extra: &[String]) -> Child {
         let mut args = env.args();
-        args.retain(|a| !a.starts_with("--metrics-bind-address") && !a.starts_with("--health-probe-bind-address"));
+        args.retain(|a| {
+            !a.starts_with("--metrics-bind-address")
+                && !a.starts_with("--health-probe-bind-address")
+        });
         args.push(format!("--metrics-bind-address=127.0.0.1:{}", free_port()));
-        args.push(format!("--health-probe-bind-address=127.0.0.1:{}", free_port()));
+        args.push(format!(
+            "--health-probe-bind-address=127.0.0.1:{}",
+            free_port()
+        ));
         args.extend(extra.iter().cloned());
         let log = std::fs::File::create(env.dir.path().join("second.log")).unwrap();
         Command::new(env!("CARGO_BIN_EXE_acrpull"))
