@@ -145,12 +145,14 @@ mod tests {
         assert!(empty.len() <= 44 && empty.len() > 30);
     }
 
+    type NameCheck = Box<dyn Fn(&str) -> bool>;
+
     #[test]
     fn pull_secret_names() {
         let long = "a".repeat(240);
         let long_dot = format!("{}.{}", "b".repeat(232), "c".repeat(20));
         let exactly = "d".repeat(233);
-        let cases: Vec<(&str, Box<dyn Fn(&str) -> bool>)> = vec![
+        let cases: Vec<(&str, NameCheck)> = vec![
             ("app", Box::new(|n| n == "acr-pull-app")),
             (
                 &exactly,
