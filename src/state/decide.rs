@@ -9,6 +9,10 @@ use super::binding::{validate, Invalid, Policy, Resolved, ServiceAccountView, Sp
 use super::names::{secret_family, sort_pull_secrets, SecretFamily};
 use super::refresh::{jittered_boundary, requeue_after, retry_at, seed_of};
 
+/// A token is never refreshed sooner than this after it was minted, whatever its lifetime
+/// says (an already-expired token from a skewed clock must not cause a mint loop).
+pub const MIN_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The five phases of SPEC §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Phase {
@@ -318,7 +322,9 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
             (true, Some(expiry), Some(refresh)) => {
                 if s.inputs.as_deref() != Some(resolved.inputs_hash.as_str()) {
                     Some(MintReason::InputsChanged)
-                } else if now >= jittered_boundary(resolved.refresh_rule, refresh, expiry, seed) {
+                } else if now >= jittered_boundary(resolved.refresh_rule, refresh, expiry, seed)
+                    && now >= add(refresh, MIN_REFRESH_INTERVAL)
+                {
                     Some(MintReason::Due)
                 } else {
                     None

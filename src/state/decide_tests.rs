@@ -1028,3 +1028,43 @@ fn verification_outcome_reaches_status_and_scope_gaps_fail() {
         "a transient failure keeps the last outcome"
     );
 }
+
+#[test]
+fn a_token_is_never_refreshed_right_after_minting() {
+    // Azure handed out a token that is already past its boundary (clock skew, tiny
+    // lifetime): no mint loop — the next refresh waits at least MIN_REFRESH_INTERVAL.
+    let mut o = ready(observed(Spec::V1beta2(v2_managed())));
+    o.secrets[0].refresh = Some(now());
+    o.secrets[0].expiry = Some(now());
+    assert!(
+        !matches!(decide(&o, now(), &policy()).plan, Plan::Mint { .. }),
+        "minted just now"
+    );
+    let later = add(now(), MIN_REFRESH_INTERVAL);
+    assert!(matches!(
+        decide(&o, later, &policy()).plan,
+        Plan::Mint { .. }
+    ));
+    // v1beta1 with a 2-minute token: due after about a minute, not at once.
+    let mut o = ready(observed(Spec::V1beta1(v1(CID, ""))));
+    o.secrets[0].refresh = Some(now());
+    o.secrets[0].expiry = Some(add(now(), std::time::Duration::from_secs(120)));
+    assert!(!matches!(
+        decide(
+            &o,
+            add(now(), std::time::Duration::from_secs(30)),
+            &policy()
+        )
+        .plan,
+        Plan::Mint { .. }
+    ));
+    assert!(matches!(
+        decide(
+            &o,
+            add(now(), std::time::Duration::from_secs(61)),
+            &policy()
+        )
+        .plan,
+        Plan::Mint { .. }
+    ));
+}

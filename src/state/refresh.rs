@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-/// v1beta1 refreshes this long before expiry.
+/// v1beta1 refreshes this long before expiry (but never before half the token's lifetime).
 pub const V1BETA1_REFRESH_BUFFER: Duration = Duration::from_secs(30 * 60);
 /// No requeue is ever scheduled sooner than this.
 pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
@@ -15,7 +15,7 @@ pub const JITTER_FRACTION: f64 = 0.1;
 /// Which rule sets the refresh boundary.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RefreshRule {
-    /// `expiry - 30 min`.
+    /// `expiry - 30 min`, but not before half the lifetime.
     V1beta1,
     /// `refresh + (expiry - refresh) × fraction`.
     V1beta2 { fraction: f64 },
@@ -24,7 +24,14 @@ pub enum RefreshRule {
 /// The boundary without jitter, as the old controller computed it.
 pub fn boundary(rule: RefreshRule, refreshed: Timestamp, expiry: Timestamp) -> Timestamp {
     match rule {
-        RefreshRule::V1beta1 => sub(expiry, V1BETA1_REFRESH_BUFFER),
+        // The old controller's rule, except that a token living less than an hour is not
+        // refreshed before half its lifetime: with `expiry - 30 min` alone, a short-lived
+        // token is due the moment it is minted and would be re-minted on every pass.
+        RefreshRule::V1beta1 => sub(expiry, V1BETA1_REFRESH_BUFFER).max(boundary(
+            RefreshRule::V1beta2 { fraction: 0.5 },
+            refreshed,
+            expiry,
+        )),
         RefreshRule::V1beta2 { fraction } => {
             let ttl = expiry.duration_since(refreshed);
             let ttl_ns = ttl.as_nanos().max(0) as f64;
@@ -153,9 +160,18 @@ mod tests {
         for (rule, want) in cases {
             assert_eq!(boundary(rule, refreshed, expiry), ts(want), "{rule:?}");
         }
-        // A token shorter-lived than the v1beta1 buffer is due at once.
+        // A token shorter-lived than an hour is refreshed at half its lifetime, never at once
+        // (a 10-minute token would otherwise be due the moment it was minted).
         let short = ts("2026-01-01T00:10:00Z");
-        assert!(boundary(RefreshRule::V1beta1, refreshed, short) < refreshed);
+        assert_eq!(
+            boundary(RefreshRule::V1beta1, refreshed, short),
+            ts("2026-01-01T00:05:00Z")
+        );
+        // 75-minute access tokens keep the old controller's expiry - 30 min.
+        assert_eq!(
+            boundary(RefreshRule::V1beta1, refreshed, ts("2026-01-01T01:15:00Z")),
+            ts("2026-01-01T00:45:00Z")
+        );
         // Expiry before refresh (a corrupted annotation) never lands after the refresh time.
         assert_eq!(
             boundary(RefreshRule::V1beta2 { fraction: 0.5 }, expiry, refreshed),
