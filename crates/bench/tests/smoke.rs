@@ -1,0 +1,89 @@
+//! End-to-end smoke run of `acrpull-bench --quick` (N=200) against the real controller binary,
+//! asserting the invariants that must hold at any N. No wall-clock thresholds: those belong in
+//! BENCHMARKS.md, not in a test on a shared machine.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The acrpull binary next to the bench's (`cargo test --workspace` builds it there); built on
+/// demand when this test runs alone.
+fn acrpull_bin() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_acrpull-bench"));
+    let bin = bench.with_file_name("acrpull");
+    if !bin.is_file() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "acrpull", "--bin", "acrpull"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building acrpull failed");
+    }
+    bin
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("expected a number, got {v}"))
+}
+
+#[test]
+fn quick_run_meets_the_behavioural_invariants() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_acrpull-bench"))
+        .arg("--quick")
+        .arg("--acrpull-bin")
+        .arg(acrpull_bin())
+        .arg("--json")
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .output()
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("model of the old algorithm"), "{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let size = &report["sizes"][0];
+    let n = u(&size["n"]);
+    assert_eq!(n, 200);
+    for run in size["runs"].as_array().unwrap() {
+        let c = &run["convergence"];
+        assert_eq!(u(&c["ready"]), n, "every binding Ready");
+        let (azure, min) = (&c["azure"], &c["minimum"]);
+        for hop in ["imds", "entra_token", "acr_exchange", "acr_token"] {
+            assert_eq!(
+                u(&azure[hop]),
+                u(&min[hop]),
+                "{hop}: Azure calls must equal the minimum (one per distinct key)"
+            );
+        }
+        assert!(
+            u(&min["entra_token"]) > 0,
+            "the workload covers workload identity"
+        );
+        assert_eq!(u(&azure["throttled_429"]), 0, "never throttled by Azure");
+        let steady = &run["steady"];
+        assert_eq!(u(&steady["azure"]["total"]), 0, "no Azure calls when idle");
+        assert_eq!(u(&steady["api"]["writes"]), 0, "no API writes when idle");
+        let restart = &run["restart"];
+        assert_eq!(
+            u(&restart["azure"]["total"]),
+            0,
+            "a restart with valid tokens calls Azure zero times"
+        );
+    }
+    let refresh = &size["refresh"];
+    assert_eq!(refresh["all_ready_at_end"], true, "{refresh}");
+    assert_eq!(refresh["limiters_exceeded"], false, "{refresh}");
+    assert!(
+        u(&refresh["azure"]["acr_token"]) > 0,
+        "tokens were refreshed"
+    );
+}
