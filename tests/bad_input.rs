@@ -1084,15 +1084,97 @@ async fn bad_input_matrix_on_one_controller() {
         edits.len(),
         requests.len()
     );
+    // The controller's log lines about the failing cases (the whole log is megabytes).
+    let failing: Vec<&str> = cases
+        .iter()
+        .filter(|c| {
+            failures
+                .iter()
+                .any(|f| f.starts_with(&format!("{:<34}", c.id)))
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    let related: Vec<&str> = logs
+        .lines()
+        .filter(|l| failing.iter().any(|n| l.contains(n)))
+        .take(80)
+        .collect();
     assert!(
         report.is_empty(),
-        "bad-input matrix failures:\n{report}\nlogs (tail):\n{}",
-        logs.lines()
-            .rev()
-            .take(60)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
+        "bad-input matrix failures:\n{report}\nlog lines about them:\n{}",
+        related.join("\n")
+    );
+}
+
+/// A long but valid name for tests of name-length limits.
+fn long_name(len: usize) -> String {
+    let mut name = String::new();
+    while name.len() < len {
+        if !name.is_empty() {
+            name.push('.');
+        }
+        let label = (len - name.len()).min(63);
+        name.push_str(&"x".repeat(label));
+    }
+    assert_eq!(name.len(), len);
+    name
+}
+
+/// v1beta1 appends `-msi-acrpull-secret` (19 characters) to the binding name, so a valid binding
+/// name of 235..=253 characters yields a Secret name the API server refuses (422).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: v1beta1 binding names over 234 chars loop on a 422 Secret create every ~1 s (token minted each time), status never written, no event"]
+async fn v1beta1_binding_name_too_long_for_its_secret_fails_with_a_message() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    let name = long_name(240);
+    env.create(v1(
+        "team-a",
+        &name,
+        json!({"acrServer": REGISTRY, "managedIdentityClientID": MI_CLIENT, "serviceAccountName": "puller"}),
+    ));
+    let b = env.wait_ready(V1, "team-a", &name, "False").await;
+    assert_eq!(b["status"]["phase"], "Failed");
+    let error = b["status"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("253"), "actionable message: {error}");
+    // A spec the controller can never serve costs no Azure tokens.
+    assert!(env
+        .azure
+        .requests_for(azure_standin::Hop::AcrExchange)
+        .is_empty());
+}
+
+/// Events are named `<binding>.<suffix>`; for a binding name near 253 characters that name is
+/// refused, so the failure event of SPEC §10 is lost (logged at debug as "event not recorded").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: events for bindings with names over ~236 chars are dropped (event object name exceeds 253 chars)"]
+async fn failure_event_is_recorded_for_a_binding_with_a_253_character_name() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    let name = long_name(253);
+    let mut b = v2("team-a", &name);
+    b["spec"]["acr"]["server"] = json!("azurecr.io.evil.com");
+    env.create(b);
+    env.wait_ready(V2, "team-a", &name, "False").await;
+    let found = env
+        .kube
+        .wait_until(
+            |k| {
+                k.list("v1", "Event", Some("team-a"))
+                    .iter()
+                    .any(|e| e["involvedObject"]["name"] == name.as_str() && e["type"] == "Warning")
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .is_ok();
+    assert!(
+        found,
+        "no Warning event for the failed binding\n{}",
+        env.logs()
+            .lines()
+            .filter(|l| l.contains("event not recorded"))
+            .take(3)
             .collect::<Vec<_>>()
             .join("\n")
     );
