@@ -1,0 +1,591 @@
+//! Soak test: many bindings, compressed time (ACR tokens of 60–120 s, refreshed at half-life),
+//! and faults injected on both stand-ins over time — API 500s and 409s, watch closures, 410
+//! Gone after compaction, a stalled watch, the API server down for 30 s, Azure 429 with
+//! Retry-After, 5xx, IMDS 410 for 30 s, and a registry hard-down (connections reset).
+//!
+//! Invariants, checked every second from the stand-in's store (so they hold even while the
+//! API port is down):
+//! - once first minted, a binding's Secret is never missing, never past its expiry annotation,
+//!   and never replaced by an invalid one (unreadable annotations, or a password that is not a
+//!   JWT whose `exp` matches the annotation);
+//! - every binding is Ready within a bounded time after faults stop;
+//! - the controller never panics and stays up;
+//! - no Azure limiter ever saw more than its limit (azure stand-in `limiter_stats`);
+//! - controller RSS does not keep growing (median of the last quarter of samples vs the first).
+//!
+//! `soak_short` runs in CI (~100 bindings, under 3 minutes); `soak_long` (`--ignored`) is the
+//! ≥ 500-binding, ≥ 10-minute run recorded in RELIABILITY.md.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use azure_standin::{FaultAction, FaultRule, Hop, Trigger};
+use common::*;
+use kube_standin::{Action, Fault};
+use serde_json::{json, Value};
+
+/// One scheduled change, at seconds after the fault phase starts.
+#[derive(Debug, Clone)]
+enum Step {
+    /// ACR access-token lifetime for tokens minted from now on.
+    Lifetime(u64),
+    /// Probabilistic background faults on both stand-ins: on or off.
+    SoftFaults(bool),
+    /// Watches closed after a few seconds, for this long.
+    WatchClosures(u64),
+    /// Compact the store and answer the next watches 410 Gone.
+    Compaction,
+    /// The next watch stays open but silent.
+    StalledWatch,
+    /// The API server's port is closed for this long.
+    ApiDown(u64),
+    /// IMDS answers 410 for this long.
+    ImdsGone(u64),
+    /// TLS connections to the registry are reset for this long.
+    RegistryDown(u64),
+    /// New bindings arrive (exercise first mints under faults).
+    AddBindings(usize),
+    /// All faults off; the recovery clock starts.
+    End,
+}
+
+struct Plan {
+    bindings: usize,
+    /// Each binding Ready after creation within this.
+    warmup: Duration,
+    schedule: Vec<(u64, Step)>,
+    /// Every binding Ready again within this after the faults end.
+    recovery: Duration,
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    api_500: u64,
+    api_409: u64,
+    watch_faults: u64,
+    azure_429: u64,
+    azure_5xx: u64,
+    imds_410: u64,
+    registry_resets: u64,
+    api_down_secs: u64,
+}
+
+struct Tracked {
+    ns: &'static str,
+    name: String,
+    first_minted: bool,
+}
+
+#[derive(Debug)]
+struct Violation {
+    at: f64,
+    what: String,
+}
+
+fn binding(ns: &str, name: &str, i: usize) -> Value {
+    let target = format!("sa-{}", i % 20);
+    let mut b = v2_managed(ns, name, &target, "repository:app:pull");
+    if ns == "team-a" && i % 10 == 3 {
+        b["spec"]["auth"] = json!({"workloadIdentity": {"serviceAccountRef": "federated"}});
+    }
+    if i % 7 == 5 {
+        b["spec"]["acr"]["scope"] = json!("repository:app:pull repository:base:pull");
+    }
+    b
+}
+
+/// Checks one binding's Secret; `None` when it is fine.
+fn check_secret(secret: Option<&Value>, now: jiff::Timestamp) -> Option<String> {
+    let Some(s) = secret else {
+        return Some("secret missing".into());
+    };
+    let ann = &s["metadata"]["annotations"];
+    let Some(expiry) = ann["acr.microsoft.com/token.expiry"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    else {
+        return Some(format!(
+            "unreadable expiry annotation {}",
+            ann["acr.microsoft.com/token.expiry"]
+        ));
+    };
+    if expiry < now {
+        return Some(format!("expired at {expiry}"));
+    }
+    let password = std::panic::catch_unwind(|| docker_config(s))
+        .ok()
+        .and_then(|c| c["auths"][REGISTRY]["password"].as_str().map(String::from));
+    let Some(password) = password else {
+        return Some("no password for the registry".into());
+    };
+    match acrpull::state::jwt::token_times(&password) {
+        Ok(t) if (t.expires_at.as_second() - expiry.as_second()).abs() <= 1 => None,
+        Ok(t) => Some(format!(
+            "password expires {} but annotation says {expiry}",
+            t.expires_at
+        )),
+        Err(e) => Some(format!("password is not a token: {e}")),
+    }
+}
+
+/// Adds what the kube stand-in's faults fired (watch faults answer with HTTP 200 and an ERROR
+/// event or a closed stream, so the request log alone does not show them).
+fn harvest(env: &Env, tally: &mut Tally, only: Option<&str>) {
+    for f in env.kube.faults().list() {
+        if only.is_some_and(|id| id != f.fault.id) {
+            continue;
+        }
+        match f.fault.action {
+            Action::WatchCloseAfter { .. } | Action::WatchStall => tally.watch_faults += f.fired,
+            Action::Error { code: 410, .. } => tally.watch_faults += f.fired,
+            _ => {}
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn median(v: &[u64]) -> u64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+async fn soak(plan: Plan) {
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
+    env.azure
+        .update_config(|c| {
+            c.lifetimes.acr_access_secs = 60;
+            // Identity tokens cached ~20 s (cached until 5 minutes before expiry), so IMDS
+            // and Entra stay on the path while faults run.
+            c.lifetimes.imds_secs = 320;
+            c.lifetimes.entra_secs = 320;
+        })
+        .unwrap();
+    env.spawn_overriding(&["--log-level=info".into()]);
+    let pid = env.pid().unwrap();
+    for ns in ["team-a", "team-b"] {
+        for i in 0..20 {
+            env.create(sa(ns, &format!("sa-{i}"), json!({})));
+        }
+    }
+    env.create(sa(
+        "team-a",
+        "federated",
+        json!({
+        "azure.workload.identity/client-id": WI_CLIENT,
+        "azure.workload.identity/tenant-id": TENANT}),
+    ));
+
+    let mut tracked: Vec<Tracked> = Vec::new();
+    let add = |env: &Env, tracked: &mut Vec<Tracked>, n: usize| {
+        for _ in 0..n {
+            let i = tracked.len();
+            let ns = if i.is_multiple_of(2) { "team-a" } else { "team-b" };
+            let name = format!("soak-{i:04}");
+            env.create(binding(ns, &name, i));
+            tracked.push(Tracked {
+                ns,
+                name,
+                first_minted: false,
+            });
+        }
+    };
+    let started = Instant::now();
+    add(&env, &mut tracked, plan.bindings);
+
+    let mut violations: Vec<Violation> = Vec::new();
+    let mut rss: Vec<u64> = Vec::new();
+    let mut tally = Tally::default();
+    let mut outages: Vec<(f64, f64, &'static str)> = Vec::new();
+
+    // One pass of the invariant check; returns how many bindings are Ready.
+    let check = |env: &Env, tracked: &mut Vec<Tracked>, violations: &mut Vec<Violation>, t: f64| {
+        let now = jiff::Timestamp::now();
+        let mut secrets: BTreeMap<(String, String), Value> = BTreeMap::new();
+        for ns in ["team-a", "team-b"] {
+            for s in env.kube.list("v1", "Secret", Some(ns)) {
+                let name = s["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                secrets.insert((ns.to_string(), name), s);
+            }
+        }
+        let mut ready = 0;
+        for b in env.kube.list(V2, "AcrPullBinding", None) {
+            let is_ready = b["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            if is_ready
+                && b["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("soak-"))
+            {
+                ready += 1;
+            }
+        }
+        for tb in tracked.iter_mut() {
+            let key = (tb.ns.to_string(), format!("acr-pull-{}", tb.name));
+            let secret = secrets.get(&key);
+            if !tb.first_minted {
+                tb.first_minted = secret.is_some() && check_secret(secret, now).is_none();
+                continue;
+            }
+            if let Some(what) = check_secret(secret, now) {
+                violations.push(Violation {
+                    at: t,
+                    what: format!("{}/{}: {what}", tb.ns, tb.name),
+                });
+            }
+        }
+        ready
+    };
+
+    // Warm-up: every binding minted and Ready.
+    let deadline = Instant::now() + plan.warmup;
+    loop {
+        let t = started.elapsed().as_secs_f64();
+        let ready = check(&env, &mut tracked, &mut violations, t);
+        if ready == tracked.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {ready}/{} bindings Ready after {:?}\n{}",
+            tracked.len(),
+            plan.warmup,
+            env.logs()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let warmup_secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "soak: {} bindings Ready after {warmup_secs:.0} s",
+        tracked.len()
+    );
+
+    // Fault phase.
+    let faults_start = Instant::now();
+    let mut schedule = plan.schedule.clone();
+    schedule.sort_by_key(|(t, _)| *t);
+    let mut schedule = schedule.into_iter().peekable();
+    let mut soft: Vec<u64> = Vec::new();
+    let mut soft_kube: Vec<String> = Vec::new();
+    let mut timed_kube: Vec<(Instant, String)> = Vec::new();
+    let mut ended_at: Option<Instant> = None;
+    let mut recovered_after: Option<f64> = None;
+    loop {
+        let t = started.elapsed().as_secs_f64();
+        let ft = faults_start.elapsed().as_secs();
+        while schedule.peek().is_some_and(|(at, _)| *at <= ft) {
+            let (_, step) = schedule.next().unwrap();
+            eprintln!("soak: t+{ft}s {step:?}");
+            match step {
+                Step::Lifetime(s) => env
+                    .azure
+                    .update_config(|c| c.lifetimes.acr_access_secs = s)
+                    .unwrap(),
+                Step::SoftFaults(true) => {
+                    soft_kube.push(
+                        env.kube.faults().add(
+                            Fault::new(Action::Error {
+                                code: 500,
+                                message: None,
+                                retry_after: None,
+                            })
+                            .probability(0.10),
+                        ),
+                    );
+                    soft_kube.push(
+                        env.kube.faults().add(
+                            Fault::new(Action::Conflict)
+                                .verb("update")
+                                .verb("patch")
+                                .probability(0.05),
+                        ),
+                    );
+                    soft.push(
+                        env.azure.faults().add(
+                            FaultRule::new(FaultAction::Throttle {
+                                json: true,
+                                retry_after_secs: Some(1),
+                            })
+                            .trigger(Trigger::Probability { p: 0.10 }),
+                        ),
+                    );
+                    soft.push(
+                        env.azure.faults().add(
+                            FaultRule::new(FaultAction::Status {
+                                status: 503,
+                                retry_after_secs: None,
+                            })
+                            .trigger(Trigger::Probability { p: 0.05 }),
+                        ),
+                    );
+                }
+                Step::SoftFaults(false) => {
+                    for id in soft.drain(..) {
+                        env.azure.faults().remove(id);
+                    }
+                    for id in soft_kube.drain(..) {
+                        env.kube.faults().remove(&id);
+                    }
+                }
+                Step::WatchClosures(secs) => {
+                    let id = env.kube.faults().add(
+                        Fault::new(Action::WatchCloseAfter {
+                            events: None,
+                            ms: Some(3000),
+                        })
+                        .verb("watch"),
+                    );
+                    timed_kube.push((Instant::now() + Duration::from_secs(secs), id));
+                }
+                Step::Compaction => {
+                    env.kube.compact();
+                    env.kube.faults().add(
+                        Fault::new(Action::Error {
+                            code: 410,
+                            message: None,
+                            retry_after: None,
+                        })
+                        .verb("watch")
+                        .next(3),
+                    );
+                }
+                Step::StalledWatch => {
+                    env.kube
+                        .faults()
+                        .add(Fault::new(Action::WatchStall).verb("watch").next(1));
+                }
+                Step::ApiDown(secs) => {
+                    env.kube.down_for(Duration::from_secs(secs));
+                    tally.api_down_secs += secs;
+                    outages.push((t, t + secs as f64, "api"));
+                }
+                Step::ImdsGone(secs) => {
+                    env.azure.faults().add(
+                        FaultRule::new(FaultAction::Status {
+                            status: 410,
+                            retry_after_secs: None,
+                        })
+                        .hop(Hop::Imds)
+                        .trigger(Trigger::Window {
+                            after_ms: 0,
+                            for_ms: Some(secs * 1000),
+                        }),
+                    );
+                    outages.push((t, t + secs as f64, "imds"));
+                }
+                Step::RegistryDown(secs) => {
+                    env.azure.faults().add(
+                        FaultRule::new(FaultAction::Reset).host(REGISTRY).trigger(
+                            Trigger::Window {
+                                after_ms: 0,
+                                for_ms: Some(secs * 1000),
+                            },
+                        ),
+                    );
+                    outages.push((t, t + secs as f64, "registry"));
+                }
+                Step::AddBindings(n) => add(&env, &mut tracked, n),
+                Step::End => {
+                    harvest(&env, &mut tally, None);
+                    env.azure.faults().clear();
+                    env.kube.faults().clear();
+                    soft.clear();
+                    soft_kube.clear();
+                    timed_kube.clear();
+                    ended_at = Some(Instant::now());
+                }
+            }
+        }
+        timed_kube.retain(|(until, id)| {
+            if Instant::now() >= *until {
+                harvest(&env, &mut tally, Some(id));
+                env.kube.faults().remove(id);
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(kib) = rss_kib(pid) {
+            rss.push(kib);
+        }
+        let ready = check(&env, &mut tracked, &mut violations, t);
+        if let Some(end) = ended_at {
+            if ready == tracked.len() {
+                recovered_after = Some(end.elapsed().as_secs_f64());
+                break;
+            }
+            if end.elapsed() > plan.recovery {
+                break;
+            }
+        }
+        if env.child().try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // What was actually injected, from the stand-ins' own logs.
+    for r in env.kube.requests() {
+        match r.status {
+            500 => tally.api_500 += 1,
+            409 => tally.api_409 += 1,
+            _ => {}
+        }
+    }
+    for r in env.azure.requests() {
+        match (r.hop, r.status) {
+            (_, 429) => tally.azure_429 += 1,
+            (Hop::Imds, 410) => tally.imds_410 += 1,
+            (_, 500..=599) => tally.azure_5xx += 1,
+            (_, 0) if r.fault.is_some() => tally.registry_resets += 1,
+            _ => {}
+        }
+    }
+    let limiters = env.azure.limiter_stats();
+    let over: Vec<String> = limiters
+        .iter()
+        .filter(|l| {
+            (l.rate_limit > 0 && l.peak_rate > l.rate_limit)
+                || (l.concurrency_limit > 0 && l.peak_concurrency > l.concurrency_limit)
+        })
+        .map(|l| format!("{l:?}"))
+        .collect();
+    let q = rss.len() / 4;
+    let (rss_first, rss_last) = if q > 0 {
+        (median(&rss[..q]), median(&rss[rss.len() - q..]))
+    } else {
+        (0, 0)
+    };
+    let logs = env.logs();
+    let panicked = logs.contains("panicked");
+    let alive = env.child().try_wait().unwrap().is_none();
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    let distinct: BTreeSet<&str> = violations
+        .iter()
+        .map(|v| v.what.split(':').next().unwrap_or(""))
+        .collect();
+    eprintln!(
+        "soak figures: bindings={} minutes={minutes:.1} warmup={warmup_secs:.0}s recovered_after={recovered_after:?}s \
+         violations={} (bindings affected {}) faults={tally:?} rss_kib first-quarter={rss_first} last-quarter={rss_last} \
+         limiters={}",
+        tracked.len(),
+        violations.len(),
+        distinct.len(),
+        limiters
+            .iter()
+            .map(|l| format!("{}: peak {}/{} rate, {}/{} concurrent", l.name, l.peak_rate, l.rate_limit, l.peak_concurrency, l.concurrency_limit))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    for v in violations.iter().take(20) {
+        eprintln!("  violation at {:.0}s: {}", v.at, v.what);
+    }
+    eprintln!("  outages: {outages:?}");
+
+    assert!(alive && !panicked, "controller died or panicked");
+    assert!(
+        violations.is_empty(),
+        "{} invariant violations (first above)",
+        violations.len()
+    );
+    assert!(
+        recovered_after.is_some(),
+        "not every binding Ready within {:?} after faults stopped",
+        plan.recovery
+    );
+    assert!(over.is_empty(), "limiters exceeded: {over:?}");
+    assert!(
+        rss_last <= rss_first * 2 + 16 * 1024,
+        "RSS grew from {rss_first} KiB to {rss_last} KiB"
+    );
+    assert!(
+        tally.api_500 > 0 && tally.azure_429 > 0 && tally.registry_resets > 0,
+        "faults were injected: {tally:?}"
+    );
+}
+
+/// CI: ~100 bindings, about 2.5 minutes. Tokens live 60 s, then 120 s before the hard outages,
+/// so an outage (30 s API, 30 s IMDS, 40 s registry) is shorter than any token's remaining life
+/// and every invariant must hold exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_short() {
+    use Step::*;
+    soak(Plan {
+        bindings: 100,
+        warmup: Duration::from_secs(60),
+        schedule: vec![
+            (0, SoftFaults(true)),
+            (0, WatchClosures(25)),
+            (0, Lifetime(120)),
+            (10, Compaction),
+            (20, StalledWatch),
+            (35, ApiDown(30)),
+            (70, ImdsGone(30)),
+            (70, RegistryDown(40)),
+            (75, AddBindings(5)),
+            (110, End),
+        ],
+        recovery: Duration::from_secs(45),
+    })
+    .await;
+}
+
+/// Long run: 500 bindings, ≥ 10 minutes, every fault kind twice, token lifetimes moving between
+/// 60 and 120 s, a 60 s registry outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long soak (≥ 10 minutes); run with --ignored"]
+async fn soak_long() {
+    use Step::*;
+    soak(Plan {
+        bindings: 500,
+        warmup: Duration::from_secs(240),
+        schedule: vec![
+            (0, SoftFaults(true)),
+            (0, WatchClosures(60)),
+            (30, Compaction),
+            (60, Lifetime(90)),
+            (75, StalledWatch),
+            (120, Lifetime(60)),
+            (180, Lifetime(120)),
+            // Every token now lives 120 s: outages below stay within the remaining life.
+            (330, ApiDown(30)),
+            (380, ImdsGone(30)),
+            (380, AddBindings(10)),
+            (420, RegistryDown(60)),
+            (500, Lifetime(60)),
+            (500, WatchClosures(30)),
+            (520, Compaction),
+            (560, StalledWatch),
+            (600, Lifetime(120)),
+            (660, End),
+        ],
+        recovery: Duration::from_secs(120),
+    })
+    .await;
+}
