@@ -5,10 +5,9 @@
 //! Each test has its own state directory, kubectl cache and controller ports; the stand-ins
 //! take ephemeral ports.
 //!
-//! The tests pass `--token-lifetime 2400`: the controller refreshes a v1beta1 binding 30
-//! minutes before expiry, and with the sandbox's default 120-second tokens that boundary is
-//! already past when a token is minted (see the report of the sandbox issue). Rotation itself
-//! is covered by the controller's own tests.
+//! They run with the sandbox's default two-minute tokens, so a v1beta1 binding whose token is
+//! shorter than the old controller's 30-minute buffer is covered too (it refreshes at half
+//! its lifetime).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 const SANDBOX: &str = env!("CARGO_BIN_EXE_acrpull-sandbox");
-const LIFETIME: &str = "2400";
+const LIFETIME: &str = "120";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
