@@ -977,20 +977,87 @@ async fn publish<K: BindingResource>(
     note: String,
 ) {
     let reference = b.object_ref(&());
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate_note(note)),
-        action: action.into(),
-        secondary: None,
+    let note = truncate_note(note);
+    // kube-runtime's recorder names events `<object name>.<suffix>`, which the API server
+    // refuses past 253 characters; long binding names get a shortened event name instead.
+    let long = reference.name.as_ref().is_some_and(|n| n.len() > LONG_NAME);
+    let result = if long {
+        tokio::time::timeout(
+            ctx.call_timeout,
+            publish_long(ctx, &reference, type_, reason, action, &note),
+        )
+        .await
+    } else {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        tokio::time::timeout(ctx.call_timeout, ctx.recorder.publish(&ev, &reference)).await
     };
-    let fut = ctx.recorder.publish(&ev, &reference);
-    match tokio::time::timeout(ctx.call_timeout, fut).await {
+    match result {
         Ok(Ok(())) => {}
         // Events are best effort: a failure to record one never fails the reconcile.
         Ok(Err(e)) => tracing::debug!(error = %e, reason, "event not recorded"),
         Err(_) => tracing::debug!(reason, "event publish timed out"),
     }
+}
+
+/// Object names longer than this get events named by [`publish_long`].
+const LONG_NAME: usize = 200;
+
+/// An `events.k8s.io/v1` Event for an object whose name is too long for the recorder's
+/// naming scheme: `<first 200 characters>.<hash of the full name>.<timestamp>`.
+async fn publish_long(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    let full = reference.name.clone().unwrap_or_default();
+    let mut cut = LONG_NAME.min(full.len());
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = crate::state::names::base36_sha224(full.as_bytes());
+    let now = Timestamp::now();
+    let name = format!(
+        "{}.{}.{:x}",
+        full[..cut].trim_end_matches(['.', '-']),
+        &hash[..hash.len().min(10)],
+        now.as_nanosecond()
+    );
+    let namespace = reference.namespace.clone().unwrap_or_default();
+    let event = K8sEvent {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        action: Some(action.into()),
+        reason: Some(reason.into()),
+        note: Some(note.into()),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(reference.clone()),
+        reporting_controller: Some("acrpull".into()),
+        reporting_instance: Some("acrpull".into()),
+        type_: Some(
+            match type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let api: Api<K8sEvent> = Api::namespaced(ctx.client.clone(), &namespace);
+    api.create(&PostParams::default(), &event).await.map(|_| ())
 }
 
 fn truncate_note(mut note: String) -> String {

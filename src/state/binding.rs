@@ -320,6 +320,13 @@ fn validate_v1beta1(name: &str, s: &V1beta1Spec, policy: &Policy) -> Result<Stat
              (or MANAGED_IDENTITY_CLIENT_ID / MANAGED_IDENTITY_RESOURCE_ID on the controller)",
         ));
     };
+    let secret_name = names::legacy_pull_secret_name(name);
+    if secret_name.len() > 253 {
+        return Err(Invalid::spec(format!(
+            "the binding name is {} characters long, so its pull secret name \"<name>-msi-acrpull-secret\" would exceed the 253 characters Kubernetes allows; use a name of at most 234 characters (or the v1beta2 API, which shortens long names)",
+            name.len()
+        )));
+    }
     let target = if s.service_account_name.is_empty() {
         names::DEFAULT_SERVICE_ACCOUNT.to_string()
     } else {
@@ -338,7 +345,7 @@ fn validate_v1beta1(name: &str, s: &V1beta1Spec, policy: &Policy) -> Result<Stat
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| "https://management.azure.com/".to_string()),
         ),
-        secret_name: names::legacy_pull_secret_name(name),
+        secret_name,
         target_service_account: target,
         refresh_rule: RefreshRule::V1beta1,
     })

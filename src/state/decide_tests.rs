@@ -1068,3 +1068,20 @@ fn a_token_is_never_refreshed_right_after_minting() {
         Plan::Mint { .. }
     ));
 }
+
+#[test]
+fn v1beta1_names_too_long_for_their_secret_fail_before_any_token_call() {
+    let mut o = observed(Spec::V1beta1(v1(CID, "")));
+    o.binding.name = "n".repeat(235);
+    failed_with(
+        &decide(&o, now(), &policy()),
+        "InvalidSpec",
+        "at most 234 characters",
+    );
+    o.binding.name = "n".repeat(234);
+    let d = decide(&o, now(), &policy());
+    let Plan::Mint { request, .. } = &d.plan else {
+        panic!("{d:?}")
+    };
+    assert_eq!(request.secret_name.len(), 253);
+}
