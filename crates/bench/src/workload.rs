@@ -158,7 +158,7 @@ impl Workload {
                 .map(|r| format!("repository:{r}:pull"))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let auth = if wi_namespace(i) && j % 2 == 0 {
+            let auth = if wi_namespace(i) && j.is_multiple_of(2) {
                 Auth::Workload {
                     namespace: ns.clone(),
                 }
