@@ -80,7 +80,10 @@ async fn managed_identity_binding_becomes_ready_and_is_cleaned_up() {
         .filter_map(|e| e["reason"].as_str().map(String::from))
         .collect();
     for want in ["TokenIssued", "PullSecretAttached"] {
-        assert!(reasons.iter().any(|r| r == want), "no {want} event in {reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "no {want} event in {reasons:?}"
+        );
     }
 
     // No token anywhere in the controller's logs or the binding's status.
@@ -565,4 +568,28 @@ async fn credentials_are_verified_and_scope_gaps_fail_before_any_pull() {
         .requests_for(azure_standin::Hop::AcrTokenGet)
         .iter()
         .any(|r| r.host.starts_with(REGISTRY)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_sharing_a_credential_cost_one_call_per_hop_and_one_check() {
+    use azure_standin::Hop;
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    env.create(sa("team-b", "puller", json!({})));
+    for (ns, name) in [("team-a", "one"), ("team-a", "two"), ("team-b", "three")] {
+        env.create(v2_managed(ns, name, "puller", "repository:app:pull"));
+    }
+    for (ns, name) in [("team-a", "one"), ("team-a", "two"), ("team-b", "three")] {
+        env.wait_ready(V2, ns, name, "True").await;
+    }
+    // One identity, one registry, one scope: one call at each hop, one verification.
+    for hop in [Hop::Imds, Hop::AcrExchange, Hop::AcrToken, Hop::AcrTokenGet] {
+        let n = env.azure.requests_for(hop).len();
+        assert_eq!(n, 1, "{hop:?}: {n} calls\n{:#?}", env.azure.requests());
+    }
+    let (_, metrics) = env.http_get(env.metrics_port, "/metrics").await;
+    assert!(
+        metrics.contains("acrpull_credential_verifications_total{outcome=\"cached\"} 2"),
+        "{metrics}"
+    );
 }

@@ -44,6 +44,11 @@ impl Readiness {
         self.0.shutting_down.store(true, Ordering::Release);
     }
 
+    /// Every watch has delivered its initial list (regardless of shutdown).
+    pub fn is_synced(&self) -> bool {
+        self.0.pending.load(Ordering::Acquire) == 0
+    }
+
     pub fn is_ready(&self) -> bool {
         self.0.pending.load(Ordering::Acquire) == 0 && !self.0.shutting_down.load(Ordering::Acquire)
     }

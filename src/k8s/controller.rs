@@ -93,6 +93,14 @@ pub struct Context {
     pub metrics: super::metrics::ControllerMetrics,
     /// Check each new credential at the registry's token endpoint (`--verify-credentials`).
     pub verify: bool,
+    /// Credentials already verified, by (registry, scope, SHA-256 of the token) → token
+    /// expiry: bindings sharing a cached token are checked once, not once each.
+    verified: Mutex<HashMap<VerifyKey, Timestamp>>,
+    /// One check in flight per key: concurrent bindings with the same token wait for it.
+    verifying: Mutex<HashMap<VerifyKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Readiness: reconciles wait until every watch has delivered its initial list, so a
+    /// binding is never decided on a cache that has not seen its Secret yet.
+    pub readiness: Option<crate::http::health::Readiness>,
 }
 
 impl Context {
@@ -126,7 +134,16 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             metrics,
             verify: true,
+            verified: Mutex::new(HashMap::new()),
+            verifying: Mutex::new(HashMap::new()),
+            readiness: None,
         }
+    }
+
+    /// Gate reconciles on the caches having synced.
+    pub fn with_readiness(mut self, readiness: crate::http::health::Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Switch post-mint verification on or off.
@@ -198,6 +215,11 @@ async fn reconcile_inner<K: BindingResource>(
     if !*ctx.leader.borrow() {
         // Standby: caches stay warm; the leader's election triggers a full pass.
         return Ok(Action::await_change());
+    }
+    if ctx.readiness.as_ref().is_some_and(|r| !r.is_synced()) {
+        // A cache that has not delivered its initial list could be missing this binding's
+        // Secret: deciding now would mint a token it already has.
+        return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let key = key_of(binding);
     let generation = binding.meta().generation.unwrap_or(0);
@@ -677,6 +699,9 @@ async fn record_mint_failure<K: BindingResource>(
     )))
 }
 
+/// (registry, scope, SHA-256 of the token): the token itself is never a key.
+type VerifyKey = (String, String, [u8; 32]);
+
 /// What checking a fresh credential at the registry's token endpoint showed.
 enum Verification {
     /// Every requested scope was granted.
@@ -700,6 +725,45 @@ async fn verify_credential(
     }
     let scope = request.scope.clone().unwrap_or_default();
     let server = request.registry.authority();
+    let key: VerifyKey = (
+        server.clone(),
+        scope.clone(),
+        <sha2::Sha256 as sha2::Digest>::digest(credential.token.expose().as_bytes()).into(),
+    );
+    // Single flight per key: the first caller checks, the others find its result.
+    let gate = {
+        let mut inflight = ctx.verifying.lock().unwrap_or_else(|e| e.into_inner());
+        inflight.retain(|_, g| Arc::strong_count(g) > 1);
+        inflight.entry(key.clone()).or_default().clone()
+    };
+    let _turn = gate.lock().await;
+    {
+        let mut cache = ctx.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Timestamp::now();
+        cache.retain(|_, expiry| *expiry > now);
+        if cache.contains_key(&key) {
+            ctx.metrics.verification("cached");
+            return Verification::Verified;
+        }
+    }
+    let outcome = check_at_registry(ctx, &server, &scope, credential).await;
+    if matches!(outcome, Verification::Verified) {
+        ctx.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, credential.expires_at);
+    }
+    outcome
+}
+
+async fn check_at_registry(
+    ctx: &Context,
+    server: &str,
+    scope: &str,
+    credential: &crate::azure::AcrCredential,
+) -> Verification {
+    let scope = scope.to_string();
+    let server = server.to_string();
     match ctx
         .pipeline
         .verify(&server, &credential.token, &scope)

@@ -107,6 +107,7 @@ pub async fn run(
         watcher::Config::default().labels(BINDING_LABEL),
     )
     .default_backoff()
+    .modify(strip_managed_fields)
     .inspect(mark_ready(readiness.clone()))
     .inspect(move |e| {
         if let Ok(e) = e {
@@ -126,6 +127,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(strip_managed_fields)
     .inspect(mark_ready(readiness.clone()))
     .inspect(move |e| {
         if let Ok(e) = e {
@@ -209,6 +211,7 @@ async fn controller_for<K: BindingResource>(
     let by_sa = index.clone();
     let bindings = watcher(Api::<K>::all(client.clone()), wc)
         .default_backoff()
+        .modify(strip_managed_fields)
         .inspect(mark_ready(readiness))
         .inspect(move |e| {
             if let Ok(e) = e {
@@ -232,6 +235,11 @@ async fn controller_for<K: BindingResource>(
         _ = bindings => {}
         _ = controller => {}
     }
+}
+
+/// The caches never need `managedFields`, often the largest part of an object.
+fn strip_managed_fields<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
 }
 
 /// A labelled Secret maps to the binding of its version named by the label.

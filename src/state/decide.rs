@@ -322,7 +322,13 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
             (true, Some(expiry), Some(refresh)) => {
                 if s.inputs.as_deref() != Some(resolved.inputs_hash.as_str()) {
                     Some(MintReason::InputsChanged)
-                } else if now >= jittered_boundary(resolved.refresh_rule, refresh, expiry, seed)
+                } else if now
+                    >= whole_seconds(jittered_boundary(
+                        resolved.refresh_rule,
+                        refresh,
+                        expiry,
+                        seed,
+                    ))
                     && now >= add(refresh, MIN_REFRESH_INTERVAL)
                 {
                     Some(MintReason::Due)
@@ -413,7 +419,14 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
     }
 
     // Rule 10: status from the secret.
-    let next = jittered_boundary(resolved.refresh_rule, refresh, expiry, seed);
+    // Status times are stored to the second; compare at that precision or every pass would
+    // rewrite an identical status.
+    let next = whole_seconds(jittered_boundary(
+        resolved.refresh_rule,
+        refresh,
+        expiry,
+        seed,
+    ));
     let desired = DesiredStatus {
         phase: Phase::Ready,
         error: String::new(),
@@ -539,6 +552,7 @@ pub fn after_mint_failure(
         }
     }
     let invalid = Invalid { reason, message };
+    let at = whole_seconds(at).max(add(now, crate::state::refresh::MIN_REQUEUE));
     (failed_status(o, &invalid, failures, Some(at)), at)
 }
 
@@ -595,6 +609,11 @@ pub fn requeue_for(plan: &Plan, now: Timestamp, policy: &Policy) -> Option<std::
 /// Whether a secret name is one acrpull manages (either family).
 pub fn is_managed_secret_name(name: &str) -> bool {
     secret_family(name) != SecretFamily::Unmanaged
+}
+
+/// Truncate to whole seconds: the precision of RFC 3339 times in status and annotations.
+pub fn whole_seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
 fn add(t: Timestamp, d: std::time::Duration) -> Timestamp {

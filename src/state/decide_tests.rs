@@ -1085,3 +1085,18 @@ fn v1beta1_names_too_long_for_their_secret_fail_before_any_token_call() {
     };
     assert_eq!(request.secret_name.len(), 253);
 }
+
+#[test]
+fn status_times_are_whole_seconds_so_a_read_back_status_matches() {
+    // A status written and read back (RFC 3339, seconds) must not be rewritten: the
+    // planned next refresh is already truncated to the second.
+    let o = ready(observed(Spec::V1beta2(v2_managed())));
+    let next = o.binding.status.next_refresh.unwrap();
+    assert_eq!(next.subsec_nanosecond(), 0, "{next}");
+    let round_tripped: Timestamp = crate::k8s::binding::rfc3339(next).parse().unwrap();
+    assert_eq!(round_tripped, next);
+    assert!(matches!(
+        decide(&o, now(), &policy()).plan,
+        Plan::Wait { .. }
+    ));
+}
