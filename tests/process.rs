@@ -28,7 +28,11 @@ async fn wait_http(env: &Env, port: u16, path: &str, want: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_every_watch_and_flips_on_sigterm() {
-    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
     // Fail the ServiceAccount list: the process is alive but not ready.
     let hold = env.kube.faults().add(
         Fault::new(Action::Error {
@@ -84,7 +88,10 @@ async fn metrics_and_debug_show_bindings_without_tokens() {
     ] {
         assert!(metrics.contains(needle), "missing {needle}\n{metrics}");
     }
-    assert!(!metrics.contains("name=\"app\""), "no binding names as labels");
+    assert!(
+        !metrics.contains("name=\"app\""),
+        "no binding names as labels"
+    );
 
     let list = wait_http(&env, env.metrics_port, "/debug/bindings", 200).await;
     let v: serde_json::Value = serde_json::from_str(&list).unwrap();
@@ -104,10 +111,15 @@ async fn metrics_and_debug_show_bindings_without_tokens() {
     let v: serde_json::Value = serde_json::from_str(&one).unwrap();
     let bad = &v["bindings"][0];
     assert_eq!(bad["phase"], "Failed");
-    assert!(bad["error"].as_str().unwrap().contains("allowed registry suffix"));
+    assert!(bad["error"]
+        .as_str()
+        .unwrap()
+        .contains("allowed registry suffix"));
     assert!(!bad["transitions"].as_array().unwrap().is_empty());
     assert_eq!(
-        env.http_get(env.metrics_port, "/debug/bindings/team-a/nope").await.0,
+        env.http_get(env.metrics_port, "/debug/bindings/team-a/nope")
+            .await
+            .0,
         404
     );
     for body in [&metrics, &list, &one] {
@@ -117,7 +129,11 @@ async fn metrics_and_debug_show_bindings_without_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_writer_and_failover() {
-    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
     env.create(sa("team-a", "puller", json!({})));
     let lease_args = |name: &str| {
         vec![
@@ -145,7 +161,10 @@ async fn two_replicas_one_writer_and_failover() {
         .await
         .unwrap()
         .unwrap();
-    let leader = lease["spec"]["holderIdentity"].as_str().unwrap().to_string();
+    let leader = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
     env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
     env.wait_ready(V2, "team-a", "app", "True").await;
 
@@ -159,12 +178,19 @@ async fn two_replicas_one_writer_and_failover() {
         .collect();
     assert!(!writes.is_empty());
     for w in &writes {
-        assert!(w.user_agent.contains(&leader), "write from a non-leader: {w:?}");
+        assert!(
+            w.user_agent.contains(&leader),
+            "write from a non-leader: {w:?}"
+        );
     }
 
     // Kill -9 the leader; the other takes over within the lease duration (+ slack) and
     // the bindings keep converging.
-    let follower = if leader == "replica-a" { "replica-b" } else { "replica-a" };
+    let follower = if leader == "replica-a" {
+        "replica-b"
+    } else {
+        "replica-a"
+    };
     if leader == "replica-a" {
         let _ = env.child().kill();
     } else {
@@ -183,8 +209,16 @@ async fn two_replicas_one_writer_and_failover() {
         .await
         .unwrap();
     let takeover = started.elapsed();
-    assert!(takeover < Duration::from_secs(3 + 3), "takeover took {takeover:?}");
-    env.create(v2_managed("team-a", "after", "puller", "repository:app:pull"));
+    assert!(
+        takeover < Duration::from_secs(3 + 3),
+        "takeover took {takeover:?}"
+    );
+    env.create(v2_managed(
+        "team-a",
+        "after",
+        "puller",
+        "repository:app:pull",
+    ));
     env.wait_ready(V2, "team-a", "after", "True").await;
     let _ = second.kill();
     let _ = second.wait();
@@ -192,7 +226,11 @@ async fn two_replicas_one_writer_and_failover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_the_lease_for_a_fast_successor() {
-    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
     env.spawn(&[
         "--leader-elect".into(),
         "--leader-election-namespace=team-a".into(),
@@ -225,7 +263,11 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_takeover_by_another_holder_stops_writes() {
-    let mut env = Env::start_with(Options { spawn: false, ..Default::default() }).await;
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
     env.create(sa("team-a", "puller", json!({})));
     env.spawn(&[
         "--leader-elect".into(),
@@ -247,7 +289,8 @@ async fn lease_takeover_by_another_holder_stops_writes() {
         .await
         .unwrap();
     wait_http(&env, env.metrics_port, "/metrics", 200).await;
-    env.kube.take_over_lease("team-a", "aks.azure.com", "usurper");
+    env.kube
+        .take_over_lease("team-a", "aks.azure.com", "usurper");
     // The victim notices at its next renew and reports it is no longer leader.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -297,11 +340,18 @@ async fn rbac_manifests_cover_every_request_the_controller_makes() {
         "spec": {"acr": {"server": REGISTRY, "scope": "repository:app:pull", "environment": "PublicCloud"},
                  "auth": {"workloadIdentity": {"serviceAccountRef": "federated"}},
                  "serviceAccountName": "puller"}}));
-    env.create(v2_managed("team-a", "nosa", "missing", "repository:app:pull"));
+    env.create(v2_managed(
+        "team-a",
+        "nosa",
+        "missing",
+        "repository:app:pull",
+    ));
     env.wait_ready(V2, "team-a", "app", "True").await;
     env.wait_ready(V2, "team-a", "wi", "True").await;
     env.wait_ready(V2, "team-a", "nosa", "False").await;
-    env.kube.delete(V2, "AcrPullBinding", "team-a", "app").unwrap();
+    env.kube
+        .delete(V2, "AcrPullBinding", "team-a", "app")
+        .unwrap();
     env.wait_gone(V2, "AcrPullBinding", "team-a", "app").await;
 
     let rules = rbac_rules();
@@ -316,9 +366,7 @@ async fn rbac_manifests_cover_every_request_the_controller_makes() {
             format!("{}/{}", r.resource, r.subresource)
         };
         let allowed = rules.iter().any(|(groups, resources, verbs)| {
-            groups.contains(&r.group)
-                && (resources.contains(&resource))
-                && verbs.contains(&r.verb)
+            groups.contains(&r.group) && (resources.contains(&resource)) && verbs.contains(&r.verb)
         });
         if !allowed {
             missing.push(format!("{} {}/{} ({})", r.verb, r.group, resource, r.path));
@@ -326,13 +374,16 @@ async fn rbac_manifests_cover_every_request_the_controller_makes() {
     }
     missing.sort();
     missing.dedup();
-    assert!(missing.is_empty(), "requests not allowed by deploy/rbac.yaml: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "requests not allowed by deploy/rbac.yaml: {missing:#?}"
+    );
 }
 
 /// (apiGroups, resources, verbs) of every Role and ClusterRole in deploy/rbac.yaml.
 fn rbac_rules() -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).unwrap();
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
