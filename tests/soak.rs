@@ -669,10 +669,9 @@ async fn soak_short() {
 }
 
 /// The CI plan plus one watch that stays open and silent (no events, no bookmarks) from t+20 s.
-/// Without it the plan passes with 0 violations; with it, some bindings miss their refresh
-/// boundary until the faults are cleared and their Secrets expire.
+/// With the Secret cache behind, a refresh's write conflicts; the controller must then write
+/// over the live Secret rather than retry from the stale cache until the Secret expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: after a stalled (open, silent) watch some bindings miss their refresh boundary until faults clear; Secrets expire"]
 async fn soak_short_with_a_stalled_watch() {
     soak(short_plan(true)).await;
 }
@@ -716,11 +715,10 @@ async fn soak_long() {
 /// SPEC §4: v1beta2 refreshes at `refresh + (expiry - refresh) × f`. The pipeline's access-token
 /// cache serves a token until its half-life, so a binding minting late in that window gets a
 /// token with only half its life left; the controller then writes `token.refresh = now` and the
-/// boundary lands at 75 % of the token's real life. The margin left for outages halves (15 s of a
-/// 60 s token; ~19 of 75 minutes with ACR defaults) — the soak saw such Secrets expire during a
-/// 30 s API outage.
+/// boundary would land at 75 % of the token's real life, halving the margin left for outages
+/// (the soak saw such Secrets expire during a 30 s API outage). `token.refresh` is therefore the
+/// token's `iat`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a Secret written with a cached, half-used access token refreshes at 75% of the token's life (token.refresh = write time, not iat)"]
 async fn secret_from_the_token_cache_still_refreshes_at_half_life() {
     let mut env = Env::start_with(Options {
         spawn: false,

@@ -553,7 +553,9 @@ async fn mint<K: BindingResource>(
             };
             let annotations = json!({
                 EXPIRY_ANNOTATION: rfc3339(credential.expires_at),
-                REFRESH_ANNOTATION: rfc3339(now),
+                // When the token was issued, not when it was written: a token served from the
+                // cache part-way through its life must still refresh at its own half-life.
+                REFRESH_ANNOTATION: rfc3339(credential.issued_at.filter(|t| *t <= now).unwrap_or(now)),
                 INPUTS_ANNOTATION: request.inputs_hash,
                 // null removes a stale outcome on update (merge patch).
                 VERIFIED_ANNOTATION: verified.map(|v| v.to_string()),
@@ -591,25 +593,50 @@ async fn mint<K: BindingResource>(
                     .await?;
                 }
                 Some(meta) => {
-                    let patch = json!({
-                        "metadata": {
-                            "resourceVersion": meta.resource_version(),
-                            "labels": { BINDING_LABEL: key.name },
-                            "annotations": annotations,
-                            "ownerReferences": [owner],
-                        },
-                        "type": DOCKER_CONFIG_TYPE,
-                        "data": { DOCKER_CONFIG_KEY: encoded },
-                    });
-                    ctx.call(
-                        "update secret",
-                        secrets.patch(
-                            &request.secret_name,
-                            &PatchParams::default(),
-                            &Patch::Merge(&patch),
-                        ),
-                    )
-                    .await?;
+                    let patch_at = |rv: Option<String>| {
+                        json!({
+                            "metadata": {
+                                "resourceVersion": rv,
+                                "labels": { BINDING_LABEL: key.name },
+                                "annotations": annotations,
+                                "ownerReferences": [owner],
+                            },
+                            "type": DOCKER_CONFIG_TYPE,
+                            "data": { DOCKER_CONFIG_KEY: encoded },
+                        })
+                    };
+                    let first = ctx
+                        .call(
+                            "update secret",
+                            secrets.patch(
+                                &request.secret_name,
+                                &PatchParams::default(),
+                                &Patch::Merge(&patch_at(meta.resource_version())),
+                            ),
+                        )
+                        .await;
+                    match first {
+                        // The cache is behind (a slow or stalled watch): the token in hand
+                        // is the newest, so write it over the live object instead of
+                        // retrying from the stale cache until the Secret expires.
+                        Err(e) if e.reason() == "Conflict" => {
+                            let live = ctx
+                                .call("read secret", secrets.get(&request.secret_name))
+                                .await?;
+                            ctx.call(
+                                "update secret",
+                                secrets.patch(
+                                    &request.secret_name,
+                                    &PatchParams::default(),
+                                    &Patch::Merge(&patch_at(live.resource_version())),
+                                ),
+                            )
+                            .await?;
+                        }
+                        other => {
+                            other?;
+                        }
+                    }
                 }
             }
             ctx.set_failure(key.clone(), generation, None);
