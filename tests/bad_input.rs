@@ -1178,3 +1178,43 @@ async fn failure_event_is_recorded_for_a_binding_with_a_253_character_name() {
             .join("\n")
     );
 }
+
+/// A hand-edited expiry far in the future (year 9999, or an extended year jiff also parses) must
+/// not make the controller trust it over the token's own `exp`: the Secret would never be
+/// refreshed and the real token would expire unnoticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_future_expiry_annotation_is_not_trusted() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    for (name, garbage) in [
+        ("future-9999", "9999-12-31T23:59:59Z"),
+        ("future-ext", "+010000-01-01T00:00:00Z"),
+    ] {
+        env.create(v2_managed("team-a", name, "puller", "repository:app:pull"));
+        env.wait_ready(V2, "team-a", name, "True").await;
+        let secret_name = format!("acr-pull-{name}");
+        let mut edited = env.secret("team-a", &secret_name).unwrap();
+        edited["metadata"]["annotations"]["acr.microsoft.com/token.expiry"] = json!(garbage);
+        env.kube.apply(edited).unwrap();
+        let repaired = env
+            .kube
+            .wait_until(
+                |_| {
+                    let a = annotations(&env, "team-a", &secret_name);
+                    let exp = password(&env, "team-a", &secret_name)
+                        .and_then(|p| acrpull::state::jwt::token_times(&p).ok())
+                        .map(|t| acrpull::k8s::binding::rfc3339(t.expires_at));
+                    exp.is_some() && a["acr.microsoft.com/token.expiry"].as_str() == exp.as_deref()
+                },
+                Duration::from_secs(30),
+            )
+            .await
+            .is_ok();
+        let b = env.kube.get(V2, "AcrPullBinding", "team-a", name).unwrap();
+        assert!(
+            repaired,
+            "{name}: expiry annotation {garbage} kept; status.tokenExpirationTime {}",
+            b["status"]["tokenExpirationTime"]
+        );
+    }
+}

@@ -311,17 +311,19 @@ async fn soak(plan: Plan) {
         ready
     };
 
-    // Warm-up: every binding minted and Ready.
+    // Warm-up: every binding minted once. (Not "all Ready at the same instant": with 500
+    // bindings on 60 s tokens some are always mid-refresh.)
     let deadline = Instant::now() + plan.warmup;
     loop {
         let t = started.elapsed().as_secs_f64();
         let ready = check(&env, &mut tracked, &mut violations, t);
-        if ready == tracked.len() {
+        let minted = tracked.iter().filter(|b| b.first_minted).count();
+        if minted == tracked.len() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "only {ready}/{} bindings Ready after {:?}\n{}",
+            "only {minted}/{} bindings minted ({ready} Ready) after {:?}\n{}",
             tracked.len(),
             plan.warmup,
             env.logs()
