@@ -4,12 +4,12 @@
 # glibc with +crt-static and an explicit --target (so proc-macro crates still build for the
 # host) works on a fresh machine with only the default toolchain; the musl target would need
 # `rustup target add`, which a machine without internet access to rustup cannot do.
-# Output: target/x86_64-unknown-linux-gnu/release/acrpull
+# Output: target/x86_64-unknown-linux-gnu/release/acrpull (under $CARGO_TARGET_DIR if set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" --bin acrpull
-bin="target/$target/release/acrpull"
+bin="${CARGO_TARGET_DIR:-target}/$target/release/acrpull"
 desc=$(file -b "$bin")
 echo "$bin: $desc"
 case "$desc" in
