@@ -30,7 +30,8 @@ fuzz_target!(|data: &[u8]| {
                 assert!(sel.matches(&BTreeMap::new()));
             }
         }
-        // Bounded: 200 bytes of input, Debug-escaped.
-        Err(e) => assert!(e.to_string().len() < 2400, "bounded error"),
+        // The message quotes an invalid key or value in full (operator input, printed once at
+        // start-up; see RELIABILITY.md), so only its shape is checked here.
+        Err(e) => assert!(e.to_string().starts_with("invalid label selector ")),
     }
 });
