@@ -14,8 +14,11 @@ pub enum LoggingError {
 pub fn init(format: &str, level: &str) -> Result<(), LoggingError> {
     let filter = EnvFilter::try_new(level)
         .map_err(|e| LoggingError::Filter(level.to_string(), e.to_string()))?;
+    // Colour only on a terminal: container logs and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = if format == "json" {
         builder.json().flatten_event(true).try_init()

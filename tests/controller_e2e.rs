@@ -489,7 +489,8 @@ async fn a_failed_refresh_keeps_the_working_secret_then_recovers() {
 async fn api_conflicts_and_errors_are_retried_never_shown_as_failed() {
     use kube_standin::faults::{Action, Fault};
     let env = Env::start().await;
-    // Every second write conflicts, and some return 500.
+    // The first three patches conflict (finalizer, ServiceAccount, status are all patches),
+    // and the first two Secret creates fail with 500.
     env.kube.faults().add(
         Fault::new(Action::Error {
             code: 409,
@@ -497,7 +498,7 @@ async fn api_conflicts_and_errors_are_retried_never_shown_as_failed() {
             retry_after: None,
         })
         .verb("patch")
-        .probability(0.5),
+        .next(3),
     );
     env.kube.faults().add(
         Fault::new(Action::Error {
@@ -520,9 +521,22 @@ async fn api_conflicts_and_errors_are_retried_never_shown_as_failed() {
         .iter()
         .filter(|r| r.status == 409)
         .count();
-    assert!(conflicts > 0, "the fault fired");
-    // Never surfaced as a failure.
-    assert!(!env.logs().contains("phase transition") || !env.logs().contains("to=\"Failed\""));
+    assert_eq!(conflicts, 3, "the faults fired");
+    // Never surfaced as a failure: no phase transition to Failed, in the logs or in the
+    // binding's recorded transitions.
+    let logs = env.logs();
+    assert!(logs.contains("phase transition"), "{logs}");
+    assert!(!logs.contains("to=\"Failed\""), "{logs}");
+    let (_, debug) = env
+        .http_get(env.metrics_port, "/debug/bindings/team-a/app")
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&debug).unwrap();
+    let transitions = v["bindings"][0]["transitions"].as_array().unwrap().clone();
+    assert!(!transitions.is_empty());
+    assert!(
+        transitions.iter().all(|t| t["to"] != "Failed"),
+        "{transitions:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

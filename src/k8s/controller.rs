@@ -503,27 +503,18 @@ async fn mint<K: BindingResource>(
             Ok(Some(action)) => return Ok(action),
             Ok(None) => {}
             Err(e @ ReconcileError::Foreign { .. }) => {
-                let (status, at) =
-                    after_mint_failure(o, "SecretConflict", e.to_string(), None, now, &ctx.policy);
-                write_status(ctx, bindings, b, &status, now).await?;
-                if should_emit_failure(
-                    status.consecutive_failures,
-                    &o.binding.status.error,
-                    &status.error,
-                ) {
-                    publish(
-                        ctx,
-                        b,
-                        EventType::Warning,
-                        "InvalidSpec",
-                        "Mint",
-                        status.error.clone(),
-                    )
-                    .await;
-                }
-                return Ok(Action::requeue(crate::state::refresh::requeue_after(
-                    now, at,
-                )));
+                return record_mint_failure(
+                    b,
+                    key,
+                    o,
+                    ctx,
+                    bindings,
+                    "SecretConflict",
+                    e.to_string(),
+                    None,
+                    now,
+                )
+                .await;
             }
             Err(e) => return Err(e),
         }

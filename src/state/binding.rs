@@ -573,11 +573,7 @@ fn check_object_name(field: &str, value: &str) -> Result<(), Invalid> {
 }
 
 fn truncate(s: &str) -> String {
-    if s.chars().count() <= 80 {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(80).collect::<String>())
-    }
+    super::text::truncate(s, 80)
 }
 
 /// Go's `path.Clean`: the old controller cleaned v1beta1 resource ids this way, and the

@@ -12,5 +12,6 @@ pub mod refresh;
 pub mod scope;
 pub mod selector;
 pub mod server;
+pub mod text;
 pub mod token;
 pub mod verify;

@@ -181,11 +181,7 @@ fn check_name(name: &str) -> Result<(), &'static str> {
 }
 
 fn short(s: &str) -> String {
-    if s.chars().count() <= 80 {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(80).collect::<String>())
-    }
+    super::text::truncate(s, 80)
 }
 
 #[cfg(test)]

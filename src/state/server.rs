@@ -200,11 +200,7 @@ pub fn check_server(
 
 /// Keep error messages bounded whatever the user wrote.
 fn truncate(s: &str) -> String {
-    if s.chars().count() <= 100 {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(100).collect::<String>())
-    }
+    super::text::truncate(s, 100)
 }
 
 #[cfg(test)]
