@@ -81,11 +81,7 @@ fn quick_run_meets_the_behavioural_invariants() {
             "a restart with valid tokens calls Azure zero times"
         );
     }
-    let refresh = &size["refresh"];
-    assert_eq!(refresh["all_ready_at_end"], true, "{refresh}");
-    assert_eq!(refresh["limiters_exceeded"], false, "{refresh}");
-    assert!(
-        u(&refresh["azure"]["acr_token"]) > 0,
-        "tokens were refreshed"
-    );
+    // `--no-refresh`: the refresh phase is not part of this run (the soak tests cover
+    // refreshes under faults; `scripts/bench.sh --quick` measures smoothness).
+    assert!(size["refresh"].is_null(), "{}", size["refresh"]);
 }
