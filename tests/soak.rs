@@ -399,6 +399,17 @@ async fn soak(plan: Plan) {
                             .trigger(Trigger::Probability { p: 0.05 }),
                         ),
                     );
+                    // Caching leaves few Azure calls to throttle by chance: the next two
+                    // are throttled for certain, so a run always sees a 429.
+                    soft.push(
+                        env.azure.faults().add(
+                            FaultRule::new(FaultAction::Throttle {
+                                json: false,
+                                retry_after_secs: Some(1),
+                            })
+                            .trigger(Trigger::NextN { n: 2 }),
+                        ),
+                    );
                 }
                 Step::SoftFaults(false) => {
                     for id in soft.drain(..) {
