@@ -24,7 +24,7 @@ use super::events::should_emit_failure;
 use super::observe::{observe, SecretMeta};
 use super::tracker::{BindingKey, Report, Tracker};
 use crate::azure::{
-    AzureError, Cloud, CredentialRequest, Identity, IdentityAudience, TokenPipeline,
+    Cloud, CredentialRequest, Identity, IdentityAudience, TokenPipeline,
     V1BETA1_DEFAULT_ARM_RESOURCE,
 };
 use crate::state::binding::{CloudSpec, IdentitySpec, Policy, Resolved};
@@ -647,7 +647,8 @@ async fn mint<K: BindingResource>(
             Ok(Action::requeue(AFTER_WRITE))
         }
         Err(err) => {
-            let message = mint_failure_message(&err);
+            // What failed and what to do; pipeline errors never carry tokens.
+            let message = err.user_message();
             record_mint_failure(
                 b,
                 key,
@@ -869,12 +870,6 @@ async fn adopt_existing<K: BindingResource>(
     })
 }
 
-/// The message shown in status and events: what failed and what to do (no tokens: errors
-/// from the pipeline never carry them).
-fn mint_failure_message(err: &AzureError) -> String {
-    err.user_message()
-}
-
 fn credential_request(
     r: &Resolved,
     namespace: &str,
@@ -931,7 +926,8 @@ async fn set_pull_secrets(
     let Some(current) = current else {
         return Ok(());
     };
-    sort_pull_secrets_stable(&mut list);
+    // Callers pass an ordered list; sorting again also drops duplicates.
+    sort_pull_secrets(&mut list);
     let refs: Vec<serde_json::Value> = list.iter().map(|n| json!({"name": n})).collect();
     let patch = json!({
         "metadata": {"resourceVersion": current.resource_version()},
@@ -943,11 +939,6 @@ async fn set_pull_secrets(
     )
     .await?;
     Ok(())
-}
-
-/// The decision core already ordered the list; sorting again only normalises duplicates.
-fn sort_pull_secrets_stable(list: &mut Vec<String>) {
-    sort_pull_secrets(list);
 }
 
 async fn delete_secret(
