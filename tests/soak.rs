@@ -47,18 +47,23 @@ enum Step {
     StalledWatch,
     /// The API server's port is closed for this long.
     ApiDown(u64),
-    /// IMDS answers 410 for this long.
+    /// IMDS answers 410 for this long; two bindings naming the identity by resource id (not yet
+    /// cached) arrive at the start of the window.
     ImdsGone(u64),
     /// TLS connections to the registry are reset for this long.
     RegistryDown(u64),
     /// New bindings arrive (exercise first mints under faults).
     AddBindings(usize),
+    /// `kill -9` the replica holding the Lease; a new replica replaces it 5 s later.
+    KillLeader,
     /// All faults off; the recovery clock starts.
     End,
 }
 
 struct Plan {
     bindings: usize,
+    /// Controller replicas: 1, or 2 with leader election (see [`Fleet`]).
+    replicas: usize,
     /// ACR access-token lifetime (seconds) while the bindings are first minted.
     initial_lifetime: u64,
     /// Each binding Ready after creation within this.
@@ -200,8 +205,184 @@ fn median(v: &[u64]) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
+/// Leader-election flags of the replicas: the controller's defaults, spelled out.
+const LEASE_FLAGS: [&str; 5] = [
+    "--leader-elect",
+    "--leader-election-namespace=team-a",
+    "--lease-duration=15s",
+    "--renew-deadline=10s",
+    "--retry-period=2s",
+];
+const LEASE_SECS: f64 = 15.0;
+const RETRY_SECS: f64 = 2.0;
+
+struct Replica {
+    name: String,
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+/// The controller processes: one, or (with leader election) two, where a leader killed with
+/// `kill -9` is replaced by a fresh replica 5 s later, as its Deployment would replace the pod.
+struct Fleet {
+    elect: bool,
+    live: Vec<Replica>,
+    killed: Vec<Replica>,
+    spawned: usize,
+    /// When each leader was killed, and its name.
+    kills: Vec<(jiff::Timestamp, String)>,
+    replacements: Vec<Instant>,
+}
+
+impl Fleet {
+    fn start(env: &Env, replicas: usize) -> Fleet {
+        let mut fleet = Fleet {
+            elect: replicas > 1,
+            live: Vec::new(),
+            killed: Vec::new(),
+            spawned: 0,
+            kills: Vec::new(),
+            replacements: Vec::new(),
+        };
+        for _ in 0..replicas {
+            fleet.spawn(env);
+        }
+        fleet
+    }
+
+    fn spawn(&mut self, env: &Env) {
+        let name = format!("replica-{}", self.spawned);
+        self.spawned += 1;
+        let mut args = vec!["--log-level=info".to_string()];
+        if self.elect {
+            args.extend(LEASE_FLAGS.iter().map(|f| f.to_string()));
+            args.push(format!("--pod-name={name}"));
+        }
+        let (child, log) = env.replica(&name, &args);
+        self.live.push(Replica { name, child, log });
+    }
+
+    /// Kills the Lease holder; `None` when no live replica holds it.
+    fn kill_leader(&mut self, env: &Env) -> Option<String> {
+        let lease = env
+            .kube
+            .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")?;
+        let holder = lease["spec"]["holderIdentity"].as_str()?;
+        let i = self.live.iter().position(|r| r.name == holder)?;
+        let mut victim = self.live.remove(i);
+        let _ = victim.child.kill();
+        let _ = victim.child.wait();
+        self.kills
+            .push((jiff::Timestamp::now(), victim.name.clone()));
+        self.killed.push(victim);
+        self.replacements
+            .push(Instant::now() + Duration::from_secs(5));
+        Some(holder.to_string())
+    }
+
+    /// Starts the replacements that are due.
+    fn tick(&mut self, env: &Env) {
+        let due = self
+            .replacements
+            .iter()
+            .filter(|t| Instant::now() >= **t)
+            .count();
+        self.replacements.retain(|t| Instant::now() < *t);
+        for _ in 0..due {
+            self.spawn(env);
+        }
+    }
+
+    /// Every replica not killed by the test is still running.
+    fn alive(&mut self) -> bool {
+        self.live
+            .iter_mut()
+            .all(|r| r.child.try_wait().ok().flatten().is_none())
+    }
+
+    /// The one process whose memory is tracked (single-replica runs only).
+    fn pid(&self) -> Option<u32> {
+        (!self.elect).then(|| self.live.first().map(|r| r.child.id()))?
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for r in self.killed.iter().chain(&self.live) {
+            let text = std::fs::read_to_string(&r.log).unwrap_or_default();
+            if self.elect {
+                out.push_str(&format!("==== {} ====\n", r.name));
+            }
+            out.push_str(&text);
+        }
+        out
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for r in &mut self.live {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+    }
+}
+
+/// The replica named in a request's `User-Agent: acrpull/<version> (<pod name>)`.
+fn replica_of(user_agent: &str) -> Option<&str> {
+    let rest = user_agent.strip_prefix("acrpull/")?;
+    let open = rest.find('(')?;
+    rest[open + 1..].strip_suffix(')')
+}
+
+/// Leadership as the API server saw it, from its request log in arrival order: a replica leads
+/// from its first successful Lease write until another replica's. Returns the takeover time
+/// after each kill (from the kill to the first successful Lease write by another replica) and
+/// every successful controller write (other than to the Lease) made by a replica that was not
+/// the leader at that point, with the number of writes checked.
+fn leadership(env: &Env, kills: &[(jiff::Timestamp, String)]) -> (Vec<f64>, Vec<String>, usize) {
+    let requests = env.kube.requests();
+    let lease_writes: Vec<(jiff::Timestamp, &str)> = requests
+        .iter()
+        .filter(|r| r.resource == "leases" && r.status < 300)
+        .filter(|r| ["create", "update", "patch"].contains(&r.verb.as_str()))
+        .filter_map(|r| Some((r.timestamp.parse().ok()?, replica_of(&r.user_agent)?)))
+        .collect();
+    let takeovers = kills
+        .iter()
+        .filter_map(|(at, victim)| {
+            let (t, _) = lease_writes
+                .iter()
+                .find(|(t, who)| t >= at && who != victim)?;
+            Some((t.as_millisecond() - at.as_millisecond()) as f64 / 1000.0)
+        })
+        .collect();
+    let mut holder: Option<&str> = None;
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for r in &requests {
+        let Some(who) = replica_of(&r.user_agent) else {
+            continue;
+        };
+        if !["create", "update", "patch", "delete"].contains(&r.verb.as_str()) || r.status >= 300 {
+            continue;
+        }
+        if r.resource == "leases" {
+            holder = Some(who);
+            continue;
+        }
+        checked += 1;
+        if holder != Some(who) {
+            wrong.push(format!(
+                "{} {} {}/{} {} by {who} while {holder:?} led",
+                r.timestamp, r.verb, r.resource, r.name, r.subresource
+            ));
+        }
+    }
+    (takeovers, wrong, checked)
+}
+
 async fn soak(plan: Plan) {
-    let mut env = Env::start_with(Options {
+    let env = Env::start_with(Options {
         spawn: false,
         ..Default::default()
     })
@@ -217,8 +398,8 @@ async fn soak(plan: Plan) {
             c.lifetimes.acr_refresh_secs = 120;
         })
         .unwrap();
-    env.spawn_overriding(&["--log-level=info".into()]);
-    let pid = env.pid().unwrap();
+    let mut fleet = Fleet::start(&env, plan.replicas);
+    let pid = fleet.pid();
     for ns in ["team-a", "team-b"] {
         for i in 0..20 {
             env.create(sa(ns, &format!("sa-{i}"), json!({})));
@@ -233,7 +414,9 @@ async fn soak(plan: Plan) {
     ));
 
     let mut tracked: Vec<Tracked> = Vec::new();
-    let add = |env: &Env, tracked: &mut Vec<Tracked>, n: usize| {
+    // `by_resource_id`: the bindings name the managed identity by resource id, a different
+    // cache key from the client id the others use, so their first mint needs IMDS.
+    let add = |env: &Env, tracked: &mut Vec<Tracked>, n: usize, by_resource_id: bool| {
         for _ in 0..n {
             let i = tracked.len();
             let ns = if i.is_multiple_of(2) {
@@ -242,7 +425,11 @@ async fn soak(plan: Plan) {
                 "team-b"
             };
             let name = format!("soak-{i:04}");
-            env.create(binding(ns, &name, i));
+            let mut b = binding(ns, &name, i);
+            if by_resource_id {
+                b["spec"]["auth"] = json!({"managedIdentity": {"resourceID": MI_RESOURCE}});
+            }
+            env.create(b);
             tracked.push(Tracked {
                 ns,
                 name,
@@ -251,7 +438,7 @@ async fn soak(plan: Plan) {
         }
     };
     let started = Instant::now();
-    add(&env, &mut tracked, plan.bindings);
+    add(&env, &mut tracked, plan.bindings, false);
 
     let mut violations: Vec<Violation> = Vec::new();
     let mut rss: Vec<u64> = Vec::new();
@@ -326,7 +513,8 @@ async fn soak(plan: Plan) {
             "only {minted}/{} bindings minted ({ready} Ready) after {:?}\n{}",
             tracked.len(),
             plan.warmup,
-            env.logs()
+            fleet
+                .logs()
                 .lines()
                 .rev()
                 .take(40)
@@ -370,7 +558,8 @@ async fn soak(plan: Plan) {
                                 message: None,
                                 retry_after: None,
                             })
-                            .probability(0.10),
+                            // 12 %: faults drawn per request land at ≥ 10 % over a run.
+                            .probability(0.12),
                         ),
                     );
                     soft_kube.push(
@@ -387,7 +576,7 @@ async fn soak(plan: Plan) {
                                 json: true,
                                 retry_after_secs: Some(1),
                             })
-                            .trigger(Trigger::Probability { p: 0.10 }),
+                            .trigger(Trigger::Probability { p: 0.12 }),
                         ),
                     );
                     soft.push(
@@ -464,6 +653,9 @@ async fn soak(plan: Plan) {
                         }),
                     );
                     outages.push((t, t + secs as f64, "imds"));
+                    // Identity tokens are cached, so nothing may ask IMDS during the window;
+                    // two bindings with a not-yet-cached identity key make sure something does.
+                    add(&env, &mut tracked, 2, true);
                 }
                 Step::RegistryDown(secs) => {
                     env.azure.faults().add(
@@ -476,7 +668,12 @@ async fn soak(plan: Plan) {
                     );
                     outages.push((t, t + secs as f64, "registry"));
                 }
-                Step::AddBindings(n) => add(&env, &mut tracked, n),
+                Step::AddBindings(n) => add(&env, &mut tracked, n, false),
+                Step::KillLeader => {
+                    let victim = fleet.kill_leader(&env);
+                    assert!(victim.is_some(), "no live replica held the Lease");
+                    eprintln!("soak: killed leader {victim:?}");
+                }
                 Step::End => {
                     harvest(&env, &mut tally, None);
                     env.azure.faults().clear();
@@ -497,7 +694,8 @@ async fn soak(plan: Plan) {
                 true
             }
         });
-        if let Some(kib) = rss_kib(pid) {
+        fleet.tick(&env);
+        if let Some(kib) = pid.and_then(rss_kib) {
             rss.push(kib);
         }
         let ready = check(&env, &mut tracked, &mut violations, t);
@@ -510,7 +708,7 @@ async fn soak(plan: Plan) {
                 break;
             }
         }
-        if env.child().try_wait().unwrap().is_some() {
+        if !fleet.alive() {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -548,9 +746,25 @@ async fn soak(plan: Plan) {
     } else {
         (0, 0)
     };
-    let logs = env.logs();
+    let logs = fleet.logs();
     let panicked = logs.contains("panicked");
-    let alive = env.child().try_wait().unwrap().is_none();
+    let alive = fleet.alive();
+    let (takeovers, non_leader_writes, writes_checked) = leadership(&env, &fleet.kills);
+    if fleet.elect {
+        let mut sorted = takeovers.clone();
+        sorted.sort_by(f64::total_cmp);
+        eprintln!(
+            "  failover: {} kills, takeover s {sorted:?} (median {:?}, max {:?}), {writes_checked} \
+             writes checked, {} from a non-leader",
+            fleet.kills.len(),
+            sorted.get(sorted.len() / 2),
+            sorted.last(),
+            non_leader_writes.len()
+        );
+        for w in non_leader_writes.iter().take(10) {
+            eprintln!("  non-leader write: {w}");
+        }
+    }
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     let distinct: BTreeSet<&str> = violations
         .iter()
@@ -586,7 +800,14 @@ async fn soak(plan: Plan) {
         })
         .collect();
     eprintln!("  azure hops: {}", hops.join("; "));
-    eprintln!("  kube requests: {}", env.kube.requests().len());
+    let kube_requests = env.kube.requests().len();
+    let azure_requests = env.azure.requests().len();
+    eprintln!(
+        "  kube requests: {kube_requests} ({:.1} % answered 500); azure requests: \
+         {azure_requests} ({:.1} % answered 429)",
+        100.0 * tally.api_500 as f64 / kube_requests.max(1) as f64,
+        100.0 * tally.azure_429 as f64 / azure_requests.max(1) as f64
+    );
     for v in violations.iter().take(20) {
         eprintln!("  violation at {:.0}s: {}", v.at, v.what);
     }
@@ -639,10 +860,45 @@ async fn soak(plan: Plan) {
         rss_last <= rss_first * 2 + 16 * 1024,
         "RSS grew from {rss_first} KiB to {rss_last} KiB"
     );
+    let registry_down = plan
+        .schedule
+        .iter()
+        .any(|(_, s)| matches!(s, Step::RegistryDown(_)));
+    let imds_gone = plan
+        .schedule
+        .iter()
+        .any(|(_, s)| matches!(s, Step::ImdsGone(_)));
     assert!(
-        tally.api_500 > 0 && tally.azure_429 > 0 && tally.registry_resets > 0,
+        tally.api_500 > 0
+            && tally.azure_429 > 0
+            && (tally.registry_resets > 0 || !registry_down)
+            && (tally.imds_410 > 0 || !imds_gone),
         "faults were injected: {tally:?}"
     );
+    if fleet.elect {
+        assert_eq!(
+            takeovers.len(),
+            fleet.kills.len(),
+            "a killed leader was never replaced"
+        );
+        // client-go semantics: a follower takes over a lease duration after it last saw the
+        // Lease change, and it looks every retry period, so it sees the dead leader's last
+        // renew up to a period late (acrpull wakes at the expiry itself, see
+        // `state::lease::next_attempt`). Slack for a loaded machine and an API server that
+        // answers 500 to one request in eight (each failure costs a quarter period).
+        let bound = LEASE_SECS + RETRY_SECS + 3.0;
+        assert!(
+            takeovers.iter().all(|t| *t <= bound),
+            "takeover beyond {bound} s: {takeovers:?}"
+        );
+        assert!(writes_checked > 0, "no controller write was seen");
+        assert!(
+            non_leader_writes.is_empty(),
+            "{} writes from a non-leader, first: {:?}",
+            non_leader_writes.len(),
+            non_leader_writes.first()
+        );
+    }
 }
 
 /// The CI plan: ~100 bindings, under 3 minutes. Tokens live 120 s (half-life margin 60 s); the
@@ -669,6 +925,7 @@ fn short_plan(stalled_watch: bool) -> Plan {
     }
     Plan {
         bindings: 100,
+        replicas: 1,
         initial_lifetime: 120,
         warmup: Duration::from_secs(60),
         schedule,
@@ -697,6 +954,7 @@ async fn soak_long() {
     use Step::*;
     soak(Plan {
         bindings: 500,
+        replicas: 1,
         initial_lifetime: 60,
         warmup: Duration::from_secs(240),
         schedule: vec![
@@ -718,6 +976,71 @@ async fn soak_long() {
             (540, Compaction),
             (560, StalledWatch),
             (570, Lifetime(120)),
+            (600, End),
+        ],
+        recovery: Duration::from_secs(120),
+    })
+    .await;
+}
+
+/// Leader failover under load, for CI: two replicas with the default lease timing (15 s lease,
+/// 10 s renew deadline, 2 s retry), 100 bindings, background faults on both stand-ins, and
+/// the leader killed with `kill -9` three times (each replaced 5 s later by a new replica).
+/// Besides the soak invariants: every kill is followed by a takeover within the lease
+/// protocol's bound, and the API server saw no write from a replica that was not the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_failover_short() {
+    use Step::*;
+    soak(Plan {
+        bindings: 100,
+        replicas: 2,
+        initial_lifetime: 120,
+        warmup: Duration::from_secs(60),
+        schedule: vec![
+            (0, SoftFaults(true)),
+            (0, WatchClosures(120)),
+            (0, Lifetime(120)),
+            (10, KillLeader),
+            (35, Compaction),
+            (50, KillLeader),
+            (90, KillLeader),
+            (105, AddBindings(5)),
+            (130, End),
+        ],
+        recovery: Duration::from_secs(45),
+    })
+    .await;
+}
+
+/// Long failover run: 500 bindings, 10 minutes, two replicas, the leader killed every minute or
+/// so (8 times) while background faults run, with a 30 s API outage and a 40 s registry
+/// outage placed where a takeover does not add to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long failover soak (≥ 10 minutes); run with --ignored"]
+async fn soak_long_failover() {
+    use Step::*;
+    soak(Plan {
+        bindings: 500,
+        replicas: 2,
+        initial_lifetime: 120,
+        warmup: Duration::from_secs(240),
+        schedule: vec![
+            (0, SoftFaults(true)),
+            (0, WatchClosures(120)),
+            (0, Lifetime(120)),
+            (30, KillLeader),
+            (90, KillLeader),
+            (120, Compaction),
+            (150, KillLeader),
+            (210, KillLeader),
+            (240, StalledWatch),
+            (270, KillLeader),
+            (330, ApiDown(30)),
+            (390, KillLeader),
+            (400, AddBindings(10)),
+            (450, RegistryDown(40)),
+            (520, KillLeader),
+            (570, KillLeader),
             (600, End),
         ],
         recovery: Duration::from_secs(120),

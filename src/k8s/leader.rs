@@ -15,7 +15,9 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::state::lease::{decide, must_step_down, LeaseAction, LeaseRecord};
+use crate::state::lease::{
+    decide, must_step_down, next_attempt, Attempt, LeaseAction, LeaseRecord,
+};
 
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
@@ -33,6 +35,15 @@ pub struct LeaderElector {
     origin: Instant,
     /// The last record we saw and when (our clock) we saw it change.
     observed: Option<(String, Duration)>,
+}
+
+/// Who holds the Lease after an attempt.
+enum Lead {
+    Holder,
+    /// Someone else, until `until` on [`LeaderElector::now`]'s clock.
+    Follower {
+        until: Duration,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,19 +84,21 @@ impl LeaderElector {
                 _ = &mut shutdown => break,
             };
             let now = self.now();
-            match outcome {
-                Ok(true) => {
+            let after = match outcome {
+                Ok(Lead::Holder) => {
                     if last_renew.is_none() {
                         tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
                     }
                     last_renew = Some(now);
                     leader.send_replace(true);
+                    Attempt::Led
                 }
-                Ok(false) => {
+                Ok(Lead::Follower { until }) => {
                     if last_renew.take().is_some() {
                         tracing::warn!(lease = %self.config.name, "lost the lease to another holder; writes stopped");
                     }
                     leader.send_replace(false);
+                    Attempt::Followed { until, now }
                 }
                 Err(e) => {
                     tracing::warn!(lease = %self.config.name, error = %e, "lease renew/acquire failed");
@@ -96,10 +109,11 @@ impl LeaderElector {
                             leader.send_replace(false);
                         }
                     }
+                    Attempt::Failed
                 }
-            }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.config.retry_period) => {}
+                _ = tokio::time::sleep(next_attempt(after, self.config.retry_period)) => {}
                 _ = &mut shutdown => break,
             }
         }
@@ -114,7 +128,7 @@ impl LeaderElector {
         }
     }
 
-    async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaseError> {
+    async fn try_acquire_or_renew(&mut self) -> Result<Lead, LeaseError> {
         let now_ts = MicroTime(Timestamp::now());
         let existing = self.api.get_opt(&self.config.name).await?;
         let Some(lease) = existing else {
@@ -134,8 +148,8 @@ impl LeaderElector {
                 }),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Ok(_) => Ok(Lead::Holder),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(self.lost_race()),
                 Err(e) => Err(e.into()),
             };
         };
@@ -158,7 +172,7 @@ impl LeaderElector {
             }
         };
         match decide(&self.config.identity, &record, observed_at, now) {
-            LeaseAction::Follow { .. } => Ok(false),
+            LeaseAction::Follow { until, .. } => Ok(Lead::Follower { until }),
             LeaseAction::Take { new_transition } => {
                 let mut updated = lease.clone();
                 let s = updated.spec.get_or_insert_with(Default::default);
@@ -179,13 +193,19 @@ impl LeaderElector {
                             written.metadata.resource_version.unwrap_or_default(),
                             self.now(),
                         ));
-                        Ok(true)
+                        Ok(Lead::Holder)
                     }
-                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(self.lost_race()),
                     Err(e) => Err(e.into()),
                 }
             }
         }
+    }
+
+    /// Someone else wrote the Lease first: follow, and look again at once (the next read
+    /// records when the new record was seen).
+    fn lost_race(&self) -> Lead {
+        Lead::Follower { until: self.now() }
     }
 
     /// Give the Lease up: empty holder, 1 s duration (as client-go does), guarded by RV.

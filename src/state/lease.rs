@@ -20,8 +20,40 @@ pub enum LeaseAction {
     /// Nobody holds it, it expired, or we hold it: write ourselves as holder
     /// (`new_transition`: the holder changes, so bump `leaseTransitions` and `acquireTime`).
     Take { new_transition: bool },
-    /// Someone else holds a live lease: stay a follower.
-    Follow { holder: String },
+    /// Someone else holds a live lease: stay a follower. It expires for us at `until` (same
+    /// clock as `now`) unless it changes before.
+    Follow { holder: String, until: Duration },
+}
+
+/// How the last acquire/renew attempt ended, for [`next_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// We hold the Lease.
+    Led,
+    /// Someone else holds it until `until`, on the same clock as `now`.
+    Followed { until: Duration, now: Duration },
+    /// The API call failed (or timed out).
+    Failed,
+}
+
+/// Wait after following an expiring lease, past the expiry instant itself.
+const PAST_EXPIRY: Duration = Duration::from_millis(20);
+
+/// How long to wait before the next attempt. A leader renews every retry period, as client-go
+/// does. A follower also looks every retry period but never sleeps past the moment the lease
+/// expires for it, so a dead leader is replaced `leaseDuration` after its last renew was seen
+/// rather than up to a retry period later. A failed call is retried after a quarter period:
+/// one lost request (an API 500) should not cost a takeover, or a renewal, a whole period.
+pub fn next_attempt(after: Attempt, retry_period: Duration) -> Duration {
+    match after {
+        Attempt::Led => retry_period,
+        Attempt::Followed { until, now } => {
+            retry_period.min(until.saturating_sub(now) + PAST_EXPIRY)
+        }
+        Attempt::Failed => (retry_period / 4)
+            .max(Duration::from_millis(100))
+            .min(retry_period),
+    }
 }
 
 /// Decide from the record, when we last saw it change (`observed_at`) and `now`
@@ -34,6 +66,7 @@ pub fn decide(me: &str, record: &LeaseRecord, observed_at: Duration, now: Durati
         Some(h) if !h.is_empty() && now < observed_at + record.lease_duration => {
             LeaseAction::Follow {
                 holder: h.to_string(),
+                until: observed_at + record.lease_duration,
             }
         }
         _ => LeaseAction::Take {
@@ -94,6 +127,7 @@ mod tests {
                 s(20),
                 LeaseAction::Follow {
                     holder: "other".into(),
+                    until: s(25),
                 },
             ),
             (
@@ -102,6 +136,7 @@ mod tests {
                 s(24),
                 LeaseAction::Follow {
                     holder: "other".into(),
+                    until: s(25),
                 },
             ),
             // Expired 15 s after we last saw it change, whatever its renewTime says.
@@ -121,6 +156,46 @@ mod tests {
                 "{holder:?} {now:?}"
             );
         }
+    }
+
+    #[test]
+    fn next_attempt_table() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        let cases = [
+            (Attempt::Led, s(2)),
+            // Far from expiry: the retry period.
+            (
+                Attempt::Followed {
+                    until: s(25),
+                    now: s(10),
+                },
+                s(2),
+            ),
+            // Expiring within the period: just past the expiry instant.
+            (
+                Attempt::Followed {
+                    until: s(25),
+                    now: ms(24_500),
+                },
+                ms(520),
+            ),
+            // Already expired (the take failed with a conflict): just past now.
+            (
+                Attempt::Followed {
+                    until: s(25),
+                    now: s(26),
+                },
+                ms(20),
+            ),
+            (Attempt::Failed, ms(500)),
+        ];
+        for (after, want) in cases {
+            assert_eq!(next_attempt(after, s(2)), want, "{after:?}");
+        }
+        // Short periods: a failure waits at least 100 ms, never more than the period.
+        assert_eq!(next_attempt(Attempt::Failed, ms(200)), ms(100));
+        assert_eq!(next_attempt(Attempt::Failed, ms(50)), ms(50));
     }
 
     #[test]

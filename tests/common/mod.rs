@@ -196,38 +196,14 @@ impl Env {
     pub fn spawn(&mut self, extra: &[String]) {
         let mut args = self.args();
         args.extend(extra.iter().cloned());
-        let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_acrpull"))
-            .args(&args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env_remove("ACR_SERVER")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("acrpull starts");
-        self.child = Some(child);
+        self.child = Some(self.command(&args, &self.log));
     }
 
     /// Like [`Env::spawn`], but a flag in `extra` replaces the harness's own value of that flag
     /// (e.g. `--log-level=trace`) instead of being passed twice.
     pub fn spawn_overriding(&mut self, extra: &[String]) {
-        let flag = |a: &str| a.split('=').next().unwrap_or(a).to_string();
-        let overridden: Vec<String> = extra.iter().map(|a| flag(a)).collect();
-        let mut args = self.args();
-        args.retain(|a| !overridden.contains(&flag(a)));
-        args.extend(extra.iter().cloned());
-        let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_acrpull"))
-            .args(&args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env_remove("ACR_SERVER")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("acrpull starts");
-        self.child = Some(child);
+        let args = overriding(self.args(), extra);
+        self.child = Some(self.command(&args, &self.log));
     }
 
     /// The controller's process id, while it runs.
@@ -237,26 +213,34 @@ impl Env {
 
     /// Another controller process against the same stand-ins (its own probe/metrics ports).
     pub fn second_process(env: &Env, extra: &[String]) -> Child {
-        let mut args = env.args();
-        args.retain(|a| {
-            !a.starts_with("--metrics-bind-address")
-                && !a.starts_with("--health-probe-bind-address")
-        });
-        args.push(format!("--metrics-bind-address=127.0.0.1:{}", free_port()));
-        args.push(format!(
-            "--health-probe-bind-address=127.0.0.1:{}",
-            free_port()
-        ));
-        args.extend(extra.iter().cloned());
-        let log = std::fs::File::create(env.dir.path().join("second.log")).unwrap();
+        env.replica("second", extra).0
+    }
+
+    /// A controller process named `name` (its log is `<dir>/<name>.log`, returned) with its own
+    /// probe and metrics ports; flags in `extra` replace the harness's values. Not owned by
+    /// the `Env`: the caller kills and reaps it.
+    pub fn replica(&self, name: &str, extra: &[String]) -> (Child, PathBuf) {
+        let mut own = vec![
+            format!("--metrics-bind-address=127.0.0.1:{}", free_port()),
+            format!("--health-probe-bind-address=127.0.0.1:{}", free_port()),
+        ];
+        own.extend(extra.iter().cloned());
+        let args = overriding(self.args(), &own);
+        let log = self.dir.path().join(format!("{name}.log"));
+        (self.command(&args, &log), log)
+    }
+
+    fn command(&self, args: &[String], log: &std::path::Path) -> Child {
+        let log = std::fs::File::create(log).unwrap();
         Command::new(env!("CARGO_BIN_EXE_acrpull"))
-            .args(&args)
-            .env("KUBECONFIG", &env.kubeconfig)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("ACR_SERVER")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("second acrpull starts")
+            .expect("acrpull starts")
     }
 
     pub fn logs(&self) -> String {
@@ -407,4 +391,13 @@ pub fn pull_secrets(sa: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `base` with every flag that `extra` sets replaced by `extra`'s value.
+fn overriding(mut base: Vec<String>, extra: &[String]) -> Vec<String> {
+    let flag = |a: &str| a.split('=').next().unwrap_or(a).to_string();
+    let overridden: Vec<String> = extra.iter().map(|a| flag(a)).collect();
+    base.retain(|a| !overridden.contains(&flag(a)));
+    base.extend(extra.iter().cloned());
+    base
 }
