@@ -25,3 +25,6 @@ scripts/build-static.sh
 
 step "cargo test (workspace)"
 cargo test --workspace --no-fail-fast
+
+step "short fuzz run (cargo-fuzz on stable, --sanitizer none, 20 s per target)"
+FUZZ_STABLE=1 FUZZ_INSTALL=1 scripts/fuzz.sh 20
