@@ -14,7 +14,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::Value;
 
 const NAMESPACE: &str = "acrpull-system";
@@ -182,15 +181,13 @@ fn parse_file(path: &Path) -> Vec<Doc> {
         .to_string_lossy()
         .into_owned();
     let source = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{file}: {e}"));
-    serde_yaml::Deserializer::from_str(&source)
-        .enumerate()
-        .map(|(i, document)| {
-            let value = Value::deserialize(document)
-                .unwrap_or_else(|e| panic!("{file}: document {}: {e}", i + 1));
-            Doc {
-                file: file.clone(),
-                value,
-            }
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(&source).unwrap_or_else(|e| panic!("{file}: {e}"));
+    documents
+        .into_iter()
+        .map(|value| Doc {
+            file: file.clone(),
+            value,
         })
         .filter(|doc| !doc.value.is_null())
         .collect()

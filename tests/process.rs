@@ -385,8 +385,8 @@ fn rbac_rules() -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).unwrap();
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    for v in docs {
         if v["kind"] != "ClusterRole" && v["kind"] != "Role" {
             continue;
         }

@@ -77,6 +77,9 @@ struct Plan {
 struct Tally {
     api_500: u64,
     api_409: u64,
+    /// 409s the stand-in returned on its own (a stale resourceVersion, an existing object),
+    /// not by an injected fault; a sign of writes from a stale cache.
+    api_409_real: u64,
     watch_faults: u64,
     azure_429: u64,
     azure_5xx: u64,
@@ -718,8 +721,17 @@ async fn soak(plan: Plan) {
     for r in env.kube.requests() {
         match r.status {
             500 => tally.api_500 += 1,
+            409 if r.faults.is_empty() => tally.api_409_real += 1,
             409 => tally.api_409 += 1,
             _ => {}
+        }
+    }
+    let mut real_409: BTreeMap<String, u64> = BTreeMap::new();
+    for r in env.kube.requests() {
+        if r.status == 409 && r.faults.is_empty() {
+            *real_409
+                .entry(format!("{} {}/{}", r.verb, r.resource, r.subresource))
+                .or_default() += 1;
         }
     }
     for r in env.azure.requests() {
@@ -801,10 +813,16 @@ async fn soak(plan: Plan) {
         .collect();
     eprintln!("  azure hops: {}", hops.join("; "));
     let kube_requests = env.kube.requests().len();
-    let azure_requests = env.azure.requests().len();
+    // Connections reset by a hard-down registry never got an answer that could be a 429.
+    let azure_requests = env
+        .azure
+        .requests()
+        .iter()
+        .filter(|r| r.status != 0)
+        .count();
     eprintln!(
         "  kube requests: {kube_requests} ({:.1} % answered 500); azure requests: \
-         {azure_requests} ({:.1} % answered 429)",
+         {azure_requests} answered ({:.1} % with 429)",
         100.0 * tally.api_500 as f64 / kube_requests.max(1) as f64,
         100.0 * tally.azure_429 as f64 / azure_requests.max(1) as f64
     );
@@ -812,6 +830,7 @@ async fn soak(plan: Plan) {
         eprintln!("  violation at {:.0}s: {}", v.at, v.what);
     }
     eprintln!("  outages: {outages:?}");
+    eprintln!("  409s not injected, by request: {real_409:?}");
     if !violations.is_empty() {
         let keep = std::env::temp_dir().join(format!("acrpull-soak-{}.log", std::process::id()));
         if std::fs::write(&keep, &logs).is_ok() {

@@ -146,7 +146,40 @@ pub fn rfc3339(t: Timestamp) -> String {
         .to_string()
 }
 
-/// Parse an annotation timestamp; `None` for anything unreadable.
+/// Parse an annotation timestamp; `None` for anything unreadable. jiff also reads RFC 9557
+/// extended years (`+010000-01-01T00:00:00Z`); RFC 3339 has four-digit years only and
+/// [`rfc3339`] cannot write others back, so they are unreadable here too (found by fuzzing).
 pub fn parse_time(annotations: &BTreeMap<String, String>, key: &str) -> Option<Timestamp> {
-    annotations.get(key).and_then(|v| v.trim().parse().ok())
+    let value = annotations.get(key)?.trim();
+    if value.starts_with(['+', '-']) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotation_times_are_rfc3339_and_round_trip() {
+        let key = "acr.microsoft.com/token.expiry";
+        let cases = [
+            ("2026-11-28T06:00:00Z", Some("2026-11-28T06:00:00Z")),
+            (" 2026-11-28T06:00:00Z ", Some("2026-11-28T06:00:00Z")),
+            ("2026-11-28T07:00:00+01:00", Some("2026-11-28T06:00:00Z")),
+            ("0000-01-01T00:00:00Z", Some("0000-01-01T00:00:00Z")),
+            ("9999-12-30T00:00:00Z", Some("9999-12-30T00:00:00Z")),
+            // Found by fuzzing: extended years parse in jiff but cannot be written back.
+            ("+010000-01-01T00:00:00Z", None),
+            ("-004026-01-01T00:00:00Z", None),
+            ("not-a-date", None),
+            ("", None),
+        ];
+        for (value, want) in cases {
+            let map = BTreeMap::from([(key.to_string(), value.to_string())]);
+            let got = parse_time(&map, key).map(rfc3339);
+            assert_eq!(got.as_deref(), want, "{value:?}");
+        }
+    }
 }

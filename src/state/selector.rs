@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::state::text::truncate;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requirement {
     Equals(String, String),
@@ -166,18 +168,21 @@ fn check_key(key: &str) -> Result<(), String> {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         {
-            return Err(format!("invalid label key prefix in {key:?}"));
+            return Err(format!(
+                "invalid label key prefix in {:?}",
+                truncate(key, 80)
+            ));
         }
     }
     if name.is_empty() || name.len() > 63 || !name_chars(name) {
-        return Err(format!("invalid label key {key:?}"));
+        return Err(format!("invalid label key {:?}", truncate(key, 80)));
     }
     Ok(())
 }
 
 fn check_value(v: &str) -> Result<(), String> {
     if v.len() > 63 || (!v.is_empty() && !name_chars(v)) {
-        return Err(format!("invalid label value {v:?}"));
+        return Err(format!("invalid label value {:?}", truncate(v, 80)));
     }
     Ok(())
 }
@@ -253,6 +258,19 @@ mod tests {
         ] {
             let e = Selector::parse(sel).expect_err(sel);
             assert!(e.to_string().contains("invalid label selector"), "{e}");
+        }
+    }
+
+    /// Found by fuzzing: the quoted key or value was not cut, so the message grew with the input.
+    #[test]
+    fn messages_quote_a_bounded_excerpt() {
+        for sel in [
+            format!("{}=x", "k".repeat(5000)),
+            format!("{}/k=x", "p".repeat(5000)),
+            format!("k={}", "v".repeat(5000)),
+        ] {
+            let e = Selector::parse(&sel).expect_err("too long").to_string();
+            assert!(e.len() < 600, "{} bytes", e.len());
         }
     }
 }

@@ -134,10 +134,10 @@ fn is_events_v1(t: &ResourceType) -> bool {
 
 /// Parse multi-document YAML (or JSON) into objects, skipping empty documents.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, HandleError> {
-    use serde::Deserialize as _;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| HandleError::Parse(e.to_string()))?;
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let v = Value::deserialize(doc).map_err(|e| HandleError::Parse(e.to_string()))?;
+    for v in docs {
         match v {
             Value::Null => {}
             Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {

@@ -46,7 +46,7 @@ mod tests {
     fn renders_server() {
         let k = super::render("http://127.0.0.1:1234");
         assert!(k.contains("server: http://127.0.0.1:1234"));
-        let v: serde_yaml::Value = serde_yaml::from_str(&k).unwrap();
+        let v: serde_json::Value = serde_saphyr::from_str(&k).unwrap();
         assert_eq!(v["current-context"].as_str(), Some("kube-standin"));
     }
 }

@@ -126,7 +126,7 @@ fn parse_body(call: &Call) -> ApiResult<Value> {
     }
     let ct = call.content_type.split(';').next().unwrap_or("").trim();
     if ct.contains("yaml") {
-        return serde_yaml::from_slice::<Value>(&call.body)
+        return serde_saphyr::from_slice::<Value>(&call.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
     }
     if !ct.is_empty() && !ct.contains("json") && ct != "*/*" {
