@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::Client;
 use tokio::sync::watch;
 
@@ -227,13 +227,10 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         drop(release_rx);
         None
     };
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "acrpull".into(),
-            instance: Some(identity),
-        },
-    );
+    let reporter = Reporter {
+        controller: "acrpull".into(),
+        instance: Some(identity),
+    };
     let tracker = Tracker::default();
     registry.register_collector(Box::new(BindingCollector::new(
         tracker.clone(),
@@ -265,7 +262,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             selector,
             caches.secrets.clone(),
             caches.service_accounts.clone(),
-            recorder,
+            reporter,
             leader_rx.clone(),
             tracker,
             cli.kube_call_timeout,

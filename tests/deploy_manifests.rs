@@ -91,7 +91,7 @@ const REQUIRED: &[Permission] = &[
         scope: Scope::Cluster,
         groups: EVENT_GROUPS,
         resource: "events",
-        verbs: &["create", "patch"],
+        verbs: &["create"],
     },
     Permission {
         scope: Scope::ControllerNamespace,
@@ -103,7 +103,7 @@ const REQUIRED: &[Permission] = &[
         scope: Scope::ControllerNamespace,
         groups: EVENT_GROUPS,
         resource: "events",
-        verbs: &["create", "patch"],
+        verbs: &["create"],
     },
 ];
 

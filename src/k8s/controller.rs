@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Reporter};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
@@ -84,7 +84,8 @@ pub struct Context {
     pub selector: Selector,
     pub secrets: NsCache<SecretMeta>,
     pub service_accounts: NsCache<ServiceAccount>,
-    pub recorder: Recorder,
+    /// Who the controller's Events say reported them.
+    pub reporter: Reporter,
     pub leader: watch::Receiver<bool>,
     pub tracker: Tracker,
     pub call_timeout: Duration,
@@ -112,7 +113,7 @@ impl Context {
         selector: Selector,
         secrets: NsCache<SecretMeta>,
         service_accounts: NsCache<ServiceAccount>,
-        recorder: Recorder,
+        reporter: Reporter,
         leader: watch::Receiver<bool>,
         tracker: Tracker,
         call_timeout: Duration,
@@ -126,7 +127,7 @@ impl Context {
             selector,
             secrets,
             service_accounts,
-            recorder,
+            reporter,
             leader,
             tracker,
             call_timeout,
@@ -1051,25 +1052,11 @@ async fn publish<K: BindingResource>(
 ) {
     let reference = b.object_ref(&());
     let note = truncate_note(note);
-    // kube-runtime's recorder names events `<object name>.<suffix>`, which the API server
-    // refuses past 253 characters; long binding names get a shortened event name instead.
-    let long = reference.name.as_ref().is_some_and(|n| n.len() > LONG_NAME);
-    let result = if long {
-        tokio::time::timeout(
-            ctx.call_timeout,
-            publish_long(ctx, &reference, type_, reason, action, &note),
-        )
-        .await
-    } else {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        tokio::time::timeout(ctx.call_timeout, ctx.recorder.publish(&ev, &reference)).await
-    };
+    let result = tokio::time::timeout(
+        ctx.call_timeout,
+        publish_event(ctx, &reference, type_, reason, action, &note),
+    )
+    .await;
     match result {
         Ok(Ok(())) => {}
         // Events are best effort: a failure to record one never fails the reconcile.
@@ -1078,12 +1065,34 @@ async fn publish<K: BindingResource>(
     }
 }
 
-/// Object names longer than this get events named by [`publish_long`].
+/// Object names longer than this get a shortened Event name (see [`event_name`]).
 const LONG_NAME: usize = 200;
 
-/// An `events.k8s.io/v1` Event for an object whose name is too long for the recorder's
-/// naming scheme: `<first 200 characters>.<hash of the full name>.<timestamp>`.
-async fn publish_long(
+/// `<object name>.<timestamp in hex nanoseconds>` as kube-runtime and client-go name Events;
+/// for names longer than [`LONG_NAME`], which would push the Event's name past 253
+/// characters, `<first 200 characters>.<hash of the full name>.<timestamp>`.
+fn event_name(object: &str, now: Timestamp) -> String {
+    if object.len() <= LONG_NAME {
+        return format!("{object}.{:x}", now.as_nanosecond());
+    }
+    let mut cut = LONG_NAME;
+    while !object.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = crate::state::names::base36_sha224(object.as_bytes());
+    format!(
+        "{}.{}.{:x}",
+        object[..cut].trim_end_matches(['.', '-']),
+        &hash[..hash.len().min(10)],
+        now.as_nanosecond()
+    )
+}
+
+/// Write one `events.k8s.io/v1` Event about `reference`. Written directly rather than through
+/// kube-runtime's `Recorder`: the recorder keeps every Event it sent for 6 minutes to fold
+/// repeats into a series, which is ~20,000 objects in memory while 10,000 bindings converge,
+/// and acrpull already thins repeats itself (`k8s::events`).
+async fn publish_event(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     type_: EventType,
@@ -1093,23 +1102,14 @@ async fn publish_long(
 ) -> Result<(), kube::Error> {
     use k8s_openapi::api::events::v1::Event as K8sEvent;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-    let full = reference.name.clone().unwrap_or_default();
-    let mut cut = LONG_NAME.min(full.len());
-    while !full.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let hash = crate::state::names::base36_sha224(full.as_bytes());
     let now = Timestamp::now();
-    let name = format!(
-        "{}.{}.{:x}",
-        full[..cut].trim_end_matches(['.', '-']),
-        &hash[..hash.len().min(10)],
-        now.as_nanosecond()
-    );
     let namespace = reference.namespace.clone().unwrap_or_default();
     let event = K8sEvent {
         metadata: ObjectMeta {
-            name: Some(name),
+            name: Some(event_name(
+                reference.name.as_deref().unwrap_or_default(),
+                now,
+            )),
             namespace: Some(namespace.clone()),
             ..Default::default()
         },
@@ -1118,8 +1118,13 @@ async fn publish_long(
         note: Some(note.into()),
         event_time: Some(MicroTime(now)),
         regarding: Some(reference.clone()),
-        reporting_controller: Some("acrpull".into()),
-        reporting_instance: Some("acrpull".into()),
+        reporting_controller: Some(ctx.reporter.controller.clone()),
+        reporting_instance: Some(
+            ctx.reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| ctx.reporter.controller.clone()),
+        ),
         type_: Some(
             match type_ {
                 EventType::Normal => "Normal",
@@ -1160,4 +1165,26 @@ pub fn error_policy<K: BindingResource>(
         reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed"
     );
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod event_name_tests {
+    use super::*;
+
+    #[test]
+    fn event_names_are_valid_object_names() {
+        let now: Timestamp = "2026-11-28T07:00:00Z".parse().unwrap();
+        // `<name>.<nanoseconds since the epoch in hex>`, as kube-runtime names them.
+        assert_eq!(event_name("app", now), "app.18ec2355242b6000");
+        for len in [1, 199, 200, 201, 253] {
+            let object = "a".repeat(len);
+            let name = event_name(&object, now);
+            assert!(name.len() <= 253, "{len}: {} characters", name.len());
+            assert!(name.starts_with(&object[..len.min(LONG_NAME)]));
+        }
+        // Two long names that share their first 200 characters get different Event names.
+        let a = format!("{}-one", "x".repeat(210));
+        let b = format!("{}-two", "x".repeat(210));
+        assert_ne!(event_name(&a, now), event_name(&b, now));
+    }
 }

@@ -1,6 +1,7 @@
 //! Event aggregation: a failing binding must not flood the namespace with events. A failure
 //! event is published when the message changes, and otherwise only on the 1st, 2nd, 4th, 8th …
-//! consecutive failure; kube-runtime's recorder then folds repeats into an event series.
+//! consecutive failure. Each published failure is its own Event (no series patching, so no
+//! cache of sent Events in the controller; see `k8s::controller::publish_event`).
 
 /// Whether the `failures`-th consecutive failure with `new_error` deserves an event, given the
 /// error already in status.
