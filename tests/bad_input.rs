@@ -843,13 +843,7 @@ async fn bad_input_matrix_on_one_controller() {
     for ns in ["team-a", "team-b"] {
         env.create(sa(ns, "puller", json!({})));
     }
-    env.create(sa(
-        "team-a",
-        "federated",
-        json!({
-        "azure.workload.identity/client-id": WI_CLIENT,
-        "azure.workload.identity/tenant-id": TENANT}),
-    ));
+    env.create(federated_sa("team-a"));
     env.create(sa("team-b", "wi-none", json!({})));
     env.create(sa(
         "team-b",

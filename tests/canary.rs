@@ -157,13 +157,7 @@ async fn run_canary(format: &str) {
 
     env.create(sa("team-a", "puller", json!({})));
     env.create(sa("team-a", "default", json!({})));
-    env.create(sa(
-        "team-a",
-        "federated",
-        json!({
-        "azure.workload.identity/client-id": WI_CLIENT,
-        "azure.workload.identity/tenant-id": TENANT}),
-    ));
+    env.create(federated_sa("team-a"));
     // Annotated, but no federated credential: Entra refuses the assertion.
     env.create(sa(
         "team-a",

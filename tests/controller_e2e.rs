@@ -144,12 +144,7 @@ async fn same_name_v1beta1_and_v1beta2_bindings_coexist_and_order_is_kept() {
 async fn workload_identity_uses_the_referenced_service_account() {
     let env = Env::start().await;
     env.create(sa("team-a", "puller", json!({})));
-    env.create(sa(
-        "team-a",
-        "federated",
-        json!({"azure.workload.identity/client-id": WI_CLIENT,
-               "azure.workload.identity/tenant-id": TENANT}),
-    ));
+    env.create(federated_sa("team-a"));
     env.create(json!({"apiVersion": V2, "kind": "AcrPullBinding",
         "metadata": {"name": "wi", "namespace": "team-a"},
         "spec": {"acr": {"server": REGISTRY, "scope": "repository:app:pull", "environment": "PublicCloud"},

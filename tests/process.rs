@@ -146,7 +146,7 @@ async fn two_replicas_one_writer_and_failover() {
         ]
     };
     env.spawn(&lease_args("replica-a"));
-    let mut second = Env::second_process(&env, &lease_args("replica-b"));
+    let (mut second, _) = env.replica("replica-b", &lease_args("replica-b"));
     // One of them takes the Lease.
     let lease = env
         .kube
@@ -328,12 +328,7 @@ async fn rbac_manifests_cover_every_request_the_controller_makes() {
     .await;
     // Exercise every path: managed and workload identity, attach, failure, deletion.
     env.create(sa("team-a", "puller", json!({})));
-    env.create(sa(
-        "team-a",
-        "federated",
-        json!({"azure.workload.identity/client-id": WI_CLIENT,
-               "azure.workload.identity/tenant-id": TENANT}),
-    ));
+    env.create(federated_sa("team-a"));
     env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
     env.create(json!({"apiVersion": V2, "kind": "AcrPullBinding",
         "metadata": {"name": "wi", "namespace": "team-a"},

@@ -213,16 +213,10 @@ fn median(v: &[u64]) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
-/// Leader-election flags of the replicas: the controller's defaults, spelled out.
-const LEASE_FLAGS: [&str; 5] = [
-    "--leader-elect",
-    "--leader-election-namespace=team-a",
-    "--lease-duration=15s",
-    "--renew-deadline=10s",
-    "--retry-period=2s",
-];
-const LEASE_SECS: f64 = 15.0;
-const RETRY_SECS: f64 = 2.0;
+/// Leader-election timing of the replicas: the controller's defaults, spelled out.
+const LEASE_SECS: u64 = 15;
+const RENEW_DEADLINE_SECS: u64 = 10;
+const RETRY_SECS: u64 = 2;
 
 struct Replica {
     name: String,
@@ -263,8 +257,14 @@ impl Fleet {
         self.spawned += 1;
         let mut args = vec!["--log-level=info".to_string()];
         if self.elect {
-            args.extend(LEASE_FLAGS.iter().map(|f| f.to_string()));
-            args.push(format!("--pod-name={name}"));
+            args.extend([
+                "--leader-elect".to_string(),
+                "--leader-election-namespace=team-a".to_string(),
+                format!("--lease-duration={LEASE_SECS}s"),
+                format!("--renew-deadline={RENEW_DEADLINE_SECS}s"),
+                format!("--retry-period={RETRY_SECS}s"),
+                format!("--pod-name={name}"),
+            ]);
         }
         let (child, log) = env.replica(&name, &args);
         self.live.push(Replica { name, child, log });
@@ -410,13 +410,7 @@ async fn soak(plan: Plan) {
             env.create(sa(ns, &format!("sa-{i}"), json!({})));
         }
     }
-    env.create(sa(
-        "team-a",
-        "federated",
-        json!({
-        "azure.workload.identity/client-id": WI_CLIENT,
-        "azure.workload.identity/tenant-id": TENANT}),
-    ));
+    env.create(federated_sa("team-a"));
 
     let mut tracked: Vec<Tracked> = Vec::new();
     // `by_resource_id`: the bindings name the managed identity by resource id, a different
@@ -907,7 +901,7 @@ async fn soak(plan: Plan) {
         // renew up to a period late (acrpull wakes at the expiry itself, see
         // `state::lease::next_attempt`). Slack for a loaded machine and an API server that
         // answers 500 to one request in eight (each failure costs a quarter period).
-        let bound = LEASE_SECS + RETRY_SECS + 3.0;
+        let bound = (LEASE_SECS + RETRY_SECS) as f64 + 3.0;
         assert!(
             takeovers.iter().all(|t| *t <= bound),
             "takeover beyond {bound} s: {takeovers:?}"

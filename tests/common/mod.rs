@@ -206,16 +206,6 @@ impl Env {
         self.child = Some(self.command(&args, &self.log));
     }
 
-    /// The controller's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    /// Another controller process against the same stand-ins (its own probe/metrics ports).
-    pub fn second_process(env: &Env, extra: &[String]) -> Child {
-        env.replica("second", extra).0
-    }
-
     /// A controller process named `name` (its log is `<dir>/<name>.log`, returned) with its own
     /// probe and metrics ports; flags in `extra` replace the harness's values. Not owned by
     /// the `Env`: the caller kills and reaps it.
@@ -360,6 +350,17 @@ impl Drop for Env {
 pub fn sa(ns: &str, name: &str, annotations: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "ServiceAccount",
            "metadata": {"name": name, "namespace": ns, "annotations": annotations}})
+}
+
+/// The ServiceAccount `federated` in `ns`, annotated for workload identity with the app
+/// registration the Azure stand-in federates (`WI_CLIENT` in `TENANT`).
+pub fn federated_sa(ns: &str) -> Value {
+    sa(
+        ns,
+        "federated",
+        json!({"azure.workload.identity/client-id": WI_CLIENT,
+               "azure.workload.identity/tenant-id": TENANT}),
+    )
 }
 
 pub fn v2_managed(ns: &str, name: &str, sa: &str, scope: &str) -> Value {
