@@ -12,15 +12,19 @@ use crate::azure::{
     AuthorityHosts, IdentityAudience, LimitConfig, Limits, PipelineConfig, PipelineMetrics,
     TokenPipeline,
 };
-use crate::config::Cli;
+use crate::config::{Audience, Cli};
 use crate::http::health::{self, Readiness};
 use crate::http::metrics::{self, BindingCollector};
-use crate::k8s::controller::Context;
+use crate::k8s::cache::Caches;
+use crate::k8s::context::Context;
+use crate::k8s::failures::Failures;
 use crate::k8s::leader::{LeaderConfig, LeaderElector};
 use crate::k8s::metrics::ControllerMetrics;
-use crate::k8s::run::{self, Caches, RunConfig};
+use crate::k8s::run::{self, RunConfig};
 use crate::k8s::sa_token::TokenRequests;
 use crate::k8s::tracker::Tracker;
+use crate::k8s::verify::Verifier;
+use crate::k8s::writer::Writer;
 use crate::state::binding::{EnvDefaults, Policy};
 use crate::state::selector::Selector;
 
@@ -102,17 +106,15 @@ pub fn pipeline_config(cli: &Cli) -> Result<PipelineConfig, AppError> {
             acr_per_registry: LimitConfig::new(cli.acr_rps, 1, cli.acr_concurrency),
         },
         service_account_token_audience: cli.service_account_token_audience.clone(),
-        default_audience: audience(cli),
         allowed_suffixes: cli.allowed_suffixes().as_slice().to_vec(),
         ..PipelineConfig::default()
     })
 }
 
 fn audience(cli: &Cli) -> IdentityAudience {
-    if cli.identity_audience == "container-registry" {
-        IdentityAudience::ContainerRegistry
-    } else {
-        IdentityAudience::ResourceManager
+    match cli.identity_audience {
+        Audience::ResourceManager => IdentityAudience::ResourceManager,
+        Audience::ContainerRegistry => IdentityAudience::ContainerRegistry,
     }
 }
 
@@ -177,10 +179,6 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let controller_metrics = ControllerMetrics::default();
     controller_metrics.register(&mut registry);
 
-    let sa_tokens = Arc::new(TokenRequests::new(client.clone(), cli.kube_call_timeout));
-    let pipeline = TokenPipeline::new(pipeline_config(&cli)?, sa_tokens, pipeline_metrics)
-        .map_err(|e| AppError::Pipeline(e.to_string()))?;
-
     let readiness = Readiness::new(run::WATCHES);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = {
@@ -207,7 +205,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     // Leadership: without --leader-elect this replica always leads.
     let (leader_tx, leader_rx) = watch::channel(!cli.leader_elect);
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    let elector = if cli.leader_elect {
+    let mut elector = if cli.leader_elect {
         let elector = LeaderElector::new(
             client.clone(),
             LeaderConfig {
@@ -227,10 +225,12 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         drop(release_rx);
         None
     };
-    let reporter = Reporter {
-        controller: "acrpull".into(),
-        instance: Some(identity),
-    };
+    // Every write — the token pipeline's TokenRequests included — checks leadership here.
+    let writer = Writer::new(client.clone(), leader_rx.clone(), cli.kube_call_timeout);
+    let sa_tokens = Arc::new(TokenRequests::new(writer.clone()));
+    let pipeline = TokenPipeline::new(pipeline_config(&cli)?, sa_tokens, pipeline_metrics)
+        .map_err(|e| AppError::Pipeline(e.to_string()))?;
+
     let tracker = Tracker::default();
     registry.register_collector(Box::new(BindingCollector::new(
         tracker.clone(),
@@ -243,7 +243,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let metrics_app = metrics::router(
         registry.clone(),
         tracker.clone(),
-        leader_rx.clone(),
+        leader_rx,
         cli.debug_endpoint,
     );
     let metrics_shutdown = shutdown.clone();
@@ -253,40 +253,39 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             .await;
     });
 
-    let caches = Caches::new();
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            Arc::new(pipeline),
-            policy(&cli),
-            selector,
-            caches.secrets.clone(),
-            caches.service_accounts.clone(),
-            reporter,
-            leader_rx.clone(),
-            tracker,
-            cli.kube_call_timeout,
-            audience(&cli),
-            controller_metrics,
-        )
-        .with_verification(cli.verify_credentials),
-    );
+    let ctx = Arc::new(Context {
+        writer,
+        verifier: Verifier::new(
+            pipeline.clone(),
+            controller_metrics.clone(),
+            cli.verify_credentials,
+        ),
+        pipeline,
+        policy: policy(&cli),
+        selector,
+        caches: Caches::default(),
+        tracker,
+        metrics: controller_metrics,
+        readiness: readiness.clone(),
+        audience: audience(&cli),
+        reporter: Reporter {
+            controller: "acrpull".into(),
+            instance: Some(identity),
+        },
+        failures: Failures::default(),
+    });
     let controllers = tokio::spawn(run::run(
-        client,
-        caches,
         ctx,
         RunConfig {
             concurrency: cli.concurrency,
             label_selector: cli.label_selector.clone(),
         },
-        readiness.clone(),
-        leader_rx,
         shutdown.clone(),
     ));
 
     // The lease task dying is fatal: a replica that cannot tell whether it leads must not run.
     let lease_died = async {
-        match elector {
+        match elector.as_mut() {
             Some(task) => {
                 let _ = task.await;
             }
@@ -303,16 +302,21 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     readiness.shutting_down();
     let _ = shutdown_tx.send(true);
     let grace = Duration::from_secs(20);
+    let _ = tokio::time::timeout(grace, controllers).await;
+    // Release the Lease only once no reconcile can write any more, and wait for the elector
+    // to have done so (it bounds the release call itself by two retry periods).
+    let _ = release_tx.send(());
+    if let Some(task) = elector {
+        let release = cli.retry_period * 2 + Duration::from_secs(1);
+        if tokio::time::timeout(release, task).await.is_err() {
+            tracing::warn!("the leader elector did not stop in time; the Lease expires on its own");
+        }
+    }
     let _ = tokio::time::timeout(grace, async {
-        let _ = controllers.await;
-        // Release the Lease only once no reconcile can write any more.
-        let _ = release_tx.send(());
         let _ = probes.await;
         let _ = metrics_server.await;
     })
     .await;
-    // Give the elector a moment to release the Lease.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -4,9 +4,27 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 use crate::state::server::{AllowedSuffixes, DEFAULT_ALLOWED_SUFFIXES};
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `--identity-audience`: what identity tokens are requested for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Audience {
+    /// The cloud's Resource Manager (registries with authentication-as-ARM, the default).
+    ResourceManager,
+    /// The ACR audience (registries with authentication-as-ARM disabled).
+    ContainerRegistry,
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -106,8 +124,8 @@ pub struct Cli {
     pub arm_resource: Option<String>,
 
     /// Log format.
-    #[arg(long, env = "ACRPULL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "ACRPULL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "acrpull=debug").
     #[arg(long, env = "ACRPULL_LOG_LEVEL", default_value = "info")]
@@ -153,8 +171,8 @@ pub struct Cli {
 
     /// Audience of identity tokens: Resource Manager (default) or the ACR audience, for
     /// registries with authentication-as-ARM disabled.
-    #[arg(long, env = "ACRPULL_IDENTITY_AUDIENCE", default_value = "resource-manager", value_parser = ["resource-manager", "container-registry"])]
-    pub identity_audience: String,
+    #[arg(long, env = "ACRPULL_IDENTITY_AUDIENCE", value_enum, default_value_t = Audience::ResourceManager)]
+    pub identity_audience: Audience,
 
     /// IMDS requests per second (shared by all bindings).
     #[arg(long, env = "ACRPULL_IMDS_RPS", default_value = "20", value_parser = clap::value_parser!(u32).range(1..))]
@@ -220,35 +238,12 @@ fn parse_bind(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an address like :8080, 0.0.0.0:8080 or [::]:8080"))
 }
 
-/// Go-style durations: "15s", "1m30s", "500ms", "2h".
+/// Go-style durations ("15s", "1m30s", "500ms", "2h"), read by jiff; never negative.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration like 15s, 500ms or 1m30s");
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        let (num, tail) = rest.split_at(digits);
-        let value: f64 = num.parse().map_err(|_| bad())?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_len);
-        let secs = match unit {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            _ => return Err(bad()),
-        };
-        total += Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
-        rest = next;
-    }
-    Ok(total)
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 15s, 500ms or 1m30s ({e})"))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?} is not a duration like 15s: it is negative"))
 }
 
 fn parse_resolve(s: &str) -> Result<(String, SocketAddr), String> {
@@ -306,6 +301,33 @@ mod tests {
         assert_eq!(cli.ttl_rotation_fraction, 0.5);
         assert_eq!(cli.allowed_suffixes(), AllowedSuffixes::defaults());
         assert_eq!(cli.lease_duration, Duration::from_secs(15));
+        assert_eq!(cli.log_format, LogFormat::Text);
+        assert_eq!(cli.identity_audience, Audience::ResourceManager);
+    }
+
+    #[test]
+    fn the_old_deployment_args_still_parse() {
+        // deploy/deployment.yaml of the old controller, and every spelling documented here.
+        let cli = Cli::try_parse_from([
+            "acrpull",
+            "--metrics-bind-address=:8080",
+            "--health-probe-bind-address=:8081",
+            "--leader-elect",
+            "--service-account-token-audience=api://AzureCRTokenExchange",
+            "--ttl-rotation-fraction=0.5",
+            "--log-format=json",
+            "--identity-audience=container-registry",
+            "--lease-duration=1m30s",
+            "--renew-deadline=10s",
+            "--retry-period=500ms",
+            "--kube-call-timeout=1.5s",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.identity_audience, Audience::ContainerRegistry);
+        assert_eq!(cli.lease_duration, Duration::from_secs(90));
+        assert_eq!(cli.retry_period, Duration::from_millis(500));
+        assert_eq!(cli.kube_call_timeout, Duration::from_millis(1500));
     }
 
     #[test]

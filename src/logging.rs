@@ -11,7 +11,7 @@ pub enum LoggingError {
     AlreadySet,
 }
 
-pub fn init(format: &str, level: &str) -> Result<(), LoggingError> {
+pub fn init(format: crate::config::LogFormat, level: &str) -> Result<(), LoggingError> {
     let filter = EnvFilter::try_new(level)
         .map_err(|e| LoggingError::Filter(level.to_string(), e.to_string()))?;
     // Colour only on a terminal: container logs and files get plain text.
@@ -20,7 +20,7 @@ pub fn init(format: &str, level: &str) -> Result<(), LoggingError> {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let result = if format == "json" {
+    let result = if format == crate::config::LogFormat::Json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()

@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = acrpull::config::Cli::parse();
-    acrpull::logging::init(&cli.log_format, &cli.log_level)?;
+    acrpull::logging::init(cli.log_format, &cli.log_level)?;
     if cli.allowed_suffixes().is_disabled() {
         tracing::warn!(
             "registry suffix check disabled (--allowed-acr-server-suffixes is empty): tokens may be sent to any registry host"

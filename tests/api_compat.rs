@@ -153,3 +153,46 @@ fn crd_carries_the_fixed_air_gapped_rule_and_api_shape() {
     assert_eq!(v2json.matches("\"default\"").count(), 1);
     assert!(v2json.contains("\"default\":\"PublicCloud\""));
 }
+
+/// `kubectl get acrpull -A` lists both versions (a category shared by both CRDs); each version
+/// has short names, none shared (kubectl resolves a short name to one resource); and the expiry
+/// column is a string holding the RFC 3339 time: kubectl prints a `date` column as an age,
+/// which shows a future expiry as `0s`.
+#[test]
+fn both_versions_are_found_together_and_the_expiry_reads_as_a_time() {
+    let crds = api::crds();
+    let mut short_names: Vec<String> = Vec::new();
+    for crd in &crds {
+        let names = &crd.spec.names;
+        assert_eq!(
+            names.categories.as_deref(),
+            Some(&["acrpull".to_string()][..]),
+            "{}",
+            crd.spec.group
+        );
+        let own = names.short_names.clone().unwrap_or_default();
+        assert!(!own.is_empty(), "{} has no short name", crd.spec.group);
+        for n in own {
+            assert!(
+                !short_names.contains(&n),
+                "short name {n} is on both versions"
+            );
+            assert_ne!(
+                Some(n.as_str()),
+                Some("acrpull"),
+                "a short name would hide the category"
+            );
+            short_names.push(n);
+        }
+        for version in &crd.spec.versions {
+            let expiry = version
+                .additional_printer_columns
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.json_path == ".status.tokenExpirationTime")
+                .expect("an expiry column");
+            assert_eq!(expiry.type_, "string", "{}: {expiry:?}", crd.spec.group);
+        }
+    }
+}

@@ -36,12 +36,12 @@ fn check(name: &str, spec: &Spec) {
                     tenant_id_annotation: Some(st.secret_name.clone()),
                 };
                 if let Err(e) = st.resolve(Some(&sa)) {
-                    assert!(REASONS.contains(&e.reason) && !e.message.is_empty());
+                    assert!(REASONS.contains(&e.reason.as_str()) && !e.message.is_empty());
                 }
             }
         }
         Err(e) => {
-            assert!(REASONS.contains(&e.reason), "unknown reason {}", e.reason);
+            assert!(REASONS.contains(&e.reason.as_str()), "unknown reason {}", e.reason);
             assert!(!e.message.is_empty() && e.message.len() < 1200, "{}", e.message.len());
         }
     }

@@ -120,6 +120,27 @@ impl ErrorKind {
     }
 }
 
+impl From<ErrorKind> for crate::state::reason::Reason {
+    fn from(kind: ErrorKind) -> Self {
+        use crate::state::reason::Reason;
+        match kind {
+            ErrorKind::IdentityNotFound => Reason::IdentityNotFound,
+            ErrorKind::TenantNotFound => Reason::TenantNotFound,
+            ErrorKind::FederationMismatch => Reason::FederationMismatch,
+            ErrorKind::AssertionExpired => Reason::AssertionExpired,
+            ErrorKind::InvalidScope => Reason::InvalidScope,
+            ErrorKind::Throttled => Reason::Throttled,
+            ErrorKind::AzureUnavailable => Reason::AzureUnavailable,
+            ErrorKind::Unauthorized => Reason::Unauthorized,
+            ErrorKind::InvalidRequest => Reason::InvalidRequest,
+            ErrorKind::RegistryNotAllowed => Reason::RegistryNotAllowed,
+            ErrorKind::ServiceAccountTokenFailed => Reason::ServiceAccountTokenFailed,
+            ErrorKind::InvalidResponse => Reason::InvalidResponse,
+            ErrorKind::InvalidConfig => Reason::InvalidConfig,
+        }
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.reason())
@@ -386,6 +407,8 @@ mod tests {
             );
             assert!(seen.insert(reason), "duplicate {reason}");
             assert!(!AzureError::new(kind, "x").hint().is_empty());
+            // The binding's reason is the same word.
+            assert_eq!(crate::state::reason::Reason::from(kind).as_str(), reason);
         }
     }
 

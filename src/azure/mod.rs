@@ -91,7 +91,7 @@ pub struct CredentialRequest {
     pub scope: Option<String>,
     pub identity: Identity,
     pub cloud: Cloud,
-    /// Usually [`PipelineConfig::default_audience`]; per request so it can become per binding.
+    /// `--identity-audience`; per request so it can become per binding.
     pub audience: IdentityAudience,
     /// v1beta1 `ARM_RESOURCE` (the caller passes [`V1BETA1_DEFAULT_ARM_RESOURCE`] when unset);
     /// replaces the cloud's Resource Manager audience.

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use jiff::{SignedDuration, Timestamp};
 
@@ -80,8 +81,6 @@ pub struct PipelineConfig {
     pub retry: RetryPolicy,
     /// Audience of the ServiceAccount tokens presented to Entra.
     pub service_account_token_audience: String,
-    /// The audience the controller puts into requests (`CredentialRequest::audience`).
-    pub default_audience: IdentityAudience,
     /// Allowed registry suffixes (exact or any subdomain); empty allows every host.
     pub allowed_suffixes: Vec<String>,
     /// Identity tokens are re-fetched when less than this is left.
@@ -102,7 +101,6 @@ impl Default for PipelineConfig {
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
             service_account_token_audience: "api://AzureCRTokenExchange".to_string(),
-            default_audience: IdentityAudience::ResourceManager,
             allowed_suffixes: vec![
                 "azurecr.io".to_string(),
                 "azurecr.us".to_string(),
@@ -260,15 +258,6 @@ impl TokenPipeline {
                 access_tokens: SingleFlight::new(),
             }),
         })
-    }
-
-    /// The audience the controller should put into requests by default.
-    pub fn default_audience(&self) -> IdentityAudience {
-        self.inner.config.default_audience
-    }
-
-    pub fn metrics(&self) -> &PipelineMetrics {
-        &self.inner.metrics
     }
 
     /// The registry credential for `req`: from cache when usable, else fetched with at most one
@@ -514,24 +503,31 @@ impl Inner {
         Ok(token)
     }
 
-    /// ACR refresh token for `key`. `fresher_than` applies only when it is the credential.
-    async fn refresh_token(
+    /// An ACR token from `cache`, fetched with `fetch` when no usable one is held: served
+    /// before its half-life and, when `fresher_than` is set, only if it expires later than that
+    /// (the credential the caller already holds).
+    async fn acr_token<K>(
         self: Arc<Self>,
-        key: RefreshKey,
+        cache: &SingleFlight<K, CachedAcr>,
+        key: K,
         fresher_than: Option<Timestamp>,
-    ) -> Result<CachedAcr, AzureError> {
+        hop: Hop,
+        fetch: fn(Arc<Self>, K) -> BoxFuture<'static, Result<CachedAcr, AzureError>>,
+    ) -> Result<CachedAcr, AzureError>
+    where
+        K: Eq + std::hash::Hash + Clone + Send + 'static,
+    {
         let now = self.now();
         let this = self.clone();
         let fetch_key = key.clone();
-        let (result, cache) = self
-            .refresh_tokens
+        let (result, cached) = cache
             .get(
                 &key,
                 now,
                 |cached| cached.usable(now, fresher_than),
                 move || {
                     async move {
-                        let cached = this.fetch_refresh_token(fetch_key).await?;
+                        let cached = fetch(this, fetch_key).await?;
                         let until = cached.credential.expires_at;
                         Ok((cached, until))
                     }
@@ -539,8 +535,21 @@ impl Inner {
                 },
             )
             .await;
-        self.metrics.record_cache(Hop::AcrExchange, cache);
+        self.metrics.record_cache(hop, cached);
         result
+    }
+
+    /// ACR refresh token for `key`. `fresher_than` applies only when it is the credential.
+    async fn refresh_token(
+        self: Arc<Self>,
+        key: RefreshKey,
+        fresher_than: Option<Timestamp>,
+    ) -> Result<CachedAcr, AzureError> {
+        let cache = self.refresh_tokens.clone();
+        self.acr_token(&cache, key, fresher_than, Hop::AcrExchange, |this, key| {
+            this.fetch_refresh_token(key).boxed()
+        })
+        .await
     }
 
     async fn fetch_refresh_token(
@@ -578,27 +587,11 @@ impl Inner {
         key: AccessKey,
         fresher_than: Option<Timestamp>,
     ) -> Result<CachedAcr, AzureError> {
-        let now = self.now();
-        let this = self.clone();
-        let fetch_key = key.clone();
-        let (result, cache) = self
-            .access_tokens
-            .get(
-                &key,
-                now,
-                |cached| cached.usable(now, fresher_than),
-                move || {
-                    async move {
-                        let cached = this.fetch_access_token(fetch_key).await?;
-                        let until = cached.credential.expires_at;
-                        Ok((cached, until))
-                    }
-                    .boxed()
-                },
-            )
-            .await;
-        self.metrics.record_cache(Hop::AcrToken, cache);
-        result
+        let cache = self.access_tokens.clone();
+        self.acr_token(&cache, key, fresher_than, Hop::AcrToken, |this, key| {
+            this.fetch_access_token(key).boxed()
+        })
+        .await
     }
 
     async fn fetch_access_token(self: Arc<Self>, key: AccessKey) -> Result<CachedAcr, AzureError> {

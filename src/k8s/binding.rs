@@ -8,6 +8,7 @@ use kube::{Resource, ResourceExt};
 use super::api::{v1beta1, v1beta2, AcrPullBindingStatus, FINALIZER};
 use crate::state::binding::{Spec, V1beta1Spec, V1beta2Spec, Version, WorkloadSpec};
 use crate::state::decide::{BindingView, Phase, StatusView};
+use crate::state::reason::Reason;
 
 /// What the controller needs from either `AcrPullBinding` version.
 pub trait BindingResource:
@@ -116,11 +117,13 @@ pub fn view<K: BindingResource>(b: &K) -> BindingView {
 }
 
 fn status_view(s: &AcrPullBindingStatus) -> StatusView {
-    let ready = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status == "True", c.reason.clone(), c.message.clone()));
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").map(|c| {
+        (
+            c.status == "True",
+            Reason::parse(&c.reason),
+            c.message.clone(),
+        )
+    });
     StatusView {
         phase: s.phase.as_deref().and_then(Phase::parse),
         error: s.error.clone(),

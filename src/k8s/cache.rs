@@ -5,12 +5,31 @@
 //! It follows kube-runtime's watcher protocol: `Init` starts a fresh buffer, `InitApply` fills
 //! it, `InitDone` swaps it in (so a relist after a 410 never shows a half-empty cache), and
 //! `Apply`/`Delete` edit in place.
+//!
+//! The controller's own writes go in too ([`NsCache::written`], [`NsCache::deleted`]): the
+//! object the API server answered a write with is the newest there is, so the next pass
+//! decides — and preconditions its next write — on it instead of on whatever the watch has
+//! delivered so far. Without this, every write made while a watch lagged (a stalled or
+//! restarting watch, a busy API server) was preconditioned on a stale `resourceVersion` and
+//! answered 409 (thousands per soak run). An event that arrives later and is older than what
+//! the cache holds (both resourceVersions integers, as etcd's revisions are) is ignored; a
+//! relist is taken as it is.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::runtime::watcher;
 use kube::ResourceExt;
+
+use super::observe::SecretMeta;
+
+/// The caches the controllers read: Secrets (metadata) and ServiceAccounts, by namespace.
+#[derive(Default, Clone)]
+pub struct Caches {
+    pub secrets: NsCache<SecretMeta>,
+    pub service_accounts: NsCache<ServiceAccount>,
+}
 
 type Index<K> = HashMap<String, BTreeMap<String, Arc<K>>>;
 
@@ -63,14 +82,7 @@ impl<K: ResourceExt + Clone> NsCache<K> {
                     inner.live = b;
                 }
             }
-            watcher::Event::Apply(o) => {
-                let (ns, name) = key(o);
-                inner
-                    .live
-                    .entry(ns)
-                    .or_default()
-                    .insert(name, Arc::new(o.clone()));
-            }
+            watcher::Event::Apply(o) => inner.upsert(o.clone()),
             watcher::Event::Delete(o) => {
                 let (ns, name) = key(o);
                 if let Some(m) = inner.live.get_mut(&ns) {
@@ -79,6 +91,23 @@ impl<K: ResourceExt + Clone> NsCache<K> {
                         inner.live.remove(&ns);
                     }
                 }
+            }
+        }
+    }
+
+    /// The object the API server answered a write of ours with.
+    pub fn written(&self, object: K) {
+        let mut inner = self.0.write().unwrap_or_else(|e| e.into_inner());
+        inner.upsert(object);
+    }
+
+    /// An object we deleted.
+    pub fn deleted(&self, namespace: &str, name: &str) {
+        let mut inner = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = inner.live.get_mut(namespace) {
+            m.remove(name);
+            if m.is_empty() {
+                inner.live.remove(namespace);
             }
         }
     }
@@ -108,6 +137,26 @@ impl<K: ResourceExt + Clone> NsCache<K> {
     }
 }
 
+/// Whether `incoming` is older than `held` (both integer resourceVersions).
+fn older(incoming: Option<String>, held: Option<String>) -> bool {
+    let parse = |rv: Option<String>| rv.and_then(|v| v.parse::<u64>().ok());
+    matches!((parse(incoming), parse(held)), (Some(i), Some(h)) if i < h)
+}
+
+impl<K: ResourceExt + Clone> Inner<K> {
+    /// Insert or replace, unless what is held is newer.
+    fn upsert(&mut self, o: K) {
+        let (ns, name) = key(&o);
+        let m = self.live.entry(ns).or_default();
+        if let Some(held) = m.get(&name) {
+            if older(o.resource_version(), held.resource_version()) {
+                return;
+            }
+        }
+        m.insert(name, Arc::new(o));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,10 +164,15 @@ mod tests {
     use kube::api::ObjectMeta;
 
     fn cm(ns: &str, name: &str, v: &str) -> ConfigMap {
+        cm_at(ns, name, v, None)
+    }
+
+    fn cm_at(ns: &str, name: &str, v: &str, rv: Option<u64>) -> ConfigMap {
         ConfigMap {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some(ns.into()),
+                resource_version: rv.map(|r| r.to_string()),
                 ..Default::default()
             },
             data: Some([("v".to_string(), v.to_string())].into()),
@@ -153,5 +207,27 @@ mod tests {
         assert_eq!(value(&c, "a", "x"), None);
         assert_eq!(value(&c, "b", "x").as_deref(), Some("4"));
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn own_writes_are_seen_at_once_and_never_undone_by_a_late_event() {
+        let c = NsCache::<ConfigMap>::default();
+        c.apply_event(&watcher::Event::Apply(cm_at("a", "x", "old", Some(10))));
+        // Our write answered with resourceVersion 12: visible before the watch catches up.
+        c.written(cm_at("a", "x", "ours", Some(12)));
+        assert_eq!(value(&c, "a", "x").as_deref(), Some("ours"));
+        // The lagging watch now delivers revision 11: older than what we hold, ignored.
+        c.apply_event(&watcher::Event::Apply(cm_at("a", "x", "between", Some(11))));
+        assert_eq!(value(&c, "a", "x").as_deref(), Some("ours"));
+        // Its own event (12) and anything newer replace it as usual.
+        c.apply_event(&watcher::Event::Apply(cm_at("a", "x", "later", Some(13))));
+        assert_eq!(value(&c, "a", "x").as_deref(), Some("later"));
+        // A write answered with an older revision than the watch already delivered: kept newer.
+        c.written(cm_at("a", "x", "stale answer", Some(12)));
+        assert_eq!(value(&c, "a", "x").as_deref(), Some("later"));
+        // Deletions of ours are seen at once too.
+        c.deleted("a", "x");
+        assert_eq!(value(&c, "a", "x"), None);
+        assert!(c.is_empty());
     }
 }

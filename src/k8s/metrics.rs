@@ -1,7 +1,6 @@
 //! Controller metrics: reconcile duration and errors (labels bounded: a static error reason,
 //! never a binding name).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -82,6 +81,3 @@ impl ControllerMetrics {
         }
     }
 }
-
-/// Shared handle.
-pub type SharedControllerMetrics = Arc<ControllerMetrics>;

@@ -1,14 +1,43 @@
-//! Everything that talks to the Kubernetes API: the `AcrPullBinding` types, watches and
-//! caches, the single writer, and ServiceAccount tokens for workload identity.
+//! Everything that talks to the Kubernetes API, one job per file:
+//!
+//! | file | job |
+//! |---|---|
+//! | [`api`] | the `AcrPullBinding` types of both groups (the CRDs are generated from them) |
+//! | [`binding`] | both versions seen through one trait; annotation times |
+//! | [`run`] | the watches, caches and kube-runtime controllers, wired |
+//! | [`cache`] | the namespace-indexed caches (fed by watches and by our own writes) |
+//! | [`observe`] | gathering one binding's snapshot from the caches |
+//! | [`context`] | what every pass shares |
+//! | [`reconcile`] | one pass: gates, decide, execute, publish the record; API-error backoff |
+//! | [`mint`] | minting a token and recording a failed mint |
+//! | [`pull_secret`] | the pull Secret: content, writing, adoption |
+//! | [`status`] | the status subresource, rendered from the record |
+//! | [`events`] | Events, thinned |
+//! | [`verify`] | checking new credentials at the registry |
+//! | [`writer`] | the single write path: leader-gated, timed out |
+//! | [`error`] | how an API call failed |
+//! | [`failures`] | recent failures per binding, in memory |
+//! | [`tracker`] | the records `/debug/bindings` and the phase gauge show |
+//! | [`leader`] | leader election on a Lease |
+//! | [`sa_token`] | ServiceAccount tokens for workload identity |
+//! | [`metrics`] | reconcile metrics |
 
 pub mod api;
 pub mod binding;
 pub mod cache;
-pub mod controller;
+pub mod context;
+pub mod error;
 pub mod events;
+pub mod failures;
 pub mod leader;
 pub mod metrics;
+pub mod mint;
 pub mod observe;
+pub mod pull_secret;
+pub mod reconcile;
 pub mod run;
 pub mod sa_token;
+pub mod status;
 pub mod tracker;
+pub mod verify;
+pub mod writer;

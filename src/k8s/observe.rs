@@ -15,8 +15,8 @@ use crate::state::binding::{
 };
 use crate::state::decide::{BindingView, Failure, Observed, SecretView};
 use crate::state::names::{
-    legacy_pull_secret_name, pull_secret_name, secret_family, SecretFamily, BINDING_LABEL,
-    EXPIRY_ANNOTATION, INPUTS_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
+    expected_secret_name, secret_family, SecretFamily, BINDING_LABEL, EXPIRY_ANNOTATION,
+    INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
 };
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
@@ -26,14 +26,6 @@ pub fn group_of(version: Version) -> &'static str {
     match version {
         Version::V1beta1 => "msi-acrpull.microsoft.com",
         Version::V1beta2 => "acrpull.microsoft.com",
-    }
-}
-
-/// The name a binding's pull secret must have.
-pub fn expected_secret_name(version: Version, binding: &str) -> String {
-    match version {
-        Version::V1beta1 => legacy_pull_secret_name(binding),
-        Version::V1beta2 => pull_secret_name(binding),
     }
 }
 
@@ -90,22 +82,25 @@ fn secret_view(s: &SecretMeta) -> SecretView {
         name: s.name_any(),
         expiry: parse_time(a, EXPIRY_ANNOTATION),
         refresh: parse_time(a, REFRESH_ANNOTATION),
+        issued: parse_time(a, ISSUED_ANNOTATION),
         inputs: a.get(INPUTS_ANNOTATION).cloned(),
-        // Metadata only: the annotations stand for the content; see the module doc.
-        well_formed: true,
         verified: a.get(VERIFIED_ANNOTATION).map(|v| v == "true"),
     }
+}
+
+/// The names in a ServiceAccount's `imagePullSecrets`, in order.
+pub fn pull_secret_names(sa: &ServiceAccount) -> Vec<String> {
+    sa.image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 pub fn service_account_view(sa: &ServiceAccount) -> ServiceAccountView {
     ServiceAccountView {
         name: sa.name_any(),
-        pull_secrets: sa
-            .image_pull_secrets
-            .iter()
-            .flatten()
-            .map(|r| r.name.clone())
-            .collect(),
+        pull_secrets: pull_secret_names(sa),
         client_id_annotation: sa.annotations().get(WI_CLIENT_ID_ANNOTATION).cloned(),
         tenant_id_annotation: sa.annotations().get(WI_TENANT_ID_ANNOTATION).cloned(),
     }

@@ -1,7 +1,7 @@
 //! Wiring: four watches (both binding versions, labelled Secrets as metadata, ServiceAccounts)
 //! feeding reflector caches, and one kube-runtime controller per binding version, both
-//! triggered by Secret and ServiceAccount changes. Readiness flips once every watch has
-//! delivered its initial list.
+//! triggered by Secret and ServiceAccount changes. The context's readiness flips once every
+//! watch has delivered its initial list; passes wait for it (the sync gate).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,10 +19,11 @@ use tokio::sync::watch;
 use super::api::{v1beta1, v1beta2};
 use super::binding::BindingResource;
 use super::cache::NsCache;
-use super::controller::{error_policy, reconcile, Context};
-use super::observe::{expected_secret_name, secret_owner, SecretMeta};
+use super::context::Context;
+use super::observe::{pull_secret_names, secret_owner, SecretMeta};
+use super::reconcile::{error_policy, reconcile};
 use crate::http::health::Readiness;
-use crate::state::names::BINDING_LABEL;
+use crate::state::names::{expected_secret_name, BINDING_LABEL};
 
 /// Events buffered per subscriber of a shared cache.
 const SUBSCRIBE_BUFFER: usize = 1024;
@@ -35,19 +36,6 @@ pub struct RunConfig {
     pub concurrency: u16,
     /// `--label-selector`, handed to the API server for the binding watches.
     pub label_selector: String,
-}
-
-/// The caches the controllers read: Secrets (metadata) and ServiceAccounts, by namespace.
-#[derive(Default)]
-pub struct Caches {
-    pub secrets: NsCache<SecretMeta>,
-    pub service_accounts: NsCache<ServiceAccount>,
-}
-
-impl Caches {
-    pub fn new() -> Self {
-        Self::default()
-    }
 }
 
 fn mark_ready<K>(readiness: Readiness) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
@@ -85,20 +73,18 @@ impl<T: Clone> FanOut<T> {
     }
 }
 
-/// Run both controllers until `shutdown` resolves.
+/// Run both controllers until `shutdown` resolves. Becoming leader (the channel the context's
+/// writer is gated on) triggers a pass over every binding.
 pub async fn run(
-    client: Client,
-    caches: Caches,
     ctx: Arc<Context>,
     config: RunConfig,
-    readiness: Readiness,
-    leader: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    let Caches {
-        secrets: secret_cache,
-        service_accounts: sa_cache,
-    } = caches;
+    let client = ctx.writer.client().clone();
+    let leader = ctx.writer.leadership();
+    let readiness = ctx.readiness.clone();
+    let secret_cache = ctx.caches.secrets.clone();
+    let sa_cache = ctx.caches.service_accounts.clone();
     let (secret_fan, mut secret_rx) = FanOut::<SecretMeta>::new(2);
     let (sa_fan, mut sa_rx) = FanOut::<ServiceAccount>::new(2);
 
@@ -148,20 +134,22 @@ pub async fn run(
         &client,
         &config,
         ctx.clone(),
-        readiness.clone(),
-        s1,
-        a1,
-        leader.clone(),
+        Triggers {
+            secrets: s1,
+            service_accounts: a1,
+            leader: leader.clone(),
+        },
         shutdown.clone(),
     );
     let v2 = controller_for::<v1beta2::AcrPullBinding>(
         &client,
         &config,
         ctx,
-        readiness,
-        s2,
-        a2,
-        leader,
+        Triggers {
+            secrets: s2,
+            service_accounts: a2,
+            leader,
+        },
         shutdown.clone(),
     );
     let watches = async {
@@ -190,17 +178,21 @@ fn on_leadership(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one controller is triggered by, besides its own bindings.
+struct Triggers {
+    secrets: mpsc::UnboundedReceiver<Result<SecretMeta, watcher::Error>>,
+    service_accounts: mpsc::UnboundedReceiver<Result<ServiceAccount, watcher::Error>>,
+    leader: watch::Receiver<bool>,
+}
+
 async fn controller_for<K: BindingResource>(
     client: &Client,
     config: &RunConfig,
     ctx: Arc<Context>,
-    readiness: Readiness,
-    secret_events: mpsc::UnboundedReceiver<Result<SecretMeta, watcher::Error>>,
-    sa_events: mpsc::UnboundedReceiver<Result<ServiceAccount, watcher::Error>>,
-    leader: watch::Receiver<bool>,
+    triggers: Triggers,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let readiness = ctx.readiness.clone();
     let (reader, writer) = reflector::store_shared::<K>(SUBSCRIBE_BUFFER);
     let events = writer.subscribe().expect("shared store");
     let mut wc = watcher::Config::default();
@@ -223,11 +215,11 @@ async fn controller_for<K: BindingResource>(
 
     let controller = Controller::for_shared_stream(events, reader)
         .with_config(controller::Config::default().concurrency(config.concurrency))
-        .watches_stream(secret_events, |s: SecretMeta| secret_to_binding::<K>(&s))
-        .watches_stream(sa_events, move |sa: ServiceAccount| {
+        .watches_stream(triggers.secrets, |s: SecretMeta| secret_to_binding::<K>(&s))
+        .watches_stream(triggers.service_accounts, move |sa: ServiceAccount| {
             sa_to_bindings::<K>(&by_sa, &sa)
         })
-        .reconcile_all_on(on_leadership(leader))
+        .reconcile_all_on(on_leadership(triggers.leader))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| std::future::ready(()));
@@ -260,12 +252,7 @@ fn sa_to_bindings<K: BindingResource>(
         return Vec::new();
     };
     let name = sa.name_any();
-    let refs: Vec<String> = sa
-        .image_pull_secrets
-        .iter()
-        .flatten()
-        .map(|r| r.name.clone())
-        .collect();
+    let refs = pull_secret_names(sa);
     index
         .in_namespace(&ns)
         .iter()

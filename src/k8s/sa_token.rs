@@ -1,14 +1,14 @@
 //! ServiceAccount tokens for workload identity, through the TokenRequest API (the token the
-//! pipeline presents to Entra as a client assertion). Never cached here: the pipeline caches
-//! the Entra token it buys with it.
+//! pipeline presents to Entra as a client assertion). Requested through the [`Writer`] like
+//! every write — it creates a credential — so a replica that lost the Lease asks for none.
+//! Never cached here: the pipeline caches the Entra token it buys with it.
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, PostParams};
-use kube::Client;
 
+use super::error::ReconcileError;
+use super::writer::Writer;
 use crate::azure::{AzureError, ServiceAccountTokenSource};
 use crate::state::token::SecretToken;
 
@@ -16,13 +16,12 @@ use crate::state::token::SecretToken;
 const EXPIRATION_SECONDS: i64 = 600;
 
 pub struct TokenRequests {
-    client: Client,
-    timeout: std::time::Duration,
+    writer: Writer,
 }
 
 impl TokenRequests {
-    pub fn new(client: Client, timeout: std::time::Duration) -> Self {
-        Self { client, timeout }
+    pub fn new(writer: Writer) -> Self {
+        Self { writer }
     }
 }
 
@@ -33,7 +32,7 @@ impl ServiceAccountTokenSource for TokenRequests {
         name: &str,
         audience: &str,
     ) -> BoxFuture<'_, Result<SecretToken, AzureError>> {
-        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let namespace = namespace.to_string();
         let name = name.to_string();
         let request = TokenRequest {
             spec: TokenRequestSpec {
@@ -43,36 +42,32 @@ impl ServiceAccountTokenSource for TokenRequests {
             },
             ..Default::default()
         };
-        let timeout = self.timeout;
         async move {
-            let pp = PostParams::default();
-            let call = api.create_token_request(&name, &pp, &request);
-            match tokio::time::timeout(timeout, call).await {
-                Ok(Ok(tr)) => tr
+            let failed = |what: String, retryable: bool| {
+                AzureError::service_account_token(
+                    format!("TokenRequest for service account {name:?} {what}"),
+                    retryable,
+                )
+            };
+            match self.writer.token_request(&namespace, &name, &request).await {
+                Ok(tr) => tr
                     .status
                     .map(|s| SecretToken::new(s.token))
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(|| {
-                        AzureError::service_account_token(
-                            format!("TokenRequest for service account {name:?} returned no token"),
-                            true,
-                        )
-                    }),
-                Ok(Err(kube::Error::Api(s))) => Err(AzureError::service_account_token(
-                    format!(
-                        "TokenRequest for service account {name:?} failed: {} ({})",
-                        s.message, s.code
-                    ),
+                    .ok_or_else(|| failed("returned no token".into(), true)),
+                Err(ReconcileError::Kube {
+                    source: kube::Error::Api(s),
+                    ..
+                }) => Err(failed(
+                    format!("failed: {} ({})", s.message, s.code),
                     s.code >= 500 || s.code == 429,
                 )),
-                Ok(Err(e)) => Err(AzureError::service_account_token(
-                    format!("TokenRequest for service account {name:?} failed: {e}"),
-                    true,
+                Err(ReconcileError::Timeout { .. }) => Err(failed("timed out".into(), true)),
+                Err(ReconcileError::NotLeader { .. }) => Err(failed(
+                    "was not sent: this replica does not hold the leader Lease".into(),
+                    false,
                 )),
-                Err(_) => Err(AzureError::service_account_token(
-                    format!("TokenRequest for service account {name:?} timed out"),
-                    true,
-                )),
+                Err(e) => Err(failed(format!("failed: {e}"), true)),
             }
         }
         .boxed()

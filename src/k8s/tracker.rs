@@ -1,6 +1,8 @@
-//! In-memory record of every binding's phase and its recent transitions: the source of the
-//! `/debug/bindings` endpoint, the bindings-by-phase gauge (computed at scrape time) and the
-//! transition log lines. Holds no tokens — only phases, reasons and timestamps.
+//! In memory, the latest [`Record`] of every binding and its recent transitions: the source of
+//! the `/debug/bindings` endpoint, the bindings-by-phase gauge (computed at scrape time) and
+//! the transition log lines. The record is the one `decide` produced and the status writer
+//! wrote, so the endpoints cannot disagree with `kubectl get`. Holds no tokens — only phases,
+//! reasons and timestamps.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::state::binding::Version;
-use crate::state::decide::Phase;
+use crate::state::record::{Phase, Record};
 
 /// How many transitions are kept per binding.
 pub const HISTORY: usize = 10;
@@ -27,7 +29,8 @@ pub struct Transition {
     pub at: String,
     pub from: Option<&'static str>,
     pub to: &'static str,
-    pub reason: String,
+    /// Why the binding entered `to` (the new record's reason).
+    pub reason: &'static str,
 }
 
 /// What `/debug/bindings` shows for one binding.
@@ -38,6 +41,8 @@ pub struct BindingEntry {
     pub name: String,
     pub api_version: &'static str,
     pub phase: &'static str,
+    pub reason: &'static str,
+    pub ready: bool,
     pub error: String,
     pub last_refresh: Option<String>,
     pub expiry: Option<String>,
@@ -59,28 +64,17 @@ struct Inner {
 #[derive(Debug, Clone, Default)]
 pub struct Tracker(Arc<Mutex<Inner>>);
 
-/// The facts a reconcile pass reports.
+/// What a reconcile pass reports: the binding's record and where its secret goes.
 #[derive(Debug, Clone)]
 pub struct Report {
-    pub phase: Phase,
-    pub reason: String,
-    pub error: String,
-    pub last_refresh: Option<Timestamp>,
-    pub expiry: Option<Timestamp>,
-    pub next_refresh: Option<Timestamp>,
-    pub consecutive_failures: u32,
+    pub record: Record,
     pub secret_name: String,
     pub service_account: String,
 }
 
 impl Tracker {
-    /// Record a pass; returns the previous phase when the phase changed.
-    pub fn record(
-        &self,
-        key: &BindingKey,
-        report: Report,
-        now: Timestamp,
-    ) -> Option<Option<Phase>> {
+    /// Record a pass; returns the transition when the phase changed.
+    pub fn record(&self, key: &BindingKey, report: Report, now: Timestamp) -> Option<Transition> {
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let fmt = |t: Option<Timestamp>| t.map(crate::k8s::binding::rfc3339);
         let entry = inner
@@ -91,6 +85,8 @@ impl Tracker {
                 name: key.name.clone(),
                 api_version: key.version.api_version(),
                 phase: "",
+                reason: "",
+                ready: false,
                 error: String::new(),
                 last_refresh: None,
                 expiry: None,
@@ -100,37 +96,37 @@ impl Tracker {
                 service_account: String::new(),
                 transitions: VecDeque::new(),
             });
+        let r = report.record;
         let previous = Phase::parse(entry.phase);
-        let changed = previous != Some(report.phase);
-        if changed {
-            entry.transitions.push_back(Transition {
-                at: crate::k8s::binding::rfc3339(now),
-                from: previous.map(Phase::as_str),
-                to: report.phase.as_str(),
-                reason: report.reason.clone(),
-            });
+        let transition = (previous != Some(r.phase)).then(|| Transition {
+            at: crate::k8s::binding::rfc3339(now),
+            from: previous.map(Phase::as_str),
+            to: r.phase.as_str(),
+            reason: r.reason.as_str(),
+        });
+        if let Some(t) = &transition {
+            entry.transitions.push_back(t.clone());
             while entry.transitions.len() > HISTORY {
                 entry.transitions.pop_front();
             }
         }
-        entry.phase = report.phase.as_str();
-        entry.error = report.error;
-        entry.last_refresh = fmt(report.last_refresh);
-        entry.expiry = fmt(report.expiry);
-        entry.next_refresh = fmt(report.next_refresh);
-        entry.consecutive_failures = report.consecutive_failures;
+        entry.phase = r.phase.as_str();
+        entry.reason = r.reason.as_str();
+        entry.ready = r.ready;
+        entry.error = r.error;
+        entry.last_refresh = fmt(r.last_refresh);
+        entry.expiry = fmt(r.expiry);
+        entry.next_refresh = fmt(r.next_refresh);
+        entry.consecutive_failures = r.consecutive_failures;
         entry.secret_name = report.secret_name;
         entry.service_account = report.service_account;
-        if changed {
-            let from = previous.map(Phase::as_str).unwrap_or("None");
+        if let Some(t) = &transition {
             *inner
                 .transitions_total
-                .entry((from, report.phase.as_str()))
+                .entry((t.from.unwrap_or("None"), t.to))
                 .or_default() += 1;
-            Some(previous)
-        } else {
-            None
         }
+        transition
     }
 
     pub fn forget(&self, key: &BindingKey) {
@@ -195,16 +191,23 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::reason::Reason;
 
     fn report(phase: Phase) -> Report {
         Report {
-            phase,
-            reason: "TokenIssued".into(),
-            error: String::new(),
-            last_refresh: None,
-            expiry: Some("2026-01-01T01:00:00Z".parse().unwrap()),
-            next_refresh: None,
-            consecutive_failures: 0,
+            record: Record {
+                phase,
+                reason: Reason::TokenIssued,
+                ready: phase == Phase::Ready,
+                message: String::new(),
+                error: String::new(),
+                last_refresh: None,
+                expiry: Some("2026-01-01T01:00:00Z".parse().unwrap()),
+                next_refresh: None,
+                consecutive_failures: 0,
+                observed_generation: 1,
+                verified: None,
+            },
             secret_name: "acr-pull-a".into(),
             service_account: "default".into(),
         }
@@ -219,11 +222,17 @@ mod tests {
             name: "a".into(),
         };
         let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        assert_eq!(t.record(&key, report(Phase::Pending), now), Some(None));
-        assert_eq!(t.record(&key, report(Phase::Pending), now), None);
         assert_eq!(
-            t.record(&key, report(Phase::Exchanging), now),
-            Some(Some(Phase::Pending))
+            t.record(&key, report(Phase::Pending), now).unwrap().from,
+            None
+        );
+        assert_eq!(t.record(&key, report(Phase::Pending), now), None);
+        let mut exchanging = report(Phase::Exchanging);
+        exchanging.record.reason = Reason::NoPullSecret;
+        let tr = t.record(&key, exchanging, now).unwrap();
+        assert_eq!(
+            (tr.from, tr.to, tr.reason),
+            (Some("Pending"), "Exchanging", "NoPullSecret")
         );
         for i in 0..30 {
             let p = if i % 2 == 0 {

@@ -6,7 +6,8 @@
 
 use super::inputs;
 use super::names;
-use super::refresh::RefreshRule;
+use super::reason::Reason;
+use super::refresh::{Backoff, RefreshRule};
 use super::scope;
 use super::server::{check_server, AllowedSuffixes, RegistryHost};
 
@@ -82,6 +83,8 @@ pub struct Policy {
     pub allow_ports: bool,
     /// `--ttl-rotation-fraction` for v1beta2.
     pub ttl_rotation_fraction: f64,
+    /// First backoff after a failure (Azure or API); doubles per consecutive failure.
+    pub backoff_base: std::time::Duration,
     /// Largest backoff between failed attempts.
     pub backoff_cap: std::time::Duration,
     /// A retry is always scheduled at least this long before a valid token expires.
@@ -89,7 +92,22 @@ pub struct Policy {
     /// Re-check interval for bindings waiting on something outside their spec
     /// (a missing ServiceAccount appears through the watch; this is the safety net).
     pub recheck_interval: std::time::Duration,
+    /// After a write, come back at the latest after this (the watch usually triggers sooner).
+    pub after_write: std::time::Duration,
+    /// No requeue is ever scheduled sooner than this.
+    pub min_requeue: std::time::Duration,
     pub env: EnvDefaults,
+}
+
+impl Policy {
+    /// The per-binding retry schedule.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.backoff_base,
+            cap: self.backoff_cap,
+            expiry_margin: self.expiry_margin,
+        }
+    }
 }
 
 impl Default for Policy {
@@ -98,9 +116,12 @@ impl Default for Policy {
             allowed_suffixes: AllowedSuffixes::defaults(),
             allow_ports: false,
             ttl_rotation_fraction: 0.5,
+            backoff_base: std::time::Duration::from_secs(1),
             backoff_cap: std::time::Duration::from_secs(300),
             expiry_margin: std::time::Duration::from_secs(120),
             recheck_interval: std::time::Duration::from_secs(600),
+            after_write: std::time::Duration::from_secs(5),
+            min_requeue: super::refresh::MIN_REQUEUE,
             env: EnvDefaults::default(),
         }
     }
@@ -157,14 +178,14 @@ pub struct Resolved {
 /// Why a binding cannot be served; `reason` is a static condition/event reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Invalid {
     fn spec(message: impl Into<String>) -> Self {
         Self {
-            reason: "InvalidSpec",
+            reason: Reason::InvalidSpec,
             message: message.into(),
         }
     }
@@ -231,12 +252,12 @@ impl Static {
                 ids: None,
             } => {
                 let sa = workload_sa.ok_or_else(|| Invalid {
-                    reason: "ServiceAccountNotFound",
+                    reason: Reason::ServiceAccountNotFound,
                     message: format!("service account {service_account:?} not found"),
                 })?;
                 let missing = |annotation: &str| {
                     Invalid {
-                    reason: "InvalidSpec",
+                    reason: Reason::InvalidSpec,
                     message: format!(
                         "service account {service_account:?} is missing the {annotation} annotation; \
                          annotate it or set spec.auth.workloadIdentity.clientID and tenantID"

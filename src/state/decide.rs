@@ -1,51 +1,21 @@
-//! The state machine: from everything observed about one binding and `now`, derive its phase
-//! and exactly one next action (SPEC §3, §4). No I/O and no clock: the k8s layer gathers the
-//! [`Observed`] snapshot from its caches, calls [`decide`], performs the single [`Plan`] step
-//! and comes back.
+//! The state machine: from everything observed about one binding and `now`, derive its
+//! [`Record`] (phase, reason, times) and exactly one next action (SPEC §3, §4). No I/O and no
+//! clock: the k8s layer gathers the [`Observed`] snapshot from its caches, calls [`decide`],
+//! performs the single [`Plan`] step and comes back at [`Decision::requeue`].
+//!
+//! The plan carries its final values (pull-secret lists in their final order, the status to
+//! write, when to come back), so the shell only executes. The outcome of a mint is only known
+//! after the call; [`after_mint_failure`] is the pure continuation for a failed one.
+
+use std::time::Duration;
 
 use jiff::Timestamp;
 
 use super::binding::{validate, Invalid, Policy, Resolved, ServiceAccountView, Spec, Version};
-use super::names::{secret_family, sort_pull_secrets, SecretFamily};
-use super::refresh::{jittered_boundary, requeue_after, retry_at, seed_of};
-
-/// A token is never refreshed sooner than this after it was minted, whatever its lifetime
-/// says (an already-expired token from a skewed clock must not cause a mint loop).
-pub const MIN_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The five phases of SPEC §3.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Phase {
-    Pending,
-    Exchanging,
-    Ready,
-    Refreshing,
-    Failed,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 5] = [
-        Phase::Pending,
-        Phase::Exchanging,
-        Phase::Ready,
-        Phase::Refreshing,
-        Phase::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Pending => "Pending",
-            Phase::Exchanging => "Exchanging",
-            Phase::Ready => "Ready",
-            Phase::Refreshing => "Refreshing",
-            Phase::Failed => "Failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Phase> {
-        Phase::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-}
+use super::names::{expected_secret_name, sort_pull_secrets};
+use super::reason::Reason;
+pub use super::record::{Phase, Record, StatusView};
+use super::refresh::{add, ceil_seconds, due_at, retry_at, seed_of};
 
 /// The binding as observed.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,46 +31,43 @@ pub struct BindingView {
     pub status: StatusView,
 }
 
-/// The status fields decisions compare against.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatusView {
-    pub phase: Option<Phase>,
-    pub error: String,
-    pub last_refresh: Option<Timestamp>,
-    pub expiry: Option<Timestamp>,
-    pub next_refresh: Option<Timestamp>,
-    pub consecutive_failures: u32,
-    pub observed_generation: Option<i64>,
-    /// `(status, reason, message)` of the `Ready` condition.
-    pub ready: Option<(bool, String, String)>,
-    /// Status of the `CredentialVerified` condition, when present.
-    pub verified: Option<bool>,
-}
-
 /// A Secret that belongs to this binding (labelled with its name and owned by its UID, or an
-/// unowned legacy secret of the old controller).
+/// unowned legacy secret of the old controller). Only its annotations are read: they stand
+/// for the token inside.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SecretView {
     pub name: String,
     /// Parsed `token.expiry`; `None` when missing or unparsable.
     pub expiry: Option<Timestamp>,
-    /// Parsed `token.refresh`; `None` when missing or unparsable.
+    /// Parsed `token.refresh` (when the token was written); `None` when missing or unparsable.
     pub refresh: Option<Timestamp>,
+    /// Parsed `token.issued` (the token's `iat`), when recorded.
+    pub issued: Option<Timestamp>,
     pub inputs: Option<String>,
-    /// Type is `kubernetes.io/dockerconfigjson` and `.dockerconfigjson` is present.
-    pub well_formed: bool,
     /// The verification outcome recorded when the token was minted (None: not checked).
     pub verified: Option<bool>,
 }
 
-/// The outcome of the last token attempt, kept in memory by the controller.
+/// The outcome of the last failed mint for the binding's current generation, kept in memory
+/// by the controller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
-    pub at: Timestamp,
-    /// A retry must not happen before this (Azure's Retry-After), when known.
-    pub not_before: Option<Timestamp>,
+    /// Consecutive failures, this one included.
+    pub failures: u32,
+    /// No new attempt before this (the backoff, or Azure's `Retry-After`).
+    pub retry_at: Timestamp,
+}
+
+/// A mint that failed, as the shell reports it to [`after_mint_failure`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MintFailure {
+    pub reason: Reason,
+    /// What failed and what to do (never a token).
+    pub message: String,
+    /// The server's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
 }
 
 /// Everything one decision looks at.
@@ -125,20 +92,38 @@ pub struct Observed {
 /// Why a token is minted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MintReason {
-    /// No secret yet.
+    /// No secret yet: nothing was ever issued.
     Missing,
     /// The secret's token reached its refresh boundary.
     Due,
     /// The binding's inputs changed since the token was minted.
     InputsChanged,
-    /// The secret's annotations or data cannot be read; treated as expired.
+    /// The secret's annotations cannot be read; treated as expired.
     Unreadable,
+}
+
+impl MintReason {
+    /// The Event for a success: a first token, or a new one in an existing secret.
+    pub fn success_event(self) -> Reason {
+        match self {
+            MintReason::Missing => Reason::TokenIssued,
+            _ => Reason::TokenRefreshed,
+        }
+    }
+
+    /// The Event for a failure: nothing issued yet, or a refresh.
+    pub fn failure_event(self) -> Reason {
+        match self {
+            MintReason::Missing => Reason::TokenIssueFailed,
+            _ => Reason::TokenRefreshFailed,
+        }
+    }
 }
 
 /// Deletion steps, one per pass.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CleanupStep {
-    /// Remove the binding's secrets from this ServiceAccount's `imagePullSecrets`.
+    /// Set this ServiceAccount's `imagePullSecrets` to the list (the binding's secrets removed).
     Detach {
         service_account: String,
         pull_secrets: Vec<String>,
@@ -147,54 +132,29 @@ pub enum CleanupStep {
     RemoveFinalizer,
 }
 
-/// The status the controller wants the binding to carry.
+/// Removing a secret of this binding with another name (rule 9), one step per pass.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DesiredStatus {
-    pub phase: Phase,
-    pub error: String,
-    pub last_refresh: Option<Timestamp>,
-    pub expiry: Option<Timestamp>,
-    pub next_refresh: Option<Timestamp>,
-    pub consecutive_failures: u32,
-    pub observed_generation: i64,
-    pub ready: bool,
-    pub reason: &'static str,
-    pub message: String,
-    /// The `CredentialVerified` condition (None: not checked, no condition).
-    pub verified: Option<bool>,
-}
-
-impl DesiredStatus {
-    /// Whether `current` already says this (ignoring condition timestamps).
-    pub fn matches(&self, current: &StatusView) -> bool {
-        current.phase == Some(self.phase)
-            && current.error == self.error
-            && current.last_refresh == self.last_refresh
-            && current.expiry == self.expiry
-            && current.next_refresh == self.next_refresh
-            && current.consecutive_failures == self.consecutive_failures
-            && current.observed_generation == Some(self.observed_generation)
-            && current.ready == Some((self.ready, self.reason.to_string(), self.message.clone()))
-            && current.verified == self.verified
-    }
+pub enum ExtraneousStep {
+    /// Set this ServiceAccount's `imagePullSecrets` to the list (the secret removed).
+    Detach {
+        service_account: String,
+        pull_secrets: Vec<String>,
+    },
+    Delete(String),
 }
 
 /// The single next step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
-    /// Rule 2: not ours (label selector); no writes.
+    /// Rule 2 (or a deleted binding without our finalizer): not ours; no writes.
     Ignore,
     /// Rule 1: unwind a deleted binding.
     Cleanup(CleanupStep),
     /// Rule 3.
     AddFinalizer,
-    /// Rules 4, 6 and failed mints: record the failure; retry at `retry_at` (None: wait for a
-    /// change to the binding or its ServiceAccount, with the policy's re-check interval).
-    Fail {
-        status: DesiredStatus,
-        retry_at: Option<Timestamp>,
-    },
-    /// Rule 5: remove references from a ServiceAccount that is no longer the target.
+    /// Rules 4 and 6: write this failed status and a (thinned) Warning Event.
+    Fail(Record),
+    /// Rule 5: set a ServiceAccount that is no longer the target to this list.
     DetachExtraneous {
         service_account: String,
         pull_secrets: Vec<String>,
@@ -211,64 +171,60 @@ pub enum Plan {
         service_account: String,
         pull_secrets: Vec<String>,
     },
-    /// Rule 9: detach (from every ServiceAccount listed) and delete a secret with an old name.
-    RemoveExtraneousSecret {
-        secret: String,
-        detach_from: Vec<String>,
-    },
-    /// Rule 10.
-    WriteStatus(DesiredStatus),
-    /// Rule 11: nothing to do until `until`.
-    Wait { until: Timestamp },
+    /// Rule 9.
+    RemoveExtraneousSecret(ExtraneousStep),
+    /// Rule 10 (and a record that changed while backing off).
+    WriteStatus(Record),
+    /// Rule 11: nothing to do until [`Decision::requeue`].
+    Wait,
 }
 
-/// The phase and the plan.
+/// The record, the plan, and when to come back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    pub phase: Phase,
+    /// The binding's state as of this pass: what status says or will say, and what
+    /// `/debug`, metrics, Events and logs show.
+    pub record: Record,
     pub plan: Plan,
+    /// When to come back at the latest (None: only when something changes). A mint that
+    /// fails replaces it with the retry from [`after_mint_failure`].
+    pub requeue: Option<Timestamp>,
 }
 
 /// SPEC §4, in order; exactly one action.
 pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
     let b = &o.binding;
-    let current_phase = b.status.phase.unwrap_or(Phase::Pending);
+    let current = b.status.as_record(b.generation);
+    let after_write = Some(add(now, policy.after_write));
 
     // Rule 1: deletion.
     if b.deleting {
         if !b.has_finalizer {
-            return Decision {
-                phase: current_phase,
-                plan: Plan::Ignore,
-            };
+            return decision(current, Plan::Ignore, None);
         }
-        return Decision {
-            phase: current_phase,
-            plan: Plan::Cleanup(cleanup_step(o)),
+        let step = cleanup_step(o);
+        let requeue = (step != CleanupStep::RemoveFinalizer)
+            .then_some(after_write)
+            .flatten();
+        let record = Record {
+            reason: Reason::Deleting,
+            ..current
         };
+        return decision(record, Plan::Cleanup(step), requeue);
     }
     // Rule 2: label selector.
     if !o.matches_selector {
-        return Decision {
-            phase: current_phase,
-            plan: Plan::Ignore,
-        };
+        return decision(current, Plan::Ignore, None);
     }
     // Rule 3: finalizer.
     if !b.has_finalizer {
-        return Decision {
+        let record = Record {
             phase: Phase::Pending,
-            plan: Plan::AddFinalizer,
+            reason: Reason::NewBinding,
+            ..current
         };
+        return decision(record, Plan::AddFinalizer, after_write);
     }
-    let seed = seed_of(&b.uid);
-    let valid_secret_expiry = o
-        .secrets
-        .iter()
-        .filter(|s| s.well_formed)
-        .filter_map(|s| s.expiry)
-        .filter(|e| *e > now)
-        .max();
 
     // Rule 4: static validation.
     let stat = match validate(&b.name, &b.spec, policy) {
@@ -284,24 +240,17 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         .iter()
         .find(|sa| sa.name != stat.target_service_account && sa.pull_secrets.iter().any(is_own))
     {
-        return Decision {
-            phase: current_phase,
-            plan: Plan::DetachExtraneous {
-                service_account: sa.name.clone(),
-                pull_secrets: sa
-                    .pull_secrets
-                    .iter()
-                    .filter(|n| !is_own(n))
-                    .cloned()
-                    .collect(),
-            },
+        let plan = Plan::DetachExtraneous {
+            service_account: sa.name.clone(),
+            pull_secrets: without(&sa.pull_secrets, is_own),
         };
+        return decision(current, plan, after_write);
     }
 
     // Rule 6: target ServiceAccount (and the workload-identity one) must exist.
     let Some(target) = &o.target_service_account else {
         let invalid = Invalid {
-            reason: "ServiceAccountNotFound",
+            reason: Reason::ServiceAccountNotFound,
             message: format!(
                 "service account {:?} not found",
                 stat.target_service_account
@@ -315,65 +264,52 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
     };
 
     // Rule 7: mint when the secret is missing, due, unreadable or minted for other inputs.
+    let seed = seed_of(&b.uid);
     let secret = o.secrets.iter().find(|s| s.name == resolved.secret_name);
     let mint_reason = match secret {
         None => Some(MintReason::Missing),
-        Some(s) => match (s.well_formed, s.expiry, s.refresh) {
-            (true, Some(expiry), Some(refresh)) => {
+        Some(s) => match (s.expiry, s.refresh) {
+            (Some(expiry), Some(refresh)) => {
                 if s.inputs.as_deref() != Some(resolved.inputs_hash.as_str()) {
                     Some(MintReason::InputsChanged)
-                } else if now
-                    >= whole_seconds(jittered_boundary(
-                        resolved.refresh_rule,
-                        refresh,
-                        expiry,
-                        seed,
-                    ))
-                    && now >= add(refresh, MIN_REFRESH_INTERVAL)
-                {
-                    Some(MintReason::Due)
                 } else {
-                    None
+                    let issued = s.issued.unwrap_or(refresh);
+                    let due = due_at(resolved.refresh_rule, issued, refresh, expiry, seed);
+                    (now >= due).then_some(MintReason::Due)
                 }
             }
             _ => Some(MintReason::Unreadable),
         },
     };
     if let Some(reason) = mint_reason {
-        let phase = match reason {
-            MintReason::Missing => Phase::Exchanging,
-            MintReason::Unreadable if valid_secret_expiry.is_none() => Phase::Exchanging,
-            _ => Phase::Refreshing,
-        };
-        // A recent failure for this generation: back off before the next attempt.
         if let Some(f) = &o.last_failure {
-            let failures = b.status.consecutive_failures.max(1);
-            let mut at = retry_at(
-                f.at,
-                failures,
-                seed,
-                policy.backoff_cap,
-                valid_secret_expiry,
-                policy.expiry_margin,
-            );
-            if let Some(nb) = f.not_before {
-                at = at.max(nb);
-            }
-            if now < at {
-                return Decision {
-                    phase: Phase::Failed,
-                    plan: Plan::Wait { until: at },
+            let record = failure_record(o, &resolved, f, now);
+            // Backing off: come back at the retry. The record can change meanwhile (the
+            // credential expired): then status follows.
+            if now < f.retry_at {
+                let plan = if record.matches(&b.status) {
+                    Plan::Wait
+                } else {
+                    Plan::WriteStatus(record.clone())
                 };
+                return decision(record, plan, Some(f.retry_at));
             }
+            // Retrying: still failing until it succeeds.
+            return decision(record, mint(&resolved, reason, secret), after_write);
         }
-        return Decision {
-            phase,
-            plan: Plan::Mint {
-                request: Box::new(resolved),
-                reason,
-                current_expiry: secret.and_then(|s| s.expiry),
-            },
+        let valid = valid_until(o, &resolved, now).is_some();
+        let (phase, why) = match reason {
+            MintReason::Missing => (Phase::Exchanging, Reason::NoPullSecret),
+            MintReason::InputsChanged => (Phase::Refreshing, Reason::InputsChanged),
+            MintReason::Due if valid => (Phase::Refreshing, Reason::RefreshDue),
+            MintReason::Due | MintReason::Unreadable => (Phase::Exchanging, Reason::TokenExpired),
         };
+        let record = Record {
+            phase,
+            reason: why,
+            ..current
+        };
+        return decision(record, mint(&resolved, reason, secret), after_write);
     }
     let secret = secret.expect("mint_reason is None only when the secret exists");
     let (expiry, refresh) = (secret.expiry.unwrap_or(now), secret.refresh.unwrap_or(now));
@@ -383,77 +319,98 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         let mut list = target.pull_secrets.clone();
         list.push(resolved.secret_name.clone());
         sort_pull_secrets(&mut list);
-        return Decision {
-            phase: match current_phase {
-                Phase::Ready => Phase::Ready,
-                _ => Phase::Exchanging,
-            },
-            plan: Plan::Attach {
-                service_account: target.name.clone(),
-                pull_secrets: list,
-            },
+        let record = if current.phase == Phase::Ready {
+            current
+        } else {
+            Record {
+                phase: Phase::Exchanging,
+                reason: Reason::AttachingPullSecret,
+                ..current
+            }
         };
+        let plan = Plan::Attach {
+            service_account: target.name.clone(),
+            pull_secrets: list,
+        };
+        return decision(record, plan, after_write);
     }
 
     // Rule 9: secrets of this binding with other names.
     if let Some(extra) = o.secrets.iter().find(|s| s.name != resolved.secret_name) {
-        let detach_from = o
+        let detach = o
             .referencing_service_accounts
             .iter()
             .chain(std::iter::once(target))
-            .filter(|sa| sa.pull_secrets.contains(&extra.name))
-            .map(|sa| sa.name.clone())
-            .fold(Vec::new(), |mut acc, n| {
-                if !acc.contains(&n) {
-                    acc.push(n);
-                }
-                acc
-            });
-        return Decision {
-            phase: current_phase,
-            plan: Plan::RemoveExtraneousSecret {
-                secret: extra.name.clone(),
-                detach_from,
+            .find(|sa| sa.pull_secrets.contains(&extra.name));
+        let step = match detach {
+            Some(sa) => ExtraneousStep::Detach {
+                service_account: sa.name.clone(),
+                pull_secrets: without(&sa.pull_secrets, |n| *n == extra.name),
             },
+            None => ExtraneousStep::Delete(extra.name.clone()),
         };
+        return decision(current, Plan::RemoveExtraneousSecret(step), after_write);
     }
 
     // Rule 10: status from the secret.
-    // Status times are stored to the second; compare at that precision or every pass would
-    // rewrite an identical status.
-    let next = whole_seconds(jittered_boundary(
-        resolved.refresh_rule,
-        refresh,
-        expiry,
-        seed,
-    ));
-    let desired = DesiredStatus {
+    let issued = secret.issued.unwrap_or(refresh);
+    let next = due_at(resolved.refresh_rule, issued, refresh, expiry, seed);
+    let desired = Record {
         phase: Phase::Ready,
+        reason: Reason::TokenIssued,
+        ready: true,
+        message: format!(
+            "pull secret {} is attached to service account {}",
+            resolved.secret_name, target.name
+        ),
         error: String::new(),
         last_refresh: Some(refresh),
         expiry: Some(expiry),
         next_refresh: Some(next),
         consecutive_failures: 0,
         observed_generation: b.generation,
-        ready: true,
-        reason: "TokenIssued",
-        message: format!(
-            "pull secret {} is attached to service account {}",
-            resolved.secret_name, target.name
-        ),
         verified: secret.verified,
     };
     if !desired.matches(&b.status) {
-        return Decision {
-            phase: Phase::Ready,
-            plan: Plan::WriteStatus(desired),
-        };
+        return decision(desired.clone(), Plan::WriteStatus(desired), Some(next));
     }
     // Rule 11.
+    decision(desired, Plan::Wait, Some(next))
+}
+
+fn decision(record: Record, plan: Plan, requeue: Option<Timestamp>) -> Decision {
     Decision {
-        phase: Phase::Ready,
-        plan: Plan::Wait { until: next },
+        record,
+        plan,
+        requeue,
     }
+}
+
+fn mint(resolved: &Resolved, reason: MintReason, secret: Option<&SecretView>) -> Plan {
+    Plan::Mint {
+        request: Box::new(resolved.clone()),
+        reason,
+        current_expiry: secret.and_then(|s| s.expiry),
+    }
+}
+
+/// `list` without the names `drop` matches, in the pull-secret order.
+fn without(list: &[String], drop: impl Fn(&String) -> bool) -> Vec<String> {
+    let mut kept: Vec<String> = list.iter().filter(|n| !drop(n)).cloned().collect();
+    sort_pull_secrets(&mut kept);
+    kept
+}
+
+/// The expiry of the binding's pull secret when it holds a token that still works for the
+/// binding as it is now: the expected name, readable annotations, the current inputs, and not
+/// expired at `now`. A failed refresh never makes such a binding `Failed`.
+pub fn valid_until(o: &Observed, resolved: &Resolved, now: Timestamp) -> Option<Timestamp> {
+    o.secrets
+        .iter()
+        .find(|s| s.name == resolved.secret_name)
+        .filter(|s| s.refresh.is_some() && s.inputs.as_deref() == Some(&resolved.inputs_hash))
+        .and_then(|s| s.expiry)
+        .filter(|e| *e > now)
 }
 
 /// Rules 4 and 6: record a failure found in the observed state (bad spec, missing
@@ -466,102 +423,109 @@ fn fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Policy) -> Deci
     } else {
         b.status.consecutive_failures.saturating_add(1)
     };
-    // These failures come from what is observed (the spec, a ServiceAccount), not from a
-    // call that could succeed on retry: a change to the binding or its ServiceAccounts
-    // triggers the next pass through the watches; the re-check interval is a safety net.
-    let status = failed_status(o, &invalid, failures, b.status.next_refresh);
-    if same && status.matches(&b.status) {
-        return Decision {
-            phase: Phase::Failed,
-            plan: Plan::Wait {
-                until: add(now, policy.recheck_interval),
-            },
-        };
-    }
-    Decision {
+    let record = Record {
         phase: Phase::Failed,
-        plan: Plan::Fail {
-            status,
-            retry_at: None,
-        },
-    }
-}
-
-fn failed_status(
-    o: &Observed,
-    invalid: &Invalid,
-    failures: u32,
-    next: Option<Timestamp>,
-) -> DesiredStatus {
-    let b = &o.binding;
-    DesiredStatus {
-        phase: Phase::Failed,
-        error: invalid.message.clone(),
-        // A failed refresh keeps the facts of the credential that still works.
+        reason: invalid.reason,
+        ready: false,
+        message: invalid.message.clone(),
+        error: invalid.message,
+        // The facts of the credential the secret holds stay in status.
         last_refresh: b.status.last_refresh,
         expiry: b.status.expiry,
-        next_refresh: next,
+        // Nothing is planned: a change to the binding or its ServiceAccounts triggers the
+        // next pass through the watches; the re-check interval is a safety net.
+        next_refresh: None,
         consecutive_failures: failures,
         observed_generation: b.generation,
-        ready: false,
-        reason: invalid.reason,
-        message: invalid.message.clone(),
-        verified: if VERIFICATION_FAILURES.contains(&invalid.reason) {
+        verified: b.status.verified,
+    };
+    let requeue = Some(add(now, policy.recheck_interval));
+    if same && record.matches(&b.status) {
+        return decision(record, Plan::Wait, requeue);
+    }
+    decision(record.clone(), Plan::Fail(record), requeue)
+}
+
+/// The record of a binding whose last mint failed with `f`. With a token that still works (and
+/// the registry did not reject what was minted) it is `Refreshing` and `Ready`: pulls keep
+/// working until the expiry and the error is shown beside it. Otherwise `Failed`.
+pub fn failure_record(o: &Observed, resolved: &Resolved, f: &Failure, now: Timestamp) -> Record {
+    let b = &o.binding;
+    let secret = o.secrets.iter().find(|s| s.name == resolved.secret_name);
+    let valid = valid_until(o, resolved, now).filter(|_| !f.reason.is_verification_failure());
+    let message = match valid {
+        Some(expiry) => format!(
+            "pull secret {} holds a token valid until {}; refreshing it failed ({}), next attempt at {}",
+            resolved.secret_name, expiry, f.reason, f.retry_at
+        ),
+        None => f.message.clone(),
+    };
+    Record {
+        phase: if valid.is_some() {
+            Phase::Refreshing
+        } else {
+            Phase::Failed
+        },
+        reason: f.reason,
+        ready: valid.is_some(),
+        message,
+        error: f.message.clone(),
+        last_refresh: secret.and_then(|s| s.refresh).or(b.status.last_refresh),
+        expiry: secret.and_then(|s| s.expiry).or(b.status.expiry),
+        next_refresh: Some(f.retry_at),
+        consecutive_failures: f.failures,
+        observed_generation: b.generation,
+        verified: if f.reason.is_verification_failure() {
             Some(false)
         } else {
-            b.status.verified
+            secret.map_or(b.status.verified, |s| s.verified)
         },
     }
 }
 
-/// Failure reasons that mean the registry did not accept what was minted.
-pub const VERIFICATION_FAILURES: [&str; 2] = ["ScopeNotGranted", "CredentialRejected"];
-
-/// The status to write after a mint failed with `reason`/`message`. The existing secret is
-/// untouched by the caller; this only records the failure and schedules the retry.
+/// After a mint for `request` failed at `now` (Azure error, failed verification, a foreign
+/// Secret): the failure to remember and the record to write. The existing secret is untouched
+/// by the caller. The retry is whole seconds, in the future, and before a working token
+/// expires even when `Retry-After` asks for longer.
 pub fn after_mint_failure(
     o: &Observed,
-    reason: &'static str,
-    message: String,
-    retry_after: Option<std::time::Duration>,
+    request: &Resolved,
+    failure: &MintFailure,
     now: Timestamp,
     policy: &Policy,
-) -> (DesiredStatus, Timestamp) {
+) -> (Record, Failure) {
     let seed = seed_of(&o.binding.uid);
-    let valid = o
-        .secrets
-        .iter()
-        .filter(|s| s.well_formed)
-        .filter_map(|s| s.expiry)
-        .filter(|e| *e > now)
-        .max();
-    let failures = o.binding.status.consecutive_failures.saturating_add(1);
-    let mut at = retry_at(
-        now,
-        failures,
-        seed,
-        policy.backoff_cap,
-        valid,
-        policy.expiry_margin,
-    );
-    if let Some(ra) = retry_after {
-        let nb = add(now, ra);
+    let valid = valid_until(o, request, now);
+    let previous = o.last_failure.as_ref().map_or(0, |f| f.failures);
+    let failures = o
+        .binding
+        .status
+        .consecutive_failures
+        .max(previous)
+        .saturating_add(1);
+    let mut at = retry_at(now, failures, seed, &policy.backoff(), valid);
+    if let Some(wait) = failure.retry_after {
+        let not_before = add(now, wait);
         // Honour Retry-After unless that would let a valid token lapse.
-        if valid.is_none_or(|v| nb < v) {
-            at = at.max(nb);
+        if valid.is_none_or(|v| not_before < v) {
+            at = at.max(not_before);
         }
     }
-    let invalid = Invalid { reason, message };
-    let at = whole_seconds(at).max(add(now, crate::state::refresh::MIN_REQUEUE));
-    (failed_status(o, &invalid, failures, Some(at)), at)
+    let f = Failure {
+        reason: failure.reason,
+        message: failure.message.clone(),
+        failures,
+        retry_at: ceil_seconds(at.max(add(now, policy.min_requeue))),
+    };
+    (failure_record(o, request, &f, now), f)
 }
 
 /// Deletion, one step at a time: detach from every ServiceAccount, delete every secret,
 /// then drop the finalizer.
 fn cleanup_step(o: &Observed) -> CleanupStep {
     let own: Vec<&str> = o.secrets.iter().map(|s| s.name.as_str()).collect();
-    let expected = expected_secret_name(&o.binding);
-    let is_own = |n: &String| own.contains(&n.as_str()) || Some(n) == expected.as_ref();
+    let expected = expected_secret_name(o.binding.version, &o.binding.name);
+    let is_own = |n: &String| own.contains(&n.as_str()) || *n == expected;
     for sa in o
         .referencing_service_accounts
         .iter()
@@ -570,12 +534,7 @@ fn cleanup_step(o: &Observed) -> CleanupStep {
         if sa.pull_secrets.iter().any(is_own) {
             return CleanupStep::Detach {
                 service_account: sa.name.clone(),
-                pull_secrets: sa
-                    .pull_secrets
-                    .iter()
-                    .filter(|n| !is_own(n))
-                    .cloned()
-                    .collect(),
+                pull_secrets: without(&sa.pull_secrets, is_own),
             };
         }
     }
@@ -583,42 +542,6 @@ fn cleanup_step(o: &Observed) -> CleanupStep {
         return CleanupStep::DeleteSecret(s.name.clone());
     }
     CleanupStep::RemoveFinalizer
-}
-
-fn expected_secret_name(b: &BindingView) -> Option<String> {
-    Some(match b.version {
-        Version::V1beta1 => super::names::legacy_pull_secret_name(&b.name),
-        Version::V1beta2 => super::names::pull_secret_name(&b.name),
-    })
-}
-
-/// How long to wait before the next pass for a plan that waits.
-pub fn requeue_for(plan: &Plan, now: Timestamp, policy: &Policy) -> Option<std::time::Duration> {
-    match plan {
-        Plan::Wait { until } => Some(requeue_after(now, *until)),
-        Plan::Fail { retry_at, .. } => Some(
-            retry_at
-                .map(|t| requeue_after(now, t))
-                .unwrap_or(policy.recheck_interval),
-        ),
-        Plan::Ignore => None,
-        _ => Some(std::time::Duration::ZERO),
-    }
-}
-
-/// Whether a secret name is one acrpull manages (either family).
-pub fn is_managed_secret_name(name: &str) -> bool {
-    secret_family(name) != SecretFamily::Unmanaged
-}
-
-/// Truncate to whole seconds: the precision of RFC 3339 times in status and annotations.
-pub fn whole_seconds(t: Timestamp) -> Timestamp {
-    Timestamp::from_second(t.as_second()).unwrap_or(t)
-}
-
-fn add(t: Timestamp, d: std::time::Duration) -> Timestamp {
-    t.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
-        .unwrap_or(Timestamp::MAX)
 }
 
 #[cfg(test)]

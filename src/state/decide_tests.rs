@@ -3,6 +3,7 @@
 use super::*;
 use crate::state::binding::{EnvDefaults, IdentitySpec, V1beta1Spec, V1beta2Spec, WorkloadSpec};
 use crate::state::inputs;
+use crate::state::refresh::MIN_REFRESH_INTERVAL;
 
 const CID: &str = "1b461305-28be-5271-beda-bd9fd2e24251";
 const TID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -113,8 +114,8 @@ fn secret_for(o: &Observed, name: &str, refresh: &str, expiry: &str) -> SecretVi
         name: name.into(),
         expiry: Some(ts(expiry)),
         refresh: Some(ts(refresh)),
+        issued: None,
         inputs: Some(hash_of(o)),
-        well_formed: true,
         verified: Some(true),
     }
 }
@@ -145,11 +146,7 @@ fn ready(mut o: Observed) -> Observed {
         next_refresh: desired.next_refresh,
         consecutive_failures: desired.consecutive_failures,
         observed_generation: Some(desired.observed_generation),
-        ready: Some((
-            desired.ready,
-            desired.reason.into(),
-            desired.message.clone(),
-        )),
+        ready: Some((desired.ready, Some(desired.reason), desired.message.clone())),
         verified: desired.verified,
     };
     o
@@ -165,10 +162,10 @@ fn mint_identity(d: &Decision) -> (&IdentitySpec, MintReason) {
 }
 
 fn failed_with(d: &Decision, reason: &str, message: &str) {
-    assert_eq!(d.phase, Phase::Failed, "{d:?}");
+    assert_eq!(d.record.phase, Phase::Failed, "{d:?}");
     match &d.plan {
-        Plan::Fail { status, .. } => {
-            assert_eq!(status.reason, reason, "{d:?}");
+        Plan::Fail(status) => {
+            assert_eq!(status.reason.as_str(), reason, "{d:?}");
             assert!(
                 status.error.contains(message),
                 "{:?} !~ {message}",
@@ -186,13 +183,12 @@ fn new_binding_gets_a_finalizer_first() {
         let mut o = observed(spec);
         o.binding.has_finalizer = false;
         let d = decide(&o, now(), &policy());
+        assert_eq!(d.plan, Plan::AddFinalizer);
         assert_eq!(
-            d,
-            Decision {
-                phase: Phase::Pending,
-                plan: Plan::AddFinalizer
-            }
+            (d.record.phase, d.record.reason),
+            (Phase::Pending, Reason::NewBinding)
         );
+        assert_eq!(d.requeue, Some(add(now(), policy().after_write)));
     }
 }
 
@@ -243,7 +239,7 @@ fn minting_for_a_missing_secret_each_identity_kind() {
     for (spec, want) in cases {
         let o = observed(spec);
         let d = decide(&o, now(), &policy());
-        assert_eq!(d.phase, Phase::Exchanging);
+        assert_eq!(d.record.phase, Phase::Exchanging);
         let (identity, reason) = mint_identity(&d);
         assert_eq!(identity, &want);
         assert_eq!(reason, MintReason::Missing);
@@ -339,12 +335,12 @@ fn missing_target_service_account_fails_and_waits_for_it() {
         "ServiceAccountNotFound",
         "service account \"puller\" not found",
     );
-    let Plan::Fail { status, retry_at } = d.plan else {
+    let Plan::Fail(status) = d.plan else {
         unreachable!()
     };
     assert_eq!(
-        retry_at, None,
-        "re-checked when the ServiceAccount appears (watch)"
+        status.next_refresh, None,
+        "re-checked when the ServiceAccount appears (watch), nothing planned"
     );
     // Recorded once: the next pass waits instead of rewriting status (no hot loop).
     o.binding.status = StatusView {
@@ -355,18 +351,13 @@ fn missing_target_service_account_fails_and_waits_for_it() {
         next_refresh: status.next_refresh,
         consecutive_failures: status.consecutive_failures,
         observed_generation: Some(1),
-        ready: Some((false, status.reason.into(), status.message.clone())),
+        ready: Some((false, Some(status.reason), status.message.clone())),
         verified: status.verified,
     };
     let later = add(now(), std::time::Duration::from_secs(5));
     let d = decide(&o, later, &policy());
-    assert_eq!(
-        d.plan,
-        Plan::Wait {
-            until: add(later, policy().recheck_interval)
-        },
-        "{d:?}"
-    );
+    assert_eq!(d.plan, Plan::Wait, "{d:?}");
+    assert_eq!(d.requeue, Some(add(later, policy().recheck_interval)));
 }
 
 #[test]
@@ -383,7 +374,7 @@ fn disallowed_registry_fails_before_any_token_call() {
         }));
         let d = decide(&o, now(), &policy());
         assert!(!matches!(d.plan, Plan::Mint { .. }), "{server}: {d:?}");
-        assert_eq!(d.phase, Phase::Failed);
+        assert_eq!(d.record.phase, Phase::Failed);
     }
     let o = observed(Spec::V1beta2(V1beta2Spec {
         server: "evil.example.com".into(),
@@ -580,13 +571,14 @@ fn bad_input_of_spec_10_fails_with_actionable_messages() {
         o.target_service_account = Some(sa(&spec.service_account_name, &[]));
         let d = decide(&o, now(), &policy());
         failed_with(&d, "InvalidSpec", message);
-        let Plan::Fail { retry_at, .. } = d.plan else {
+        let Plan::Fail(record) = d.plan else {
             unreachable!()
         };
         assert_eq!(
-            retry_at, None,
+            record.next_refresh, None,
             "spec errors wait for a spec change: {message}"
         );
+        assert_eq!(d.requeue, Some(add(now(), policy().recheck_interval)));
     }
     // v1beta1 without any identity.
     let o = observed(Spec::V1beta1(v1("", "")));
@@ -655,10 +647,9 @@ fn attaching_honours_the_ordering() {
 fn status_is_updated_from_the_secret_then_nothing_until_the_boundary() {
     let o = ready(observed(Spec::V1beta2(v2_managed())));
     let d = decide(&o, now(), &policy());
-    let Plan::Wait { until } = d.plan else {
-        panic!("{d:?}")
-    };
-    assert_eq!(d.phase, Phase::Ready);
+    assert_eq!(d.plan, Plan::Wait, "{d:?}");
+    let until = d.requeue.unwrap();
+    assert_eq!(d.record.phase, Phase::Ready);
     // Boundary for refresh 11:50, expiry 15:00, fraction 0.5 is 13:25, pulled earlier by jitter
     // of at most 10 % of the 95-minute window.
     assert!(
@@ -678,7 +669,7 @@ fn status_is_updated_from_the_secret_then_nothing_until_the_boundary() {
     let Plan::WriteStatus(s) = decide(&old_error, now(), &policy()).plan else {
         panic!()
     };
-    assert!(s.error.is_empty() && s.ready && s.reason == "TokenIssued");
+    assert!(s.error.is_empty() && s.ready && s.reason == Reason::TokenIssued);
 }
 
 #[test]
@@ -686,7 +677,7 @@ fn expiring_secret_is_re_minted_and_v1beta1_uses_its_own_boundary() {
     let o = ready(observed(Spec::V1beta2(v2_managed())));
     let at = o.binding.status.next_refresh.unwrap();
     let d = decide(&o, at, &policy());
-    assert_eq!(d.phase, Phase::Refreshing);
+    assert_eq!(d.record.phase, Phase::Refreshing);
     let Plan::Mint {
         reason,
         current_expiry,
@@ -702,7 +693,7 @@ fn expiring_secret_is_re_minted_and_v1beta1_uses_its_own_boundary() {
     // v1beta1 refreshes 30 minutes before expiry (15:00), jitter at most 10 % earlier.
     assert!(matches!(
         decide(&o, ts("2026-01-01T14:10:00Z"), &policy()).plan,
-        Plan::Wait { .. }
+        Plan::Wait
     ));
     assert!(matches!(
         decide(&o, ts("2026-01-01T14:30:00Z"), &policy()).plan,
@@ -717,10 +708,13 @@ fn unreadable_or_foreign_secret_is_re_minted() {
     garbage.secrets[0].expiry = None; // annotation missing or unparsable
     let (_, reason) = mint_identity(&decide(&garbage, now(), &policy()));
     assert_eq!(reason, MintReason::Unreadable);
-    let mut wrong_type = base.clone();
-    wrong_type.secrets[0].well_formed = false;
-    let (_, reason) = mint_identity(&decide(&wrong_type, now(), &policy()));
-    assert_eq!(reason, MintReason::Unreadable);
+    let mut no_refresh = base.clone();
+    no_refresh.secrets[0].refresh = None;
+    let d = decide(&no_refresh, now(), &policy());
+    assert_eq!(mint_identity(&d).1, MintReason::Unreadable);
+    // Nothing valid is left: not a refresh of a working credential.
+    assert_eq!(d.record.phase, Phase::Exchanging);
+    assert_eq!(d.record.reason, Reason::TokenExpired);
 }
 
 #[test]
@@ -760,7 +754,7 @@ fn input_changes_re_mint() {
         let d = decide(&o, now(), &policy());
         let (_, reason) = mint_identity(&d);
         assert_eq!(reason, MintReason::InputsChanged, "{changed:?}");
-        assert_eq!(d.phase, Phase::Refreshing);
+        assert_eq!(d.record.phase, Phase::Refreshing);
     }
     // v1beta1: client id change.
     let base = ready(observed(Spec::V1beta1(v1(CID, ""))));
@@ -832,10 +826,17 @@ fn extraneous_secret_is_detached_and_deleted() {
     let d = decide(&o, now(), &policy());
     assert_eq!(
         d.plan,
-        Plan::RemoveExtraneousSecret {
-            secret: "app-msi-acrpull-secret".into(),
-            detach_from: vec!["puller".into()],
-        }
+        Plan::RemoveExtraneousSecret(ExtraneousStep::Detach {
+            service_account: "puller".into(),
+            pull_secrets: vec!["acr-pull-app".into()],
+        })
+    );
+    // Detached everywhere: deleted.
+    o.target_service_account.as_mut().unwrap().pull_secrets = vec!["acr-pull-app".into()];
+    o.referencing_service_accounts = vec![o.target_service_account.clone().unwrap()];
+    assert_eq!(
+        decide(&o, now(), &policy()).plan,
+        Plan::RemoveExtraneousSecret(ExtraneousStep::Delete("app-msi-acrpull-secret".into()))
     );
 }
 
@@ -881,69 +882,265 @@ fn deletion_unwinds_in_order() {
     assert_eq!(decide(&o, now(), &policy()).plan, Plan::Ignore);
 }
 
+/// The Mint plan's request for `o` at `at`.
+fn request_at(o: &Observed, at: Timestamp) -> Resolved {
+    match decide(o, at, &policy()).plan {
+        Plan::Mint { request, .. } => *request,
+        other => panic!("expected Mint, got {other:?}"),
+    }
+}
+
+fn failure(reason: Reason, retry_after: Option<u64>) -> MintFailure {
+    MintFailure {
+        reason,
+        message: format!("{reason} from Azure"),
+        retry_after: retry_after.map(std::time::Duration::from_secs),
+    }
+}
+
+/// `o` as it looks after the failure was remembered and its record written to status.
+fn after(o: &Observed, record: &Record, f: Failure) -> Observed {
+    let mut o = o.clone();
+    o.binding.status = StatusView {
+        phase: Some(record.phase),
+        error: record.error.clone(),
+        last_refresh: record.last_refresh,
+        expiry: record.expiry,
+        next_refresh: record.next_refresh,
+        consecutive_failures: record.consecutive_failures,
+        observed_generation: Some(record.observed_generation),
+        ready: Some((record.ready, Some(record.reason), record.message.clone())),
+        verified: record.verified,
+    };
+    o.last_failure = Some(f);
+    o
+}
+
 #[test]
-fn a_failed_refresh_keeps_the_working_secret_and_retries_before_expiry() {
+fn a_failed_refresh_keeps_the_working_secret_and_stays_ready_until_it_expires() {
     let o = ready(observed(Spec::V1beta2(v2_managed())));
     let due = o.binding.status.next_refresh.unwrap();
-    // The mint at `due` failed (Azure throttled for a long time).
-    let (status, retry) = after_mint_failure(
+    let d = decide(&o, due, &policy());
+    assert_eq!(
+        (d.record.phase, d.record.reason),
+        (Phase::Refreshing, Reason::RefreshDue),
+        "the refresh carries its own reason, not the status's"
+    );
+    let request = request_at(&o, due);
+    // The mint at `due` failed (Azure throttled, asking for 6 h).
+    let (record, f) = after_mint_failure(
         &o,
-        "Throttled",
-        "ACR throttled the request".into(),
-        Some(std::time::Duration::from_secs(6 * 3600)),
+        &request,
+        &failure(Reason::Throttled, Some(6 * 3600)),
         due,
         &policy(),
     );
-    assert_eq!(status.phase, Phase::Failed);
-    assert_eq!(status.consecutive_failures, 1);
+    // The credential still works: Refreshing, Ready, the error beside it — never Failed.
+    assert_eq!(record.phase, Phase::Refreshing);
+    assert!(record.ready);
+    assert_eq!(record.reason, Reason::Throttled);
+    assert_eq!(record.error, "Throttled from Azure");
+    assert!(
+        record.message.contains("valid until 2026-01-01T15:00:00Z"),
+        "{}",
+        record.message
+    );
+    assert_eq!(record.consecutive_failures, 1);
     // The facts of the working credential stay in status.
-    assert_eq!(status.expiry, Some(ts("2026-01-01T15:00:00Z")));
-    // Retry-After of 6 h would let the token lapse: the retry is before expiry instead.
-    assert!(retry < ts("2026-01-01T15:00:00Z") && retry > due);
+    assert_eq!(record.expiry, Some(ts("2026-01-01T15:00:00Z")));
+    // Retry-After of 6 h would let the token lapse: the retry is before expiry instead, and
+    // it is what status shows as the next planned action.
+    assert!(f.retry_at < ts("2026-01-01T15:00:00Z") && f.retry_at > due);
+    assert_eq!(record.next_refresh, Some(f.retry_at));
     // While backing off, the decision waits (no Mint, never a delete of the secret).
-    let mut failing = o.clone();
-    failing.binding.status.consecutive_failures = 1;
-    failing.last_failure = Some(Failure {
-        reason: "Throttled",
-        message: "x".into(),
-        at: due,
-        not_before: None,
-    });
-    let d = decide(
-        &failing,
-        add(due, std::time::Duration::from_millis(500)),
+    let failing = after(&o, &record, f.clone());
+    let half_second = add(due, std::time::Duration::from_millis(500));
+    let d = decide(&failing, half_second, &policy());
+    assert_eq!(d.plan, Plan::Wait, "{d:?}");
+    assert_eq!(
+        d.record, record,
+        "the record in memory is the status written"
+    );
+    assert_eq!(d.requeue, Some(f.retry_at));
+    // Once the backoff has passed, it mints again, still showing the failure.
+    let d = decide(&failing, f.retry_at, &policy());
+    assert!(matches!(d.plan, Plan::Mint { .. }));
+    assert_eq!(d.record.phase, Phase::Refreshing);
+    // Refresh failures are named as such; a first mint's as a failure to issue.
+    assert_eq!(MintReason::Due.failure_event(), Reason::TokenRefreshFailed);
+    assert_eq!(
+        MintReason::Missing.failure_event(),
+        Reason::TokenIssueFailed
+    );
+}
+
+#[test]
+fn a_failing_refresh_becomes_failed_when_the_token_expires() {
+    let o = ready(observed(Spec::V1beta2(v2_managed())));
+    let late = ts("2026-01-01T14:59:50Z");
+    let request = request_at(&o, late);
+    let (record, f) = after_mint_failure(
+        &o,
+        &request,
+        &failure(Reason::AzureUnavailable, None),
+        late,
         &policy(),
     );
-    assert_eq!(d.phase, Phase::Failed);
-    assert!(matches!(d.plan, Plan::Wait { .. }), "{d:?}");
-    // Once the backoff has passed, it mints again.
-    let later = add(due, std::time::Duration::from_secs(10));
-    assert!(matches!(
-        decide(&failing, later, &policy()).plan,
-        Plan::Mint { .. }
-    ));
+    assert_eq!(record.phase, Phase::Refreshing);
+    assert!(f.retry_at < ts("2026-01-01T15:00:00Z"), "{}", f.retry_at);
+    let failing = after(&o, &record, f.clone());
+    // Still backing off, but the token expired meanwhile: status follows at once.
+    let expired = ts("2026-01-01T15:00:00Z");
+    let mut f_later = f;
+    f_later.retry_at = ts("2026-01-01T15:00:30Z");
+    let mut failing = failing;
+    failing.last_failure = Some(f_later);
+    let d = decide(&failing, expired, &policy());
+    let Plan::WriteStatus(now_failed) = &d.plan else {
+        panic!("{d:?}")
+    };
+    assert_eq!(now_failed.phase, Phase::Failed);
+    assert!(!now_failed.ready);
+    assert_eq!(now_failed.reason, Reason::AzureUnavailable);
+}
+
+#[test]
+fn a_first_mint_failure_is_failed_and_says_nothing_was_issued() {
+    let o = observed(Spec::V1beta2(v2_managed()));
+    let d = decide(&o, now(), &policy());
+    assert_eq!(
+        (d.record.phase, d.record.reason),
+        (Phase::Exchanging, Reason::NoPullSecret)
+    );
+    let request = request_at(&o, now());
+    let (record, f) = after_mint_failure(
+        &o,
+        &request,
+        &failure(Reason::Throttled, None),
+        now(),
+        &policy(),
+    );
+    assert_eq!(record.phase, Phase::Failed);
+    assert!(!record.ready);
+    assert_eq!(record.message, "Throttled from Azure");
+    assert_eq!(record.last_refresh, None);
+    assert_eq!(f.failures, 1);
+    // Retrying keeps the failed record (no Failed → Exchanging → Failed flapping).
+    let failing = after(&o, &record, f.clone());
+    assert_eq!(decide(&failing, f.retry_at, &policy()).record, record);
+}
+
+#[test]
+fn a_rejected_credential_is_failed_even_with_a_valid_token() {
+    let o = ready(observed(Spec::V1beta2(v2_managed())));
+    let due = o.binding.status.next_refresh.unwrap();
+    let request = request_at(&o, due);
+    let (record, _) = after_mint_failure(
+        &o,
+        &request,
+        &failure(Reason::ScopeNotGranted, None),
+        due,
+        &policy(),
+    );
+    assert_eq!(record.phase, Phase::Failed);
+    assert_eq!(record.verified, Some(false));
+    assert!(!record.ready);
+}
+
+#[test]
+fn retries_are_in_the_future_and_whole_seconds() {
+    // A mint that took long (its pass started long before): the retry is computed from when
+    // the failure happened, so neither it nor nextRefreshTime is ever in the past.
+    let o = observed(Spec::V1beta2(v2_managed()));
+    let request = request_at(&o, now());
+    let failed_at = ts("2026-01-01T12:00:59.7Z");
+    let (record, f) = after_mint_failure(
+        &o,
+        &request,
+        &failure(Reason::Throttled, None),
+        failed_at,
+        &policy(),
+    );
+    assert!(f.retry_at > failed_at, "{}", f.retry_at);
+    assert_eq!(f.retry_at.subsec_nanosecond(), 0);
+    assert_eq!(record.next_refresh, Some(f.retry_at));
 }
 
 #[test]
 fn backoff_grows_per_binding() {
     let o = observed(Spec::V1beta2(v2_managed()));
+    let request = request_at(&o, now());
     let mut last = Timestamp::MIN;
     let mut o2 = o.clone();
     for failures in 0..6u32 {
         o2.binding.status.consecutive_failures = failures;
-        let (s, at) = after_mint_failure(
+        let (record, f) = after_mint_failure(
             &o2,
-            "AzureUnavailable",
-            "down".into(),
-            None,
+            &request,
+            &failure(Reason::AzureUnavailable, None),
             now(),
             &policy(),
         );
-        assert_eq!(s.consecutive_failures, failures + 1);
-        assert!(at > last, "backoff grows");
-        last = at;
+        assert_eq!(record.consecutive_failures, failures + 1);
+        assert!(f.retry_at > last, "backoff grows");
+        last = f.retry_at;
     }
-    assert!(last <= add(now(), policy().backoff_cap));
+    assert!(
+        last <= add(
+            now(),
+            policy().backoff_cap + std::time::Duration::from_secs(1)
+        )
+    );
+}
+
+#[test]
+fn a_binding_recovering_from_a_failure_says_why_it_is_ready() {
+    let o = ready(observed(Spec::V1beta2(v2_managed())));
+    let due = o.binding.status.next_refresh.unwrap();
+    let request = request_at(&o, due);
+    let (record, f) = after_mint_failure(
+        &o,
+        &request,
+        &failure(Reason::Throttled, None),
+        due,
+        &policy(),
+    );
+    let mut recovered = after(&o, &record, f);
+    // The retry succeeded: the shell forgets the failure and the secret holds a new token.
+    recovered.last_failure = None;
+    recovered.secrets[0].refresh = Some(add(due, std::time::Duration::from_secs(3)));
+    recovered.secrets[0].expiry = Some(ts("2026-01-01T18:00:00Z"));
+    let d = decide(
+        &recovered,
+        add(due, std::time::Duration::from_secs(4)),
+        &policy(),
+    );
+    let Plan::WriteStatus(s) = &d.plan else {
+        panic!("{d:?}")
+    };
+    assert_eq!((s.phase, s.reason), (Phase::Ready, Reason::TokenIssued));
+    assert!(s.error.is_empty() && s.consecutive_failures == 0);
+}
+
+#[test]
+fn last_refresh_is_when_the_token_was_written_and_the_boundary_follows_its_issue() {
+    // A token from the pipeline's cache, issued 20 minutes before it was written.
+    let mut o = ready(observed(Spec::V1beta2(v2_managed())));
+    o.secrets[0].issued = Some(ts("2026-01-01T11:30:00Z"));
+    o.secrets[0].refresh = Some(ts("2026-01-01T11:50:00Z"));
+    o.secrets[0].expiry = Some(ts("2026-01-01T12:30:00Z"));
+    let d = decide(&o, ts("2026-01-01T11:50:10Z"), &policy());
+    let Plan::WriteStatus(s) = &d.plan else {
+        panic!("{d:?}")
+    };
+    // Status never claims a refresh older than the Secret it describes.
+    assert_eq!(s.last_refresh, Some(ts("2026-01-01T11:50:00Z")));
+    // The refresh is at the token's own half-life (12:00, minus jitter), not 75 % of it.
+    let next = s.next_refresh.unwrap();
+    assert!(
+        next <= ts("2026-01-01T12:00:00Z") && next > ts("2026-01-01T11:56:00Z"),
+        "{next}"
+    );
 }
 
 #[test]
@@ -952,7 +1149,7 @@ fn same_failure_twice_is_not_rewritten() {
         server: "evil.com".into(),
         ..v2_managed()
     }));
-    let Plan::Fail { status, .. } = decide(&o, now(), &policy()).plan else {
+    let Plan::Fail(status) = decide(&o, now(), &policy()).plan else {
         panic!()
     };
     o.binding.status = StatusView {
@@ -963,14 +1160,11 @@ fn same_failure_twice_is_not_rewritten() {
         next_refresh: status.next_refresh,
         consecutive_failures: status.consecutive_failures,
         observed_generation: Some(1),
-        ready: Some((false, status.reason.into(), status.message.clone())),
+        ready: Some((false, Some(status.reason), status.message.clone())),
         verified: status.verified,
     };
     let d = decide(&o, now(), &policy());
-    assert!(
-        matches!(d.plan, Plan::Wait { .. }),
-        "no status write loop: {d:?}"
-    );
+    assert!(matches!(d.plan, Plan::Wait), "no status write loop: {d:?}");
 }
 
 #[test]
@@ -1010,18 +1204,23 @@ fn verification_outcome_reaches_status_and_scope_gaps_fail() {
     };
     assert_eq!(s.verified, None);
     // The registry did not grant the scope: Failed with verified=false, secret untouched.
+    let request = request_at(&o, o.binding.status.next_refresh.unwrap());
     let (status, _) = after_mint_failure(
         &o,
-        "ScopeNotGranted",
-        "the registry did not grant repository:app:pull".into(),
-        None,
+        &request,
+        &failure(Reason::ScopeNotGranted, None),
         now(),
         &policy(),
     );
     assert_eq!(status.verified, Some(false));
     assert!(!status.ready);
-    let (status, _) =
-        after_mint_failure(&o, "Throttled", "slow down".into(), None, now(), &policy());
+    let (status, _) = after_mint_failure(
+        &o,
+        &request,
+        &failure(Reason::Throttled, None),
+        now(),
+        &policy(),
+    );
     assert_eq!(
         status.verified,
         Some(true),
@@ -1095,8 +1294,5 @@ fn status_times_are_whole_seconds_so_a_read_back_status_matches() {
     assert_eq!(next.subsec_nanosecond(), 0, "{next}");
     let round_tripped: Timestamp = crate::k8s::binding::rfc3339(next).parse().unwrap();
     assert_eq!(round_tripped, next);
-    assert!(matches!(
-        decide(&o, now(), &policy()).plan,
-        Plan::Wait { .. }
-    ));
+    assert_eq!(decide(&o, now(), &policy()).plan, Plan::Wait);
 }

@@ -8,6 +8,8 @@ pub mod inputs;
 pub mod jwt;
 pub mod lease;
 pub mod names;
+pub mod reason;
+pub mod record;
 pub mod refresh;
 pub mod scope;
 pub mod selector;

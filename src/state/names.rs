@@ -7,8 +7,13 @@ use sha2::{Digest, Sha224};
 pub const BINDING_LABEL: &str = "acr.microsoft.com/binding";
 /// RFC 3339 expiry of the token in the secret.
 pub const EXPIRY_ANNOTATION: &str = "acr.microsoft.com/token.expiry";
-/// RFC 3339 time the token in the secret was minted.
+/// RFC 3339 time the token was written into the secret (the old controller's name and meaning;
+/// `status.lastTokenRefreshTime`).
 pub const REFRESH_ANNOTATION: &str = "acr.microsoft.com/token.refresh";
+/// RFC 3339 time the token was issued (its `iat`), when that is earlier than the write: a token
+/// served from the pipeline's cache part-way through its life refreshes at its own half-life.
+/// Absent on secrets of the old controller (the refresh time stands in).
+pub const ISSUED_ANNOTATION: &str = "acr.microsoft.com/token.issued";
 /// base36(sha224) of the binding inputs the token was minted for.
 pub const INPUTS_ANNOTATION: &str = "acr.microsoft.com/token.inputs";
 /// Outcome of checking the credential at the registry's token endpoint after minting:
@@ -81,6 +86,14 @@ pub fn pull_secret_name(binding: &str) -> String {
 /// v1beta1 pull secret: `<binding>-msi-acrpull-secret`.
 pub fn legacy_pull_secret_name(binding: &str) -> String {
     format!("{binding}{LEGACY_SUFFIX}")
+}
+
+/// The name the pull secret of a binding of `version` named `binding` must have.
+pub fn expected_secret_name(version: super::binding::Version, binding: &str) -> String {
+    match version {
+        super::binding::Version::V1beta1 => legacy_pull_secret_name(binding),
+        super::binding::Version::V1beta2 => pull_secret_name(binding),
+    }
 }
 
 /// Which controller-managed family a pull-secret name belongs to.

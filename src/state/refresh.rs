@@ -54,41 +54,97 @@ pub fn jittered_boundary(
     add_ns(b, -(window * JITTER_FRACTION * unit(seed)))
 }
 
-/// Exponential backoff for the `failures`-th consecutive failure (1-based): 1 s, 2 s, 4 s …
-/// capped at `cap`, with ±20 % deterministic jitter from `seed`.
-pub fn backoff(failures: u32, seed: u64, cap: Duration) -> Duration {
-    let exp = failures.saturating_sub(1).min(20);
-    let base = Duration::from_secs(1u64 << exp).min(cap);
-    let factor = 0.8 + 0.4 * unit(seed ^ u64::from(failures).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    base.mul_f64(factor).min(cap).max(MIN_REQUEUE)
+/// A token is never refreshed sooner than this after it was written, whatever its lifetime
+/// says (an already-expired token from a skewed clock must not cause a mint loop).
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// When a token is due for refresh: the jittered boundary computed from when it was issued
+/// (`issued`, its `iat` when known), but never sooner than [`MIN_REFRESH_INTERVAL`] after it
+/// was written, rounded up to whole seconds (the precision of status and annotations, so a
+/// status read back compares equal and the plan is never earlier than the boundary).
+pub fn due_at(
+    rule: RefreshRule,
+    issued: Timestamp,
+    written: Timestamp,
+    expiry: Timestamp,
+    seed: u64,
+) -> Timestamp {
+    let boundary = jittered_boundary(rule, issued, expiry, seed);
+    ceil_seconds(boundary.max(add(written, MIN_REFRESH_INTERVAL)))
 }
 
-/// When to retry after a failure: the backoff, but never after `expiry - margin` of a token
-/// that is still valid, so a working credential is replaced before it lapses.
+/// Exponential backoff for the `failures`-th consecutive failure (1-based): `base`, 2 × `base`,
+/// 4 × `base` … capped at `cap`, with ±20 % deterministic jitter from `seed`, never below
+/// `base`.
+pub fn backoff(failures: u32, seed: u64, base: Duration, cap: Duration) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    let nominal = base.saturating_mul(1u32 << exp.min(31)).min(cap);
+    let factor = 0.8 + 0.4 * unit(seed ^ u64::from(failures).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    nominal.mul_f64(factor).min(cap).max(base.min(cap))
+}
+
+/// The per-binding retry schedule after failures (Azure or API alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay; doubles with each consecutive failure.
+    pub base: Duration,
+    /// Largest delay.
+    pub cap: Duration,
+    /// A retry is scheduled at least this long before a still-valid token expires.
+    pub expiry_margin: Duration,
+}
+
+/// When to retry after the `failures`-th consecutive failure: the [`backoff`], but a working
+/// credential is replaced before it lapses. While `valid_until - expiry_margin` is ahead, the
+/// retry is no later than that; once inside the margin, no later than halfway to the expiry, so
+/// retries keep growing while there is time and close in on the expiry instead of passing it
+/// (never the fixed one-second hammering of an API that is down).
 pub fn retry_at(
     now: Timestamp,
     failures: u32,
     seed: u64,
-    cap: Duration,
+    policy: &Backoff,
     valid_until: Option<Timestamp>,
-    margin: Duration,
 ) -> Timestamp {
-    let mut at = add(now, backoff(failures, seed, cap));
+    let delay = backoff(failures, seed, policy.base, policy.cap);
+    let mut at = add(now, delay);
     if let Some(expiry) = valid_until {
-        let latest = sub(expiry, margin);
-        if latest < at {
-            at = latest;
+        let latest = sub(expiry, policy.expiry_margin);
+        if latest > now {
+            at = at.min(latest);
+        } else {
+            let left = Duration::try_from(expiry.duration_since(now)).unwrap_or(Duration::ZERO);
+            at = add(now, delay.min(left / 2));
         }
     }
-    at.max(add(now, MIN_REQUEUE))
+    at.max(add(now, policy.base.min(MIN_REQUEUE)))
 }
 
-/// Time from `now` until `at`, never below [`MIN_REQUEUE`].
-pub fn requeue_after(now: Timestamp, at: Timestamp) -> Duration {
+/// Time from `now` until `at`, never below `floor`.
+pub fn requeue_after(now: Timestamp, at: Timestamp, floor: Duration) -> Duration {
     let d = at.duration_since(now);
-    Duration::try_from(d)
-        .unwrap_or(Duration::ZERO)
-        .max(MIN_REQUEUE)
+    Duration::try_from(d).unwrap_or(Duration::ZERO).max(floor)
+}
+
+/// Truncate to whole seconds: the precision of RFC 3339 times in status and annotations.
+pub fn whole_seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// Round up to whole seconds.
+pub fn ceil_seconds(t: Timestamp) -> Timestamp {
+    let down = whole_seconds(t);
+    if down == t {
+        t
+    } else {
+        add(down, Duration::from_secs(1))
+    }
+}
+
+/// `t + d`, saturating.
+pub fn add(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
 }
 
 /// A stable seed from a string (binding UID or namespace/name): FNV-1a.
@@ -108,11 +164,6 @@ fn unit(seed: u64) -> f64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn add(t: Timestamp, d: Duration) -> Timestamp {
-    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
-        .unwrap_or(Timestamp::MAX)
 }
 
 fn sub(t: Timestamp, d: Duration) -> Timestamp {
@@ -199,58 +250,134 @@ mod tests {
         assert!(seen.len() > 150, "only {} distinct seconds", seen.len());
     }
 
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn policy(cap: u64, margin: u64) -> Backoff {
+        Backoff {
+            base: SECOND,
+            cap: Duration::from_secs(cap),
+            expiry_margin: Duration::from_secs(margin),
+        }
+    }
+
     #[test]
     fn backoff_grows_and_caps() {
         let cap = Duration::from_secs(300);
         let seed = seed_of("ns/b");
         let mut prev = Duration::ZERO;
         for failures in 1..=8 {
-            let b = backoff(failures, seed, cap);
+            let b = backoff(failures, seed, SECOND, cap);
             let nominal = Duration::from_secs(1 << (failures - 1));
             assert!(b >= nominal.mul_f64(0.8).max(MIN_REQUEUE) && b <= nominal.mul_f64(1.2));
             assert!(b > prev.mul_f64(1.2) || failures == 1);
             prev = b;
         }
         for failures in [10, 20, 100, u32::MAX] {
-            let b = backoff(failures, seed, cap);
+            let b = backoff(failures, seed, SECOND, cap);
             assert!(b <= cap && b >= cap.mul_f64(0.8), "{failures}: {b:?}");
         }
+        // Another base scales the whole schedule (the in-process tests use milliseconds).
+        let ms = Duration::from_millis(50);
+        assert_eq!(backoff(1, seed, ms, cap), ms);
+        let fourth = backoff(4, seed, ms, cap);
+        assert!(
+            fourth >= ms * 8 * 4 / 5 && fourth <= ms * 8 * 6 / 5,
+            "{fourth:?}"
+        );
+        assert!(backoff(30, seed, ms, Duration::from_millis(400)) <= Duration::from_millis(400));
     }
 
     #[test]
     fn retry_never_lands_after_a_valid_token_expires() {
         let now = ts("2026-01-01T00:00:00Z");
-        let cap = Duration::from_secs(300);
-        let margin = Duration::from_secs(60);
+        let p = policy(300, 60);
         // Far expiry: plain backoff.
         let far = ts("2026-01-01T05:00:00Z");
-        let at = retry_at(now, 9, 1, cap, Some(far), margin);
+        let at = retry_at(now, 9, 1, &p, Some(far));
         assert!(at > ts("2026-01-01T00:03:00Z") && at <= ts("2026-01-01T00:05:00Z"));
         // Expiry in 3 minutes: retry at expiry - margin, earlier than the 4-5 minute backoff.
         let soon = ts("2026-01-01T00:03:00Z");
         assert_eq!(
-            retry_at(now, 9, 1, cap, Some(soon), margin),
+            retry_at(now, 9, 1, &p, Some(soon)),
             ts("2026-01-01T00:02:00Z")
         );
-        // Already inside the margin: the minimum requeue, never in the past.
+        // Already inside the margin: halfway to the expiry at most, never in the past.
         let lapsing = ts("2026-01-01T00:00:30Z");
         assert_eq!(
-            retry_at(now, 9, 1, cap, Some(lapsing), margin),
+            retry_at(now, 9, 1, &p, Some(lapsing)),
+            ts("2026-01-01T00:00:15Z")
+        );
+        assert_eq!(
+            retry_at(now, 9, 1, &p, Some(ts("2026-01-01T00:00:00.5Z"))),
             ts("2026-01-01T00:00:01Z")
+        );
+    }
+
+    #[test]
+    fn retries_inside_the_margin_grow_then_close_in_on_the_expiry() {
+        // A 120 s token refreshed at half-life is inside the default 2-minute margin from the
+        // start: retries still back off (1, 2, 4, 8 s …) instead of hammering every second,
+        // and every one of them lands before the expiry.
+        let p = policy(300, 120);
+        let expiry = ts("2026-01-01T00:01:00Z");
+        let mut now = ts("2026-01-01T00:00:00Z");
+        let mut gaps = Vec::new();
+        let mut failures = 1;
+        // Down to the last two seconds (below that the one-second floor decides).
+        while expiry.duration_since(now) > SignedDuration::from_secs(2) {
+            let at = retry_at(now, failures, 7, &p, Some(expiry));
+            assert!(at < expiry && at > now, "{failures}: {at}");
+            gaps.push(at.duration_since(now).as_secs_f64());
+            now = at;
+            failures += 1;
+        }
+        assert!(gaps.len() >= 8, "{gaps:?}");
+        assert!(gaps[0] >= 1.0 && gaps[1] > gaps[0] && gaps[2] > gaps[1] && gaps[3] > gaps[2]);
+        assert!(
+            gaps[gaps.len() - 1] < gaps[3],
+            "closing in on the expiry: {gaps:?}"
+        );
+    }
+
+    #[test]
+    fn due_at_is_whole_seconds_and_never_right_after_writing() {
+        let rule = RefreshRule::V1beta2 { fraction: 0.5 };
+        let issued = ts("2026-01-01T00:00:00Z");
+        let expiry = ts("2026-01-01T00:02:00Z");
+        // Written with a fresh token: the (jittered) half-life, rounded up.
+        let due = due_at(rule, issued, issued, expiry, 3);
+        assert_eq!(due.subsec_nanosecond(), 0);
+        assert!(due <= ts("2026-01-01T00:01:00Z") && due >= ts("2026-01-01T00:00:54Z"));
+        // Written with a cached token already past its boundary: not before 5 s after writing.
+        let written = ts("2026-01-01T00:01:10.2Z");
+        assert_eq!(
+            due_at(rule, issued, written, expiry, 3),
+            ts("2026-01-01T00:01:16Z")
         );
     }
 
     #[test]
     fn requeue_floor() {
         let now = ts("2026-01-01T00:00:00Z");
-        assert_eq!(requeue_after(now, ts("2025-01-01T00:00:00Z")), MIN_REQUEUE);
         assert_eq!(
-            requeue_after(now, ts("2026-01-01T00:00:00.5Z")),
+            requeue_after(now, ts("2025-01-01T00:00:00Z"), MIN_REQUEUE),
             MIN_REQUEUE
         );
         assert_eq!(
-            requeue_after(now, ts("2026-01-01T00:01:00Z")),
+            requeue_after(now, ts("2026-01-01T00:00:00.5Z"), MIN_REQUEUE),
+            MIN_REQUEUE
+        );
+        assert_eq!(
+            requeue_after(now, ts("2026-01-01T00:01:00Z"), MIN_REQUEUE),
             Duration::from_secs(60)
+        );
+        assert_eq!(
+            requeue_after(
+                now,
+                ts("2026-01-01T00:00:00.05Z"),
+                Duration::from_millis(10)
+            ),
+            Duration::from_millis(50)
         );
     }
 }

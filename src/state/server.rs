@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use super::reason::Reason;
+
 /// The default allowed suffixes: the ACR login-server suffixes of the Azure clouds.
 pub const DEFAULT_ALLOWED_SUFFIXES: [&str; 3] = ["azurecr.io", "azurecr.us", "azurecr.cn"];
 
@@ -94,10 +96,10 @@ pub enum ServerError {
 
 impl ServerError {
     /// Condition/event reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            ServerError::NotAllowed { .. } => "RegistryNotAllowed",
-            _ => "InvalidSpec",
+            ServerError::NotAllowed { .. } => Reason::RegistryNotAllowed,
+            _ => Reason::InvalidSpec,
         }
     }
 }
@@ -329,13 +331,13 @@ mod tests {
             check_server("evil.com", &allowed, false)
                 .unwrap_err()
                 .reason(),
-            "RegistryNotAllowed"
+            Reason::RegistryNotAllowed
         );
         assert_eq!(
             check_server("https://x", &allowed, false)
                 .unwrap_err()
                 .reason(),
-            "InvalidSpec"
+            Reason::InvalidSpec
         );
     }
 }

@@ -15,6 +15,9 @@ pub use super::status::AcrPullBindingStatus;
     kind = "AcrPullBinding",
     plural = "acrpullbindings",
     singular = "acrpullbinding",
+    shortname = "msiapb",
+    shortname = "msiapbs",
+    category = "acrpull",
     namespaced,
     status = "AcrPullBindingStatus",
     printcolumn = r#"{"name":"Server","type":"string","jsonPath":".spec.acrServer","description":"FQDN of the ACR."}"#,
@@ -22,7 +25,7 @@ pub use super::status::AcrPullBindingStatus;
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.serviceAccountName","description":"ServiceAccount the pull secret is attached to (default if empty)."}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Last Refresh","type":"date","jsonPath":".status.lastTokenRefreshTime","priority":1}"#,
-    printcolumn = r#"{"name":"Expiration","type":"date","jsonPath":".status.tokenExpirationTime"}"#,
+    printcolumn = r#"{"name":"Expiration","type":"string","jsonPath":".status.tokenExpirationTime","description":"When the token in the pull secret expires (RFC 3339). A string column: kubectl prints date columns as ages, which cannot show a future time."}"#,
     printcolumn = r#"{"name":"Error","type":"string","jsonPath":".status.error"}"#
 )]
 #[serde(rename_all = "camelCase")]

@@ -22,6 +22,7 @@ pub const ENVIRONMENTS: [&str; 4] = [
     kind = "AcrPullBinding",
     plural = "acrpullbindings",
     singular = "acrpullbinding",
+    category = "acrpull",
     shortname = "apb",
     shortname = "apbs",
     namespaced,
@@ -31,7 +32,7 @@ pub const ENVIRONMENTS: [&str; 4] = [
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.serviceAccountName","description":"ServiceAccount the pull secret is attached to."}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Last Refresh","type":"date","jsonPath":".status.lastTokenRefreshTime","priority":1}"#,
-    printcolumn = r#"{"name":"Expiration","type":"date","jsonPath":".status.tokenExpirationTime"}"#,
+    printcolumn = r#"{"name":"Expiration","type":"string","jsonPath":".status.tokenExpirationTime","description":"When the token in the pull secret expires (RFC 3339). A string column: kubectl prints date columns as ages, which cannot show a future time."}"#,
     printcolumn = r#"{"name":"Error","type":"string","jsonPath":".status.error"}"#
 )]
 #[serde(rename_all = "camelCase")]

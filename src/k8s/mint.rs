@@ -1,0 +1,248 @@
+//! Rule 7, the one plan whose outcome is known only afterwards: get a credential from the token
+//! pipeline, check it at the registry, write it into the pull Secret — or, when any of that
+//! fails, remember the failure, write the failed record and tell the user (first mints and
+//! refreshes are named differently: nothing was issued yet vs. a working secret is kept).
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use super::binding::BindingResource;
+use super::context::Context;
+use super::error::ReconcileError;
+use super::events::{publish, should_emit_failure, Severity};
+use super::pull_secret::{self, Adoption, NewToken};
+use super::reconcile::Done;
+use super::status;
+use super::tracker::BindingKey;
+use super::verify::Verification;
+use crate::azure::{
+    Cloud, CredentialRequest, Identity, IdentityAudience, V1BETA1_DEFAULT_ARM_RESOURCE,
+};
+use crate::state::binding::{CloudSpec, IdentitySpec, Resolved};
+use crate::state::decide::{after_mint_failure, Decision, MintFailure, MintReason, Observed};
+use crate::state::reason::Reason;
+use crate::state::record::Phase;
+use crate::state::refresh::RefreshRule;
+
+/// What to mint, as decided.
+pub struct Mint<'a> {
+    pub request: Resolved,
+    pub reason: MintReason,
+    pub current_expiry: Option<Timestamp>,
+    pub decision: &'a Decision,
+}
+
+pub async fn run<K: BindingResource>(
+    ctx: &Context,
+    b: &K,
+    key: &BindingKey,
+    o: &Observed,
+    m: Mint<'_>,
+) -> Result<Done, ReconcileError> {
+    if m.reason == MintReason::Missing {
+        // The cache shows no secret. Before minting, make sure none exists unlabelled (secrets
+        // of the old controller, SPEC §4.1, or a label removed by hand) instead of minting a
+        // token and colliding on create.
+        if let Some(done) = adopt(ctx, b, key, o, &m).await? {
+            return Ok(done);
+        }
+    }
+    let req = credential_request(&m.request, &key.namespace, ctx.audience, m.current_expiry);
+    let credential = match ctx.pipeline.credential(&req).await {
+        Ok(c) => c,
+        // The TokenRequest inside (workload identity) was refused because the Lease was lost.
+        Err(_) if !ctx.writer.is_leader() => {
+            return Err(ReconcileError::NotLeader { op: "mint" });
+        }
+        Err(e) => {
+            let failure = MintFailure {
+                reason: e.kind().into(),
+                // What failed and what to do; pipeline errors never carry tokens.
+                message: e.user_message(),
+                retry_after: e.retry_after(),
+            };
+            return failed(ctx, b, key, o, &m, failure).await;
+        }
+    };
+    let verified = match ctx.verifier.verify(&m.request, &credential).await {
+        Verification::Verified => Some(true),
+        Verification::Unknown => None,
+        Verification::Failed(reason, message) => {
+            let failure = MintFailure {
+                reason,
+                message,
+                retry_after: None,
+            };
+            return failed(ctx, b, key, o, &m, failure).await;
+        }
+    };
+    let token = NewToken {
+        request: &m.request,
+        credential: &credential,
+        verified,
+        now: Timestamp::now(),
+    };
+    pull_secret::write(&ctx.writer, &ctx.caches.secrets, b, &token).await?;
+    ctx.failures.mint_succeeded(key);
+    let event = m.reason.success_event();
+    let note = match event {
+        Reason::TokenIssued => "pull secret created",
+        _ => "pull secret refreshed",
+    };
+    publish(
+        &ctx.writer,
+        &ctx.reporter,
+        b,
+        Severity::Normal,
+        event,
+        "Mint",
+        format!(
+            "{note}; token expires {}",
+            super::binding::rfc3339(credential.expires_at)
+        ),
+    )
+    .await;
+    Ok(Done {
+        record: None,
+        requeue: m.decision.requeue,
+    })
+}
+
+/// Label or take up a Secret of the pull secret's name that the cache did not show; fail the
+/// binding when it belongs to someone else. `None`: there is none, mint.
+async fn adopt<K: BindingResource>(
+    ctx: &Context,
+    b: &K,
+    key: &BindingKey,
+    o: &Observed,
+    m: &Mint<'_>,
+) -> Result<Option<Done>, ReconcileError> {
+    let api = kube::Api::<Secret>::namespaced(ctx.writer.client().clone(), &key.namespace);
+    let name = m.request.secret_name.as_str();
+    let Some(existing) = ctx.writer.read("read secret", api.get_opt(name)).await? else {
+        return Ok(None);
+    };
+    let uid = b.meta().uid.clone().unwrap_or_default();
+    let again = Done {
+        record: None,
+        requeue: m.decision.requeue,
+    };
+    match pull_secret::adoption(&existing, &uid, &key.name) {
+        Adoption::Label => {
+            pull_secret::label(&ctx.writer, &ctx.caches.secrets, &existing, &key.name).await?;
+            tracing::info!(namespace = %key.namespace, secret = name, "labelled an existing pull secret for this binding");
+            Ok(Some(again))
+        }
+        Adoption::Cache => {
+            // Labelled but not cached yet: the watch is behind; what was read is current.
+            ctx.caches.secrets.written(pull_secret::cached(existing));
+            Ok(Some(again))
+        }
+        Adoption::Foreign => {
+            let failure = MintFailure {
+                reason: Reason::SecretConflict,
+                message: format!(
+                    "a Secret named {:?} already exists and is not managed by acrpull; rename or delete it",
+                    existing.name_any()
+                ),
+                retry_after: None,
+            };
+            failed(ctx, b, key, o, m, failure).await.map(Some)
+        }
+    }
+}
+
+/// Record a failed mint: remember it (backoff), write the failed record, log and tell the user.
+/// The existing pull secret is not touched.
+async fn failed<K: BindingResource>(
+    ctx: &Context,
+    b: &K,
+    key: &BindingKey,
+    o: &Observed,
+    m: &Mint<'_>,
+    failure: MintFailure,
+) -> Result<Done, ReconcileError> {
+    // The retry is planned from when the failure happened, not from when the pass started
+    // (the pipeline may have retried for up to a minute).
+    let now = Timestamp::now();
+    let (record, f) = after_mint_failure(o, &m.request, &failure, now, &ctx.policy);
+    ctx.failures
+        .mint_failed(key, o.binding.generation, f.clone());
+    let summary = match (m.reason, record.phase) {
+        (MintReason::Missing, _) => "token request failed; there is no pull secret yet",
+        (_, Phase::Refreshing) => "token refresh failed; the pull secret keeps its valid token",
+        _ => "token refresh failed; the pull secret holds no valid token",
+    };
+    tracing::warn!(
+        namespace = %key.namespace, name = %key.name, reason = record.reason.as_str(),
+        phase = record.phase.as_str(), failures = record.consecutive_failures,
+        retry_at = %f.retry_at, valid_until = ?record.expiry.filter(|_| record.ready),
+        error = %record.error, "{summary}"
+    );
+    status::write(&ctx.writer, b, &record, now).await?;
+    if should_emit_failure(
+        record.consecutive_failures,
+        &o.binding.status.error,
+        &record.error,
+    ) {
+        publish(
+            &ctx.writer,
+            &ctx.reporter,
+            b,
+            Severity::Warning,
+            m.reason.failure_event(),
+            "Mint",
+            record.error.clone(),
+        )
+        .await;
+    }
+    Ok(Done {
+        requeue: Some(f.retry_at),
+        record: Some(record),
+    })
+}
+
+fn credential_request(
+    r: &Resolved,
+    namespace: &str,
+    audience: IdentityAudience,
+    current_expiry: Option<Timestamp>,
+) -> CredentialRequest {
+    CredentialRequest {
+        server: r.registry.authority(),
+        scope: r.scope.clone(),
+        identity: match &r.identity {
+            IdentitySpec::ManagedClientId(c) => Identity::ManagedClientId(c.clone()),
+            IdentitySpec::ManagedResourceId(id) => Identity::ManagedResourceId(id.clone()),
+            IdentitySpec::Workload {
+                tenant_id,
+                client_id,
+                service_account,
+            } => Identity::Workload {
+                tenant_id: tenant_id.clone(),
+                client_id: client_id.clone(),
+                service_account_namespace: namespace.to_string(),
+                service_account_name: service_account.clone(),
+            },
+        },
+        cloud: match &r.cloud {
+            CloudSpec::Public => Cloud::Public,
+            CloudSpec::USGovernment => Cloud::USGovernment,
+            CloudSpec::China => Cloud::China,
+            CloudSpec::Airgapped {
+                entra_authority_host,
+                resource_manager_audience,
+            } => Cloud::Airgapped {
+                entra_authority_host: entra_authority_host.clone(),
+                resource_manager_audience: resource_manager_audience.clone(),
+            },
+        },
+        audience,
+        arm_resource_override: r.arm_resource_override.clone().or_else(|| {
+            matches!(r.refresh_rule, RefreshRule::V1beta1)
+                .then(|| V1BETA1_DEFAULT_ARM_RESOURCE.to_string())
+        }),
+        fresher_than: current_expiry,
+    }
+}

@@ -1,0 +1,278 @@
+//! The pull Secret (SPEC §4.2): its content, label, annotations and owner; writing a new token
+//! into it; and adopting a Secret of the right name that the label-filtered watch cannot see
+//! (the old controller's unlabelled secrets, SPEC §4.1, or a label removed by hand).
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::ByteString;
+use kube::api::ObjectMeta;
+use kube::core::PartialObjectMetaExt;
+use kube::ResourceExt;
+use serde_json::{json, Value};
+
+use super::binding::{rfc3339, BindingResource};
+use super::cache::NsCache;
+use super::error::ReconcileError;
+use super::observe::SecretMeta;
+use super::writer::Writer;
+use crate::azure::AcrCredential;
+use crate::state::binding::Resolved;
+use crate::state::dockerconfig::docker_config_json;
+use crate::state::names::{
+    BINDING_LABEL, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRY_ANNOTATION, INPUTS_ANNOTATION,
+    ISSUED_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
+};
+use crate::state::refresh::ceil_seconds;
+
+/// A token ready to be written.
+pub struct NewToken<'a> {
+    pub request: &'a Resolved,
+    pub credential: &'a AcrCredential,
+    /// The registry's verdict (None: not checked).
+    pub verified: Option<bool>,
+    /// When it is written.
+    pub now: Timestamp,
+}
+
+impl NewToken<'_> {
+    /// The annotations; `null` removes a stale one on update (merge patch).
+    fn annotations(&self) -> Value {
+        let written = ceil_seconds(self.now);
+        json!({
+            EXPIRY_ANNOTATION: rfc3339(self.credential.expires_at),
+            // When written, as the old controller recorded it (status.lastTokenRefreshTime is
+            // never older than the Secret it describes) ...
+            REFRESH_ANNOTATION: rfc3339(written),
+            // ... and when issued: a token served from the cache part-way through its life
+            // must still refresh at its own half-life.
+            ISSUED_ANNOTATION: self.credential.issued_at.filter(|t| *t < written).map(rfc3339),
+            INPUTS_ANNOTATION: self.request.inputs_hash,
+            VERIFIED_ANNOTATION: self.verified.map(|v| v.to_string()),
+        })
+    }
+
+    /// The `.dockerconfigjson` bytes (the only place the token is put into Secret data).
+    fn docker_config(&self) -> Vec<u8> {
+        docker_config_json(&self.request.registry.authority(), &self.credential.token)
+    }
+}
+
+fn owner<K: BindingResource>(binding: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).to_string(),
+        kind: K::kind(&()).to_string(),
+        name: binding.name_any(),
+        uid: binding.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn strings(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+        .collect()
+}
+
+/// The metadata-only view the Secret cache holds.
+pub fn cached(mut secret: Secret) -> SecretMeta {
+    secret.metadata.managed_fields = None;
+    secret.metadata.into_response_partial::<Secret>()
+}
+
+/// Create or update the binding's pull secret with `token`. An update is preconditioned on
+/// the cached resourceVersion; on a conflict (someone else wrote it) the live Secret is read
+/// and overwritten, since the token in hand is the newest. The result goes into the cache.
+pub async fn write<K: BindingResource>(
+    writer: &Writer,
+    cache: &NsCache<SecretMeta>,
+    binding: &K,
+    token: &NewToken<'_>,
+) -> Result<(), ReconcileError> {
+    let namespace = binding.namespace().unwrap_or_default();
+    let name = token.request.secret_name.as_str();
+    let binding_name = binding.name_any();
+    let annotations = token.annotations();
+    let data = token.docker_config();
+    let written = match cache.get(&namespace, name) {
+        None => {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.to_string()),
+                    namespace: Some(namespace.clone()),
+                    labels: Some(BTreeMap::from([(
+                        BINDING_LABEL.to_string(),
+                        binding_name.clone(),
+                    )])),
+                    annotations: Some(strings(&annotations)),
+                    owner_references: Some(vec![owner(binding)]),
+                    ..Default::default()
+                },
+                type_: Some(DOCKER_CONFIG_TYPE.to_string()),
+                data: Some(BTreeMap::from([(
+                    DOCKER_CONFIG_KEY.to_string(),
+                    ByteString(data),
+                )])),
+                ..Default::default()
+            };
+            writer.create("create secret", &namespace, &secret).await?
+        }
+        Some(held) => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+            let patch_at = |rv: Option<String>| {
+                json!({
+                    "metadata": {
+                        "resourceVersion": rv,
+                        "labels": { BINDING_LABEL: binding_name },
+                        "annotations": annotations,
+                        "ownerReferences": [owner(binding)],
+                    },
+                    "type": DOCKER_CONFIG_TYPE,
+                    "data": { DOCKER_CONFIG_KEY: encoded },
+                })
+            };
+            let first = writer
+                .patch::<Secret>(
+                    "update secret",
+                    &namespace,
+                    name,
+                    &patch_at(held.resource_version()),
+                )
+                .await;
+            match first {
+                Err(e) if e.reason() == crate::state::reason::Reason::Conflict => {
+                    let live = writer
+                        .read(
+                            "read secret",
+                            kube::Api::<Secret>::namespaced(writer.client().clone(), &namespace)
+                                .get(name),
+                        )
+                        .await?;
+                    writer
+                        .patch::<Secret>(
+                            "update secret",
+                            &namespace,
+                            name,
+                            &patch_at(live.resource_version()),
+                        )
+                        .await?
+                }
+                other => other?,
+            }
+        }
+    };
+    cache.written(cached(written));
+    Ok(())
+}
+
+/// What to do with a Secret of the pull secret's name that the cache does not show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adoption {
+    /// Ours but unlabelled: label it so the watch sees it.
+    Label,
+    /// Ours and labelled: the watch is behind; take what was read.
+    Cache,
+    /// Someone else's: fail the binding rather than take it over.
+    Foreign,
+}
+
+/// Whether `existing` (named like the binding's pull secret) belongs to the binding: owned by
+/// it (by UID, or by name for a previous incarnation), or ownerless (the old controller's).
+pub fn adoption(existing: &Secret, binding_uid: &str, binding_name: &str) -> Adoption {
+    let owners = existing.owner_references();
+    let ours = owners.is_empty()
+        || owners.iter().any(|o| {
+            o.kind == "AcrPullBinding" && (o.uid == binding_uid || o.name == binding_name)
+        });
+    let labelled = existing.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding_name);
+    match (ours, labelled) {
+        (false, _) => Adoption::Foreign,
+        (true, false) => Adoption::Label,
+        (true, true) => Adoption::Cache,
+    }
+}
+
+/// Label `existing` for `binding_name` (guarded by its resourceVersion).
+pub async fn label(
+    writer: &Writer,
+    cache: &NsCache<SecretMeta>,
+    existing: &Secret,
+    binding_name: &str,
+) -> Result<(), ReconcileError> {
+    let patch = json!({"metadata": {
+        "resourceVersion": existing.resource_version(),
+        "labels": { BINDING_LABEL: binding_name },
+    }});
+    let labelled = writer
+        .patch::<Secret>(
+            "label legacy secret",
+            &existing.namespace().unwrap_or_default(),
+            &existing.name_any(),
+            &patch,
+        )
+        .await?;
+    cache.written(cached(labelled));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(owners: Vec<OwnerReference>, label: Option<&str>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("acr-pull-app".into()),
+                owner_references: Some(owners),
+                labels: label.map(|l| BTreeMap::from([(BINDING_LABEL.to_string(), l.to_string())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn owned_by(kind: &str, name: &str, uid: &str) -> OwnerReference {
+        OwnerReference {
+            kind: kind.into(),
+            name: name.into(),
+            uid: uid.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn adoption_labels_ours_and_refuses_others() {
+        // The old controller's secret: no owner, no label.
+        assert_eq!(
+            adoption(&secret(vec![], None), "u1", "app"),
+            Adoption::Label
+        );
+        // Owned by this binding (or a previous incarnation of its name), label removed.
+        let ours = owned_by("AcrPullBinding", "app", "u1");
+        assert_eq!(
+            adoption(&secret(vec![ours.clone()], None), "u1", "app"),
+            Adoption::Label
+        );
+        let before = owned_by("AcrPullBinding", "app", "u0");
+        assert_eq!(
+            adoption(&secret(vec![before], None), "u1", "app"),
+            Adoption::Label
+        );
+        assert_eq!(
+            adoption(&secret(vec![ours], Some("app")), "u1", "app"),
+            Adoption::Cache
+        );
+        // Someone else's.
+        let other = owned_by("Deployment", "web", "u9");
+        assert_eq!(
+            adoption(&secret(vec![other], None), "u1", "app"),
+            Adoption::Foreign
+        );
+    }
+}

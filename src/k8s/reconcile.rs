@@ -1,0 +1,384 @@
+//! One pass for one binding: behind the leader and sync gates, read the caches, ask the pure
+//! [`decide`] for the record and the single next step, perform it, publish the record, and say
+//! when to come back. API failures back off per binding ([`error_policy`]), like Azure ones.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{DeleteParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::binding::{parse_time, BindingResource};
+use super::context::Context;
+use super::error::ReconcileError;
+use super::events::{publish, should_emit_failure, Severity};
+use super::mint::{self, Mint};
+use super::observe::observe;
+use super::status;
+use super::tracker::{BindingKey, Report};
+use crate::state::decide::{decide, CleanupStep, Decision, ExtraneousStep, Observed, Plan};
+use crate::state::names::{expected_secret_name, EXPIRY_ANNOTATION};
+use crate::state::reason::Reason;
+use crate::state::record::{Phase, Record};
+use crate::state::refresh::{requeue_after, retry_at, seed_of};
+
+/// While the caches sync, passes look again this often.
+const SYNC_POLL: Duration = Duration::from_millis(200);
+
+/// What a performed step leaves: the record to publish when the step changed it (a failed mint),
+/// and when to come back.
+pub struct Done {
+    pub record: Option<Record>,
+    pub requeue: Option<Timestamp>,
+}
+
+pub fn key_of<K: BindingResource>(b: &K) -> BindingKey {
+    BindingKey {
+        version: K::VERSION,
+        namespace: b.namespace().unwrap_or_default(),
+        name: b.name_any(),
+    }
+}
+
+/// One pass for one binding (kube-runtime's reconcile function).
+pub async fn reconcile<K: BindingResource>(
+    binding: Arc<K>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = std::time::Instant::now();
+    let key = key_of(binding.as_ref());
+    let result = match pass(binding.as_ref(), &key, &ctx).await {
+        // The Lease was lost during the pass: nothing was sent; the next leader takes over.
+        Err(ReconcileError::NotLeader { op }) => {
+            tracing::debug!(namespace = %key.namespace, name = %key.name, op, "not the leader; write refused");
+            Ok(Action::await_change())
+        }
+        other => other,
+    };
+    if result.is_ok() {
+        ctx.failures.api_succeeded(&key);
+    }
+    ctx.metrics.observe_reconcile(
+        started.elapsed(),
+        result.as_ref().err().map(|e| e.reason().as_str()),
+    );
+    result
+}
+
+async fn pass<K: BindingResource>(
+    b: &K,
+    key: &BindingKey,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    if !ctx.writer.is_leader() {
+        // Standby: caches stay warm; becoming leader triggers a full pass.
+        return Ok(Action::await_change());
+    }
+    if !ctx.readiness.is_synced() {
+        // A cache that has not delivered its initial list could be missing this binding's
+        // Secret or ServiceAccount: deciding now would fail it or mint a token it has.
+        return Ok(Action::requeue(SYNC_POLL));
+    }
+    let ns = key.namespace.as_str();
+    let observed = observe(
+        b,
+        ctx.selector.matches(b.labels()),
+        &ctx.caches.secrets.in_namespace(ns),
+        &ctx.caches.service_accounts.in_namespace(ns),
+        ctx.failures.mint(key, b.meta().generation.unwrap_or(0)),
+    );
+    let now = Timestamp::now();
+    let decision = decide(&observed, now, &ctx.policy);
+    tracing::debug!(
+        namespace = %key.namespace, name = %key.name, version = ?key.version,
+        phase = decision.record.phase.as_str(), reason = decision.record.reason.as_str(),
+        plan = plan_name(&decision.plan), "decided"
+    );
+    if matches!(decision.plan, Plan::Ignore) {
+        if observed.binding.deleting || !observed.matches_selector {
+            ctx.tracker.forget(key);
+            ctx.failures.forget(key);
+        }
+        return Ok(Action::await_change());
+    }
+    if matches!(decision.plan, Plan::Mint { .. }) {
+        // Minting can take long (Azure retries): show what is in flight meanwhile.
+        report(ctx, key, &observed, &decision.record, now);
+    }
+    let done = execute(b, key, &observed, &decision, ctx, now).await?;
+    let Some(requeue) = done.requeue else {
+        return Ok(Action::await_change());
+    };
+    report(
+        ctx,
+        key,
+        &observed,
+        done.record.as_ref().unwrap_or(&decision.record),
+        now,
+    );
+    let floor = ctx.policy.min_requeue;
+    Ok(Action::requeue(requeue_after(
+        Timestamp::now(),
+        requeue,
+        floor,
+    )))
+}
+
+fn plan_name(plan: &Plan) -> &'static str {
+    match plan {
+        Plan::Ignore => "Ignore",
+        Plan::Cleanup(CleanupStep::Detach { .. }) => "CleanupDetach",
+        Plan::Cleanup(CleanupStep::DeleteSecret(_)) => "CleanupDeleteSecret",
+        Plan::Cleanup(CleanupStep::RemoveFinalizer) => "RemoveFinalizer",
+        Plan::AddFinalizer => "AddFinalizer",
+        Plan::Fail(_) => "Fail",
+        Plan::DetachExtraneous { .. } => "DetachExtraneous",
+        Plan::Mint { .. } => "Mint",
+        Plan::Attach { .. } => "Attach",
+        Plan::RemoveExtraneousSecret(_) => "RemoveExtraneousSecret",
+        Plan::WriteStatus(_) => "WriteStatus",
+        Plan::Wait => "Wait",
+    }
+}
+
+/// Publish `record` (the `/debug` entry and the phase gauge) and log a phase transition with
+/// the reason it happened for.
+fn report(ctx: &Context, key: &BindingKey, o: &Observed, record: &Record, now: Timestamp) {
+    let report = Report {
+        record: record.clone(),
+        secret_name: expected_secret_name(key.version, &key.name),
+        service_account: o
+            .target_service_account
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+    };
+    if let Some(t) = ctx.tracker.record(key, report, now) {
+        tracing::info!(
+            namespace = %key.namespace, name = %key.name, api_version = key.version.api_version(),
+            from = t.from.unwrap_or("None"), to = t.to, reason = t.reason,
+            error = %record.error, "phase transition"
+        );
+    }
+}
+
+async fn execute<K: BindingResource>(
+    b: &K,
+    key: &BindingKey,
+    o: &Observed,
+    d: &Decision,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Done, ReconcileError> {
+    let ns = key.namespace.as_str();
+    let done = Done {
+        record: None,
+        requeue: d.requeue,
+    };
+    match &d.plan {
+        Plan::Ignore | Plan::Wait => {}
+        Plan::AddFinalizer => {
+            let mut finalizers = b.finalizers().to_vec();
+            finalizers.push(crate::k8s::api::FINALIZER.to_string());
+            set_finalizers(ctx, b, finalizers, "add finalizer").await?;
+        }
+        Plan::Cleanup(CleanupStep::Detach {
+            service_account,
+            pull_secrets,
+        })
+        | Plan::DetachExtraneous {
+            service_account,
+            pull_secrets,
+        }
+        | Plan::RemoveExtraneousSecret(ExtraneousStep::Detach {
+            service_account,
+            pull_secrets,
+        }) => set_pull_secrets(ctx, ns, service_account, pull_secrets).await?,
+        Plan::Cleanup(CleanupStep::DeleteSecret(name))
+        | Plan::RemoveExtraneousSecret(ExtraneousStep::Delete(name)) => {
+            delete_secret(ctx, ns, name).await?
+        }
+        Plan::Cleanup(CleanupStep::RemoveFinalizer) => {
+            let finalizers = b
+                .finalizers()
+                .iter()
+                .filter(|f| *f != crate::k8s::api::FINALIZER)
+                .cloned()
+                .collect();
+            set_finalizers(ctx, b, finalizers, "remove finalizer").await?;
+            publish(
+                &ctx.writer,
+                &ctx.reporter,
+                b,
+                Severity::Normal,
+                Reason::CleanedUp,
+                "Cleanup",
+                "pull secret detached and deleted".into(),
+            )
+            .await;
+            ctx.failures.forget(key);
+            ctx.tracker.forget(key);
+            return Ok(Done {
+                record: None,
+                requeue: None,
+            });
+        }
+        Plan::Fail(record) => {
+            status::write(&ctx.writer, b, record, now).await?;
+            if should_emit_failure(
+                record.consecutive_failures,
+                &o.binding.status.error,
+                &record.error,
+            ) {
+                publish(
+                    &ctx.writer,
+                    &ctx.reporter,
+                    b,
+                    Severity::Warning,
+                    record.reason.spec_event().unwrap_or(Reason::InvalidSpec),
+                    "Validate",
+                    record.error.clone(),
+                )
+                .await;
+            }
+        }
+        Plan::Mint {
+            request,
+            reason,
+            current_expiry,
+        } => {
+            let m = Mint {
+                request: request.as_ref().clone(),
+                reason: *reason,
+                current_expiry: *current_expiry,
+                decision: d,
+            };
+            return mint::run(ctx, b, key, o, m).await;
+        }
+        Plan::Attach {
+            service_account,
+            pull_secrets,
+        } => {
+            set_pull_secrets(ctx, ns, service_account, pull_secrets).await?;
+            publish(
+                &ctx.writer,
+                &ctx.reporter,
+                b,
+                Severity::Normal,
+                Reason::PullSecretAttached,
+                "Attach",
+                format!("pull secret attached to service account {service_account}"),
+            )
+            .await;
+        }
+        Plan::WriteStatus(record) => {
+            status::write(&ctx.writer, b, record, now).await?;
+            if record.phase == Phase::Ready {
+                ctx.failures.mint_succeeded(key);
+            }
+        }
+    }
+    Ok(done)
+}
+
+async fn set_finalizers<K: BindingResource>(
+    ctx: &Context,
+    b: &K,
+    finalizers: Vec<String>,
+    op: &'static str,
+) -> Result<(), ReconcileError> {
+    let patch = json!({"metadata": {
+        "resourceVersion": b.resource_version(),
+        "finalizers": finalizers,
+    }});
+    ctx.writer
+        .patch::<K>(
+            op,
+            &b.namespace().unwrap_or_default(),
+            &b.name_any(),
+            &patch,
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Set a ServiceAccount's `imagePullSecrets` to `list` (already in its final order), guarded by
+/// the cached resourceVersion.
+async fn set_pull_secrets(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    list: &[String],
+) -> Result<(), ReconcileError> {
+    let Some(current) = ctx.caches.service_accounts.get(ns, name) else {
+        return Ok(());
+    };
+    let refs: Vec<serde_json::Value> = list.iter().map(|n| json!({"name": n})).collect();
+    let patch = json!({
+        "metadata": {"resourceVersion": current.resource_version()},
+        "imagePullSecrets": refs,
+    });
+    let mut written: ServiceAccount = ctx
+        .writer
+        .patch("update service account", ns, name, &patch)
+        .await?;
+    written.metadata.managed_fields = None;
+    ctx.caches.service_accounts.written(written);
+    Ok(())
+}
+
+async fn delete_secret(ctx: &Context, ns: &str, name: &str) -> Result<(), ReconcileError> {
+    let uid = ctx.caches.secrets.get(ns, name).and_then(|s| s.uid());
+    let dp = DeleteParams {
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    ctx.writer
+        .delete::<Secret>("delete secret", ns, name, &dp)
+        .await?;
+    ctx.caches.secrets.deleted(ns, name);
+    Ok(())
+}
+
+/// Called by kube-runtime when a pass ended in an API error (timeouts, 5xx, conflicts): retry
+/// with the per-binding backoff — the same schedule as Azure failures, growing with each
+/// consecutive failure up to the policy's cap, reset by the next pass that ends well, and
+/// always before a still-valid token expires.
+pub fn error_policy<K: BindingResource>(
+    binding: Arc<K>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = key_of(binding.as_ref());
+    let failures = ctx.failures.api_failed(&key);
+    let now = Timestamp::now();
+    let valid_until = ctx
+        .caches
+        .secrets
+        .get(&key.namespace, &expected_secret_name(K::VERSION, &key.name))
+        .and_then(|s| parse_time(s.annotations(), EXPIRY_ANNOTATION))
+        .filter(|e| *e > now);
+    let seed = seed_of(&binding.meta().uid.clone().unwrap_or_default());
+    let at = retry_at(now, failures, seed, &ctx.policy.backoff(), valid_until);
+    let floor = ctx.policy.min_requeue.min(ctx.policy.backoff_base);
+    let delay = requeue_after(now, at, floor);
+    if error.cache_was_behind() {
+        tracing::debug!(
+            namespace = %key.namespace, name = %key.name, error = %error, failures,
+            retry_in = ?delay, "cache behind the API server; retrying"
+        );
+    } else {
+        tracing::warn!(
+            namespace = %key.namespace, name = %key.name, reason = error.reason().as_str(),
+            error = %error, failures, retry_in = ?delay, "reconcile failed"
+        );
+    }
+    Action::requeue(delay)
+}

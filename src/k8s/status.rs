@@ -1,0 +1,206 @@
+//! The status subresource, rendered from the binding's [`Record`] through the typed
+//! [`AcrPullBindingStatus`] and written as a JSON merge patch in which every status field the
+//! record leaves empty is an explicit `null` (a merge patch only removes what it names).
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::api::AcrPullBindingStatus;
+use super::binding::BindingResource;
+use super::error::ReconcileError;
+use super::writer::Writer;
+use crate::state::reason::Reason;
+use crate::state::record::Record;
+
+/// Every field of [`AcrPullBindingStatus`] as serialised (checked by a test): the ones the
+/// record leaves empty are sent as `null` so the stored status loses them.
+const FIELDS: [&str; 8] = [
+    "lastTokenRefreshTime",
+    "tokenExpirationTime",
+    "error",
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "nextRefreshTime",
+    "consecutiveFailures",
+];
+
+/// The condition of `type_` saying `status`: its transition time is kept while the status does
+/// not change.
+fn condition(
+    previous: Option<&AcrPullBindingStatus>,
+    type_: &str,
+    status: bool,
+    reason: Reason,
+    message: &str,
+    generation: i64,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let since = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.as_str().to_string(),
+        message: message.to_string(),
+        observed_generation: Some(generation),
+        last_transition_time: since,
+    }
+}
+
+/// The status that says `record`.
+pub fn render(
+    record: &Record,
+    previous: Option<&AcrPullBindingStatus>,
+    now: Timestamp,
+) -> AcrPullBindingStatus {
+    let generation = record.observed_generation;
+    let mut conditions = vec![condition(
+        previous,
+        "Ready",
+        record.ready,
+        record.reason,
+        &record.message,
+        generation,
+        now,
+    )];
+    if let Some(verified) = record.verified {
+        let (reason, message) = if verified {
+            (
+                Reason::Verified,
+                "the registry granted every requested scope to the current credential",
+            )
+        } else {
+            (record.reason, record.message.as_str())
+        };
+        conditions.push(condition(
+            previous,
+            "CredentialVerified",
+            verified,
+            reason,
+            message,
+            generation,
+            now,
+        ));
+    }
+    AcrPullBindingStatus {
+        last_token_refresh_time: record.last_refresh.map(Time),
+        token_expiration_time: record.expiry.map(Time),
+        error: record.error.clone(),
+        phase: Some(record.phase.as_str().to_string()),
+        conditions,
+        observed_generation: Some(generation),
+        next_refresh_time: record.next_refresh.map(Time),
+        consecutive_failures: record.consecutive_failures,
+    }
+}
+
+/// The merge patch that makes the stored status exactly `status`.
+pub fn patch(status: &AcrPullBindingStatus) -> serde_json::Value {
+    let mut fields = match serde_json::to_value(status) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    for f in FIELDS {
+        fields.entry(f).or_insert(serde_json::Value::Null);
+    }
+    serde_json::json!({ "status": fields })
+}
+
+/// Write `record` as the binding's status.
+pub async fn write<K: BindingResource>(
+    writer: &Writer,
+    binding: &K,
+    record: &Record,
+    now: Timestamp,
+) -> Result<(), ReconcileError> {
+    let status = render(record, binding.status(), now);
+    let meta = binding.meta();
+    writer
+        .patch_status::<K>(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+            &patch(&status),
+        )
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::record::Phase;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn record() -> Record {
+        Record {
+            phase: Phase::Refreshing,
+            reason: Reason::Throttled,
+            ready: true,
+            message: "valid until later".into(),
+            error: "ACR throttled".into(),
+            last_refresh: Some(ts("2026-01-01T00:00:00Z")),
+            expiry: Some(ts("2026-01-01T01:00:00Z")),
+            next_refresh: Some(ts("2026-01-01T00:31:00Z")),
+            consecutive_failures: 2,
+            observed_generation: 3,
+            verified: Some(true),
+        }
+    }
+
+    #[test]
+    fn the_patch_names_every_field_and_clears_what_the_record_leaves_empty() {
+        let now = ts("2026-01-01T00:30:00Z");
+        let full = render(&record(), None, now);
+        let keys: Vec<String> = match serde_json::to_value(&full).unwrap() {
+            serde_json::Value::Object(m) => m.keys().cloned().collect(),
+            _ => unreachable!(),
+        };
+        let mut want: Vec<&str> = FIELDS.to_vec();
+        want.sort_unstable();
+        let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, want, "FIELDS lists every status field");
+
+        let healthy = Record {
+            phase: Phase::Ready,
+            reason: Reason::TokenIssued,
+            error: String::new(),
+            next_refresh: None,
+            consecutive_failures: 0,
+            ..record()
+        };
+        let p = patch(&render(&healthy, Some(&full), now));
+        assert_eq!(p["status"]["error"], serde_json::Value::Null);
+        assert_eq!(p["status"]["consecutiveFailures"], serde_json::Value::Null);
+        assert_eq!(p["status"]["nextRefreshTime"], serde_json::Value::Null);
+        assert_eq!(p["status"]["phase"], "Ready");
+        assert_eq!(p["status"]["conditions"][0]["reason"], "TokenIssued");
+        assert_eq!(p["status"]["tokenExpirationTime"], "2026-01-01T01:00:00Z");
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_condition_changes() {
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let first = render(&record(), None, t0);
+        let later = render(&record(), Some(&first), ts("2026-01-01T00:10:00Z"));
+        assert_eq!(later.conditions[0].last_transition_time, Time(t0));
+        let failed = Record {
+            phase: Phase::Failed,
+            ready: false,
+            ..record()
+        };
+        let t1 = ts("2026-01-01T00:20:00Z");
+        let after = render(&failed, Some(&later), t1);
+        assert_eq!(after.conditions[0].last_transition_time, Time(t1));
+        assert_eq!(after.conditions[0].status, "False");
+        assert_eq!(after.conditions[1].reason, "Verified");
+    }
+}
