@@ -54,7 +54,10 @@ pub async fn reconcile<K: BindingResource>(
     let result = match pass(binding.as_ref(), &key, &ctx).await {
         // The Lease was lost during the pass: nothing was sent; the next leader takes over.
         Err(ReconcileError::NotLeader { op }) => {
-            tracing::debug!(namespace = %key.namespace, name = %key.name, op, "not the leader; write refused");
+            tracing::info!(
+                namespace = %key.namespace, name = %key.name, op,
+                "the Lease was lost during the pass; stopped before writing"
+            );
             Ok(Action::await_change())
         }
         other => other,
