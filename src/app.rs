@@ -133,38 +133,47 @@ pub fn policy(cli: &Cli) -> Policy {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second signal exits the process at once.
-async fn first_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (a signal that arrives before the returned
+/// future is polled is not lost, and does not kill the process with the default action) and
+/// returns a future that resolves on the first; a second signal exits the process at once.
+fn first_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tokio::spawn(async move {
+        );
+        async move {
+            let (Ok(mut term), Ok(mut int)) = handlers else {
+                return std::future::pending().await;
+            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            tracing::warn!("second signal: exiting at once");
-            std::process::exit(130);
-        });
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::warn!("second signal: exiting at once");
+                std::process::exit(130);
+            });
+        }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 /// Run until signalled.
 pub async fn run(cli: Cli) -> Result<(), AppError> {
+    // First: from here on SIGTERM means "shut down cleanly", whatever is still starting.
+    let signalled = first_signal();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let selector = Selector::parse(&cli.label_selector)?;
     let identity = cli
@@ -293,7 +302,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         }
     };
     tokio::select! {
-        _ = first_signal() => {}
+        _ = signalled => {}
         _ = lease_died => {
             return Err(AppError::LeaseTaskDied);
         }

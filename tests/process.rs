@@ -249,7 +249,7 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
         .await
         .unwrap();
     let status = env.terminate();
-    assert!(status.success());
+    assert!(status.success(), "{status:?}\n{}", env.logs());
     let lease = env
         .kube
         .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
@@ -259,6 +259,55 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
         "lease not released: {lease:#}\n{}",
         env.logs()
     );
+}
+
+/// Shutdown waits for the elector to release the Lease (bounded by its own timeout), not a
+/// fixed 200 ms: with the API server taking a second to answer the release, the Lease is still
+/// released before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_a_slow_lease_release() {
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
+    env.spawn(&[
+        "--leader-elect".into(),
+        "--leader-election-namespace=team-a".into(),
+        "--lease-duration=60s".into(),
+        "--pod-name=slow-release".into(),
+    ]);
+    env.kube
+        .wait_for(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "team-a",
+            "aks.azure.com",
+            |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "slow-release"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    env.kube.faults().add(
+        Fault::new(Action::Latency {
+            ms: 1000,
+            jitter_ms: 0,
+        })
+        .verb("update")
+        .resource("leases"),
+    );
+    let status = env.terminate();
+    assert!(status.success(), "{}", env.logs());
+    let lease = env
+        .kube
+        .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "lease not released before exit: {lease:#}\n{}",
+        env.logs()
+    );
+    assert!(env.logs().contains("lease released"), "{}", env.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
