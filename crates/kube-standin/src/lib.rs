@@ -56,6 +56,7 @@
 //!
 //! The same controls are served over HTTP under `/_standin/` (see the crate's README.md).
 
+pub mod cel;
 pub mod control;
 pub mod crd;
 pub mod discovery;
@@ -76,6 +77,7 @@ pub mod ssa;
 pub mod store;
 pub mod table;
 pub mod token;
+pub mod validation;
 pub mod watch;
 
 pub use error::ApiError;
