@@ -56,7 +56,9 @@
 //!
 //! The same controls are served over HTTP under `/_standin/` (see the crate's README.md).
 
+pub mod admission;
 pub mod cel;
+pub mod checks;
 pub mod control;
 pub mod crd;
 pub mod discovery;
