@@ -64,8 +64,17 @@ pub fn compile(source: &str, vars: &[&str]) -> Result<Expression, CompileError> 
         selected: BTreeMap::new(),
     };
     check.expr(program.expression());
-    if let Some((id, msg)) = check.issues.first() {
-        return Err(CompileError(issue(source, &program, *id, msg)));
+    if !check.issues.is_empty() {
+        // As cel-go: every issue, in source order.
+        let offset = |id: u64| program.source_info().offset_for(id).map(|(s, _)| s);
+        check.issues.sort_by_key(|(id, _)| offset(*id));
+        check.issues.dedup_by_key(|(id, _)| *id);
+        let all: Vec<String> = check
+            .issues
+            .iter()
+            .map(|(id, msg)| issue(source, &program, *id, msg))
+            .collect();
+        return Err(CompileError(all.join("\n")));
     }
     Ok(Expression {
         program: Arc::new(program),
