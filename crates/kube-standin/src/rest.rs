@@ -489,8 +489,12 @@ async fn serve_type(
             for o in list["items"].as_array().into_iter().flatten() {
                 let n = o["metadata"]["name"].as_str().unwrap_or_default();
                 let ons = o["metadata"]["namespace"].as_str().unwrap_or_default();
-                if let Ok((d, _)) = store.delete(&rt, ons, n, &opts) {
-                    items.push(present_v(d));
+                match store.delete(&rt, ons, n, &opts) {
+                    Ok((d, _)) => items.push(present_v(d)),
+                    // Gone meanwhile: fine. Denied (admission) or invalid: the request fails,
+                    // as the API server's DeleteCollection does.
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
                 }
             }
             Ok(Reply::json(

@@ -682,6 +682,18 @@ async fn match_constraints_select_requests() {
         403,
         "DELETE sees oldObject"
     );
+    // deletecollection runs admission per item and fails with the first denial.
+    let s = status(
+        api("prod")
+            .delete_collection(&DeleteParams::default(), &Default::default())
+            .await,
+    );
+    assert_eq!(s.code, 403, "{s:?}");
+    assert!(
+        s.message.starts_with("configmaps \"keep\" is forbidden"),
+        "{}",
+        s.message
+    );
     // Exempt by name, and UPDATE is not among the operations.
     api("prod")
         .create(&pp, &cm("no-exempt", "prod", json!({})))
