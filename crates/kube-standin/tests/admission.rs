@@ -873,3 +873,38 @@ async fn policy_objects_are_validated_and_defaulted() {
         "*"
     );
 }
+
+#[tokio::test]
+async fn policies_never_lock_out_their_own_fix() {
+    let (h, c) = start().await;
+    namespace(&h, "l");
+    let everything = json!({"matchConstraints": {"resourceRules": [{"apiGroups": ["*"], "apiVersions": ["*"],
+        "operations": ["*"], "resources": ["*", "*/*"]}]}, "validations": [{"expression": "false", "message": "nothing"}]});
+    create(&c, vap("deny-all", json!(["*"]), everything))
+        .await
+        .unwrap();
+    create(&c, vapb("deny-all", "deny-all", json!(["Deny"]), json!({})))
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "l");
+    let s = status(
+        cms.create(&PostParams::default(), &cm("x", "l", json!({})))
+            .await,
+    );
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+    assert!(
+        s.message.ends_with("denied request: nothing"),
+        "{}",
+        s.message
+    );
+    // Policies and bindings are exempt: the binding can be deleted, and then writes pass.
+    let vapbs: Api<DynamicObject> =
+        Api::all_with(c.clone(), &resource(&vapb("x", "x", json!([]), json!({}))));
+    vapbs
+        .delete("deny-all", &DeleteParams::default())
+        .await
+        .expect("exempt");
+    cms.create(&PostParams::default(), &cm("x", "l", json!({})))
+        .await
+        .expect("no binding, no denial");
+}
