@@ -321,7 +321,7 @@ impl WriteCheck for WriteChecker {
             }
         }
         if let Some(new) = w.object {
-            let causes = admission::policy::validate_object(w.rt, new);
+            let causes = admission::objects::validate_object(w.rt, new);
             if !causes.is_empty() {
                 return Err(validation::invalid(kind, &w.rt.group, w.name, &causes));
             }

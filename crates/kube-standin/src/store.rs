@@ -649,7 +649,7 @@ impl Store {
 
     /// Type-specific normalisation applied on every write.
     fn normalize(rt: &ResourceType, obj: &mut Value, opts: &WriteOpts) -> ApiResult<()> {
-        crate::admission::policy::apply_defaults(rt, obj);
+        crate::admission::objects::apply_defaults(rt, obj);
         if rt.custom {
             if let Some(schema) = rt.schemas.get(rt.storage_version()) {
                 let pruned = crd::normalize(obj, schema);

@@ -3,9 +3,11 @@
 //! subresources included (`status`, `serviceaccounts/token`).
 //!
 //! [`policy`] compiles and evaluates the policies, [`matching`] decides which requests they
-//! apply to, [`user`] says who the requester is.
+//! apply to, [`objects`] defaults and validates the policy objects, [`user`] says who the
+//! requester is.
 
 pub mod matching;
+pub mod objects;
 pub mod policy;
 pub mod user;
 
