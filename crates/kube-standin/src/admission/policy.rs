@@ -594,3 +594,116 @@ fn evaluate_one(
     }
     (failures, notes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::{Operation, UserInfo};
+    use crate::resources::Registry;
+
+    /// Stored objects without a store.
+    struct Objects {
+        registry: Registry,
+        objects: Vec<(String, String, Value)>,
+    }
+
+    impl Lookup for Objects {
+        fn registry(&self) -> &Registry {
+            &self.registry
+        }
+
+        fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<&Value> {
+            self.list(rt, Some(ns))
+                .into_iter()
+                .find(|o| o["metadata"]["name"] == name)
+        }
+
+        fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<&Value> {
+            self.objects
+                .iter()
+                .filter(|(g, p, o)| {
+                    *g == rt.group
+                        && *p == rt.plural
+                        && ns.is_none_or(|n| o["metadata"]["namespace"].as_str().unwrap_or("") == n)
+                })
+                .map(|(_, _, o)| o)
+                .collect()
+        }
+    }
+
+    fn shipped() -> Objects {
+        let docs =
+            crate::handle::parse_documents(include_str!("../../../../deploy/admission.yaml"))
+                .unwrap();
+        let objects = docs
+            .into_iter()
+            .map(|mut d| {
+                d["metadata"]["resourceVersion"] = json!("1");
+                let plural = if d["kind"] == "ValidatingAdmissionPolicy" {
+                    "validatingadmissionpolicies"
+                } else {
+                    "validatingadmissionpolicybindings"
+                };
+                (GROUP.to_string(), plural.to_string(), d)
+            })
+            .collect();
+        Objects {
+            registry: Registry::new(),
+            objects,
+        }
+    }
+
+    fn token_request(user: &UserInfo, audiences: Value) -> Outcome {
+        let object = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                            "metadata": {"name": "app", "namespace": "team"}, "spec": {"audiences": audiences}});
+        let options = json!({"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"});
+        let a = Attributes {
+            operation: Operation::Create,
+            group: "",
+            version: "v1",
+            resource: "serviceaccounts",
+            subresource: "token",
+            kind: ("authentication.k8s.io", "v1", "TokenRequest"),
+            namespace: "team",
+            name: "app",
+            namespaced: true,
+            object: Some(&object),
+            old_object: None,
+            user,
+            dry_run: false,
+            options: &options,
+            other_versions: &[],
+        };
+        Policies::default().evaluate(&a, &shipped())
+    }
+
+    #[test]
+    fn the_token_request_policy_confines_the_controller_only() {
+        let controller = UserInfo {
+            username: "system:serviceaccount:acrpull-system:acrpull".into(),
+            ..Default::default()
+        };
+        assert!(
+            token_request(&controller, json!(["api://AzureCRTokenExchange"]))
+                .deny
+                .is_none()
+        );
+        let denied = token_request(&controller, json!(["https://kubernetes.default.svc"]))
+            .deny
+            .unwrap();
+        assert_eq!((denied.code, denied.reason.as_str()), (403, "Forbidden"));
+        assert_eq!(
+            denied.message,
+            "serviceaccounts \"app\" is forbidden: ValidatingAdmissionPolicy 'acrpull-token-request' with binding \
+             'acrpull-token-request' denied request: acrpull may only request ServiceAccount tokens only for the single \
+             audience \"api://AzureCRTokenExchange\""
+                .replace("only request ServiceAccount tokens only", "request ServiceAccount tokens only")
+        );
+        assert!(
+            token_request(&UserInfo::admin(), json!(["x"]))
+                .deny
+                .is_none(),
+            "matchConditions"
+        );
+    }
+}
