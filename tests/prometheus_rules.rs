@@ -189,3 +189,37 @@ fn every_alert_has_a_runbook_section_and_bounded_labels() {
         assert!(alerts.contains(h), "RUNBOOK.md section {h} has no alert");
     }
 }
+
+#[test]
+fn kustomize_renders_the_rule_and_the_dashboard_config_map() {
+    let out = Command::new("kubectl")
+        .args(["kustomize", "deploy/prometheus"])
+        .current_dir(root())
+        .output()
+        .expect("kubectl runs (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("PrometheusRule");
+    assert_eq!(
+        rule["spec"]["groups"],
+        yaml("deploy/prometheus/rules.yaml")["groups"]
+    );
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("dashboard ConfigMap");
+    assert_eq!(cm["metadata"]["name"], "acrpull-grafana-dashboard");
+    assert_eq!(cm["metadata"]["namespace"], "acrpull-system");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard =
+        std::fs::read_to_string(root().join("deploy/prometheus/grafana-dashboard.json")).unwrap();
+    assert_eq!(cm["data"]["acrpull.json"], dashboard.as_str());
+}
