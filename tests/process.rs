@@ -249,7 +249,7 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
         .await
         .unwrap();
     let status = env.terminate();
-    assert!(status.success());
+    assert!(status.success(), "exit status {status:?}\n{}", env.logs());
     let lease = env
         .kube
         .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
