@@ -174,7 +174,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let mut registry = prometheus_client::registry::Registry::default();
     let pipeline_metrics = PipelineMetrics::default();
     pipeline_metrics.register(&mut registry);
-    let controller_metrics = ControllerMetrics::default();
+    let controller_metrics = ControllerMetrics::default().with_max_concurrent(cli.concurrency);
     controller_metrics.register(&mut registry);
 
     let sa_tokens = Arc::new(TokenRequests::new(client.clone(), cli.kube_call_timeout));
@@ -232,10 +232,12 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         instance: Some(identity),
     };
     let tracker = Tracker::default();
-    registry.register_collector(Box::new(BindingCollector::new(
-        tracker.clone(),
-        leader_rx.clone(),
-    )));
+    let mut collector =
+        BindingCollector::new(tracker.clone(), leader_rx.clone()).with_readiness(readiness.clone());
+    if cli.leader_elect {
+        collector = collector.with_lease(cli.leader_election_id.clone());
+    }
+    registry.register_collector(Box::new(collector));
     let registry = Arc::new(registry);
     let metrics_listener = tokio::net::TcpListener::bind(cli.metrics_bind_address)
         .await
@@ -267,7 +269,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             tracker,
             cli.kube_call_timeout,
             audience(&cli),
-            controller_metrics,
+            controller_metrics.with_leader(leader_rx.clone()),
         )
         .with_verification(cli.verify_credentials),
     );

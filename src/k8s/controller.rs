@@ -200,12 +200,9 @@ pub async fn reconcile<K: BindingResource>(
     binding: Arc<K>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let started = std::time::Instant::now();
+    let pass = ctx.metrics.reconcile_started(K::VERSION);
     let result = reconcile_inner(binding.as_ref(), &ctx).await;
-    ctx.metrics.observe_reconcile(
-        started.elapsed(),
-        result.as_ref().err().map(ReconcileError::reason),
-    );
+    pass.finish(result.as_ref().map_err(ReconcileError::reason));
     result
 }
 
