@@ -185,7 +185,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let mut registry = prometheus_client::registry::Registry::default();
     let pipeline_metrics = PipelineMetrics::default();
     pipeline_metrics.register(&mut registry);
-    let controller_metrics = ControllerMetrics::default();
+    let controller_metrics = ControllerMetrics::default().with_max_concurrent(cli.concurrency);
     controller_metrics.register(&mut registry);
 
     let readiness = Readiness::new(run::WATCHES);
@@ -241,10 +241,12 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         .map_err(|e| AppError::Pipeline(e.to_string()))?;
 
     let tracker = Tracker::default();
-    registry.register_collector(Box::new(BindingCollector::new(
-        tracker.clone(),
-        leader_rx.clone(),
-    )));
+    let mut collector =
+        BindingCollector::new(tracker.clone(), leader_rx.clone()).with_readiness(readiness.clone());
+    if cli.leader_elect {
+        collector = collector.with_lease(cli.leader_election_id.clone());
+    }
+    registry.register_collector(Box::new(collector));
     let registry = Arc::new(registry);
     let metrics_listener = tokio::net::TcpListener::bind(cli.metrics_bind_address)
         .await
@@ -252,7 +254,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let metrics_app = metrics::router(
         registry.clone(),
         tracker.clone(),
-        leader_rx,
+        leader_rx.clone(),
         cli.debug_endpoint,
     );
     let metrics_shutdown = shutdown.clone();
@@ -274,7 +276,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         selector,
         caches: Caches::default(),
         tracker,
-        metrics: controller_metrics,
+        metrics: controller_metrics.with_leader(leader_rx.clone()),
         readiness: readiness.clone(),
         audience: audience(&cli),
         reporter: Reporter {

@@ -249,7 +249,7 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
         .await
         .unwrap();
     let status = env.terminate();
-    assert!(status.success(), "{status:?}\n{}", env.logs());
+    assert!(status.success(), "exit status {status:?}\n{}", env.logs());
     let lease = env
         .kube
         .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
@@ -337,19 +337,42 @@ async fn lease_takeover_by_another_holder_stops_writes() {
         )
         .await
         .unwrap();
-    wait_http(&env, env.metrics_port, "/metrics", 200).await;
+    // A binding the victim makes Ready while it leads.
+    env.create(v2_managed(
+        "team-a",
+        "before",
+        "puller",
+        "repository:app:pull",
+    ));
+    env.wait_ready(V2, "team-a", "before", "True").await;
+    let m = wait_http(&env, env.metrics_port, "/metrics", 200).await;
+    for line in [
+        "acrpull_bindings{phase=\"Ready\"} 1",
+        "acrpull_earliest_token_expiry_seconds ",
+        "leader_election_master_status{name=\"aks.azure.com\"} 1",
+    ] {
+        assert!(m.contains(line), "missing {line}\n{m}");
+    }
     env.kube
         .take_over_lease("team-a", "aks.azure.com", "usurper");
     // The victim notices at its next renew and reports it is no longer leader.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let m = loop {
         let (_, m) = env.http_get(env.metrics_port, "/metrics").await;
         if m.contains("acrpull_leader 0") {
-            break;
+            break m;
         }
         assert!(tokio::time::Instant::now() < deadline, "still leader:\n{m}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    // What it last saw as leader is not reported as current: the new leader reports the
+    // bindings, and a frozen expiry would count down to a false alarm.
+    assert!(m.contains("acrpull_bindings{phase=\"Ready\"} 0"), "{m}");
+    assert!(!m.contains("acrpull_earliest_token_expiry_seconds"), "{m}");
+    assert!(
+        m.contains("leader_election_master_status{name=\"aks.azure.com\"} 0"),
+        "{m}"
+    );
     env.kube.clear_requests();
     env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -49,7 +49,7 @@ pub async fn reconcile<K: BindingResource>(
     binding: Arc<K>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let started = std::time::Instant::now();
+    let timing = ctx.metrics.reconcile_started(K::VERSION);
     let key = key_of(binding.as_ref());
     let result = match pass(binding.as_ref(), &key, &ctx).await {
         // The Lease was lost during the pass: nothing was sent; the next leader takes over.
@@ -65,10 +65,7 @@ pub async fn reconcile<K: BindingResource>(
     if result.is_ok() {
         ctx.failures.api_succeeded(&key);
     }
-    ctx.metrics.observe_reconcile(
-        started.elapsed(),
-        result.as_ref().err().map(|e| e.reason().as_str()),
-    );
+    timing.finish(result.as_ref().map_err(|e| e.reason().as_str()));
     result
 }
 

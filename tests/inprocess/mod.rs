@@ -216,7 +216,7 @@ impl Controller {
         let mut registry = prometheus_client::registry::Registry::default();
         let pipeline_metrics = PipelineMetrics::default();
         pipeline_metrics.register(&mut registry);
-        let metrics = ControllerMetrics::default();
+        let metrics = ControllerMetrics::default().with_max_concurrent(setup.concurrency);
         metrics.register(&mut registry);
         let pipeline = TokenPipeline::new(
             pipeline_config,
@@ -225,10 +225,13 @@ impl Controller {
         )
         .unwrap();
         let tracker = Tracker::default();
-        registry.register_collector(Box::new(BindingCollector::new(
-            tracker.clone(),
-            leader_rx.clone(),
-        )));
+        let readiness = Readiness::new(run::WATCHES);
+        let mut collector = BindingCollector::new(tracker.clone(), leader_rx.clone())
+            .with_readiness(readiness.clone());
+        if let Some(lease) = &setup.leader {
+            collector = collector.with_lease(lease.name.clone());
+        }
+        registry.register_collector(Box::new(collector));
         let ctx = Arc::new(Context {
             writer,
             verifier: Verifier::new(pipeline.clone(), metrics.clone(), setup.verify),
@@ -237,8 +240,8 @@ impl Controller {
             selector: Selector::parse("").unwrap(),
             caches: Caches::default(),
             tracker: tracker.clone(),
-            metrics,
-            readiness: Readiness::new(run::WATCHES),
+            metrics: metrics.with_leader(leader_rx.clone()),
+            readiness,
             audience: IdentityAudience::ResourceManager,
             reporter: Reporter {
                 controller: "acrpull".into(),

@@ -22,6 +22,8 @@ fn invalid(name: &str, field: &str, why: &str) -> ApiError {
 
 /// Validate a CRD object and derive the type it serves.
 pub fn resource_type(crd: &Value) -> ApiResult<ResourceType> {
+    // Every CEL rule must compile now, not fail (or pass) at object time.
+    crate::validation::check_crd(crd)?;
     let name = crd["metadata"]["name"].as_str().unwrap_or_default();
     let spec = &crd["spec"];
     let group = spec["group"]

@@ -5,7 +5,8 @@
 //! resourceVersions, 409 on stale writes, status subresource, finalizers, asynchronous
 //! garbage collection, watch cache with 410 and bookmarks, `sendInitialEvents`, selector
 //! transitions, the four patch types, CRD registration with structural pruning, signed
-//! TokenRequest tokens) and lets a test inject faults (latency, hangs, error codes, conflicts,
+//! TokenRequest tokens), validates custom resources against their schemas and CEL rules, runs
+//! ValidatingAdmissionPolicies on every write (see [`checks`]), and lets a test inject faults (latency, hangs, error codes, conflicts,
 //! ambiguous writes, watch faults, API server down/up, Lease takeover, ...).
 //!
 //! Everything is `serde_json::Value`: the crate does not depend on kube or k8s-openapi.
@@ -56,6 +57,9 @@
 //!
 //! The same controls are served over HTTP under `/_standin/` (see the crate's README.md).
 
+pub mod admission;
+pub mod cel;
+pub mod checks;
 pub mod control;
 pub mod crd;
 pub mod discovery;
@@ -76,6 +80,7 @@ pub mod ssa;
 pub mod store;
 pub mod table;
 pub mod token;
+pub mod validation;
 pub mod watch;
 
 pub use error::ApiError;

@@ -2,6 +2,7 @@
 //! attributes RBAC rules are written against (verb, group, resource, subresource, namespace,
 //! name) and the user agent other tests use to attribute writes to a controller replica.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -43,6 +44,10 @@ pub struct RequestRecord {
     pub timestamp: String,
     /// Ids of the faults that fired for this request.
     pub faults: Vec<String>,
+    /// `Warning` headers sent (admission policies' `Warn`, ratcheted CRD rule failures).
+    pub warnings: Vec<String>,
+    /// Audit annotations (admission policies' `Audit` and `auditAnnotations`).
+    pub audit_annotations: BTreeMap<String, String>,
 }
 
 /// The log.

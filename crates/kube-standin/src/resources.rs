@@ -129,6 +129,15 @@ impl Registry {
             false,
         );
         crd.status_subresource = true;
+        let mut vap = ResourceType::builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicy",
+            "validatingadmissionpolicies",
+            &[],
+            false,
+        );
+        vap.status_subresource = true;
         let mut secret = ResourceType::builtin("", "v1", "Secret", "secrets", &[], true);
         secret.categories = vec![];
         let mut cm = ResourceType::builtin("", "v1", "ConfigMap", "configmaps", &["cm"], true);
@@ -142,6 +151,15 @@ impl Registry {
             ResourceType::builtin("events.k8s.io", "v1", "Event", "events", &["ev"], true),
             ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", &[], true),
             crd,
+            vap,
+            ResourceType::builtin(
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingAdmissionPolicyBinding",
+                "validatingadmissionpolicybindings",
+                &[],
+                false,
+            ),
         ];
         Registry {
             types: types.into_iter().map(Arc::new).collect(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::checks::RequestChecks;
 use crate::error::{ApiError, ApiResult};
 use crate::patch::PatchType;
 use crate::resources::ResourceType;
@@ -118,6 +119,8 @@ pub struct Call {
     pub watch_faults: WatchFaults,
     /// TokenRequest lifetime override.
     pub token_expiry: Option<i64>,
+    /// Validation and admission of this request's writes.
+    pub checks: Arc<RequestChecks>,
 }
 
 fn parse_body(call: &Call) -> ApiResult<Value> {
@@ -148,8 +151,21 @@ fn manager(call: &Call) -> String {
     }
 }
 
+/// The request's options as `request.options` shows them.
+fn options(call: &Call) -> Value {
+    let mut o = json!({});
+    if let Some(m) = call.query.get("fieldManager") {
+        o["fieldManager"] = json!(m);
+    }
+    if call.query.get("dryRun").is_some_and(|v| v == "All") {
+        o["dryRun"] = json!(["All"]);
+    }
+    o
+}
+
 fn write_opts(call: &Call, version: &str) -> WriteOpts {
     WriteOpts {
+        checks: call.checks.for_write(options(call)),
         dry_run: call.query.get("dryRun").is_some_and(|v| v == "All"),
         manager: manager(call),
         strict: call
@@ -400,6 +416,17 @@ async fn serve_type(
             let sa = store.get(&rt, &ns, &name)?;
             let body = parse_body(&call)?;
             let issuer = shared.issuer();
+            // Validating admission (crate::checks); too short a lifetime is rejected first.
+            if body["spec"]["expirationSeconds"]
+                .as_i64()
+                .is_none_or(|s| s >= 600)
+            {
+                let opts = options(&call);
+                store.read(|l| {
+                    call.checks
+                        .admit_token_request(l, &ns, &name, &body, &issuer, &opts)
+                })?;
+            }
             let now = jiff::Timestamp::now().as_second();
             let tr = shared
                 .signer
@@ -462,8 +489,12 @@ async fn serve_type(
             for o in list["items"].as_array().into_iter().flatten() {
                 let n = o["metadata"]["name"].as_str().unwrap_or_default();
                 let ons = o["metadata"]["namespace"].as_str().unwrap_or_default();
-                if let Ok((d, _)) = store.delete(&rt, ons, n, &opts) {
-                    items.push(present_v(d));
+                match store.delete(&rt, ons, n, &opts) {
+                    Ok((d, _)) => items.push(present_v(d)),
+                    // Gone meanwhile: fine. Denied (admission) or invalid: the request fails,
+                    // as the API server's DeleteCollection does.
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
                 }
             }
             Ok(Reply::json(
@@ -496,7 +527,19 @@ fn delete_opts(call: &Call) -> ApiResult<DeleteOpts> {
         .as_array()
         .is_some_and(|a| a.iter().any(|v| v == "All"))
         || call.query.get("dryRun").is_some_and(|v| v == "All");
+    let mut options = if body.is_object() {
+        body.clone()
+    } else {
+        json!({})
+    };
+    if let Some(p) = &propagation {
+        options["propagationPolicy"] = json!(p);
+    }
+    if dry {
+        options["dryRun"] = json!(["All"]);
+    }
     Ok(DeleteOpts {
+        checks: call.checks.for_write(options),
         propagation,
         uid: s(&body["preconditions"]["uid"]),
         resource_version: s(&body["preconditions"]["resourceVersion"]),

@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::admission::user_of;
+use crate::checks::{Compiled, RequestChecks};
 use crate::error::ApiError;
 use crate::faults::{Action, Faults, RequestFacts};
 use crate::log::{RequestLog, RequestRecord};
@@ -103,6 +105,22 @@ fn into_response(reply: Reply, retry_after: Option<u64>) -> Response<Body> {
     }
 }
 
+/// Add `Warning: 299 - "..."` headers, as the API server sends warnings (kubectl prints them).
+fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        let text: String = w
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let quoted = text.replace('\\', "\\\\").replace('"', "\\\"");
+        let value = format!("299 - \"{quoted}\"");
+        if let Ok(v) = hyper::header::HeaderValue::from_bytes(value.as_bytes()) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
+}
+
 /// Settings fixed at start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -118,6 +136,8 @@ pub struct Settings {
 pub struct Shared {
     /// Objects.
     pub store: Arc<Store>,
+    /// Compiled CRD validators and admission policies.
+    pub compiled: Arc<Compiled>,
     /// Token signer.
     pub signer: Signer,
     /// Installed faults.
@@ -264,6 +284,7 @@ pub async fn start(
     let (shutdown_tx, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         store: Arc::new(Store::new(cache_size)),
+        compiled: Arc::new(Compiled::default()),
         signer,
         faults: Faults::default(),
         log: RequestLog::default(),
@@ -356,6 +377,7 @@ async fn handle(
     let accept = header(&req, "accept");
     let content_type = header(&req, "content-type");
     let user_agent = header(&req, "user-agent");
+    let user = user_of(req.headers());
     let mut record = RequestRecord {
         method: method.clone(),
         path: path.clone(),
@@ -466,6 +488,7 @@ async fn handle(
         Ok(b) => b.to_bytes(),
         Err(_) => return Err(Reset),
     };
+    let checks = RequestChecks::new(shared.compiled.clone(), user, &info.version);
     let call = Call {
         query,
         body,
@@ -474,27 +497,31 @@ async fn handle(
         accept,
         watch_faults,
         token_expiry,
+        checks: checks.clone(),
     };
     let reply = match rest::serve(&shared, &info, call).await {
         Ok(r) => r,
         Err(e) => e.into(),
     };
+    let notes = checks.take_notes();
+    record.warnings = notes.warnings;
+    record.audit_annotations = notes.audit;
     if let Some((code, reset)) = ambiguous {
         if reply.code() < 300 {
             record.status = if reset { 0 } else { code };
+            let warnings = record.warnings.clone();
             shared.log.push(record);
             if reset {
                 return Err(Reset);
             }
-            return Ok(into_response(
-                ApiError::from_code(code, None, None).into(),
-                None,
-            ));
+            let resp = into_response(ApiError::from_code(code, None, None).into(), None);
+            return Ok(with_warnings(resp, &warnings));
         }
     }
     record.status = reply.code();
+    let warnings = record.warnings.clone();
     shared.log.push(record);
-    Ok(into_response(reply, None))
+    Ok(with_warnings(into_response(reply, None), &warnings))
 }
 
 /// Another writer bumps the object's resourceVersion (annotation write).

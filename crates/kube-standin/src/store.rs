@@ -11,6 +11,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, watch};
 
+use crate::checks::{Checks, Lookup, PendingWrite};
 use crate::crd;
 use crate::error::{ApiError, ApiResult};
 use crate::patch::{self, PatchType};
@@ -89,6 +90,8 @@ pub struct WriteOpts {
     pub version: String,
     /// managedFields computed by an apply that creates the object.
     pub managed_fields: Option<Value>,
+    /// Validation and admission (none for the handle's and the server's own writes).
+    pub checks: Checks,
 }
 
 /// Options of a delete.
@@ -102,6 +105,8 @@ pub struct DeleteOpts {
     pub resource_version: Option<String>,
     /// `dryRun=All`.
     pub dry_run: bool,
+    /// Validation and admission (none for the handle's and the server's own writes).
+    pub checks: Checks,
 }
 
 /// Options of a list.
@@ -304,6 +309,25 @@ impl Inner {
     }
 }
 
+impl Lookup for Inner {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<&Value> {
+        self.get_obj(rt, ns, name)
+    }
+
+    fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<&Value> {
+        self.objects_of(rt)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter(|((n, _), _)| ns.is_none_or(|want| want == n))
+            .map(|(_, o)| o)
+            .collect()
+    }
+}
+
 impl Store {
     /// A new store with `default` and `kube-system` namespaces.
     pub fn new(cache_size: usize) -> Self {
@@ -346,6 +370,11 @@ impl Store {
     /// Subscribe to the current RV (changes on every commit).
     pub fn rv_watch(&self) -> watch::Receiver<u64> {
         self.rv_tx.subscribe()
+    }
+
+    /// Run `f` with a consistent view of the stored objects.
+    pub fn read<T>(&self, f: impl FnOnce(&dyn Lookup) -> T) -> T {
+        f(&*self.lock())
     }
 
     /// Current global resourceVersion.
@@ -620,6 +649,7 @@ impl Store {
 
     /// Type-specific normalisation applied on every write.
     fn normalize(rt: &ResourceType, obj: &mut Value, opts: &WriteOpts) -> ApiResult<()> {
+        crate::admission::objects::apply_defaults(rt, obj);
         if rt.custom {
             if let Some(schema) = rt.schemas.get(rt.storage_version()) {
                 let pruned = crd::normalize(obj, schema);
@@ -749,6 +779,7 @@ impl Store {
             }
         }
         Self::normalize(rt, &mut body, opts)?;
+        let mut register = None;
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "namespaces") => {
                 body["spec"] = json!({"finalizers": ["kubernetes"]});
@@ -773,9 +804,7 @@ impl Store {
                     }
                 }
                 body["status"] = crd::accepted_status(&body, &now);
-                if !opts.dry_run {
-                    inner.registry.upsert(t);
-                }
+                register = Some(t);
             }
             _ => {}
         }
@@ -797,8 +826,14 @@ impl Store {
         if let Some(mf) = &opts.managed_fields {
             body["metadata"]["managedFields"] = mf.clone();
         }
+        // Validation and admission (crate::checks).
+        opts.checks
+            .run(&PendingWrite::create(rt, ns, &name, &body), &*inner)?;
         if opts.dry_run {
             return Ok(body);
+        }
+        if let Some(t) = register {
+            inner.registry.upsert(t);
         }
         let out = inner.commit(&self.tx, EventType::Added, rt, ns, &name, body, None);
         self.publish_rv(&inner);
@@ -1124,6 +1159,7 @@ impl Store {
                 "Forbidden: field is immutable when `immutable` is set",
             ));
         }
+        let mut register = None;
         if rt.kind == "CustomResourceDefinition" {
             let t = crd::resource_type(&new)?;
             if sub_name.is_empty() {
@@ -1132,9 +1168,7 @@ impl Store {
                     new["status"]["conditions"] = current["status"]["conditions"].clone();
                 }
             }
-            if !opts.dry_run {
-                inner.registry.upsert(t);
-            }
+            register = Some(t);
         }
         if rt.tracks_generation() && spec_part(&new) != spec_part(&current) {
             let g = current["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
@@ -1171,11 +1205,17 @@ impl Store {
             );
         }
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        // Validation and admission (crate::checks); a no-op write is checked too.
+        let pending = PendingWrite::update(rt, sub_name, ns, name, &new, &current);
+        opts.checks.run(&pending, &*inner)?;
         if same_content(&new, &current) && client_mf.is_none() {
             return Ok(current);
         }
         if opts.dry_run {
             return Ok(new);
+        }
+        if let Some(t) = register {
+            inner.registry.upsert(t);
         }
         let finalizers_empty = new["metadata"]["finalizers"]
             .as_array()
@@ -1259,6 +1299,9 @@ impl Store {
                 return Err(ApiError::conflict(&rt.group, &rt.plural, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}")));
             }
         }
+        // Validation and admission (crate::checks).
+        opts.checks
+            .run(&PendingWrite::delete(rt, ns, name, &current), &*inner)?;
         if !current["metadata"]["deletionTimestamp"].is_null() {
             return Ok((current, true));
         }
