@@ -52,6 +52,10 @@ pub async fn reconcile<K: BindingResource>(
     let timing = ctx.metrics.reconcile_started(K::VERSION);
     let key = key_of(binding.as_ref());
     let result = match pass(binding.as_ref(), &key, &ctx).await {
+        Ok(action) => {
+            ctx.failures.api_succeeded(&key);
+            Ok(action)
+        }
         // The Lease was lost during the pass: nothing was sent; the next leader takes over.
         Err(ReconcileError::NotLeader { op }) => {
             tracing::info!(
@@ -60,11 +64,19 @@ pub async fn reconcile<K: BindingResource>(
             );
             Ok(Action::await_change())
         }
-        other => other,
+        // A 409 or 404 on a write: the cache was behind. Normal, not an error (not counted
+        // as one), but retried on the same per-binding backoff so a conflict that persists
+        // does not become a hot loop.
+        Err(e) if e.cache_was_behind() => {
+            let delay = api_retry(binding.as_ref(), &key, &ctx);
+            tracing::debug!(
+                namespace = %key.namespace, name = %key.name, error = %e,
+                retry_in = ?delay, "cache behind the API server; retrying"
+            );
+            Ok(Action::requeue(delay))
+        }
+        Err(e) => Err(e),
     };
-    if result.is_ok() {
-        ctx.failures.api_succeeded(&key);
-    }
     timing.finish(result.as_ref().map_err(|e| e.reason().as_str()));
     result
 }
@@ -347,17 +359,11 @@ async fn delete_secret(ctx: &Context, ns: &str, name: &str) -> Result<(), Reconc
     Ok(())
 }
 
-/// Called by kube-runtime when a pass ended in an API error (timeouts, 5xx, conflicts): retry
-/// with the per-binding backoff — the same schedule as Azure failures, growing with each
-/// consecutive failure up to the policy's cap, reset by the next pass that ends well, and
-/// always before a still-valid token expires.
-pub fn error_policy<K: BindingResource>(
-    binding: Arc<K>,
-    error: &ReconcileError,
-    ctx: Arc<Context>,
-) -> Action {
-    let key = key_of(binding.as_ref());
-    let failures = ctx.failures.api_failed(&key);
+/// The next attempt after the binding's latest API failure: the per-binding backoff — the same
+/// schedule as Azure failures, growing with each consecutive failure up to the policy's cap,
+/// reset by the next pass that ends well, and always before a still-valid token expires.
+fn api_retry<K: BindingResource>(binding: &K, key: &BindingKey, ctx: &Context) -> Duration {
+    let failures = ctx.failures.api_failed(key);
     let now = Timestamp::now();
     let valid_until = ctx
         .caches
@@ -368,17 +374,22 @@ pub fn error_policy<K: BindingResource>(
     let seed = seed_of(&binding.meta().uid.clone().unwrap_or_default());
     let at = retry_at(now, failures, seed, &ctx.policy.backoff(), valid_until);
     let floor = ctx.policy.min_requeue.min(ctx.policy.backoff_base);
-    let delay = requeue_after(now, at, floor);
-    if error.cache_was_behind() {
-        tracing::debug!(
-            namespace = %key.namespace, name = %key.name, error = %error, failures,
-            retry_in = ?delay, "cache behind the API server; retrying"
-        );
-    } else {
-        tracing::warn!(
-            namespace = %key.namespace, name = %key.name, reason = error.reason().as_str(),
-            error = %error, failures, retry_in = ?delay, "reconcile failed"
-        );
-    }
+    requeue_after(now, at, floor)
+}
+
+/// Called by kube-runtime when a pass ended in an API error (timeouts, 5xx, refusals): retry
+/// with the per-binding backoff ([`api_retry`]).
+pub fn error_policy<K: BindingResource>(
+    binding: Arc<K>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = key_of(binding.as_ref());
+    let delay = api_retry(binding.as_ref(), &key, &ctx);
+    tracing::warn!(
+        namespace = %key.namespace, name = %key.name, reason = error.reason().as_str(),
+        error = %error, failures = ctx.failures.api_failures(&key), retry_in = ?delay,
+        "reconcile failed"
+    );
     Action::requeue(delay)
 }
