@@ -117,13 +117,17 @@ pub fn view<K: BindingResource>(b: &K) -> BindingView {
 }
 
 fn status_view(s: &AcrPullBindingStatus) -> StatusView {
-    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").map(|c| {
-        (
-            c.status == "True",
-            Reason::parse(&c.reason),
-            c.message.clone(),
-        )
-    });
+    let ready = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == super::status::READY)
+        .map(|c| {
+            (
+                c.status == "True",
+                Reason::parse(&c.reason),
+                c.message.clone(),
+            )
+        });
     StatusView {
         phase: s.phase.as_deref().and_then(Phase::parse),
         error: s.error.clone(),
@@ -136,7 +140,7 @@ fn status_view(s: &AcrPullBindingStatus) -> StatusView {
         verified: s
             .conditions
             .iter()
-            .find(|c| c.type_ == "CredentialVerified")
+            .find(|c| c.type_ == super::status::CREDENTIAL_VERIFIED)
             .map(|c| c.status == "True"),
     }
 }

@@ -12,6 +12,11 @@ use super::writer::Writer;
 use crate::state::reason::Reason;
 use crate::state::record::Record;
 
+/// The condition `kubectl wait --for=condition=Ready` waits for: the pull secret works.
+pub const READY: &str = "Ready";
+/// The condition saying whether the registry granted every requested scope.
+pub const CREDENTIAL_VERIFIED: &str = "CredentialVerified";
+
 /// Every field of [`AcrPullBindingStatus`] as serialised (checked by a test): the ones the
 /// record leaves empty are sent as `null` so the stored status loses them.
 const FIELDS: [&str; 8] = [
@@ -61,7 +66,7 @@ pub fn render(
     let generation = record.observed_generation;
     let mut conditions = vec![condition(
         previous,
-        "Ready",
+        READY,
         record.ready,
         record.reason,
         &record.message,
@@ -79,7 +84,7 @@ pub fn render(
         };
         conditions.push(condition(
             previous,
-            "CredentialVerified",
+            CREDENTIAL_VERIFIED,
             verified,
             reason,
             message,
