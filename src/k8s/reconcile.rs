@@ -378,7 +378,7 @@ fn api_retry<K: BindingResource>(binding: &K, key: &BindingKey, ctx: &Context) -
 }
 
 /// Called by kube-runtime when a pass ended in an API error (timeouts, 5xx, refusals): retry
-/// with the per-binding backoff ([`api_retry`]).
+/// with the per-binding backoff (`api_retry`).
 pub fn error_policy<K: BindingResource>(
     binding: Arc<K>,
     error: &ReconcileError,
