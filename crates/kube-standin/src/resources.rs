@@ -98,6 +98,25 @@ impl ResourceType {
     pub fn tracks_generation(&self) -> bool {
         self.custom || self.kind == "CustomResourceDefinition"
     }
+
+    /// Whether this is `plural` in `group`.
+    pub fn is(&self, group: &str, plural: &str) -> bool {
+        self.group == group && self.plural == plural
+    }
+
+    /// Whether a create drops the `status` the client sent (types with a status subresource,
+    /// except those whose status the server computes on create: Namespace, CRD).
+    pub fn resets_status_on_create(&self) -> bool {
+        self.status_subresource
+            && !self.is("", "namespaces")
+            && !self.is("apiextensions.k8s.io", "customresourcedefinitions")
+    }
+
+    /// Whether a PUT must carry `metadata.resourceVersion` (custom resources and CRDs; the
+    /// built-ins served here allow unconditional updates).
+    pub fn requires_resource_version_on_update(&self) -> bool {
+        self.custom || self.is("apiextensions.k8s.io", "customresourcedefinitions")
+    }
 }
 
 /// The set of served types.
