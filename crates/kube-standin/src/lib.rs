@@ -77,6 +77,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod pipeline;
+pub mod proto;
 pub mod reply;
 pub mod request;
 pub mod resources;

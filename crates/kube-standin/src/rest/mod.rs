@@ -47,12 +47,16 @@ pub struct Call {
     pub warnings: Vec<String>,
 }
 
-/// Decode a request body (JSON, or YAML for apply patches).
+/// Decode a request body (JSON; YAML for apply patches; protobuf for the kinds
+/// [`crate::proto`] knows).
 pub fn parse_body(call: &Call) -> ApiResult<Value> {
     if call.body.is_empty() {
         return Err(ApiError::bad_request("the body of the request was empty"));
     }
     let ct = call.content_type.split(';').next().unwrap_or("").trim();
+    if ct == crate::proto::MEDIA_TYPE {
+        return crate::proto::decode_object(&call.body);
+    }
     if ct.contains("yaml") {
         return serde_saphyr::from_slice::<Value>(&call.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
