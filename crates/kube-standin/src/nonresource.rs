@@ -1,5 +1,5 @@
-//! Non-resource paths: version, discovery (aggregated and legacy), OpenAPI, health and the
-//! service-account issuer's OIDC documents.
+//! Non-resource paths: version, discovery (aggregated and legacy), OpenAPI (v2 and v3),
+//! health and the service-account issuer's OIDC documents.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -45,6 +45,18 @@ pub fn serve(cluster: &Cluster, method: &str, path: &str, accept: &str) -> Reply
         ["api", v] => found(discovery::resource_list(&reg, "", v)),
         ["apis", g] => found(discovery::api_group(&reg, g)),
         ["apis", g, v] => found(discovery::resource_list(&reg, g, v)),
+        ["openapi", "v2"] => {
+            let doc = openapi::v2::document(&reg);
+            if openapi::v2::wants_protobuf(accept) {
+                Reply::Raw(
+                    200,
+                    openapi::v2::PROTOBUF.into(),
+                    Bytes::from(openapi::v2::encode(&doc)),
+                )
+            } else {
+                Reply::json(200, doc)
+            }
+        }
         ["openapi", "v3"] => Reply::json(200, openapi::index(&reg)),
         ["openapi", "v3", "api", v] => found(openapi::document(&reg, "", v)),
         ["openapi", "v3", "apis", g, v] => found(openapi::document(&reg, g, v)),

@@ -985,3 +985,100 @@ async fn kubectl_get_prints_the_real_columns() {
     assert_eq!(header(&out), ["NAME", "CREATED", "AT"], "{out}");
     h.shutdown();
 }
+
+/// `kubectl explain` reads the OpenAPI v3 schemas: both AcrPullBinding versions (from the
+/// project CRDs) and a built-in kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_works_for_both_binding_versions_and_builtins() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    for crd in [
+        "acrpullbindings.acrpull.microsoft.com.yaml",
+        "acrpullbindings.msi-acrpull.microsoft.com.yaml",
+    ] {
+        k.ok(&["apply", "-f", path(&deploy.join(crd))]).await;
+    }
+    let out = k
+        .ok(&[
+            "explain",
+            "acrpullbinding.spec",
+            "--api-version=acrpull.microsoft.com/v1beta2",
+        ])
+        .await;
+    assert!(out.contains("GROUP:      acrpull.microsoft.com"), "{out}");
+    assert!(out.contains("KIND:       AcrPullBinding"), "{out}");
+    assert!(out.contains("VERSION:    v1beta2"), "{out}");
+    assert!(out.contains("FIELD: spec <Object>"), "{out}");
+    assert!(
+        out.contains("acr\t<Object> -required-") || out.contains("acr\t<Object>"),
+        "{out}"
+    );
+    let out = k
+        .ok(&[
+            "explain",
+            "acrpullbinding.spec",
+            "--api-version=msi-acrpull.microsoft.com/v1beta1",
+        ])
+        .await;
+    assert!(
+        out.contains("GROUP:      msi-acrpull.microsoft.com"),
+        "{out}"
+    );
+    assert!(out.contains("VERSION:    v1beta1"), "{out}");
+    assert!(out.contains("acrServer"), "{out}");
+    let out = k
+        .ok(&[
+            "explain",
+            "acrpullbinding.metadata.name",
+            "--api-version=acrpull.microsoft.com/v1beta2",
+        ])
+        .await;
+    assert!(out.contains("FIELD: name <string>"), "{out}");
+    let out = k.ok(&["explain", "serviceaccount"]).await;
+    assert!(out.contains("KIND:       ServiceAccount"), "{out}");
+    assert!(
+        out.contains("imagePullSecrets\t<[]LocalObjectReference>"),
+        "{out}"
+    );
+    let out = k
+        .ok(&["explain", "serviceaccount.imagePullSecrets.name"])
+        .await;
+    assert!(out.contains("FIELD: name <string>"), "{out}");
+    let out = k.ok(&["explain", "roles.rules.verbs"]).await;
+    assert!(out.contains("FIELD: verbs <[]string>"), "{out}");
+    // /openapi/v2, as JSON and as the protobuf kubectl asks for.
+    let out = k.ok(&["get", "--raw", "/openapi/v2"]).await;
+    let v2: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v2["swagger"], "2.0");
+    assert!(v2["definitions"]["com.microsoft.acrpull.v1beta2.AcrPullBinding"].is_object());
+    assert!(v2["definitions"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"].is_object());
+    // The protobuf v2 document parses in kubectl (its v2 explain reads nothing else).
+    let out = k
+        .ok(&[
+            "explain",
+            "acrpullbinding.metadata.name",
+            "--output=plaintext-openapiv2",
+            "--api-version=acrpull.microsoft.com/v1beta2",
+        ])
+        .await;
+    assert!(out.contains("FIELD:    name <string>"), "{out}");
+    assert!(h
+        .requests()
+        .iter()
+        .any(|r| r.path == "/openapi/v2" && r.status == 200));
+    // Re-applying a built-in makes kubectl fetch /openapi/v2 as protobuf too.
+    let s = k.file("s.yaml", "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s1\n  namespace: default\nstringData:\n  a: one\n");
+    k.ok(&["apply", "-f", path(&s)]).await;
+    let (rc, _, err) = k.run(&["apply", "-f", path(&s), "-v=6"]).await;
+    assert_eq!(rc, 0, "{err}");
+    assert!(h
+        .requests()
+        .iter()
+        .any(|r| r.path == "/openapi/v2" && r.status == 200));
+    assert!(
+        !err.contains("proto:") && !err.contains("error calculating patch"),
+        "{err}"
+    );
+    h.shutdown();
+}
