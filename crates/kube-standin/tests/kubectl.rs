@@ -691,6 +691,25 @@ async fn kubectl_auth_can_i_matches_the_shipped_rbac() {
             "kubectl {all:?}: {err}"
         );
     }
+    // --list: a SelfSubjectRulesReview, with the Role's resourceNames.
+    let out = k
+        .ok(&["auth", "can-i", "--list", "-n", "acrpull-system", SA])
+        .await;
+    let lease_rules: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("leases.coordination.k8s.io"))
+        .collect();
+    assert!(
+        lease_rules
+            .iter()
+            .any(|l| l.contains("[aks.azure.com]") && l.contains("[get update]")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("serviceaccounts/token") && l.contains("[create]")),
+        "{out}"
+    );
     // A kubeconfig with the ServiceAccount's own token.
     let token = h
         .service_account_token("acrpull-system", "acrpull", Duration::from_secs(3600))
