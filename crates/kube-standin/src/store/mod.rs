@@ -546,6 +546,7 @@ impl ExpectBuiltin for Option<Arc<ResourceType>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::patch::PatchType;
 
     fn secrets(s: &Store) -> Arc<ResourceType> {
         s.type_by_path("", "v1", "secrets").unwrap()
@@ -620,6 +621,76 @@ mod tests {
         .unwrap();
         let err = s
             .update(&rt, "default", "a", changed, None, &WriteOpts::default())
+            .unwrap_err();
+        assert_eq!(err.code, 409);
+    }
+
+    #[test]
+    fn stages_run_before_storage_answers_and_stale_commits_are_prepared_again() {
+        let s = Store::new(100);
+        let rt = secrets(&s);
+        let body = json!({"metadata": {"name": "a"}, "data": {}});
+        s.create(&rt, "default", body.clone(), &WriteOpts::default())
+            .unwrap();
+        // A denying stage answers before the storage's AlreadyExists, as admission does.
+        let deny = |_: &Plan| Err(ApiError::new(403, "Forbidden", "denied by a policy"));
+        let err = s
+            .write(
+                false,
+                || s.prepare_create(&rt, "default", body.clone(), &WriteOpts::default()),
+                deny,
+            )
+            .unwrap_err();
+        assert_eq!(err.code, 403);
+        let err = s
+            .create(&rt, "default", body.clone(), &WriteOpts::default())
+            .unwrap_err();
+        assert_eq!(err.reason, "AlreadyExists");
+        // Another writer commits between prepare and commit: the patch is prepared again on
+        // the new object and keeps both changes; the stages see both attempts.
+        let mut attempts = 0;
+        let patch = json!({"data": {"mine": "eA=="}});
+        let out = s
+            .write(
+                false,
+                || {
+                    s.prepare_patch(
+                        &rt,
+                        "default",
+                        "a",
+                        PatchType::Merge,
+                        &patch,
+                        None,
+                        &WriteOpts::default(),
+                    )
+                },
+                |_| {
+                    attempts += 1;
+                    if attempts == 1 {
+                        let other = json!({"data": {"theirs": "eQ=="}});
+                        s.patch(
+                            &rt,
+                            "default",
+                            "a",
+                            PatchType::Merge,
+                            &other,
+                            None,
+                            &WriteOpts::default(),
+                        )?;
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(attempts, 2);
+        assert_eq!(
+            out.object["data"],
+            json!({"mine": "eA==", "theirs": "eQ=="})
+        );
+        // A PUT with the old resourceVersion cannot be prepared again: 409.
+        let stale = json!({"metadata": {"name": "a", "resourceVersion": "1"}, "data": {}});
+        let err = s
+            .update(&rt, "default", "a", stale, None, &WriteOpts::default())
             .unwrap_err();
         assert_eq!(err.code, 409);
     }

@@ -308,13 +308,9 @@ impl Store {
         if !strategy::valid_name_for(rt, &name) {
             return Err(ApiError::invalid(&rt.kind, &rt.group, &name, "metadata.name", &format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")));
         }
-        {
-            let inner = self.lock();
-            check_namespace(&inner, rt, ns, &name)?;
-            if inner.get_obj(rt, ns, &name).is_some() {
-                return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
-            }
-        }
+        // AlreadyExists is the commit's to answer, after validation and admission, as etcd
+        // answers it after the real server's admission chain.
+        check_namespace(&self.lock(), rt, ns, &name)?;
         let now = now();
         for k in [
             "resourceVersion",
