@@ -10,7 +10,10 @@ use std::sync::Mutex;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use ring::signature::{
+    EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
+    ECDSA_P256_SHA256_FIXED_SIGNING,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -100,6 +103,63 @@ impl Signer {
         Ok(format!("{input}.{}", B64.encode(sig.as_ref())))
     }
 
+    /// Check a compact JWS signed by this key; returns its claims. Says nothing about
+    /// expiry, audience or issuer (see `authn`).
+    pub fn verify(&self, token: &str) -> Result<Value, &'static str> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("not a compact JWS");
+        };
+        let header: Value = B64
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or("malformed header")?;
+        if header["alg"] != "ES256" {
+            return Err("unsupported algorithm");
+        }
+        let sig = B64.decode(sig).map_err(|_| "malformed signature")?;
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref())
+            .verify(format!("{h}.{c}").as_bytes(), &sig)
+            .map_err(|_| "invalid signature")?;
+        B64.decode(c)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(Value::is_object)
+            .ok_or("malformed claims")
+    }
+
+    /// A ServiceAccount token for `sa` (the stored object) with these audiences and lifetime,
+    /// signed like a TokenRequest's but not recorded as one (for tests that run a client as
+    /// the ServiceAccount).
+    pub fn service_account_token(
+        &self,
+        issuer: &str,
+        sa: &Value,
+        audiences: &[String],
+        lifetime_secs: i64,
+        now: i64,
+    ) -> ApiResult<String> {
+        let ns = sa["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = sa["metadata"]["name"].as_str().unwrap_or_default();
+        let claims = json!({
+            "aud": audiences,
+            "exp": now + lifetime_secs,
+            "iat": now,
+            "nbf": now,
+            "iss": issuer,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "sub": format!("system:serviceaccount:{ns}:{name}"),
+            "kubernetes.io": {
+                "namespace": ns,
+                "serviceaccount": {"name": name, "uid": sa["metadata"]["uid"]},
+            },
+        });
+        self.sign(&claims)
+    }
+
     /// Issued tokens so far.
     pub fn issued(&self) -> Vec<IssuedToken> {
         match self.issued.lock() {
@@ -115,8 +175,9 @@ impl Signer {
         }
     }
 
-    /// Serve a TokenRequest for `sa` (the stored ServiceAccount).
-    /// `expiry_override` comes from a fault (a short lifetime so rotation happens in test time).
+    /// Serve a TokenRequest for `sa` (the stored ServiceAccount): [`request_object`], then
+    /// [`Signer::issue`], with no admission in between (the request path runs admission
+    /// between the two).
     pub fn token_request(
         &self,
         issuer: &str,
@@ -125,48 +186,32 @@ impl Signer {
         expiry_override: Option<i64>,
         now: i64,
     ) -> ApiResult<Value> {
+        let request = request_object(issuer, sa, body)?;
+        self.issue(issuer, sa, &request, expiry_override, now)
+    }
+
+    /// Sign the token a validated TokenRequest ([`request_object`]) asks for and answer the
+    /// TokenRequest with it. `expiry_override` comes from a fault (a short lifetime so
+    /// rotation happens in test time).
+    pub fn issue(
+        &self,
+        issuer: &str,
+        sa: &Value,
+        request: &Value,
+        expiry_override: Option<i64>,
+        now: i64,
+    ) -> ApiResult<Value> {
         let ns = sa["metadata"]["namespace"].as_str().unwrap_or_default();
         let name = sa["metadata"]["name"].as_str().unwrap_or_default();
-        let spec = &body["spec"];
-        if !body.is_object() || (!spec.is_null() && !spec.is_object()) {
-            return Err(ApiError::bad_request("TokenRequest body must be an object"));
-        }
-        let invalid = |field: &str, why: &str| {
-            ApiError::invalid("TokenRequest", "authentication.k8s.io", name, field, why)
-        };
-        let exp_secs = match &spec["expirationSeconds"] {
-            Value::Null => 3600,
-            v => v.as_i64().ok_or_else(|| {
-                invalid(
-                    "spec.expirationSeconds",
-                    "Invalid value: must be an integer",
-                )
-            })?,
-        };
-        if exp_secs < 600 {
-            return Err(invalid(
-                "spec.expirationSeconds",
-                &format!(
-                    "Invalid value: {exp_secs}: may not specify a duration less than 10 minutes"
-                ),
-            ));
-        }
-        if exp_secs > 1 << 32 {
-            return Err(invalid(
-                "spec.expirationSeconds",
-                &format!("Invalid value: {exp_secs}: may not specify a duration larger than 2^32 seconds"),
-            ));
-        }
-        let exp_secs = expiry_override.unwrap_or(exp_secs);
-        let mut audiences: Vec<String> = spec["audiences"]
+        let spec = &request["spec"];
+        let exp_secs =
+            expiry_override.unwrap_or(spec["expirationSeconds"].as_i64().unwrap_or(3600));
+        let audiences: Vec<String> = spec["audiences"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|a| a.as_str().map(str::to_string))
             .collect();
-        if audiences.is_empty() {
-            audiences.push(issuer.to_string());
-        }
         let mut k8s = json!({
             "namespace": ns,
             "serviceaccount": {"name": name, "uid": sa["metadata"]["uid"]},
@@ -174,12 +219,6 @@ impl Signer {
         let bound = &spec["boundObjectRef"];
         if bound.is_object() {
             let kind = bound["kind"].as_str().unwrap_or_default();
-            if !matches!(kind, "Pod" | "Secret" | "Node") {
-                return Err(invalid(
-                    "spec.boundObjectRef.kind",
-                    &format!("Unsupported value: \"{kind}\": supported values: \"Pod\", \"Secret\", \"Node\""),
-                ));
-            }
             k8s[kind.to_lowercase()] = json!({"name": bound["name"], "uid": bound["uid"]});
         }
         let exp = now + exp_secs;
@@ -206,14 +245,8 @@ impl Signer {
             .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_default();
         let mut out_spec = spec.clone();
-        if !out_spec.is_object() {
-            out_spec = json!({});
-        }
-        out_spec["audiences"] = json!(audiences);
         out_spec["expirationSeconds"] = json!(exp_secs);
-        if out_spec["boundObjectRef"].is_object() {
-            // echoed
-        } else {
+        if !out_spec["boundObjectRef"].is_object() {
             out_spec["boundObjectRef"] = Value::Null;
         }
         Ok(json!({
@@ -224,6 +257,81 @@ impl Signer {
             "status": {"token": token, "expirationTimestamp": exp_ts},
         }))
     }
+}
+
+/// The TokenRequest for `sa` (the stored ServiceAccount) as the API server has it when it
+/// runs validating admission: decoded, defaulted (`expirationSeconds` 3600, the API
+/// audiences — here the issuer — when none are asked for, name and namespace from the
+/// ServiceAccount, status cleared) and validated (422 for a lifetime under 10 minutes or over
+/// 2^32 seconds, or a bound object kind other than Pod, Secret or Node).
+pub fn request_object(issuer: &str, sa: &Value, body: &Value) -> ApiResult<Value> {
+    let ns = sa["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = sa["metadata"]["name"].as_str().unwrap_or_default();
+    let spec = &body["spec"];
+    if !body.is_object() || (!spec.is_null() && !spec.is_object()) {
+        return Err(ApiError::bad_request("TokenRequest body must be an object"));
+    }
+    let invalid = |field: &str, why: &str| {
+        ApiError::invalid("TokenRequest", "authentication.k8s.io", name, field, why)
+    };
+    let exp_secs = match &spec["expirationSeconds"] {
+        Value::Null => 3600,
+        v => v.as_i64().ok_or_else(|| {
+            invalid(
+                "spec.expirationSeconds",
+                "Invalid value: must be an integer",
+            )
+        })?,
+    };
+    if exp_secs < 600 {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            &format!("Invalid value: {exp_secs}: may not specify a duration less than 10 minutes"),
+        ));
+    }
+    if exp_secs > 1 << 32 {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            &format!(
+                "Invalid value: {exp_secs}: may not specify a duration larger than 2^32 seconds"
+            ),
+        ));
+    }
+    let mut audiences: Vec<String> = spec["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    if audiences.is_empty() {
+        audiences.push(issuer.to_string());
+    }
+    let mut out_spec = if spec.is_object() {
+        spec.clone()
+    } else {
+        json!({})
+    };
+    out_spec["audiences"] = json!(audiences);
+    out_spec["expirationSeconds"] = json!(exp_secs);
+    let bound = &spec["boundObjectRef"];
+    if bound.is_object() {
+        let kind = bound["kind"].as_str().unwrap_or_default();
+        if !matches!(kind, "Pod" | "Secret" | "Node") {
+            return Err(invalid(
+                "spec.boundObjectRef.kind",
+                &format!(
+                    "Unsupported value: \"{kind}\": supported values: \"Pod\", \"Secret\", \"Node\""
+                ),
+            ));
+        }
+    }
+    Ok(json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "metadata": {"name": name, "namespace": ns, "creationTimestamp": crate::store::now()},
+        "spec": out_spec,
+        "status": {"token": "", "expirationTimestamp": null},
+    }))
 }
 
 /// The OIDC discovery document.
@@ -240,7 +348,6 @@ pub fn openid_configuration(issuer: &str, base_url: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 
     #[test]
     fn signs_verifiable_tokens() {
@@ -270,6 +377,12 @@ mod tests {
             .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
             .unwrap();
         assert_eq!(s.issued().len(), 1);
+        assert_eq!(s.verify(tok).unwrap(), claims);
+        let mut forged = tok.to_string();
+        forged.replace_range(parts[0].len() + 1..parts[0].len() + 3, "ab");
+        assert!(s.verify(&forged).is_err());
+        let other = Signer::generate().unwrap();
+        assert_eq!(other.verify(tok), Err("invalid signature"));
     }
 
     #[test]
