@@ -642,6 +642,54 @@ async fn failure_policy_decides_about_errors() {
     assert!(s.message.ends_with("denied request: expression 'object.metadata.labels.team == 'x'' resulted in error: no such key: labels"), "{}", s.message);
 }
 
+/// A TokenRequest is defaulted and validated before admission, as the token REST storage
+/// does it: a policy sees the defaulted object (lifetime, audiences, name and namespace) and
+/// the authenticated user; a lifetime under 10 minutes is a 422 the policy never sees; a
+/// denied request gets no token.
+#[tokio::test]
+async fn token_requests_are_defaulted_and_validated_before_admission() {
+    let (h, c) = start().await;
+    namespace(&h, "team");
+    h.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": "team"}}))
+        .unwrap();
+    let mut p = vap("see-tokens", json!(["serviceaccounts/token"]), json!({
+        "validations": [{"expression": "false", "reason": "Forbidden",
+            "messageExpression": "'saw ' + request.kind.group + '/' + request.kind.kind + ' ' + request.operation + ' ' + string(object.spec.expirationSeconds) + ' ' + object.spec.audiences.join(',') + ' ' + object.metadata.namespace + '/' + object.metadata.name + ' ' + string(object.status.token == '') + ' as ' + request.userInfo.username"}]}));
+    p["spec"]["matchConstraints"]["resourceRules"][0]["operations"] = json!(["CREATE"]);
+    create(&c, p).await.unwrap();
+    create(&c, vapb("see-tokens", "see-tokens", json!(["Deny"]), json!({})))
+        .await
+        .unwrap();
+    let post = |spec: Value| {
+        let req = http::Request::post("/api/v1/namespaces/team/serviceaccounts/app/token")
+            .header("content-type", "application/json")
+            .body(
+                serde_json::to_vec(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}))
+                    .unwrap(),
+            )
+            .unwrap();
+        c.request::<Value>(req)
+    };
+    let s = status(post(json!({"expirationSeconds": 60})).await);
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+    assert!(
+        s.message.contains("spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"),
+        "{}",
+        s.message
+    );
+    let s = status(post(json!({})).await);
+    assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"), "{s:?}");
+    assert_eq!(
+        s.message,
+        format!(
+            "serviceaccounts \"app\" is forbidden: ValidatingAdmissionPolicy 'see-tokens' with binding 'see-tokens' denied request: \
+             saw authentication.k8s.io/TokenRequest CREATE 3600 {} team/app true as system:admin",
+            h.issuer()
+        )
+    );
+    assert!(h.issued_tokens().is_empty(), "a denied request gets no token");
+}
+
 #[tokio::test]
 async fn match_constraints_select_requests() {
     let (h, c) = start().await;
