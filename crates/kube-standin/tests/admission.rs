@@ -652,14 +652,21 @@ async fn token_requests_are_defaulted_and_validated_before_admission() {
     namespace(&h, "team");
     h.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": "team"}}))
         .unwrap();
-    let mut p = vap("see-tokens", json!(["serviceaccounts/token"]), json!({
+    let mut p = vap(
+        "see-tokens",
+        json!(["serviceaccounts/token"]),
+        json!({
         "validations": [{"expression": "false", "reason": "Forbidden",
-            "messageExpression": "'saw ' + request.kind.group + '/' + request.kind.kind + ' ' + request.operation + ' ' + string(object.spec.expirationSeconds) + ' ' + object.spec.audiences.join(',') + ' ' + object.metadata.namespace + '/' + object.metadata.name + ' ' + string(object.status.token == '') + ' as ' + request.userInfo.username"}]}));
+            "messageExpression": "'saw ' + request.kind.group + '/' + request.kind.kind + ' ' + request.operation + ' ' + string(object.spec.expirationSeconds) + ' ' + object.spec.audiences.join(',') + ' ' + object.metadata.namespace + '/' + object.metadata.name + ' ' + string(object.status.token == '') + ' as ' + request.userInfo.username"}]}),
+    );
     p["spec"]["matchConstraints"]["resourceRules"][0]["operations"] = json!(["CREATE"]);
     create(&c, p).await.unwrap();
-    create(&c, vapb("see-tokens", "see-tokens", json!(["Deny"]), json!({})))
-        .await
-        .unwrap();
+    create(
+        &c,
+        vapb("see-tokens", "see-tokens", json!(["Deny"]), json!({})),
+    )
+    .await
+    .unwrap();
     let post = |spec: Value| {
         let req = http::Request::post("/api/v1/namespaces/team/serviceaccounts/app/token")
             .header("content-type", "application/json")
@@ -687,7 +694,10 @@ async fn token_requests_are_defaulted_and_validated_before_admission() {
             h.issuer()
         )
     );
-    assert!(h.issued_tokens().is_empty(), "a denied request gets no token");
+    assert!(
+        h.issued_tokens().is_empty(),
+        "a denied request gets no token"
+    );
 }
 
 #[tokio::test]

@@ -128,3 +128,90 @@ pub fn run(ctx: &WriteContext<'_>, plan: &Plan, notes: &mut Notes) -> ApiResult<
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::cluster::Settings;
+    use crate::patch::PatchType;
+    use crate::store::{Store, WriteOpts};
+
+    fn cluster() -> Cluster {
+        let settings = Settings {
+            bookmark_interval: Duration::from_secs(10),
+            gc_delay: Duration::from_millis(100),
+            issuer: None,
+        };
+        Cluster::new(
+            Arc::new(Store::new(100)),
+            crate::token::Signer::generate().unwrap(),
+            crate::tls::Tls::generate().unwrap(),
+            0,
+            String::new(),
+            &settings,
+        )
+    }
+
+    /// A write prepared again after a concurrent change runs the stages again; only the last
+    /// attempt's warnings reach the response (not one per attempt).
+    #[test]
+    fn a_retried_write_keeps_the_last_attempts_notes() {
+        let c = cluster();
+        let store = &c.store;
+        let reg = store.registry();
+        let rt = |g: &str, p: &str| reg.by_key(g, p).unwrap();
+        let opts = WriteOpts::default();
+        let g = "admissionregistration.k8s.io";
+        store
+            .create(&rt(g, "validatingadmissionpolicies"), "", json!({"metadata": {"name": "warn"},
+                "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                         "operations": ["UPDATE"], "resources": ["configmaps"]}]},
+                         "validations": [{"expression": "false", "message": "noted"}]}}), &opts)
+            .unwrap();
+        store
+            .create(&rt(g, "validatingadmissionpolicybindings"), "",
+                json!({"metadata": {"name": "warn"}, "spec": {"policyName": "warn", "validationActions": ["Warn"]}}), &opts)
+            .unwrap();
+        let cms = rt("", "configmaps");
+        store
+            .create(&cms, "default", json!({"metadata": {"name": "a"}}), &opts)
+            .unwrap();
+        let user = UserInfo::admin();
+        let options = json!({});
+        let ctx = WriteContext {
+            cluster: &c,
+            user: &user,
+            version: "v1",
+            dry_run: false,
+            options: &options,
+        };
+        let mut notes = Notes::default();
+        let mut attempts = 0;
+        let mine = json!({"data": {"mine": "x"}});
+        let out = write(&ctx, &mut notes, || {
+            attempts += 1;
+            let plan =
+                store.prepare_patch(&cms, "default", "a", PatchType::Merge, &mine, None, &opts);
+            if attempts == 1 {
+                // Another writer commits after this attempt was prepared: it goes stale.
+                let theirs = json!({"data": {"theirs": "y"}});
+                store.patch(&cms, "default", "a", PatchType::Merge, &theirs, None, &opts)?;
+            }
+            plan
+        })
+        .unwrap();
+        assert_eq!(attempts, 2);
+        assert_eq!(out.object["data"], json!({"mine": "x", "theirs": "y"}));
+        assert_eq!(
+            notes.warnings,
+            vec![
+                "Validation failed for ValidatingAdmissionPolicy 'warn' with binding 'warn': noted"
+            ]
+        );
+    }
+}
