@@ -1068,6 +1068,10 @@ async fn kubectl_explain_works_for_both_binding_versions_and_builtins() {
     assert!(out.contains("FIELD: name <string>"), "{out}");
     let out = k.ok(&["explain", "roles.rules.verbs"]).await;
     assert!(out.contains("FIELD: verbs <[]string>"), "{out}");
+    let out = k
+        .ok(&["explain", "validatingadmissionpolicy.spec.validations"])
+        .await;
+    assert!(out.contains("messageExpression\t<string>"), "{out}");
     // /openapi/v2, as JSON and as the protobuf kubectl asks for.
     let out = k.ok(&["get", "--raw", "/openapi/v2"]).await;
     let v2: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -42,6 +42,8 @@ fn generate() -> Value {
     add::<api::rbac::v1::ClusterRoleBinding>(g, k);
     add::<api::policy::v1::PodDisruptionBudget>(g, k);
     add::<api::networking::v1::NetworkPolicy>(g, k);
+    add::<api::admissionregistration::v1::ValidatingAdmissionPolicy>(g, k);
+    add::<api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>(g, k);
     add::<api::authentication::v1::TokenRequest>(g, k);
     add::<api::authentication::v1::TokenReview>(g, k);
     add::<api::authentication::v1::SelfSubjectReview>(g, k);
