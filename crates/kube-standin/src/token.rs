@@ -5,6 +5,8 @@
 //! Tokens are signed like a real API server's projected tokens, so a stand-in for Entra can
 //! verify them against the JWKS exactly as Entra verifies federated credentials.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -51,6 +53,26 @@ pub struct Signer {
     rng: SystemRandom,
     kid: String,
     issued: Mutex<Vec<IssuedToken>>,
+    verified: Mutex<Verified>,
+    signature_checks: AtomicU64,
+}
+
+/// How many verified tokens [`Signer::verify`] remembers.
+const VERIFIED_CAPACITY: usize = 1024;
+
+/// Tokens whose signature checked out, by the SHA-256 of the token (the token itself is not
+/// kept), with their claims; the oldest is forgotten first.
+#[derive(Default)]
+struct Verified {
+    claims: HashMap<[u8; 32], Value>,
+    order: VecDeque<[u8; 32]>,
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 impl Signer {
@@ -68,6 +90,8 @@ impl Signer {
             rng,
             kid,
             issued: Mutex::new(Vec::new()),
+            verified: Mutex::new(Verified::default()),
+            signature_checks: AtomicU64::new(0),
         })
     }
 
@@ -104,8 +128,44 @@ impl Signer {
     }
 
     /// Check a compact JWS signed by this key; returns its claims. Says nothing about
-    /// expiry, audience or issuer (see `authn`).
+    /// expiry, audience or issuer (see `authn`, which checks those on every request).
+    ///
+    /// A token's signature is checked once: the claims of the last [`VERIFIED_CAPACITY`]
+    /// tokens that checked out are remembered (by the token's SHA-256), so a client sending
+    /// its ServiceAccount token with every request costs one ECDSA verification, not one per
+    /// request — as the real server caches authentication results (it caches the whole
+    /// result for 10 s; here only the signature, which cannot change, is cached).
     pub fn verify(&self, token: &str) -> Result<Value, &'static str> {
+        let digest = token_digest(token);
+        if let Some(claims) = self.verified_lock().claims.get(&digest) {
+            return Ok(claims.clone());
+        }
+        let claims = self.verify_signature(token)?;
+        let mut cache = self.verified_lock();
+        if cache.claims.insert(digest, claims.clone()).is_none() {
+            cache.order.push_back(digest);
+            while cache.order.len() > VERIFIED_CAPACITY {
+                if let Some(old) = cache.order.pop_front() {
+                    cache.claims.remove(&old);
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    /// How many ECDSA signature checks [`Signer::verify`] has made.
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    fn verified_lock(&self) -> std::sync::MutexGuard<'_, Verified> {
+        match self.verified.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Value, &'static str> {
         let mut parts = token.split('.');
         let (Some(h), Some(c), Some(sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -121,6 +181,7 @@ impl Signer {
             return Err("unsupported algorithm");
         }
         let sig = B64.decode(sig).map_err(|_| "malformed signature")?;
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref())
             .verify(format!("{h}.{c}").as_bytes(), &sig)
             .map_err(|_| "invalid signature")?;
@@ -383,6 +444,35 @@ mod tests {
         assert!(s.verify(&forged).is_err());
         let other = Signer::generate().unwrap();
         assert_eq!(other.verify(tok), Err("invalid signature"));
+    }
+
+    #[test]
+    fn a_token_is_verified_once_and_a_bad_one_every_time() {
+        let s = Signer::generate().unwrap();
+        let tok = s.sign(&json!({"sub": "a"})).unwrap();
+        for _ in 0..3 {
+            assert_eq!(s.verify(&tok).unwrap()["sub"], "a");
+        }
+        assert_eq!(s.signature_checks(), 1);
+        let parts: Vec<&str> = tok.split('.').collect();
+        let forged = format!("{}.{}.{}", parts[0], B64.encode(r#"{"sub":"b"}"#), parts[2]);
+        for _ in 0..2 {
+            assert_eq!(s.verify(&forged), Err("invalid signature"));
+        }
+        assert_eq!(s.signature_checks(), 3, "failures are not remembered");
+        // Bounded: the oldest tokens are forgotten and checked again.
+        let many: Vec<String> = (0..=VERIFIED_CAPACITY)
+            .map(|i| s.sign(&json!({"sub": i})).unwrap())
+            .collect();
+        for t in &many {
+            s.verify(t).unwrap();
+        }
+        assert_eq!(s.verified_lock().claims.len(), VERIFIED_CAPACITY);
+        let before = s.signature_checks();
+        s.verify(&many[0]).unwrap();
+        assert_eq!(s.signature_checks(), before + 1);
+        s.verify(&many[VERIFIED_CAPACITY]).unwrap();
+        assert_eq!(s.signature_checks(), before + 1);
     }
 
     #[test]
