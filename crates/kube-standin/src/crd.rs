@@ -20,10 +20,15 @@ fn invalid(name: &str, field: &str, why: &str) -> ApiError {
     )
 }
 
-/// Validate a CRD object and derive the type it serves.
-pub fn resource_type(crd: &Value) -> ApiResult<ResourceType> {
-    // Every CEL rule must compile now, not fail (or pass) at object time.
+/// Validate a CRD object being written — its CEL rules must compile now, not fail (or pass)
+/// at object time — and derive the type it serves.
+pub fn validate(crd: &Value) -> ApiResult<ResourceType> {
     crate::validation::check_crd(crd)?;
+    resource_type(crd)
+}
+
+/// Derive the type a (valid) CRD object serves; its structural errors are 422s.
+pub fn resource_type(crd: &Value) -> ApiResult<ResourceType> {
     let name = crd["metadata"]["name"].as_str().unwrap_or_default();
     let spec = &crd["spec"];
     let group = spec["group"]
@@ -137,6 +142,7 @@ pub fn resource_type(crd: &Value) -> ApiResult<ResourceType> {
         schemas,
         printer_columns,
         selectable_fields: selectable,
+        review: false,
     })
 }
 

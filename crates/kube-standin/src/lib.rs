@@ -1,12 +1,15 @@
-//! An in-memory Kubernetes API server for tests, served over plain HTTP on 127.0.0.1, that
-//! kube-rs 5 and kubectl 1.32 accept as real.
+//! An in-memory Kubernetes API server for tests, served over HTTPS and plain HTTP on
+//! 127.0.0.1, that kube-rs 5 and kubectl 1.32 accept as real: it authenticates (its own
+//! ServiceAccount tokens, an admin token), authorizes with RBAC, admits, validates and stores
+//! like a real one (see `pipeline.rs` for the stages).
 //!
 //! It implements the write, list and watch semantics controllers depend on (global
 //! resourceVersions, 409 on stale writes, status subresource, finalizers, asynchronous
 //! garbage collection, watch cache with 410 and bookmarks, `sendInitialEvents`, selector
 //! transitions, the four patch types, CRD registration with structural pruning, signed
-//! TokenRequest tokens), validates custom resources against their schemas and CEL rules, runs
-//! ValidatingAdmissionPolicies on every write (see [`checks`]), and lets a test inject faults (latency, hangs, error codes, conflicts,
+//! TokenRequest tokens), validates custom resources against their schemas and CEL rules
+//! ([`validate`]), runs ValidatingAdmissionPolicies on every write an API client makes
+//! ([`admission`]), and lets a test inject faults (latency, hangs, error codes, conflicts,
 //! ambiguous writes, watch faults, API server down/up, Lease takeover, ...).
 //!
 //! Everything is `serde_json::Value`: the crate does not depend on kube or k8s-openapi.
@@ -45,8 +48,9 @@
 //!
 //! - [`StandIn::builder`] → [`Builder`]: `watch_cache_size(n)`, `bookmark_interval(d)`,
 //!   `gc_delay(d)`, `issuer(url)`, `port(p)`, `seed_yaml(text)`, `start().await`.
-//! - [`Handle`]: `url()`, `control_url()`, `port()`, `write_kubeconfig(path)`,
-//!   `kubeconfig_yaml()`, `apply(value)`, `apply_yaml(text)`,
+//! - [`Handle`]: `url()`, `https_url()`, `control_url()`, `port()`, `write_kubeconfig(path)`,
+//!   `kubeconfig_yaml()`, `admin_token()`, `service_account_token(ns, name, ttl)`,
+//!   `write_kubeconfig_for_token(path, token)`, `apply(value)`, `apply_yaml(text)`,
 //!   `get(api_version, kind_or_plural, ns, name)`, `list(api_version, kind, ns)`,
 //!   `delete(..)`, `wait_for(.., predicate, timeout)`, `wait_until(predicate, timeout)`,
 //!   `requests()`, `clear_requests()`, `faults()` ([`Faults::add`], [`Faults::remove`],
@@ -58,28 +62,41 @@
 //! The same controls are served over HTTP under `/_standin/` (see the crate's README.md).
 
 pub mod admission;
+pub mod authn;
+pub mod authz;
 pub mod cel;
-pub mod checks;
+pub mod cluster;
 pub mod control;
+pub mod controllers;
 pub mod crd;
 pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod faults;
-pub mod gc;
 pub mod handle;
+pub mod http;
+pub mod impersonation;
 pub mod kubeconfig;
+pub mod listener;
 pub mod log;
+pub mod nonresource;
+pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod pipeline;
+pub mod proto;
+pub mod reply;
+pub mod request;
 pub mod resources;
 pub mod rest;
 pub mod selector;
-pub mod server;
 pub mod ssa;
 pub mod store;
 pub mod table;
+pub mod tls;
 pub mod token;
+pub mod user;
+pub mod validate;
 pub mod validation;
 pub mod watch;
 

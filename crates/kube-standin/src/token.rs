@@ -5,12 +5,17 @@
 //! Tokens are signed like a real API server's projected tokens, so a stand-in for Entra can
 //! verify them against the JWKS exactly as Entra verifies federated credentials.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use ring::signature::{
+    EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
+    ECDSA_P256_SHA256_FIXED_SIGNING,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -48,6 +53,26 @@ pub struct Signer {
     rng: SystemRandom,
     kid: String,
     issued: Mutex<Vec<IssuedToken>>,
+    verified: Mutex<Verified>,
+    signature_checks: AtomicU64,
+}
+
+/// How many verified tokens [`Signer::verify`] remembers.
+const VERIFIED_CAPACITY: usize = 1024;
+
+/// Tokens whose signature checked out, by the SHA-256 of the token (the token itself is not
+/// kept), with their claims; the oldest is forgotten first.
+#[derive(Default)]
+struct Verified {
+    claims: HashMap<[u8; 32], Value>,
+    order: VecDeque<[u8; 32]>,
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 impl Signer {
@@ -65,6 +90,8 @@ impl Signer {
             rng,
             kid,
             issued: Mutex::new(Vec::new()),
+            verified: Mutex::new(Verified::default()),
+            signature_checks: AtomicU64::new(0),
         })
     }
 
@@ -100,6 +127,100 @@ impl Signer {
         Ok(format!("{input}.{}", B64.encode(sig.as_ref())))
     }
 
+    /// Check a compact JWS signed by this key; returns its claims. Says nothing about
+    /// expiry, audience or issuer (see `authn`, which checks those on every request).
+    ///
+    /// A token's signature is checked once: the claims of the last [`VERIFIED_CAPACITY`]
+    /// tokens that checked out are remembered (by the token's SHA-256), so a client sending
+    /// its ServiceAccount token with every request costs one ECDSA verification, not one per
+    /// request — as the real server caches authentication results (it caches the whole
+    /// result for 10 s; here only the signature, which cannot change, is cached).
+    pub fn verify(&self, token: &str) -> Result<Value, &'static str> {
+        let digest = token_digest(token);
+        if let Some(claims) = self.verified_lock().claims.get(&digest) {
+            return Ok(claims.clone());
+        }
+        let claims = self.verify_signature(token)?;
+        let mut cache = self.verified_lock();
+        if cache.claims.insert(digest, claims.clone()).is_none() {
+            cache.order.push_back(digest);
+            while cache.order.len() > VERIFIED_CAPACITY {
+                if let Some(old) = cache.order.pop_front() {
+                    cache.claims.remove(&old);
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    /// How many ECDSA signature checks [`Signer::verify`] has made.
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    fn verified_lock(&self) -> std::sync::MutexGuard<'_, Verified> {
+        match self.verified.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Value, &'static str> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("not a compact JWS");
+        };
+        let header: Value = B64
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or("malformed header")?;
+        if header["alg"] != "ES256" {
+            return Err("unsupported algorithm");
+        }
+        let sig = B64.decode(sig).map_err(|_| "malformed signature")?;
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref())
+            .verify(format!("{h}.{c}").as_bytes(), &sig)
+            .map_err(|_| "invalid signature")?;
+        B64.decode(c)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(Value::is_object)
+            .ok_or("malformed claims")
+    }
+
+    /// A ServiceAccount token for `sa` (the stored object) with these audiences and lifetime,
+    /// signed like a TokenRequest's but not recorded as one (for tests that run a client as
+    /// the ServiceAccount).
+    pub fn service_account_token(
+        &self,
+        issuer: &str,
+        sa: &Value,
+        audiences: &[String],
+        lifetime_secs: i64,
+        now: i64,
+    ) -> ApiResult<String> {
+        let ns = sa["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = sa["metadata"]["name"].as_str().unwrap_or_default();
+        let claims = json!({
+            "aud": audiences,
+            "exp": now + lifetime_secs,
+            "iat": now,
+            "nbf": now,
+            "iss": issuer,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "sub": format!("system:serviceaccount:{ns}:{name}"),
+            "kubernetes.io": {
+                "namespace": ns,
+                "serviceaccount": {"name": name, "uid": sa["metadata"]["uid"]},
+            },
+        });
+        self.sign(&claims)
+    }
+
     /// Issued tokens so far.
     pub fn issued(&self) -> Vec<IssuedToken> {
         match self.issued.lock() {
@@ -115,8 +236,9 @@ impl Signer {
         }
     }
 
-    /// Serve a TokenRequest for `sa` (the stored ServiceAccount).
-    /// `expiry_override` comes from a fault (a short lifetime so rotation happens in test time).
+    /// Serve a TokenRequest for `sa` (the stored ServiceAccount): [`request_object`], then
+    /// [`Signer::issue`], with no admission in between (the request path runs admission
+    /// between the two).
     pub fn token_request(
         &self,
         issuer: &str,
@@ -125,48 +247,32 @@ impl Signer {
         expiry_override: Option<i64>,
         now: i64,
     ) -> ApiResult<Value> {
+        let request = request_object(issuer, sa, body)?;
+        self.issue(issuer, sa, &request, expiry_override, now)
+    }
+
+    /// Sign the token a validated TokenRequest ([`request_object`]) asks for and answer the
+    /// TokenRequest with it. `expiry_override` comes from a fault (a short lifetime so
+    /// rotation happens in test time).
+    pub fn issue(
+        &self,
+        issuer: &str,
+        sa: &Value,
+        request: &Value,
+        expiry_override: Option<i64>,
+        now: i64,
+    ) -> ApiResult<Value> {
         let ns = sa["metadata"]["namespace"].as_str().unwrap_or_default();
         let name = sa["metadata"]["name"].as_str().unwrap_or_default();
-        let spec = &body["spec"];
-        if !body.is_object() || (!spec.is_null() && !spec.is_object()) {
-            return Err(ApiError::bad_request("TokenRequest body must be an object"));
-        }
-        let invalid = |field: &str, why: &str| {
-            ApiError::invalid("TokenRequest", "authentication.k8s.io", name, field, why)
-        };
-        let exp_secs = match &spec["expirationSeconds"] {
-            Value::Null => 3600,
-            v => v.as_i64().ok_or_else(|| {
-                invalid(
-                    "spec.expirationSeconds",
-                    "Invalid value: must be an integer",
-                )
-            })?,
-        };
-        if exp_secs < 600 {
-            return Err(invalid(
-                "spec.expirationSeconds",
-                &format!(
-                    "Invalid value: {exp_secs}: may not specify a duration less than 10 minutes"
-                ),
-            ));
-        }
-        if exp_secs > 1 << 32 {
-            return Err(invalid(
-                "spec.expirationSeconds",
-                &format!("Invalid value: {exp_secs}: may not specify a duration larger than 2^32 seconds"),
-            ));
-        }
-        let exp_secs = expiry_override.unwrap_or(exp_secs);
-        let mut audiences: Vec<String> = spec["audiences"]
+        let spec = &request["spec"];
+        let exp_secs =
+            expiry_override.unwrap_or(spec["expirationSeconds"].as_i64().unwrap_or(3600));
+        let audiences: Vec<String> = spec["audiences"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|a| a.as_str().map(str::to_string))
             .collect();
-        if audiences.is_empty() {
-            audiences.push(issuer.to_string());
-        }
         let mut k8s = json!({
             "namespace": ns,
             "serviceaccount": {"name": name, "uid": sa["metadata"]["uid"]},
@@ -174,12 +280,6 @@ impl Signer {
         let bound = &spec["boundObjectRef"];
         if bound.is_object() {
             let kind = bound["kind"].as_str().unwrap_or_default();
-            if !matches!(kind, "Pod" | "Secret" | "Node") {
-                return Err(invalid(
-                    "spec.boundObjectRef.kind",
-                    &format!("Unsupported value: \"{kind}\": supported values: \"Pod\", \"Secret\", \"Node\""),
-                ));
-            }
             k8s[kind.to_lowercase()] = json!({"name": bound["name"], "uid": bound["uid"]});
         }
         let exp = now + exp_secs;
@@ -206,14 +306,8 @@ impl Signer {
             .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_default();
         let mut out_spec = spec.clone();
-        if !out_spec.is_object() {
-            out_spec = json!({});
-        }
-        out_spec["audiences"] = json!(audiences);
         out_spec["expirationSeconds"] = json!(exp_secs);
-        if out_spec["boundObjectRef"].is_object() {
-            // echoed
-        } else {
+        if !out_spec["boundObjectRef"].is_object() {
             out_spec["boundObjectRef"] = Value::Null;
         }
         Ok(json!({
@@ -224,6 +318,81 @@ impl Signer {
             "status": {"token": token, "expirationTimestamp": exp_ts},
         }))
     }
+}
+
+/// The TokenRequest for `sa` (the stored ServiceAccount) as the API server has it when it
+/// runs validating admission: decoded, defaulted (`expirationSeconds` 3600, the API
+/// audiences — here the issuer — when none are asked for, name and namespace from the
+/// ServiceAccount, status cleared) and validated (422 for a lifetime under 10 minutes or over
+/// 2^32 seconds, or a bound object kind other than Pod, Secret or Node).
+pub fn request_object(issuer: &str, sa: &Value, body: &Value) -> ApiResult<Value> {
+    let ns = sa["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = sa["metadata"]["name"].as_str().unwrap_or_default();
+    let spec = &body["spec"];
+    if !body.is_object() || (!spec.is_null() && !spec.is_object()) {
+        return Err(ApiError::bad_request("TokenRequest body must be an object"));
+    }
+    let invalid = |field: &str, why: &str| {
+        ApiError::invalid("TokenRequest", "authentication.k8s.io", name, field, why)
+    };
+    let exp_secs = match &spec["expirationSeconds"] {
+        Value::Null => 3600,
+        v => v.as_i64().ok_or_else(|| {
+            invalid(
+                "spec.expirationSeconds",
+                "Invalid value: must be an integer",
+            )
+        })?,
+    };
+    if exp_secs < 600 {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            &format!("Invalid value: {exp_secs}: may not specify a duration less than 10 minutes"),
+        ));
+    }
+    if exp_secs > 1 << 32 {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            &format!(
+                "Invalid value: {exp_secs}: may not specify a duration larger than 2^32 seconds"
+            ),
+        ));
+    }
+    let mut audiences: Vec<String> = spec["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    if audiences.is_empty() {
+        audiences.push(issuer.to_string());
+    }
+    let mut out_spec = if spec.is_object() {
+        spec.clone()
+    } else {
+        json!({})
+    };
+    out_spec["audiences"] = json!(audiences);
+    out_spec["expirationSeconds"] = json!(exp_secs);
+    let bound = &spec["boundObjectRef"];
+    if bound.is_object() {
+        let kind = bound["kind"].as_str().unwrap_or_default();
+        if !matches!(kind, "Pod" | "Secret" | "Node") {
+            return Err(invalid(
+                "spec.boundObjectRef.kind",
+                &format!(
+                    "Unsupported value: \"{kind}\": supported values: \"Pod\", \"Secret\", \"Node\""
+                ),
+            ));
+        }
+    }
+    Ok(json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "metadata": {"name": name, "namespace": ns, "creationTimestamp": crate::store::now()},
+        "spec": out_spec,
+        "status": {"token": "", "expirationTimestamp": null},
+    }))
 }
 
 /// The OIDC discovery document.
@@ -240,7 +409,6 @@ pub fn openid_configuration(issuer: &str, base_url: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 
     #[test]
     fn signs_verifiable_tokens() {
@@ -270,6 +438,41 @@ mod tests {
             .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
             .unwrap();
         assert_eq!(s.issued().len(), 1);
+        assert_eq!(s.verify(tok).unwrap(), claims);
+        let mut forged = tok.to_string();
+        forged.replace_range(parts[0].len() + 1..parts[0].len() + 3, "ab");
+        assert!(s.verify(&forged).is_err());
+        let other = Signer::generate().unwrap();
+        assert_eq!(other.verify(tok), Err("invalid signature"));
+    }
+
+    #[test]
+    fn a_token_is_verified_once_and_a_bad_one_every_time() {
+        let s = Signer::generate().unwrap();
+        let tok = s.sign(&json!({"sub": "a"})).unwrap();
+        for _ in 0..3 {
+            assert_eq!(s.verify(&tok).unwrap()["sub"], "a");
+        }
+        assert_eq!(s.signature_checks(), 1);
+        let parts: Vec<&str> = tok.split('.').collect();
+        let forged = format!("{}.{}.{}", parts[0], B64.encode(r#"{"sub":"b"}"#), parts[2]);
+        for _ in 0..2 {
+            assert_eq!(s.verify(&forged), Err("invalid signature"));
+        }
+        assert_eq!(s.signature_checks(), 3, "failures are not remembered");
+        // Bounded: the oldest tokens are forgotten and checked again.
+        let many: Vec<String> = (0..=VERIFIED_CAPACITY)
+            .map(|i| s.sign(&json!({"sub": i})).unwrap())
+            .collect();
+        for t in &many {
+            s.verify(t).unwrap();
+        }
+        assert_eq!(s.verified_lock().claims.len(), VERIFIED_CAPACITY);
+        let before = s.signature_checks();
+        s.verify(&many[0]).unwrap();
+        assert_eq!(s.signature_checks(), before + 1);
+        s.verify(&many[VERIFIED_CAPACITY]).unwrap();
+        assert_eq!(s.signature_checks(), before + 1);
     }
 
     #[test]

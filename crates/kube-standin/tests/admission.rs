@@ -1,12 +1,12 @@
 //! ValidatingAdmissionPolicies, driven with kube-rs: the shipped `deploy/admission.yaml`
 //! against the controller's own requests (as `system:serviceaccount:acrpull-system:acrpull`,
-//! through impersonation headers) and against hostile ones; Warn and Audit actions;
-//! parameters; failure policies; match constraints; the policy objects' own validation.
+//! authenticated with a ServiceAccount token and authorized by the shipped `deploy/rbac.yaml`)
+//! and against hostile ones; Warn and Audit actions; parameters; failure policies; match
+//! constraints; the policy objects' own validation.
 
 mod common;
 
 use common::*;
-use http::{HeaderName, HeaderValue};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
@@ -20,19 +20,18 @@ const CRDS: [&str; 2] = [
     include_str!("../../../deploy/crds/acrpullbindings.msi-acrpull.microsoft.com.yaml"),
 ];
 const ADMISSION: &str = include_str!("../../../deploy/admission.yaml");
+const RBAC: &str = include_str!("../../../deploy/rbac.yaml");
 const CONTROLLER: &str = "system:serviceaccount:acrpull-system:acrpull";
 const LABEL: &str = "acr.microsoft.com/binding";
 const AUDIENCE: &str = "api://AzureCRTokenExchange";
 
-fn client_as(h: &Handle, user: &str) -> Client {
-    install_crypto();
-    let mut cfg = kube::Config::new(h.url().parse().expect("url"));
-    cfg.default_namespace = "default".into();
-    cfg.headers.push((
-        HeaderName::from_static("impersonate-user"),
-        HeaderValue::from_str(user).expect("header"),
-    ));
-    Client::try_from(cfg).expect("client")
+/// A client authenticated with a token of the ServiceAccount `ns/name` (which must exist):
+/// every request runs as `system:serviceaccount:NS:NAME` under RBAC.
+fn client_as_service_account(h: &Handle, ns: &str, name: &str) -> Client {
+    let token = h
+        .service_account_token(ns, name, std::time::Duration::from_secs(3600))
+        .expect("token");
+    client_with_token(h, &token)
 }
 
 fn resource(obj: &Value) -> ApiResource {
@@ -72,9 +71,9 @@ fn status(r: Result<impl std::fmt::Debug, kube::Error>) -> kube::core::Status {
     }
 }
 
-/// A stand-in with the CRDs, the shipped policies, namespace `team`, ServiceAccount `app`
-/// and a v1beta2 binding `b1`; returns the handle, the admin client, the controller's
-/// client and the binding's uid.
+/// A stand-in with the CRDs, the shipped policies and RBAC, namespace `team`,
+/// ServiceAccount `app` and a v1beta2 binding `b1`; returns the handle, the admin client, the
+/// controller's client (its ServiceAccount's token) and the binding's uid.
 async fn shipped() -> (Handle, Client, Client, String) {
     let (h, admin) = start().await;
     for crd in CRDS {
@@ -83,6 +82,7 @@ async fn shipped() -> (Handle, Client, Client, String) {
     create_all(&admin, ADMISSION).await;
     namespace(&h, "team");
     namespace(&h, "acrpull-system");
+    h.apply_yaml(RBAC).expect("rbac");
     h.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": "team"},
                    "imagePullSecrets": [{"name": "user-secret"}]}))
         .unwrap();
@@ -93,7 +93,7 @@ async fn shipped() -> (Handle, Client, Client, String) {
                      "auth": {"workloadIdentity": {"serviceAccountRef": "app"}}, "serviceAccountName": "app"}}))
         .unwrap();
     let uid = b["metadata"]["uid"].as_str().unwrap().to_string();
-    let controller = client_as(&h, CONTROLLER);
+    let controller = client_as_service_account(&h, "acrpull-system", "acrpull");
     (h, admin, controller, uid)
 }
 
@@ -220,6 +220,12 @@ async fn shipped_policies_admit_the_controllers_requests() {
         .filter(|r| r.verb != "get" && r.verb != "list")
         .collect();
     assert!(writes.iter().all(|r| r.status < 300), "{writes:#?}");
+    // All seven were the controller's, authenticated by its token and allowed by its RBAC.
+    assert_eq!(
+        writes.iter().filter(|r| r.user == CONTROLLER).count(),
+        7,
+        "{writes:#?}"
+    );
 }
 
 #[tokio::test]
@@ -463,6 +469,7 @@ async fn warn_and_audit_actions_and_audit_annotations() {
     // On the wire: a Warning header, as kubectl prints it.
     let resp = reqwest::Client::new()
         .post(format!("{}/api/v1/namespaces/w/configmaps", h.url()))
+        .bearer_auth(h.admin_token())
         .json(&json!({"metadata": {"name": "big2"}, "data": {"a": "1", "b": "2"}}))
         .send()
         .await
@@ -635,6 +642,64 @@ async fn failure_policy_decides_about_errors() {
     assert!(s.message.ends_with("denied request: expression 'object.metadata.labels.team == 'x'' resulted in error: no such key: labels"), "{}", s.message);
 }
 
+/// A TokenRequest is defaulted and validated before admission, as the token REST storage
+/// does it: a policy sees the defaulted object (lifetime, audiences, name and namespace) and
+/// the authenticated user; a lifetime under 10 minutes is a 422 the policy never sees; a
+/// denied request gets no token.
+#[tokio::test]
+async fn token_requests_are_defaulted_and_validated_before_admission() {
+    let (h, c) = start().await;
+    namespace(&h, "team");
+    h.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": "team"}}))
+        .unwrap();
+    let mut p = vap(
+        "see-tokens",
+        json!(["serviceaccounts/token"]),
+        json!({
+        "validations": [{"expression": "false", "reason": "Forbidden",
+            "messageExpression": "'saw ' + request.kind.group + '/' + request.kind.kind + ' ' + request.operation + ' ' + string(object.spec.expirationSeconds) + ' ' + object.spec.audiences.join(',') + ' ' + object.metadata.namespace + '/' + object.metadata.name + ' ' + string(object.status.token == '') + ' as ' + request.userInfo.username"}]}),
+    );
+    p["spec"]["matchConstraints"]["resourceRules"][0]["operations"] = json!(["CREATE"]);
+    create(&c, p).await.unwrap();
+    create(
+        &c,
+        vapb("see-tokens", "see-tokens", json!(["Deny"]), json!({})),
+    )
+    .await
+    .unwrap();
+    let post = |spec: Value| {
+        let req = http::Request::post("/api/v1/namespaces/team/serviceaccounts/app/token")
+            .header("content-type", "application/json")
+            .body(
+                serde_json::to_vec(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}))
+                    .unwrap(),
+            )
+            .unwrap();
+        c.request::<Value>(req)
+    };
+    let s = status(post(json!({"expirationSeconds": 60})).await);
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+    assert!(
+        s.message.contains("spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"),
+        "{}",
+        s.message
+    );
+    let s = status(post(json!({})).await);
+    assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"), "{s:?}");
+    assert_eq!(
+        s.message,
+        format!(
+            "serviceaccounts \"app\" is forbidden: ValidatingAdmissionPolicy 'see-tokens' with binding 'see-tokens' denied request: \
+             saw authentication.k8s.io/TokenRequest CREATE 3600 {} team/app true as system:admin",
+            h.issuer()
+        )
+    );
+    assert!(
+        h.issued_tokens().is_empty(),
+        "a denied request gets no token"
+    );
+}
+
 #[tokio::test]
 async fn match_constraints_select_requests() {
     let (h, c) = start().await;
@@ -727,12 +792,25 @@ async fn request_namespace_object_and_variables_in_expressions() {
     create(&c, vapb("observe", "observe", json!(["Audit"]), json!({})))
         .await
         .unwrap();
-    let as_controller = client_as(&h, CONTROLLER);
+    // A team's deployer: a ServiceAccount whose Role lets it create bindings and write their
+    // status, so `request.userInfo` is what authentication made of its token.
+    h.apply_yaml(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: deployer, namespace: team}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: deployer, namespace: team}\n\
+         rules:\n- {apiGroups: [acrpull.microsoft.com], resources: [acrpullbindings], verbs: [create]}\n\
+         - {apiGroups: [acrpull.microsoft.com], resources: [acrpullbindings/status], verbs: [patch]}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: deployer, namespace: team}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: deployer}\n\
+         subjects:\n- {kind: ServiceAccount, name: deployer, namespace: team}\n",
+    )
+    .unwrap();
+    let deployer = client_as_service_account(&h, "team", "deployer");
+    const DEPLOYER: &str = "system:serviceaccount:team:deployer";
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("acrpull.microsoft.com", "v1beta2", "AcrPullBinding"),
         "acrpullbindings",
     );
-    let bindings: Api<DynamicObject> = Api::namespaced_with(as_controller, "team", &ar);
+    let bindings: Api<DynamicObject> = Api::namespaced_with(deployer, "team", &ar);
     let b: DynamicObject = serde_json::from_value(
         json!({"apiVersion": "acrpull.microsoft.com/v1beta2", "kind": "AcrPullBinding",
         "metadata": {"name": "b1"}, "spec": {"acr": {"server": "example.azurecr.io", "scope": "s"},
@@ -767,14 +845,19 @@ async fn request_namespace_object_and_variables_in_expressions() {
     assert_eq!(
         audits[0]["observe/request"],
         format!(
-            "{CONTROLLER} CREATE/AcrPullBinding/acrpullbindings/ team/b1 dryRun=true CreateOptions"
+            "{DEPLOYER} CREATE/AcrPullBinding/acrpullbindings/ team/b1 dryRun=true CreateOptions"
         )
     );
-    assert_eq!(audits[1]["observe/request"], format!("{CONTROLLER} CREATE/AcrPullBinding/acrpullbindings/ team/b1 dryRun=false CreateOptions"));
-    assert_eq!(audits[2]["observe/request"], format!("{CONTROLLER} UPDATE/AcrPullBinding/acrpullbindings/status team/b1 dryRun=false UpdateOptions"));
+    assert_eq!(
+        audits[1]["observe/request"],
+        format!(
+            "{DEPLOYER} CREATE/AcrPullBinding/acrpullbindings/ team/b1 dryRun=false CreateOptions"
+        )
+    );
+    assert_eq!(audits[2]["observe/request"], format!("{DEPLOYER} UPDATE/AcrPullBinding/acrpullbindings/status team/b1 dryRun=false UpdateOptions"));
     assert_eq!(
         audits[2]["observe/groups"],
-        "system:serviceaccounts,system:serviceaccounts:acrpull-system,system:authenticated"
+        "system:serviceaccounts,system:serviceaccounts:team,system:authenticated"
     );
     assert_eq!(audits[2]["observe/tier"], "gold");
     assert_eq!(audits[2]["observe/phase"], "Ready");

@@ -464,3 +464,646 @@ async fn binary_writes_kubeconfig_and_serves_until_killed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_stores_the_types_an_install_of_the_controller_needs() {
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    let manifests = k.file(
+        "install.yaml",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: acrpull, namespace: default, labels: {app: acrpull}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: acrpull}}
+  template:
+    metadata: {labels: {app: acrpull}}
+    spec:
+      serviceAccountName: acrpull
+      containers: [{name: manager, image: example.azurecr.io/acrpull:1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: acrpull-metrics, namespace: default}
+spec:
+  selector: {app: acrpull}
+  ports: [{name: metrics, port: 8080, targetPort: 8080}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: acrpull, namespace: default}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: acrpull}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: acrpull, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: acrpull}}
+  policyTypes: [Ingress]
+"#,
+    );
+    let out = k.ok(&["apply", "-f", path(&manifests)]).await;
+    for created in [
+        "deployment.apps/acrpull created",
+        "service/acrpull-metrics created",
+        "poddisruptionbudget.policy/acrpull created",
+        "networkpolicy.networking.k8s.io/acrpull created",
+    ] {
+        assert!(out.contains(created), "{out}");
+    }
+    let out = k
+        .ok(&[
+            "get",
+            "deploy,svc,pdb,netpol",
+            "-n",
+            "default",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec![
+            "deployment.apps/acrpull",
+            "service/acrpull-metrics",
+            "poddisruptionbudget.policy/acrpull",
+            "networkpolicy.networking.k8s.io/acrpull"
+        ],
+        "{out}"
+    );
+    let d = h
+        .get("apps/v1", "Deployment", "default", "acrpull")
+        .unwrap();
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert_eq!(d["spec"]["replicas"], 2);
+    let out = k.ok(&["api-resources", "-o", "name"]).await;
+    for r in [
+        "deployments.apps",
+        "services",
+        "poddisruptionbudgets.policy",
+        "networkpolicies.networking.k8s.io",
+    ] {
+        assert!(out.lines().any(|l| l == r), "{r} missing: {out}");
+    }
+    // Re-applying the same manifests changes nothing.
+    let rv = h.resource_version();
+    k.ok(&["apply", "-f", path(&manifests)]).await;
+    assert_eq!(h.resource_version(), rv);
+    h.shutdown();
+}
+
+/// `kubectl auth can-i` for the controller's ServiceAccount gives exactly the answers
+/// deploy/rbac.yaml implies; a kubeconfig with that ServiceAccount's token runs kubectl under
+/// the same RBAC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_matches_the_shipped_rbac() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    k.ok(&["create", "namespace", "acrpull-system"]).await;
+    for crd in [
+        "crds/acrpullbindings.acrpull.microsoft.com.yaml",
+        "crds/acrpullbindings.msi-acrpull.microsoft.com.yaml",
+        "rbac.yaml",
+    ] {
+        k.ok(&["apply", "-f", path(&deploy.join(crd))]).await;
+    }
+    const SA: &str = "--as=system:serviceaccount:acrpull-system:acrpull";
+    let cases: &[(&[&str], bool)] = &[
+        (
+            &["get", "acrpullbindings.acrpull.microsoft.com", "-n", "team"],
+            true,
+        ),
+        (
+            &["list", "acrpullbindings.acrpull.microsoft.com", "-A"],
+            true,
+        ),
+        (
+            &["watch", "acrpullbindings.msi-acrpull.microsoft.com", "-A"],
+            true,
+        ),
+        (
+            &[
+                "patch",
+                "acrpullbindings.acrpull.microsoft.com",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (
+            &[
+                "create",
+                "acrpullbindings.acrpull.microsoft.com",
+                "-n",
+                "team",
+            ],
+            false,
+        ),
+        (
+            &[
+                "delete",
+                "acrpullbindings.msi-acrpull.microsoft.com",
+                "-n",
+                "team",
+            ],
+            false,
+        ),
+        (
+            &[
+                "update",
+                "acrpullbindings.acrpull.microsoft.com",
+                "--subresource=status",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (
+            &[
+                "update",
+                "acrpullbindings.acrpull.microsoft.com",
+                "--subresource=finalizers",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (
+            &[
+                "delete",
+                "acrpullbindings.acrpull.microsoft.com",
+                "--subresource=status",
+                "-n",
+                "team",
+            ],
+            false,
+        ),
+        (&["create", "secrets", "-n", "team"], true),
+        (&["delete", "secrets", "-n", "team"], true),
+        (&["deletecollection", "secrets", "-n", "team"], false),
+        (&["patch", "serviceaccounts", "-n", "team"], true),
+        (&["create", "serviceaccounts", "-n", "team"], false),
+        (
+            &[
+                "create",
+                "serviceaccounts",
+                "--subresource=token",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (&["create", "events", "-n", "team"], true),
+        (&["create", "events.events.k8s.io", "-n", "team"], true),
+        (&["list", "events", "-n", "team"], false),
+        (&["create", "leases", "-n", "acrpull-system"], true),
+        (
+            &["get", "leases/aks.azure.com", "-n", "acrpull-system"],
+            true,
+        ),
+        (
+            &["update", "leases/aks.azure.com", "-n", "acrpull-system"],
+            true,
+        ),
+        (&["get", "leases/other", "-n", "acrpull-system"], false),
+        (&["list", "leases", "-n", "acrpull-system"], false),
+        (&["create", "leases", "-n", "team"], false),
+        (&["get", "namespaces"], false),
+        (&["get", "configmaps", "-n", "team"], false),
+        (
+            &["create", "selfsubjectaccessreviews.authorization.k8s.io"],
+            true,
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        all.push(SA);
+        let (rc, out, err) = k.run(&all).await;
+        let answer = out.trim();
+        assert_eq!(
+            (answer, rc),
+            if *want { ("yes", 0) } else { ("no", 1) },
+            "kubectl {all:?}: {err}"
+        );
+    }
+    // --list: a SelfSubjectRulesReview, with the Role's resourceNames.
+    let out = k
+        .ok(&["auth", "can-i", "--list", "-n", "acrpull-system", SA])
+        .await;
+    let lease_rules: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("leases.coordination.k8s.io"))
+        .collect();
+    assert!(
+        lease_rules
+            .iter()
+            .any(|l| l.contains("[aks.azure.com]") && l.contains("[get update]")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("serviceaccounts/token") && l.contains("[create]")),
+        "{out}"
+    );
+    // A kubeconfig with the ServiceAccount's own token.
+    let token = h
+        .service_account_token("acrpull-system", "acrpull", Duration::from_secs(3600))
+        .unwrap();
+    let sa_kc = k.dir.path().join("sa-kubeconfig");
+    h.write_kubeconfig_for_token(&sa_kc, &token).unwrap();
+    let as_sa = |args: &[&str]| {
+        let mut c = Command::new(KUBECTL);
+        c.arg("--kubeconfig")
+            .arg(&sa_kc)
+            .arg("--cache-dir")
+            .arg(k.dir.path().join("sa-cache"))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        c
+    };
+    let run = |mut c: Command| async move {
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (rc, out, err) = run(as_sa(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]))
+    .await;
+    assert_eq!(
+        (rc, out.as_str()),
+        (0, "system:serviceaccount:acrpull-system:acrpull"),
+        "{err}"
+    );
+    let (rc, _, err) = run(as_sa(&["get", "secrets", "-n", "default"])).await;
+    assert_eq!(rc, 0, "{err}");
+    let (rc, _, err) = run(as_sa(&["get", "namespaces"])).await;
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("Error from server (Forbidden): namespaces is forbidden: User \"system:serviceaccount:acrpull-system:acrpull\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"),
+        "{err}"
+    );
+    assert!(h
+        .requests()
+        .iter()
+        .any(|r| r.user == "system:serviceaccount:acrpull-system:acrpull"
+            && r.resource == "namespaces"
+            && r.status == 403));
+    h.shutdown();
+}
+
+/// kubectl's typed creates send protobuf bodies; a new namespace gets its `default`
+/// ServiceAccount, as in a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_typed_creates_work() {
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    for (args, out) in [
+        (vec!["create", "namespace", "x"], "namespace/x created"),
+        (
+            vec!["create", "serviceaccount", "puller", "-n", "x"],
+            "serviceaccount/puller created",
+        ),
+        (
+            vec![
+                "create",
+                "secret",
+                "generic",
+                "s",
+                "--from-literal=a=one",
+                "-n",
+                "x",
+            ],
+            "secret/s created",
+        ),
+        (
+            vec![
+                "create",
+                "secret",
+                "docker-registry",
+                "d",
+                "--docker-server=example.azurecr.io",
+                "--docker-username=u",
+                "--docker-password=p",
+                "-n",
+                "x",
+            ],
+            "secret/d created",
+        ),
+        (
+            vec!["create", "configmap", "c", "--from-literal=k=v", "-n", "x"],
+            "configmap/c created",
+        ),
+        (
+            vec![
+                "create",
+                "role",
+                "r",
+                "--verb=get",
+                "--resource=secrets",
+                "-n",
+                "x",
+            ],
+            "role.rbac.authorization.k8s.io/r created",
+        ),
+        (
+            vec![
+                "create",
+                "rolebinding",
+                "rb",
+                "--role=r",
+                "--serviceaccount=x:puller",
+                "-n",
+                "x",
+            ],
+            "rolebinding.rbac.authorization.k8s.io/rb created",
+        ),
+    ] {
+        let got = k.ok(&args).await;
+        assert_eq!(got.trim(), out, "kubectl {args:?}");
+    }
+    assert!(h.requests().iter().any(|r| r.verb == "create"
+        && r.resource == "namespaces"
+        && r.content_type == "application/vnd.kubernetes.protobuf"
+        && r.status == 201));
+    let s = h.get("v1", "Secret", "x", "s").unwrap();
+    assert_eq!(s["data"]["a"], "b25l");
+    assert_eq!(s["type"], "Opaque");
+    let d = h.get("v1", "Secret", "x", "d").unwrap();
+    assert_eq!(d["type"], "kubernetes.io/dockerconfigjson");
+    assert_eq!(
+        h.get("v1", "ConfigMap", "x", "c").unwrap()["data"]["k"],
+        "v"
+    );
+    let rb = h
+        .get("rbac.authorization.k8s.io/v1", "RoleBinding", "x", "rb")
+        .unwrap();
+    assert_eq!(
+        rb["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "puller", "namespace": "x"}])
+    );
+    // kubectl create token: a TokenRequest, also protobuf.
+    let token = k.ok(&["create", "token", "puller", "-n", "x"]).await;
+    assert_eq!(token.trim().split('.').count(), 3);
+    h.wait_for(
+        "v1",
+        "ServiceAccount",
+        "x",
+        "default",
+        |o| o.is_some(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let out = k
+        .ok(&["get", "serviceaccounts", "-n", "x", "-o", "name"])
+        .await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["serviceaccount/default", "serviceaccount/puller"]
+    );
+    // The created role binding works: the ServiceAccount may get secrets, not list them.
+    let (rc, out, _) = k
+        .run(&[
+            "auth",
+            "can-i",
+            "get",
+            "secrets",
+            "-n",
+            "x",
+            "--as=system:serviceaccount:x:puller",
+        ])
+        .await;
+    assert_eq!((rc, out.trim()), (0, "yes"));
+    let (rc, out, _) = k
+        .run(&[
+            "auth",
+            "can-i",
+            "list",
+            "secrets",
+            "-n",
+            "x",
+            "--as=system:serviceaccount:x:puller",
+        ])
+        .await;
+    assert_eq!((rc, out.trim()), (1, "no"));
+    h.shutdown();
+}
+
+/// `kubectl get` prints the columns a real server's printers give, ages included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_prints_the_real_columns() {
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    let ago = |secs: i64| {
+        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - secs)
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    h.apply(json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "b1.1", "namespace": "default"},
+        "involvedObject": {"kind": "AcrPullBinding", "name": "b1", "namespace": "default"},
+        "reason": "TokenIssued", "message": "pull secret created", "type": "Normal",
+        "firstTimestamp": ago(4 * 3600), "lastTimestamp": ago(7200), "count": 2,
+        "source": {"component": "acrpull"}}))
+        .unwrap();
+    let header = |out: &str| -> Vec<String> {
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let out = k.ok(&["get", "events", "-n", "default"]).await;
+    assert_eq!(
+        header(&out),
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{out}"
+    );
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row,
+        [
+            // 120m for a minute after it was written (HumanDuration shows whole minutes from
+            // 10 to 180 minutes): no test-speed dependency.
+            "120m",
+            "Normal",
+            "TokenIssued",
+            "acrpullbinding/b1",
+            "pull",
+            "secret",
+            "created"
+        ],
+        "{out}"
+    );
+    let out = k
+        .ok(&["get", "events", "-n", "default", "-o", "wide"])
+        .await;
+    assert_eq!(
+        header(&out),
+        [
+            "LAST",
+            "SEEN",
+            "TYPE",
+            "REASON",
+            "OBJECT",
+            "SUBOBJECT",
+            "SOURCE",
+            "MESSAGE",
+            "FIRST",
+            "SEEN",
+            "COUNT",
+            "NAME"
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains("4h") && out.contains("acrpull") && out.contains("b1.1"),
+        "{out}"
+    );
+
+    h.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s1", "namespace": "default"},
+        "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}}))
+        .unwrap();
+    let out = k.ok(&["get", "secret", "s1"]).await;
+    assert_eq!(header(&out), ["NAME", "TYPE", "DATA", "AGE"], "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .contains("kubernetes.io/dockerconfigjson   1"),
+        "{out}"
+    );
+    let out = k.ok(&["get", "serviceaccounts"]).await;
+    assert_eq!(header(&out), ["NAME", "SECRETS", "AGE"], "{out}");
+    let out = k.ok(&["get", "namespaces"]).await;
+    assert_eq!(header(&out), ["NAME", "STATUS", "AGE"], "{out}");
+    assert!(out.contains("kube-system       Active"), "{out}");
+    let out = k.ok(&["get", "configmaps"]).await;
+    assert_eq!(header(&out), ["NAME", "DATA", "AGE"], "{out}");
+    assert!(out.contains("kube-root-ca.crt   1"), "{out}");
+    let out = k
+        .ok(&["get", "clusterrolebindings", "system:discovery"])
+        .await;
+    assert_eq!(header(&out), ["NAME", "ROLE", "AGE"], "{out}");
+    assert!(out.contains("ClusterRole/system:discovery"), "{out}");
+    let out = k.ok(&["get", "clusterroles", "view"]).await;
+    assert_eq!(header(&out), ["NAME", "CREATED", "AT"], "{out}");
+    h.shutdown();
+}
+
+/// `kubectl explain` reads the OpenAPI v3 schemas: both AcrPullBinding versions (from the
+/// project CRDs) and a built-in kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_works_for_both_binding_versions_and_builtins() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    for crd in [
+        "acrpullbindings.acrpull.microsoft.com.yaml",
+        "acrpullbindings.msi-acrpull.microsoft.com.yaml",
+    ] {
+        k.ok(&["apply", "-f", path(&deploy.join(crd))]).await;
+    }
+    let out = k
+        .ok(&[
+            "explain",
+            "acrpullbinding.spec",
+            "--api-version=acrpull.microsoft.com/v1beta2",
+        ])
+        .await;
+    assert!(out.contains("GROUP:      acrpull.microsoft.com"), "{out}");
+    assert!(out.contains("KIND:       AcrPullBinding"), "{out}");
+    assert!(out.contains("VERSION:    v1beta2"), "{out}");
+    assert!(out.contains("FIELD: spec <Object>"), "{out}");
+    assert!(
+        out.contains("acr\t<Object> -required-") || out.contains("acr\t<Object>"),
+        "{out}"
+    );
+    let out = k
+        .ok(&[
+            "explain",
+            "acrpullbinding.spec",
+            "--api-version=msi-acrpull.microsoft.com/v1beta1",
+        ])
+        .await;
+    assert!(
+        out.contains("GROUP:      msi-acrpull.microsoft.com"),
+        "{out}"
+    );
+    assert!(out.contains("VERSION:    v1beta1"), "{out}");
+    assert!(out.contains("acrServer"), "{out}");
+    let out = k
+        .ok(&[
+            "explain",
+            "acrpullbinding.metadata.name",
+            "--api-version=acrpull.microsoft.com/v1beta2",
+        ])
+        .await;
+    assert!(out.contains("FIELD: name <string>"), "{out}");
+    let out = k.ok(&["explain", "serviceaccount"]).await;
+    assert!(out.contains("KIND:       ServiceAccount"), "{out}");
+    assert!(
+        out.contains("imagePullSecrets\t<[]LocalObjectReference>"),
+        "{out}"
+    );
+    let out = k
+        .ok(&["explain", "serviceaccount.imagePullSecrets.name"])
+        .await;
+    assert!(out.contains("FIELD: name <string>"), "{out}");
+    let out = k.ok(&["explain", "roles.rules.verbs"]).await;
+    assert!(out.contains("FIELD: verbs <[]string>"), "{out}");
+    let out = k
+        .ok(&["explain", "validatingadmissionpolicy.spec.validations"])
+        .await;
+    assert!(out.contains("messageExpression\t<string>"), "{out}");
+    // /openapi/v2, as JSON and as the protobuf kubectl asks for.
+    let out = k.ok(&["get", "--raw", "/openapi/v2"]).await;
+    let v2: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v2["swagger"], "2.0");
+    assert!(v2["definitions"]["com.microsoft.acrpull.v1beta2.AcrPullBinding"].is_object());
+    assert!(v2["definitions"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"].is_object());
+    // The protobuf v2 document parses in kubectl (its v2 explain reads nothing else).
+    let out = k
+        .ok(&[
+            "explain",
+            "acrpullbinding.metadata.name",
+            "--output=plaintext-openapiv2",
+            "--api-version=acrpull.microsoft.com/v1beta2",
+        ])
+        .await;
+    assert!(out.contains("FIELD:    name <string>"), "{out}");
+    assert!(h
+        .requests()
+        .iter()
+        .any(|r| r.path == "/openapi/v2" && r.status == 200));
+    // Re-applying a built-in makes kubectl fetch /openapi/v2 as protobuf too.
+    let s = k.file("s.yaml", "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s1\n  namespace: default\nstringData:\n  a: one\n");
+    k.ok(&["apply", "-f", path(&s)]).await;
+    let (rc, _, err) = k.run(&["apply", "-f", path(&s), "-v=6"]).await;
+    assert_eq!(rc, 0, "{err}");
+    assert!(h
+        .requests()
+        .iter()
+        .any(|r| r.path == "/openapi/v2" && r.status == 200));
+    assert!(
+        !err.contains("proto:") && !err.contains("error calculating patch"),
+        "{err}"
+    );
+    h.shutdown();
+}

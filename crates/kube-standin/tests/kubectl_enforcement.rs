@@ -1,7 +1,8 @@
 //! The real kubectl (`/usr/bin/kubectl`) against CRD validation and admission policies:
 //! `kubectl apply` of the project's `deploy/` CRDs and policies, the 422 and 403 messages
 //! kubectl prints for invalid bindings and denied writes, `--as` the controller's
-//! ServiceAccount, and the `Warning:` lines of Warn policies and ratcheted rules.
+//! ServiceAccount (the admin impersonating it; RBAC from `deploy/rbac.yaml` then applies), and
+//! the `Warning:` lines of Warn policies and ratcheted rules.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -87,11 +88,15 @@ spec:
 
 const MI: &str = "    managedIdentity:\n      clientID: 00000000-0000-0000-0000-000000000001\n";
 
+/// A stand-in with `deploy/`'s CRDs, admission policies and RBAC (applied by kubectl as the
+/// admin), namespace `team` and ServiceAccount `app`.
 async fn installed() -> (Handle, Kubectl) {
     let h = StandIn::builder().start().await.unwrap();
     let k = Kubectl::new(&h);
     k.ok(&["apply", "-f", &repo("deploy/crds/")]).await;
     k.ok(&["apply", "-f", &repo("deploy/admission.yaml")]).await;
+    k.ok(&["create", "namespace", "acrpull-system"]).await;
+    k.ok(&["apply", "-f", &repo("deploy/rbac.yaml")]).await;
     h.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}))
         .unwrap();
     h.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": "team"}})).unwrap();

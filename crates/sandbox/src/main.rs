@@ -104,8 +104,22 @@ struct Paths {
     dir: PathBuf,
     kubeconfig: PathBuf,
     state_file: PathBuf,
+    /// `<dir>/state.json`, written too when `--state-file` points elsewhere: the walkthrough
+    /// reads it, and it must never describe an earlier run.
+    default_state_file: PathBuf,
     ca: PathBuf,
     log: PathBuf,
+}
+
+impl Paths {
+    /// The state files this run writes (one, or two with `--state-file` elsewhere).
+    fn state_files(&self) -> Vec<&Path> {
+        let mut v = vec![self.state_file.as_path()];
+        if self.default_state_file != self.state_file {
+            v.push(self.default_state_file.as_path());
+        }
+        v
+    }
 }
 
 impl Paths {
@@ -124,6 +138,7 @@ impl Paths {
                 .state_file
                 .as_deref()
                 .unwrap_or(&dir.join("state.json")))?,
+            default_state_file: dir.join("state.json"),
             ca: dir.join("azure-ca.pem"),
             log: dir.join("acrpull.log"),
             dir,
@@ -208,8 +223,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let started = Instant::now();
     let paths = Paths::new(&args)?;
-    // A stale state file from an earlier run would tell a waiting script "up" too early.
-    let _ = std::fs::remove_file(&paths.state_file);
+    // A stale state file from an earlier run would tell a waiting script "up" too early, or
+    // hand the walkthrough's commands the URLs of stand-ins that are gone.
+    for f in paths.state_files() {
+        let _ = std::fs::remove_file(f);
+    }
 
     let bin = args
         .acrpull_bin
@@ -266,6 +284,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for rule in &args.faults {
         azure.faults().add(rule.clone());
     }
+    // As the stand-in numbers them (the ids `GET /faults` shows), for the banner and state.
+    let faults = azure.faults().list();
 
     // The kubeconfig defaults to namespace demo, where everything of the sandbox lives.
     let kubeconfig = kube.kubeconfig_yaml().replace(
@@ -349,7 +369,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let metrics = format!("http://127.0.0.1:{}", args.metrics_port);
     let probes = format!("http://127.0.0.1:{}", args.probe_port);
-    let state = json!({
+    let mut state = json!({
+        "status": "running",
         "dir": paths.dir,
         "kubeconfig": paths.kubeconfig,
         "sandbox_pid": std::process::id(),
@@ -372,13 +393,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "healthz_url": format!("{probes}/healthz"),
             "readyz_url": format!("{probes}/readyz"),
         },
-        "faults": args.faults.iter().map(|f| serde_json::to_value(f).unwrap_or(Value::Null)).collect::<Vec<_>>(),
+        "faults": faults.iter().map(|f| serde_json::to_value(f).unwrap_or(Value::Null)).collect::<Vec<_>>(),
         "setup": setup::describe(&config, !args.no_examples),
     });
-    write_atomic(
-        &paths.state_file,
-        serde_json::to_string_pretty(&state)?.as_bytes(),
-    )?;
+    for f in paths.state_files() {
+        write_atomic(f, serde_json::to_string_pretty(&state)?.as_bytes())?;
+    }
     print_banner(&args, &paths, &state, &command_line);
 
     // Live progress until a signal, a deadline or the expected states.
@@ -435,7 +455,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         }
     };
+    // The table cuts long errors; the end of the run shows them whole.
+    if let Some(full) = table::full_errors(&table::rows(&kube)) {
+        println!("\n{full}");
+    }
     shutdown(child, kube, azure).await;
+    // The stand-ins are gone: a state file must not offer their URLs as live.
+    state["status"] = json!("stopped");
+    state["stopped_at"] = json!(jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string());
+    for f in paths.state_files() {
+        if let Err(e) = write_atomic(f, serde_json::to_string_pretty(&state)?.as_bytes()) {
+            tracing::warn!(error = %e, "Marking the state file stopped failed");
+        }
+    }
     Ok(code)
 }
 
@@ -491,11 +525,8 @@ fn print_banner(args: &Args, paths: &Paths, state: &Value, command_line: &str) {
         s(&state["azure"]["https_addr"]),
         s(&state["azure"]["control_url"])
     );
-    for f in &args.faults {
-        println!(
-            "  fault            {}",
-            serde_json::to_string(f).unwrap_or_default()
-        );
+    for f in state["faults"].as_array().into_iter().flatten() {
+        println!("  fault            {f}");
     }
     println!("\nIn another terminal:\n");
     println!("  export KUBECONFIG={kc}");

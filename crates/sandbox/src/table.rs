@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use crate::setup::{Expect, EXAMPLES, NAMESPACE, V1, V2};
 
-/// Longest error shown; the full message is in `kubectl describe`.
+/// Longest error shown in the live table; the end of the run prints them whole
+/// ([`full_errors`]).
 const ERROR_WIDTH: usize = 70;
 
 /// One binding as the table shows it.
@@ -17,7 +18,10 @@ pub struct Row {
     pub phase: String,
     pub ready: bool,
     pub expiry: String,
+    /// As shown: one line, cut at [`ERROR_WIDTH`].
     pub error: String,
+    /// As the binding's status has it.
+    pub full_error: String,
 }
 
 fn row(version: &'static str, b: &Value) -> Row {
@@ -39,6 +43,7 @@ fn row(version: &'static str, b: &Value) -> Row {
             .map(short_time)
             .unwrap_or_else(|| "-".into()),
         error: truncate(status["error"].as_str().unwrap_or("")),
+        full_error: status["error"].as_str().unwrap_or("").to_string(),
     }
 }
 
@@ -115,6 +120,24 @@ pub fn render(rows: &[Row]) -> String {
     out.join("\n")
 }
 
+/// The errors the table cut short, whole (`None` when nothing was cut).
+pub fn full_errors(rows: &[Row]) -> Option<String> {
+    let cut: Vec<String> = rows
+        .iter()
+        .filter(|r| r.full_error != r.error)
+        .map(|r| {
+            format!(
+                "  {}/{} ({}): {}",
+                r.namespace, r.name, r.version, r.full_error
+            )
+        })
+        .collect();
+    if cut.is_empty() {
+        return None;
+    }
+    Some(format!("Errors in full:\n{}", cut.join("\n")))
+}
+
 /// Whether every example reached its expected state (valid ones Ready, the invalid one
 /// Failed). Bindings the user added by hand do not count.
 pub fn examples_settled(rows: &[Row]) -> bool {
@@ -162,6 +185,15 @@ mod tests {
         assert!(lines[2].ends_with('…'));
         assert!(lines[2].chars().count() < 140);
         assert_eq!(render(&[]).lines().nth(1), Some("(no bindings yet)"));
+        // What the table cut, the end of the run shows whole; short errors are not repeated.
+        let full = full_errors(&rows).unwrap();
+        assert_eq!(
+            full,
+            format!("Errors in full:\n  demo/lookalike (v1beta2): {long}")
+        );
+        assert_eq!(full_errors(&rows[..1]), None);
+        let short = vec![row("v1beta2", &binding("x", "Failed", false, "short"))];
+        assert_eq!(full_errors(&short), None);
     }
 
     #[test]

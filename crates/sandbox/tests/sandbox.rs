@@ -247,6 +247,13 @@ fn a_fault_from_the_command_line_keeps_a_binding_from_ready_and_the_timeout_exit
     assert!(row(last, "app-mi").contains("Ready"), "{last}");
     let legacy = row(last, "second-legacy");
     assert!(!legacy.contains("Ready"), "{legacy}");
+    // The table cut the look-alike's error; the end of the run prints it whole.
+    assert!(row(last, "lookalike").ends_with('…'), "{last}");
+    assert!(
+        last.contains("Errors in full:\n")
+            && last.contains("  demo/lookalike (v1beta2): server \"demo.azurecr.io.evil.example\" is not under an allowed registry suffix (azurecr.io, azurecr.us, azurecr.cn); use a registry under one of them or ask the operator to extend --allowed-acr-server-suffixes"),
+        "{last}"
+    );
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("sb/state.json")).unwrap())
             .unwrap();
@@ -320,6 +327,30 @@ impl Kubectl {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// The ```sh block of docs/sandbox.md that contains `needle`, to run it as written.
+fn doc_block(needle: &str) -> String {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/sandbox.md"
+    ))
+    .expect("docs/sandbox.md");
+    doc.split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains(needle))
+        .unwrap_or_else(|| panic!("no sh block with {needle:?} in docs/sandbox.md"))
+        .to_string()
+}
+
+fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl runs")
 }
 
 fn row<'a>(table: &'a str, name: &str) -> &'a str {
@@ -535,6 +566,30 @@ fn readme_walkthrough_with_kubectl() {
     ]);
     assert_eq!(sa, "acr-pull-app-mi second-legacy-msi-acrpull-secret");
 
+    // 7b. The doc's own commands: a new namespace and a v1beta1 binding without a
+    // ServiceAccount name, attached to the namespace's default ServiceAccount.
+    let out = Command::new("bash")
+        .args([
+            "-euo",
+            "pipefail",
+            "-c",
+            &doc_block("kubectl create namespace team-x"),
+        ])
+        .env("KUBECONFIG", &k.kubeconfig)
+        .env("KUBECACHEDIR", &k.cache)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\nacrpull log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&k.log).unwrap_or_default()
+    );
+    assert!(stdout.contains("namespace/team-x created"), "{stdout}");
+    assert!(stdout.ends_with("mine-msi-acrpull-secret"), "{stdout}");
+
     // 8. The controller's endpoints printed in the state file answer.
     let debug = std::process::Command::new("curl")
         .args(["-sf", state["controller"]["debug_url"].as_str().unwrap()])
@@ -553,4 +608,110 @@ fn readme_walkthrough_with_kubectl() {
     let out = std::fs::read_to_string(dir.path().join("sandbox.out")).unwrap();
     assert!(out.contains("export KUBECONFIG="), "{out}");
     assert!(out.contains("Stopping acrpull and the stand-ins"), "{out}");
+}
+
+/// `<dir>/state.json` never describes another run: it is replaced even when `--state-file`
+/// points elsewhere and says `stopped` once the run ended, so the walkthrough's fault command
+/// fails instead of posting to a dead URL. The banner numbers faults as `GET /faults` does.
+#[test]
+fn state_file_and_fault_ids_do_not_mislead() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = dir.path().join("sandbox");
+    std::fs::create_dir_all(&sb).unwrap();
+    // What an earlier run left behind.
+    let stale = serde_json::json!({"status": "running", "azure": {"control_url": "http://127.0.0.1:9/_standin"}});
+    std::fs::write(sb.join("state.json"), stale.to_string()).unwrap();
+    let other = dir.path().join("other.json");
+    let mut running = Running {
+        child: Some(
+            sandbox_cmd(&sb, free_port(), free_port())
+                .arg("--state-file")
+                .arg(&other)
+                .args(["--no-controller", "--no-examples"])
+                .args(["--fault", "hop=imds,status=500,nth=1000"])
+                .args(["--fault", "hop=acr_token,status=429,retry-after=5,for=30s"])
+                .stdout(std::fs::File::create(dir.path().join("sandbox.out")).unwrap())
+                .stderr(std::fs::File::create(dir.path().join("sandbox.err")).unwrap())
+                .spawn()
+                .expect("sandbox starts"),
+        ),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !other.is_file() {
+        if let Some(status) = running.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "sandbox exited {status}:\n{}",
+                std::fs::read_to_string(dir.path().join("sandbox.err")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "no state file after 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let read =
+        |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let state = read(&other);
+    assert_eq!(state["status"], "running");
+    assert_eq!(
+        read(&sb.join("state.json")),
+        state,
+        "the default state file is this run's"
+    );
+    let control = state["azure"]["control_url"].as_str().unwrap().to_string();
+    assert_ne!(control, "http://127.0.0.1:9/_standin");
+
+    // One numbering: the banner, the state file and GET /faults agree.
+    let out = std::fs::read_to_string(dir.path().join("sandbox.out")).unwrap();
+    let banner: Vec<Value> = out
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("fault"))
+        .map(|j| serde_json::from_str(j.trim()).unwrap())
+        .collect();
+    let listed: Value =
+        serde_json::from_slice(&curl(&["-f", &format!("{control}/faults")]).stdout).unwrap();
+    let ids = |v: &[Value]| {
+        v.iter()
+            .map(|f| f["id"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&banner), [1, 2], "{out}");
+    assert_eq!(ids(listed.as_array().unwrap()), [1, 2], "{listed}");
+    assert_eq!(banner, state["faults"].as_array().unwrap().clone());
+    for (b, l) in banner.iter().zip(listed.as_array().unwrap()) {
+        assert_eq!(b["action"], l["action"]);
+        assert_eq!(b["hop"], l["hop"]);
+    }
+
+    // The walkthrough's command works while the run is up...
+    let snippet = doc_block("sandbox/state.json");
+    let run_snippet = || {
+        Command::new("bash")
+            .args(["-c", &snippet])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash runs")
+    };
+    let live = run_snippet();
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    let listed: Value =
+        serde_json::from_slice(&curl(&["-f", &format!("{control}/faults")]).stdout).unwrap();
+    assert_eq!(ids(listed.as_array().unwrap()), [1, 2, 3], "{listed}");
+
+    // ... and fails once it ended, instead of posting to a dead URL.
+    let status = running.terminate();
+    assert!(status.success(), "{status:?}");
+    for p in [&other, &sb.join("state.json")] {
+        let s = read(p);
+        assert_eq!(s["status"], "stopped", "{}", p.display());
+        assert!(s["stopped_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+    let dead = run_snippet();
+    assert!(
+        !dead.status.success(),
+        "the command ran against a stopped sandbox"
+    );
 }

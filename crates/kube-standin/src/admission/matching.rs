@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use super::{Attributes, Lookup};
+use super::{Attributes, Lookup, Operation};
 
 /// A `metav1.LabelSelector` (`matchLabels`, `matchExpressions`) against a label map.
 pub fn selector_matches(selector: &Value, labels: &Value) -> bool {
@@ -71,15 +71,15 @@ fn resource_matches(list: &Value, resource: &str, sub: &str) -> bool {
 
 fn rule_matches(rule: &Value, a: &Attributes<'_>, version: &str) -> bool {
     let scope_ok = match rule["scope"].as_str() {
-        Some("Namespaced") => a.resource != "namespaces" && !a.namespace.is_empty() && a.namespaced,
-        Some("Cluster") => a.resource == "namespaces" || !a.namespaced,
+        Some("Namespaced") => a.resource.namespaced && !a.namespace.is_empty(),
+        Some("Cluster") => !a.resource.namespaced,
         _ => true,
     };
     let names = rule["resourceNames"].as_array().filter(|n| !n.is_empty());
     has(&rule["operations"], a.operation.as_str())
-        && has(&rule["apiGroups"], a.group)
+        && has(&rule["apiGroups"], a.group())
         && has(&rule["apiVersions"], version)
-        && resource_matches(&rule["resources"], a.resource, a.subresource)
+        && resource_matches(&rule["resources"], &a.resource.plural, a.subresource)
         && scope_ok
         && names.is_none_or(|n| n.iter().any(|x| x == a.name))
 }
@@ -90,8 +90,7 @@ fn rules_match(rules: &Value, a: &Attributes<'_>, equivalent: bool) -> bool {
         return true;
     }
     equivalent
-        && a.other_versions
-            .iter()
+        && a.other_versions()
             .any(|v| rules.iter().any(|r| rule_matches(r, a, v)))
 }
 
@@ -99,21 +98,19 @@ fn rules_match(rules: &Value, a: &Attributes<'_>, equivalent: bool) -> bool {
 /// a binding's `matchResources`, does not constrain).
 pub fn matches(m: &Value, a: &Attributes<'_>, lookup: &dyn Lookup) -> bool {
     let ns_sel = &m["namespaceSelector"];
-    let ns_ok = if a.namespace.is_empty() && a.resource != "namespaces" || selector_empty(ns_sel) {
+    let ns_ok = if !a.is_namespace() && a.namespace.is_empty() || selector_empty(ns_sel) {
         true
     } else {
-        let labels =
-            if a.resource == "namespaces" && a.group.is_empty() && a.operation.as_str() == "CREATE"
-            {
-                a.object
-                    .map(|o| o["metadata"]["labels"].clone())
-                    .unwrap_or(Value::Null)
-            } else {
-                lookup
-                    .namespace(a.namespace)
-                    .map(|n| n["metadata"]["labels"].clone())
-                    .unwrap_or(Value::Null)
-            };
+        let labels = if a.is_namespace() && a.operation == Operation::Create {
+            a.object
+                .map(|o| o["metadata"]["labels"].clone())
+                .unwrap_or(Value::Null)
+        } else {
+            lookup
+                .namespace(a.request_namespace())
+                .map(|n| n["metadata"]["labels"].clone())
+                .unwrap_or(Value::Null)
+        };
         selector_matches(ns_sel, &labels)
     };
     if !ns_ok {

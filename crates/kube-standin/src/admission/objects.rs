@@ -1,64 +1,15 @@
-//! The policy and binding objects themselves: the API server's defaults and its validation
-//! of them (every expression must compile, required fields, allowed values), so a policy
-//! that could not be evaluated is rejected when it is written.
+//! The policy and binding objects themselves: the API server's validation of them (every
+//! expression must compile, required fields, allowed values), so a policy that could not be
+//! evaluated is rejected when it is written. Their defaults are storage's
+//! (`store::strategy`), as the scheme's defaulting functions run at decoding.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cel;
 use crate::resources::ResourceType;
 use crate::validation::{go_value, Cause};
 
 use super::policy::{vars, GROUP};
-
-fn default_match_resources(m: &mut Value) {
-    if !m.is_object() {
-        return;
-    }
-    for (k, v) in [
-        ("matchPolicy", json!("Equivalent")),
-        ("namespaceSelector", json!({})),
-        ("objectSelector", json!({})),
-    ] {
-        if m.get(k).is_none_or(Value::is_null) {
-            m[k] = v;
-        }
-    }
-    for list in ["resourceRules", "excludeResourceRules"] {
-        for r in m
-            .get_mut(list)
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
-            if r.get("scope").is_none_or(Value::is_null) {
-                r["scope"] = json!("*");
-            }
-        }
-    }
-}
-
-/// The API server's defaults for policies and bindings (applied on every write).
-pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
-    if rt.group != GROUP {
-        return;
-    }
-    let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
-        return;
-    };
-    let field = match rt.kind.as_str() {
-        "ValidatingAdmissionPolicy" => {
-            if spec["failurePolicy"].is_null() {
-                spec["failurePolicy"] = json!("Fail");
-            }
-            "matchConstraints"
-        }
-        "ValidatingAdmissionPolicyBinding" => "matchResources",
-        _ => return,
-    };
-    if let Some(m) = spec.get_mut(field) {
-        default_match_resources(m);
-    }
-}
 
 /// Validation of a policy or binding object: every expression must compile (`authorizer`
 /// included, which the stand-in does not support), and the required fields be present.

@@ -193,23 +193,16 @@ impl Policies {
         let mut out = Outcome::default();
         // As in the API server, policies never apply to admission configuration itself, so
         // a bad policy cannot lock its own fix out.
-        if a.group == GROUP {
+        if a.group() == GROUP {
             return out;
         }
-        let reg = lookup.registry();
-        let (Some(prt), Some(brt)) = (
-            reg.by_key(GROUP, "validatingadmissionpolicies"),
-            reg.by_key(GROUP, "validatingadmissionpolicybindings"),
-        ) else {
-            return out;
-        };
-        let policies = lookup.list(&prt, None);
+        let policies = lookup.list(GROUP, "validatingadmissionpolicies", None);
         if policies.is_empty() {
             return out;
         }
-        let bindings = lookup.list(&brt, None);
+        let bindings = lookup.list(GROUP, "validatingadmissionpolicybindings", None);
         let mut denied: Vec<(String, Option<String>, Failure)> = Vec::new();
-        for policy in policies {
+        for policy in &policies {
             let pname = policy["metadata"]["name"].as_str().unwrap_or_default();
             if !matches(&policy["spec"]["matchConstraints"], a, lookup) {
                 continue;
@@ -329,16 +322,17 @@ fn forbidden(a: &Attributes<'_>, message: &str, reason: &str) -> ApiError {
         "RequestEntityTooLarge" => 413,
         _ => 422,
     };
-    let mut details = json!({"name": name, "kind": a.resource, "causes": [{"message": message}]});
-    if !a.group.is_empty() {
-        details["group"] = json!(a.group);
+    let (group, plural) = (a.group(), a.resource.plural.as_str());
+    let mut details = json!({"name": name, "kind": plural, "causes": [{"message": message}]});
+    if !group.is_empty() {
+        details["group"] = json!(group);
     }
     ApiError::new(
         code,
         reason,
         format!(
             "{} {name:?} is forbidden: {message}",
-            qualified(a.group, a.resource)
+            qualified(group, plural)
         ),
     )
     .with_details(details)
@@ -357,8 +351,7 @@ fn collect_params(
         return Ok(vec![None]);
     }
     let rt: Arc<ResourceType> = lookup
-        .registry()
-        .by_api_version(api_version, kind)
+        .type_of(api_version, kind)
         .filter(|t| t.kind == *kind)
         .ok_or_else(|| {
             let (g, v) = split_api_version(api_version);
@@ -368,7 +361,7 @@ fn collect_params(
     let ns = if rt.namespaced {
         if !ref_ns.is_empty() {
             Some(ref_ns.to_string())
-        } else if !a.namespace.is_empty() && a.resource != "namespaces" {
+        } else if !a.namespace.is_empty() {
             Some(a.namespace.to_string())
         } else {
             return Err("cannot use namespaced paramRef in policy binding that matches cluster-scoped resources".to_string());
@@ -388,15 +381,15 @@ fn collect_params(
             return Err("paramRef.name and paramRef.selector are mutually exclusive".to_string())
         }
         (Some(name), _) => lookup
-            .get(&rt, ns.as_deref().unwrap_or(""), name)
-            .map(|p| Some(strip(p)))
+            .get(&rt.group, &rt.plural, ns.as_deref().unwrap_or(""), name)
+            .map(|p| Some(strip(&p)))
             .into_iter()
             .collect(),
         (None, Some(sel)) if sel.is_object() => lookup
-            .list(&rt, ns.as_deref())
+            .list(&rt.group, &rt.plural, ns.as_deref())
             .into_iter()
             .filter(|p| selector_matches(sel, &p["metadata"]["labels"]))
-            .map(|p| Some(strip(p)))
+            .map(|p| Some(strip(&p)))
             .collect(),
         _ => return Err("one of name or selector must be provided".to_string()),
     };
@@ -410,8 +403,8 @@ fn collect_params(
 
 /// The `request` variable.
 fn request(a: &Attributes<'_>) -> Value {
-    let gvk = json!({"group": a.kind.0, "version": a.kind.1, "kind": a.kind.2});
-    let gvr = json!({"group": a.group, "version": a.version, "resource": a.resource});
+    let gvk = json!({"group": a.kind.group, "version": a.kind.version, "kind": a.kind.kind});
+    let gvr = json!({"group": a.group(), "version": a.version, "resource": a.resource.plural});
     let mut r = json!({
         "uid": "",
         "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
@@ -424,7 +417,7 @@ fn request(a: &Attributes<'_>) -> Value {
         ("subResource", a.subresource),
         ("requestSubResource", a.subresource),
         ("name", a.name),
-        ("namespace", a.namespace),
+        ("namespace", a.request_namespace()),
     ] {
         if !v.is_empty() {
             r[k] = json!(v);
@@ -452,15 +445,10 @@ fn evaluate_one(
             Vec::new()
         }
     };
-    let namespace_object =
-        if a.namespace.is_empty() || (a.resource == "namespaces" && a.group.is_empty()) {
-            Value::Null
-        } else {
-            lookup
-                .namespace(a.namespace)
-                .map(strip)
-                .unwrap_or(Value::Null)
-        };
+    let namespace_object = a
+        .namespace_object(lookup)
+        .map(|n| strip(&n))
+        .unwrap_or(Value::Null);
     let mut act = Activation::default()
         .with(
             "object",
@@ -598,8 +586,9 @@ fn evaluate_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::{Operation, UserInfo};
+    use crate::admission::{options, GroupVersionKind, Operation};
     use crate::resources::Registry;
+    use crate::user::UserInfo;
 
     /// Stored objects without a store.
     struct Objects {
@@ -608,32 +597,32 @@ mod tests {
     }
 
     impl Lookup for Objects {
-        fn registry(&self) -> &Registry {
-            &self.registry
+        fn type_of(&self, api_version: &str, kind: &str) -> Option<Arc<ResourceType>> {
+            self.registry.by_api_version(api_version, kind)
         }
 
-        fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<&Value> {
-            self.list(rt, Some(ns))
+        fn get(&self, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
+            self.list(group, plural, Some(ns))
                 .into_iter()
                 .find(|o| o["metadata"]["name"] == name)
         }
 
-        fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<&Value> {
+        fn list(&self, group: &str, plural: &str, ns: Option<&str>) -> Vec<Value> {
             self.objects
                 .iter()
                 .filter(|(g, p, o)| {
-                    *g == rt.group
-                        && *p == rt.plural
+                    g == group
+                        && p == plural
                         && ns.is_none_or(|n| o["metadata"]["namespace"].as_str().unwrap_or("") == n)
                 })
-                .map(|(_, _, o)| o)
+                .map(|(_, _, o)| o.clone())
                 .collect()
         }
     }
 
     fn shipped() -> Objects {
         let docs =
-            crate::handle::parse_documents(include_str!("../../../../deploy/admission.yaml"))
+            crate::objects::parse_documents(include_str!("../../../../deploy/admission.yaml"))
                 .unwrap();
         let objects = docs
             .into_iter()
@@ -656,25 +645,28 @@ mod tests {
     fn token_request(user: &UserInfo, audiences: Value) -> Outcome {
         let object = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                             "metadata": {"name": "app", "namespace": "team"}, "spec": {"audiences": audiences}});
-        let options = json!({"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"});
+        let options = options(Operation::Create, &json!({}));
+        let objects = shipped();
+        let sa = objects.registry.by_key("", "serviceaccounts").unwrap();
         let a = Attributes {
             operation: Operation::Create,
-            group: "",
+            resource: &sa,
             version: "v1",
-            resource: "serviceaccounts",
+            kind: GroupVersionKind {
+                group: "authentication.k8s.io".into(),
+                version: "v1".into(),
+                kind: "TokenRequest".into(),
+            },
             subresource: "token",
-            kind: ("authentication.k8s.io", "v1", "TokenRequest"),
             namespace: "team",
             name: "app",
-            namespaced: true,
             object: Some(&object),
             old_object: None,
             user,
             dry_run: false,
             options: &options,
-            other_versions: &[],
         };
-        Policies::default().evaluate(&a, &shipped())
+        Policies::default().evaluate(&a, &objects)
     }
 
     #[test]

@@ -329,12 +329,18 @@ impl std::fmt::Debug for Validators {
 }
 
 impl Validators {
-    /// The validator of a custom resource type (none for built-ins).
-    pub fn for_type(&self, rt: &ResourceType) -> Option<Arc<SchemaValidator>> {
+    /// The validator of a custom resource type in a version (the request's, as the API
+    /// server validates an object in the version it was sent in; the storage version's for a
+    /// version the type does not serve); none for built-ins.
+    pub fn for_type(&self, rt: &ResourceType, version: &str) -> Option<Arc<SchemaValidator>> {
         if !rt.custom {
             return None;
         }
-        let version = rt.storage_version().to_string();
+        let version = if rt.schemas.contains_key(version) {
+            version.to_string()
+        } else {
+            rt.storage_version().to_string()
+        };
         let schema = rt.schemas.get(&version)?;
         let key = (rt.group.clone(), rt.plural.clone(), version);
         let mut cache = match self.cache.lock() {

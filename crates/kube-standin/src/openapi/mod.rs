@@ -1,7 +1,18 @@
-//! The OpenAPI v3 surface kubectl needs to turn on server-side field validation: an index at
-//! `/openapi/v3` and, per group-version, a document whose paths carry a `patch` operation with
-//! `x-kubernetes-group-version-kind` and a `fieldValidation` query parameter. `/openapi/v2` is
-//! answered 404 by the router (kubectl tolerates that once v3 is good).
+//! OpenAPI documents, as kubectl uses them:
+//! - `/openapi/v3` (index) and one v3 document per group-version: paths whose `patch`
+//!   operations carry `x-kubernetes-group-version-kind` and the `fieldValidation` parameter
+//!   (so kubectl turns on server-side field validation), and `components.schemas` with the
+//!   kinds' schemas ([`schemas`]) — what `kubectl explain` reads;
+//! - `/openapi/v2` ([`v2`]), JSON or the protobuf kubectl asks for, with the custom resources'
+//!   definitions.
+//!
+//! Patch operations do not list `application/strategic-merge-patch+json`: kubectl would then
+//! compute strategic merge patches from these schemas, and the built-in ones (generated from
+//! k8s-openapi) lack the `x-kubernetes-patch-*` extensions that make those patches right. It
+//! falls back to its compiled-in types, which have them.
+
+pub mod schemas;
+pub mod v2;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -31,9 +42,10 @@ fn all_gvs(reg: &Registry) -> Vec<(String, String)> {
 /// Hash of a group-version's document, so clients re-fetch when a CRD changes.
 fn doc_hash(reg: &Registry, group: &str, version: &str) -> String {
     let mut h = DefaultHasher::new();
-    for t in reg.in_group_version(group, version) {
-        format!("{t:?}").hash(&mut h);
-    }
+    document(reg, group, version)
+        .unwrap_or_default()
+        .to_string()
+        .hash(&mut h);
     format!("{:016X}", h.finish())
 }
 
@@ -59,17 +71,26 @@ pub fn document(reg: &Registry, group: &str, version: &str) -> Option<Value> {
     } else {
         format!("/apis/{group}/{version}")
     };
+    let schemas = schemas::for_group_version(reg, group, version);
     let mut paths = Map::new();
     let param = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
     for t in types {
         let gvk = json!({"group": t.group, "version": version, "kind": t.kind});
+        let schema_name = schemas
+            .iter()
+            .find(|(_, s)| s["x-kubernetes-group-version-kind"][0] == gvk)
+            .map(|(n, _)| n.clone());
         let op = |action: &str| {
+            let mut ok = json!({"description": "OK"});
+            if let Some(n) = &schema_name {
+                ok["content"] = json!({"application/json": {"schema": {"$ref": format!("{}{n}", schemas::V3_REF)}}});
+            }
             json!({
                 "operationId": format!("{action}{}", t.kind),
                 "x-kubernetes-action": action,
                 "x-kubernetes-group-version-kind": gvk,
                 "parameters": [param("dryRun"), param("fieldManager"), param("fieldValidation")],
-                "responses": {"200": {"description": "OK"}},
+                "responses": {"200": ok},
             })
         };
         let item = if t.namespaced {
@@ -82,6 +103,10 @@ pub fn document(reg: &Registry, group: &str, version: &str) -> Option<Value> {
         } else {
             format!("{prefix}/{}", t.plural)
         };
+        if t.review {
+            paths.insert(coll, json!({"post": op("post")}));
+            continue;
+        }
         paths.insert(
             item.clone(),
             json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}),
@@ -98,7 +123,7 @@ pub fn document(reg: &Registry, group: &str, version: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
     }))
 }
 
@@ -118,5 +143,15 @@ mod tests {
         let p = &d["paths"]["/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"]
             ["patch"];
         assert_eq!(p["x-kubernetes-group-version-kind"]["kind"], "Lease");
+        let lease = &d["components"]["schemas"]["io.k8s.api.coordination.v1.Lease"];
+        assert_eq!(lease["x-kubernetes-group-version-kind"][0]["kind"], "Lease");
+        assert!(
+            d["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]
+                .is_object()
+        );
+        assert_eq!(
+            p["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/io.k8s.api.coordination.v1.Lease"
+        );
     }
 }
