@@ -11,10 +11,13 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 
+use crate::cluster::Cluster;
 use crate::error::ApiError;
 use crate::faults::Fault;
-use crate::handle::Handle;
-use crate::server::{Body, Reply, Shared};
+use crate::listener::Listener;
+use crate::objects;
+use crate::reply::{plain, Body, Reply};
+use crate::request::{parse_query, Query};
 
 fn ok(v: Value) -> Reply {
     Reply::json(200, v)
@@ -34,19 +37,22 @@ fn err(code: u16, msg: impl Into<String>) -> Reply {
 }
 
 /// Serve one control request.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    cluster: Arc<Cluster>,
+    api: Arc<Listener>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().trim_end_matches('/').to_string();
-    let q = crate::rest::parse_query(req.uri().query().unwrap_or_default());
+    let q = parse_query(req.uri().query().unwrap_or_default());
     let body = req
         .into_body()
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let h = Handle::from_shared(shared.clone());
-    let reply = route(&h, &shared, &method, &path, &q, &body).await;
-    crate::server::reply_response(reply)
+    let reply = route(&cluster, &api, &method, &path, &q, &body).await;
+    plain(reply)
 }
 
 fn parse_faults(body: &Bytes) -> Result<Vec<Fault>, String> {
@@ -61,91 +67,93 @@ fn parse_faults(body: &Bytes) -> Result<Vec<Fault>, String> {
 }
 
 async fn route(
-    h: &Handle,
-    shared: &Arc<Shared>,
+    cluster: &Cluster,
+    api: &Arc<Listener>,
     method: &str,
     path: &str,
-    q: &crate::rest::Query,
+    q: &Query,
     body: &Bytes,
 ) -> Reply {
+    let store = &cluster.store;
     let qs = |k: &str| q.get(k).cloned().unwrap_or_default();
     let rest = path.trim_start_matches("/_standin");
     match (method, rest) {
         ("GET", "" | "/info") => ok(json!({
-            "url": shared.url,
-            "controlUrl": h.control_url(),
-            "issuer": shared.issuer(),
-            "resourceVersion": shared.store.current_rv().to_string(),
-            "compactedResourceVersion": shared.store.compacted_rv().to_string(),
-            "down": shared.is_down(),
+            "url": cluster.url,
+            "controlUrl": cluster.control_url(),
+            "issuer": cluster.issuer(),
+            "resourceVersion": store.current_rv().to_string(),
+            "compactedResourceVersion": store.compacted_rv().to_string(),
+            "down": api.is_down(),
         })),
-        ("GET", "/faults") => ok(json!(shared.faults.list())),
+        ("GET", "/faults") => ok(json!(cluster.faults.list())),
         ("PUT" | "POST", "/faults") => match parse_faults(body) {
             Ok(fs) => {
                 if method == "PUT" {
-                    shared.faults.clear();
+                    cluster.faults.clear();
                 }
-                let ids: Vec<String> = fs.into_iter().map(|f| shared.faults.add(f)).collect();
+                let ids: Vec<String> = fs.into_iter().map(|f| cluster.faults.add(f)).collect();
                 ok(json!({"ids": ids}))
             }
             Err(e) => err(400, e),
         },
         ("DELETE", "/faults") => {
-            shared.faults.clear();
+            cluster.faults.clear();
             ok(json!({}))
         }
         ("DELETE", p) if p.starts_with("/faults/") => {
             let id = &p["/faults/".len()..];
-            if shared.faults.remove(id) {
+            if cluster.faults.remove(id) {
                 ok(json!({}))
             } else {
                 err(404, format!("no fault {id:?}"))
             }
         }
         ("POST", "/compact") => {
-            shared.store.compact();
-            ok(json!({"compactedResourceVersion": shared.store.compacted_rv().to_string()}))
+            cluster.store.compact();
+            ok(json!({"compactedResourceVersion": cluster.store.compacted_rv().to_string()}))
         }
         ("POST", "/down") => {
             match q.get("ms").and_then(|m| m.parse::<u64>().ok()) {
-                Some(ms) => shared.down_for(Duration::from_millis(ms)),
-                None => shared.down(),
+                Some(ms) => api.down_for(Duration::from_millis(ms)),
+                None => api.down(),
             }
             ok(json!({"down": true}))
         }
-        ("POST", "/up") => match shared.up().await {
+        ("POST", "/up") => match api.up().await {
             Ok(()) => ok(json!({"down": false})),
             Err(e) => err(500, e.to_string()),
         },
-        ("GET", "/requests") => ok(json!(shared.log.all())),
+        ("GET", "/requests") => ok(json!(cluster.log.all())),
         ("DELETE", "/requests") => {
-            shared.log.clear();
+            cluster.log.clear();
             ok(json!({}))
         }
-        ("GET", "/tokens") => ok(json!(shared.signer.issued())),
-        ("GET", "/jwks") => ok(shared.signer.jwks()),
+        ("GET", "/tokens") => ok(json!(cluster.signer.issued())),
+        ("GET", "/jwks") => ok(cluster.signer.jwks()),
         ("GET", "/objects") => {
             let (av, kind, ns, name) = (qs("apiVersion"), qs("kind"), qs("namespace"), qs("name"));
             if name.is_empty() {
-                match h.try_list(&av, &kind, (!ns.is_empty()).then_some(ns.as_str())) {
+                match objects::list(store, &av, &kind, (!ns.is_empty()).then_some(ns.as_str())) {
                     Ok(items) => ok(json!({"items": items})),
                     Err(e) => err(404, e.to_string()),
                 }
             } else {
-                match h.get(&av, &kind, &ns, &name) {
+                match objects::get(store, &av, &kind, &ns, &name) {
                     Some(o) => ok(o),
                     None => err(404, format!("{kind} {ns}/{name} not found")),
                 }
             }
         }
         ("POST" | "PUT", "/objects") => match std::str::from_utf8(body) {
-            Ok(text) => match h.apply_yaml(text) {
+            Ok(text) => match objects::apply_yaml(store, text) {
                 Ok(objs) => ok(json!({"items": objs})),
                 Err(e) => err(400, e.to_string()),
             },
             Err(_) => err(400, "body must be UTF-8 YAML or JSON"),
         },
-        ("DELETE", "/objects") => match h.delete(
+        ("DELETE", "/objects") => match objects::delete(
+            store,
             &qs("apiVersion"),
             &qs("kind"),
             &qs("namespace"),
@@ -155,13 +163,13 @@ async fn route(
             Err(e) => err(404, e.to_string()),
         },
         ("POST", "/lease-takeover") => {
-            crate::server::take_over_lease(shared, &qs("namespace"), &qs("name"), &qs("holder"));
+            objects::take_over_lease(store, &qs("namespace"), &qs("name"), &qs("holder"));
             ok(json!({}))
         }
         ("PUT" | "POST", "/bookmark-interval") => {
             match q.get("ms").and_then(|m| m.parse::<u64>().ok()) {
                 Some(ms) => {
-                    shared.set_bookmark_interval(Duration::from_millis(ms));
+                    cluster.set_bookmark_interval(Duration::from_millis(ms));
                     ok(json!({}))
                 }
                 None => err(400, "ms is required"),
@@ -169,7 +177,7 @@ async fn route(
         }
         ("PUT" | "POST", "/resource-version") => {
             match q.get("set").and_then(|m| m.parse::<u64>().ok()) {
-                Some(rv) => ok(json!({"resourceVersion": shared.store.set_rv(rv).to_string()})),
+                Some(rv) => ok(json!({"resourceVersion": cluster.store.set_rv(rv).to_string()})),
                 None => err(400, "set is required"),
             }
         }

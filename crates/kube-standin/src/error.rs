@@ -32,7 +32,8 @@ pub fn qualified(group: &str, plural: &str) -> String {
     }
 }
 
-fn details(group: &str, plural: &str, name: &str) -> Value {
+/// The `details` of an error about a named object.
+pub fn details(group: &str, plural: &str, name: &str) -> Value {
     let mut d = json!({ "kind": plural });
     if !name.is_empty() {
         d["name"] = json!(name);
@@ -135,6 +136,24 @@ impl ApiError {
             format!("{qk} \"{name}\" is invalid: {field}: {why}"),
         )
         .with_details(d)
+    }
+
+    /// 403 for a create in a terminating namespace (NamespaceLifecycle).
+    pub fn namespace_terminating(group: &str, plural: &str, name: &str, ns: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                qualified(group, plural)
+            ),
+        )
+        .with_details(json!({"name": name, "kind": plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}))
+    }
+
+    /// 401 `Unauthorized`.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
     }
 
     /// 400 `BadRequest`.

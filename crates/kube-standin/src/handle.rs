@@ -8,33 +8,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::cluster::Settings;
 use crate::faults::Faults;
+use crate::http::{self, Server};
 use crate::log::RequestRecord;
-use crate::resources::ResourceType;
-use crate::server::{self, Settings, Shared};
-use crate::store::{DeleteOpts, ListOpts};
+use crate::objects;
 use crate::token::IssuedToken;
 
-/// Errors of the handle.
-#[derive(Debug, thiserror::Error)]
-pub enum HandleError {
-    /// The API answered an error.
-    #[error("{0}")]
-    Api(#[from] ApiError),
-    /// A document did not parse.
-    #[error("invalid YAML/JSON: {0}")]
-    Parse(String),
-    /// No served type matches.
-    #[error("no served type for apiVersion {0:?}, kind {1:?}")]
-    UnknownType(String, String),
-    /// A wait timed out.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    /// Binding or file IO.
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-}
+pub use crate::objects::{parse_documents, HandleError};
 
 /// Entry point: `StandIn::builder()`.
 pub struct StandIn;
@@ -104,7 +85,7 @@ impl Builder {
     }
     /// Start serving.
     pub async fn start(self) -> Result<Handle, HandleError> {
-        let shared = server::start(
+        let server = http::start(
             self.port,
             Settings {
                 bookmark_interval: self.bookmark_interval,
@@ -114,7 +95,9 @@ impl Builder {
             self.watch_cache_size,
         )
         .await?;
-        let h = Handle { shared };
+        let h = Handle {
+            server: Arc::new(server),
+        };
         for y in &self.seed {
             h.apply_yaml(y)?;
         }
@@ -125,56 +108,23 @@ impl Builder {
 /// A running stand-in. Cloning shares it; [`Handle::shutdown`] stops it.
 #[derive(Clone)]
 pub struct Handle {
-    shared: Arc<Shared>,
-}
-
-fn is_events_v1(t: &ResourceType) -> bool {
-    t.group == "events.k8s.io" && t.plural == "events"
-}
-
-/// Parse multi-document YAML (or JSON) into objects, skipping empty documents.
-pub fn parse_documents(text: &str) -> Result<Vec<Value>, HandleError> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| HandleError::Parse(e.to_string()))?;
-    let mut out = Vec::new();
-    for v in docs {
-        match v {
-            Value::Null => {}
-            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
-                out.extend(
-                    m.get("items")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default(),
-                );
-            }
-            other => out.push(other),
-        }
-    }
-    Ok(out)
+    server: Arc<Server>,
 }
 
 impl Handle {
-    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
-        Handle { shared }
-    }
-
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        self.shared.url.clone()
+        self.server.cluster.url.clone()
     }
 
     /// The API port.
     pub fn port(&self) -> u16 {
-        self.shared.port
+        self.server.cluster.port
     }
 
     /// URL of the control port (serves only `/_standin/...`, stays up while the API is down).
     pub fn control_url(&self) -> String {
-        match self.shared.control_url.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.server.cluster.control_url()
     }
 
     /// Kubeconfig text for this server.
@@ -187,71 +137,21 @@ impl Handle {
         Ok(crate::kubeconfig::write(path, &self.url())?)
     }
 
-    /// The stored type (events.k8s.io Events are stored as core Events).
-    fn resolve(&self, api_version: &str, kind: &str) -> Result<Arc<ResourceType>, HandleError> {
-        let reg = self.shared.store.registry();
-        let t = reg
-            .by_api_version(api_version, kind)
-            .ok_or_else(|| HandleError::UnknownType(api_version.into(), kind.into()))?;
-        if is_events_v1(&t) {
-            return reg
-                .by_key("", "events")
-                .ok_or_else(|| HandleError::UnknownType(api_version.into(), kind.into()));
-        }
-        Ok(t)
-    }
-
-    fn present(rt: &ResourceType, api_version: &str, v: Value) -> Value {
-        let (group, version) = crate::resources::split_api_version(api_version);
-        if group == "events.k8s.io" && rt.plural == "events" {
-            return crate::events::to_events_v1(&v);
-        }
-        crate::watch::present(rt, version, v)
-    }
-
     /// Create or replace one object (status included, written through the status subresource).
+    /// Admission and validation run as for `system:admin`.
     pub fn apply(&self, obj: Value) -> Result<Value, HandleError> {
-        let av = obj["apiVersion"].as_str().unwrap_or_default().to_string();
-        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-        let rt = self.resolve(&av, &kind)?;
-        let obj = if av.starts_with("events.k8s.io/") {
-            crate::events::to_core(&obj)
-        } else {
-            obj
-        };
-        let ns = if rt.namespaced {
-            obj["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string()
-        } else {
-            String::new()
-        };
-        let out = self
-            .shared
-            .store
-            .put_unconditional(&rt, &ns, obj, "kube-standin")?;
-        Ok(Self::present(&rt, &av, out))
+        objects::apply(&self.server.cluster.store, obj)
     }
 
     /// Apply every document of a (multi-document) YAML or JSON text, in order.
     pub fn apply_yaml(&self, yaml: &str) -> Result<Vec<Value>, HandleError> {
-        parse_documents(yaml)?
-            .into_iter()
-            .map(|d| self.apply(d))
-            .collect()
+        objects::apply_yaml(&self.server.cluster.store, yaml)
     }
 
     /// One object (`ns` is `""` for cluster-scoped types); `kind` may also be the plural,
     /// singular or a short name.
     pub fn get(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
-        let rt = self.resolve(api_version, kind).ok()?;
-        let ns = if rt.namespaced { ns } else { "" };
-        self.shared
-            .store
-            .get(&rt, ns, name)
-            .ok()
-            .map(|v| Self::present(&rt, api_version, v))
+        objects::get(&self.server.cluster.store, api_version, kind, ns, name)
     }
 
     /// Objects of a type, in one namespace or all.
@@ -266,18 +166,7 @@ impl Handle {
         kind: &str,
         ns: Option<&str>,
     ) -> Result<Vec<Value>, HandleError> {
-        let rt = self.resolve(api_version, kind)?;
-        let l = self
-            .shared
-            .store
-            .list(&rt, ns.filter(|n| !n.is_empty()), &ListOpts::default())?;
-        Ok(l["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| Self::present(&rt, api_version, v))
-            .collect())
+        objects::list(&self.server.cluster.store, api_version, kind, ns)
     }
 
     /// Delete an object (background propagation, finalizers honoured).
@@ -288,12 +177,7 @@ impl Handle {
         ns: &str,
         name: &str,
     ) -> Result<(), HandleError> {
-        let rt = self.resolve(api_version, kind)?;
-        let ns = if rt.namespaced { ns } else { "" };
-        self.shared
-            .store
-            .delete(&rt, ns, name, &DeleteOpts::default())?;
-        Ok(())
+        objects::delete(&self.server.cluster.store, api_version, kind, ns, name)
     }
 
     /// Wait until `pred` holds for the object (`None` = absent); returns the object then.
@@ -306,7 +190,7 @@ impl Handle {
         pred: impl Fn(Option<&Value>) -> bool,
         timeout: Duration,
     ) -> Result<Option<Value>, HandleError> {
-        let mut rx = self.shared.store.rv_watch();
+        let mut rx = self.server.cluster.store.rv_watch();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             rx.borrow_and_update();
@@ -328,7 +212,7 @@ impl Handle {
         pred: impl Fn(&Handle) -> bool,
         timeout: Duration,
     ) -> Result<(), HandleError> {
-        let mut rx = self.shared.store.rv_watch();
+        let mut rx = self.server.cluster.store.rv_watch();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             rx.borrow_and_update();
@@ -344,88 +228,88 @@ impl Handle {
 
     /// The request log.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.shared.log.all()
+        self.server.cluster.log.all()
     }
 
     /// Empty the request log.
     pub fn clear_requests(&self) {
-        self.shared.log.clear()
+        self.server.cluster.log.clear()
     }
 
     /// Installed faults: `add`, `remove`, `clear`, `list`.
     pub fn faults(&self) -> &Faults {
-        &self.shared.faults
+        &self.server.cluster.faults
     }
 
     /// Compact at the current revision: watches and continue tokens from older
     /// resourceVersions get 410.
     pub fn compact(&self) {
-        self.shared.store.compact()
+        self.server.cluster.store.compact()
     }
 
     /// Current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
-        self.shared.store.current_rv()
+        self.server.cluster.store.current_rv()
     }
 
     /// Set the RV counter (e.g. lower it to simulate an etcd restore: clients holding newer
     /// RVs get "Too large resource version").
     pub fn set_resource_version(&self, rv: u64) -> u64 {
-        self.shared.store.set_rv(rv)
+        self.server.cluster.store.set_rv(rv)
     }
 
     /// Close the API port and kill every open connection (watches included); state is kept.
     pub fn down(&self) {
-        self.shared.down()
+        self.server.api.down()
     }
 
     /// Rebind the API port.
     pub async fn up(&self) -> Result<(), HandleError> {
-        Ok(self.shared.up().await?)
+        Ok(self.server.api.up().await?)
     }
 
     /// Down now, up again after `d`.
     pub fn down_for(&self, d: Duration) {
-        self.shared.down_for(d)
+        self.server.api.down_for(d)
     }
 
     /// Whether the API port is down.
     pub fn is_down(&self) -> bool {
-        self.shared.is_down()
+        self.server.api.is_down()
     }
 
     /// Tokens issued through TokenRequest.
     pub fn issued_tokens(&self) -> Vec<IssuedToken> {
-        self.shared.signer.issued()
+        self.server.cluster.signer.issued()
     }
 
     /// The JWKS that verifies issued tokens.
     pub fn jwks(&self) -> Value {
-        self.shared.signer.jwks()
+        self.server.cluster.signer.jwks()
     }
 
     /// The token issuer.
     pub fn issuer(&self) -> String {
-        self.shared.issuer()
+        self.server.cluster.issuer()
     }
 
     /// Sign arbitrary claims with the service-account key (for negative tests).
     pub fn sign_claims(&self, claims: &Value) -> Result<String, HandleError> {
-        Ok(self.shared.signer.sign(claims)?)
+        Ok(self.server.cluster.signer.sign(claims)?)
     }
 
     /// Another identity takes over a Lease now.
     pub fn take_over_lease(&self, ns: &str, name: &str, holder: &str) {
-        server::take_over_lease(&self.shared, ns, name, holder)
+        objects::take_over_lease(&self.server.cluster.store, ns, name, holder)
     }
 
     /// Interval of BOOKMARK events for new watches.
     pub fn set_bookmark_interval(&self, d: Duration) {
-        self.shared.set_bookmark_interval(d)
+        self.server.cluster.set_bookmark_interval(d)
     }
 
     /// Stop serving (API and control ports, background tasks).
     pub fn shutdown(&self) {
-        self.shared.shutdown()
+        self.server.shutdown()
     }
 }

@@ -56,26 +56,37 @@
 //!
 //! The same controls are served over HTTP under `/_standin/` (see the crate's README.md).
 
+pub mod admission;
+pub mod authn;
+pub mod authz;
+pub mod cluster;
 pub mod control;
+pub mod controllers;
 pub mod crd;
 pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod faults;
-pub mod gc;
 pub mod handle;
+pub mod http;
 pub mod kubeconfig;
+pub mod listener;
 pub mod log;
+pub mod nonresource;
+pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod pipeline;
+pub mod reply;
+pub mod request;
 pub mod resources;
 pub mod rest;
 pub mod selector;
-pub mod server;
 pub mod ssa;
 pub mod store;
 pub mod table;
 pub mod token;
+pub mod validate;
 pub mod watch;
 
 pub use error::ApiError;

@@ -37,6 +37,8 @@ pub struct RequestRecord {
     pub field_manager: String,
     /// `User-Agent` header.
     pub user_agent: String,
+    /// The authenticated user's name (after impersonation); empty when authentication failed.
+    pub user: String,
     /// Response status (200 for a watch that started).
     pub status: u16,
     /// RFC 3339 arrival time with milliseconds.

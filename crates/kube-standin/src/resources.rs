@@ -94,9 +94,33 @@ impl ResourceType {
         (self.group.clone(), self.plural.clone())
     }
 
-    /// Whether metadata.generation is tracked (CRs and CRDs).
+    /// Whether metadata.generation is tracked (CRs, CRDs and the built-ins whose strategies
+    /// bump it on spec changes: Deployment, PodDisruptionBudget, NetworkPolicy).
     pub fn tracks_generation(&self) -> bool {
-        self.custom || self.kind == "CustomResourceDefinition"
+        self.custom
+            || self.is("apiextensions.k8s.io", "customresourcedefinitions")
+            || self.is("apps", "deployments")
+            || self.is("policy", "poddisruptionbudgets")
+            || self.is("networking.k8s.io", "networkpolicies")
+    }
+
+    /// Whether this is `plural` in `group`.
+    pub fn is(&self, group: &str, plural: &str) -> bool {
+        self.group == group && self.plural == plural
+    }
+
+    /// Whether a create drops the `status` the client sent (types with a status subresource,
+    /// except those whose status the server computes on create: Namespace, CRD).
+    pub fn resets_status_on_create(&self) -> bool {
+        self.status_subresource
+            && !self.is("", "namespaces")
+            && !self.is("apiextensions.k8s.io", "customresourcedefinitions")
+    }
+
+    /// Whether a PUT must carry `metadata.resourceVersion` (custom resources and CRDs; the
+    /// built-ins served here allow unconditional updates).
+    pub fn requires_resource_version_on_update(&self) -> bool {
+        self.custom || self.is("apiextensions.k8s.io", "customresourcedefinitions")
     }
 }
 
@@ -133,14 +157,44 @@ impl Registry {
         secret.categories = vec![];
         let mut cm = ResourceType::builtin("", "v1", "ConfigMap", "configmaps", &["cm"], true);
         cm.categories = vec![];
+        // Stored for manifests that install the controller (a Helm chart, kubectl apply of
+        // deploy/): no controller acts on them.
+        let mut deploy =
+            ResourceType::builtin("apps", "v1", "Deployment", "deployments", &["deploy"], true);
+        deploy.status_subresource = true;
+        deploy.categories = vec!["all".into()];
+        let mut svc = ResourceType::builtin("", "v1", "Service", "services", &["svc"], true);
+        svc.status_subresource = true;
+        svc.categories = vec!["all".into()];
+        let mut pdb = ResourceType::builtin(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            &["pdb"],
+            true,
+        );
+        pdb.status_subresource = true;
+        let netpol = ResourceType::builtin(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            &["netpol"],
+            true,
+        );
         let types = vec![
             ns,
             secret,
             sa,
             cm,
+            svc,
             ResourceType::builtin("", "v1", "Event", "events", &["ev"], true),
             ResourceType::builtin("events.k8s.io", "v1", "Event", "events", &["ev"], true),
             ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", &[], true),
+            deploy,
+            pdb,
+            netpol,
             crd,
         ];
         Registry {
@@ -260,6 +314,14 @@ mod tests {
         );
         assert_eq!(r.by_api_version("v1", "sa").unwrap().kind, "ServiceAccount");
         assert!(r.by_path("", "v2", "secrets").is_none());
+        for (g, p, k) in [
+            ("apps", "deployments", "Deployment"),
+            ("", "services", "Service"),
+            ("policy", "poddisruptionbudgets", "PodDisruptionBudget"),
+            ("networking.k8s.io", "networkpolicies", "NetworkPolicy"),
+        ] {
+            assert_eq!(r.by_path(g, "v1", p).unwrap().kind, k);
+        }
         assert_eq!(split_api_version("v1"), ("", "v1"));
     }
 }

@@ -464,3 +464,93 @@ async fn binary_writes_kubeconfig_and_serves_until_killed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_stores_the_types_an_install_of_the_controller_needs() {
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    let manifests = k.file(
+        "install.yaml",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: acrpull, namespace: default, labels: {app: acrpull}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: acrpull}}
+  template:
+    metadata: {labels: {app: acrpull}}
+    spec:
+      serviceAccountName: acrpull
+      containers: [{name: manager, image: example.azurecr.io/acrpull:1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: acrpull-metrics, namespace: default}
+spec:
+  selector: {app: acrpull}
+  ports: [{name: metrics, port: 8080, targetPort: 8080}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: acrpull, namespace: default}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: acrpull}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: acrpull, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: acrpull}}
+  policyTypes: [Ingress]
+"#,
+    );
+    let out = k.ok(&["apply", "-f", path(&manifests)]).await;
+    for created in [
+        "deployment.apps/acrpull created",
+        "service/acrpull-metrics created",
+        "poddisruptionbudget.policy/acrpull created",
+        "networkpolicy.networking.k8s.io/acrpull created",
+    ] {
+        assert!(out.contains(created), "{out}");
+    }
+    let out = k
+        .ok(&[
+            "get",
+            "deploy,svc,pdb,netpol",
+            "-n",
+            "default",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec![
+            "deployment.apps/acrpull",
+            "service/acrpull-metrics",
+            "poddisruptionbudget.policy/acrpull",
+            "networkpolicy.networking.k8s.io/acrpull"
+        ],
+        "{out}"
+    );
+    let d = h
+        .get("apps/v1", "Deployment", "default", "acrpull")
+        .unwrap();
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert_eq!(d["spec"]["replicas"], 2);
+    let out = k.ok(&["api-resources", "-o", "name"]).await;
+    for r in [
+        "deployments.apps",
+        "services",
+        "poddisruptionbudgets.policy",
+        "networkpolicies.networking.k8s.io",
+    ] {
+        assert!(out.lines().any(|l| l == r), "{r} missing: {out}");
+    }
+    // Re-applying the same manifests changes nothing.
+    let rv = h.resource_version();
+    k.ok(&["apply", "-f", path(&manifests)]).await;
+    assert_eq!(h.resource_version(), rv);
+    h.shutdown();
+}

@@ -6,13 +6,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::patch::PatchType;
 use crate::resources::ResourceType;
-use crate::server::Shared;
-use crate::store::{DeleteOpts, WriteOpts};
+use crate::store::{DeleteOpts, Store, WriteOpts};
 
 const MANAGER: &str = "generic-garbage-collector";
 
@@ -46,14 +46,12 @@ fn wopts() -> WriteOpts {
     }
 }
 
-fn merge(shared: &Shared, rt: &ResourceType, o: &Value, patch: Value) {
+fn merge(store: &Store, rt: &Arc<ResourceType>, o: &Value, patch: Value) {
     let (ns, name) = key(o);
-    let _ = shared
-        .store
-        .patch(rt, &ns, &name, PatchType::Merge, &patch, None, &wopts());
+    let _ = store.patch(rt, &ns, &name, PatchType::Merge, &patch, None, &wopts());
 }
 
-fn delete(shared: &Shared, rt: &ResourceType, o: &Value, policy: &str) {
+fn delete(store: &Store, rt: &Arc<ResourceType>, o: &Value, policy: &str) {
     if deleting(o) {
         return;
     }
@@ -62,12 +60,12 @@ fn delete(shared: &Shared, rt: &ResourceType, o: &Value, policy: &str) {
         propagation: Some(policy.into()),
         ..Default::default()
     };
-    let _ = shared.store.delete(rt, &ns, &name, &opts);
+    let _ = store.delete(rt, &ns, &name, &opts);
 }
 
 /// One GC pass over a snapshot; whether it changed anything.
-pub fn pass(shared: &Shared) -> bool {
-    let all = shared.store.all_objects();
+pub fn pass(store: &Store) -> bool {
+    let all = store.all_objects();
     let by_uid: HashMap<&str, &Value> = all
         .iter()
         .filter_map(|(_, o)| o["metadata"]["uid"].as_str().map(|u| (u, o)))
@@ -97,19 +95,14 @@ pub fn pass(shared: &Shared) -> bool {
         }
         if keep.is_empty() && dangling > 0 {
             if !deleting(o) {
-                delete(shared, rt, o, "Background");
+                delete(store, rt, o, "Background");
                 acted = true;
             }
         } else if keep.len() < refs.len() {
-            merge(
-                shared,
-                rt,
-                o,
-                json!({"metadata": {"ownerReferences": keep}}),
-            );
+            merge(store, rt, o, json!({"metadata": {"ownerReferences": keep}}));
             acted = true;
         } else if foreground && !deleting(o) {
-            delete(shared, rt, o, "Foreground");
+            delete(store, rt, o, "Foreground");
             acted = true;
         }
     }
@@ -149,7 +142,7 @@ pub fn pass(shared: &Shared) -> bool {
                 .filter(|f| !remove.iter().any(|r| *f == r))
                 .cloned()
                 .collect();
-            merge(shared, rt, o, json!({"metadata": {"finalizers": fins}}));
+            merge(store, rt, o, json!({"metadata": {"finalizers": fins}}));
             acted = true;
         }
         if rt.group.is_empty() && rt.plural == "namespaces" {
@@ -159,12 +152,12 @@ pub fn pass(shared: &Shared) -> bool {
                 .filter(|(t, c)| t.namespaced && key(c).0 == name)
                 .collect();
             if contents.is_empty() {
-                shared.store.purge(rt, "", &name);
+                store.purge(rt, "", &name);
                 acted = true;
             } else {
                 for (t, c) in contents {
                     if !deleting(c) {
-                        delete(shared, t, c, "Background");
+                        delete(store, t, c, "Background");
                         acted = true;
                     }
                 }
@@ -175,15 +168,15 @@ pub fn pass(shared: &Shared) -> bool {
 }
 
 /// The GC loop: after every change, wait the GC delay, then run passes.
-pub async fn run(shared: Arc<Shared>) {
-    let mut rv = shared.store.rv_watch();
+pub async fn run(store: Arc<Store>, delay: Duration) {
+    let mut rv = store.rv_watch();
     loop {
         if rv.changed().await.is_err() {
             return;
         }
-        tokio::time::sleep(shared.gc_delay).await;
+        tokio::time::sleep(delay).await;
         rv.borrow_and_update();
         // Our own writes change the RV, so cascades continue on the next iteration.
-        pass(&shared);
+        pass(&store);
     }
 }
