@@ -221,7 +221,7 @@ fn kustomize_manifests_are_the_chart_rendered() {
             .iter()
             .map(|d| (key(d), d.value.clone()))
             .collect();
-        let differing: Vec<&String> = want_docs
+        let differing: std::collections::BTreeSet<&String> = want_docs
             .keys()
             .chain(have_docs.keys())
             .filter(|k| want_docs.get(*k) != have_docs.get(*k))
