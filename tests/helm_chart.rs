@@ -595,6 +595,19 @@ async fn rendered_deployment_runs_the_real_binary_to_ready_bindings() {
         let pod = "acrpull-5d8f7c9b6-x2x4q";
         let (mut child, log, probe_port) = start_rendered(&env, &docs, pod);
         let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+        // Ready on the chart's probe port, or a clear failure if the arguments are refused.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while env.http_get(probe_port, "/readyz").await.0 != 200 {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                panic!("{command} with {values:?} exited ({status}):\n{}", logs());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{command} with {values:?}: /readyz never answered\n{}",
+                logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         env.create(sa("team-a", "app", json!({})));
         env.create(v2_managed("team-a", "v2-app", "app", "repository:app:pull"));
@@ -643,11 +656,6 @@ async fn rendered_deployment_runs_the_real_binary_to_ready_bindings() {
             )
             .unwrap_or_else(|| panic!("no Lease aks.azure.com in {namespace}\n{}", logs()));
         assert_eq!(lease["spec"]["holderIdentity"], pod, "{lease:#}");
-        assert!(
-            env.http_get(probe_port, "/readyz").await.0 == 200,
-            "readyz on the chart's probe port\n{}",
-            logs()
-        );
         // The chart's --log-format=json: every line a JSON object.
         let text = logs();
         assert!(
