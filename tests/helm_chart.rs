@@ -5,6 +5,8 @@
 //!   upstream msi-acrpull's chart (`tests/fixtures/helm/`);
 //! - the kustomize manifests in `deploy/` are exactly the chart rendered by
 //!   `scripts/gen-deploy.sh`, and the chart's CRDs are `deploy/crds/`, so the two cannot drift;
+//!   `kubectl kustomize deploy/` (what `kubectl apply -k` sends) is the same objects as
+//!   `helm template` with the kustomization's image;
 //! - every rendering passes the checks of `tests/manifests/mod.rs` (RBAC exactly the permission
 //!   table, admission policies, hardened Deployment, monitors), and upstream's keys keep their
 //!   meaning;
@@ -231,6 +233,68 @@ fn kustomize_manifests_are_the_chart_rendered() {
              none means comments or layout). Change deploy/helm/acrpull, then run \
              scripts/gen-deploy.sh."
         );
+    }
+}
+
+#[test]
+fn kubectl_apply_k_installs_what_helm_installs() {
+    let Some(helm) = helm_or_skip("kubectl_apply_k_installs_what_helm_installs") else {
+        return;
+    };
+    // kustomize as kubectl runs it (kubectl 1.35, kustomize 5.7, from the same npm layer).
+    let kubectl = prereq::layer_kubectl();
+    let built = run_ok(&kubectl, &["kustomize", "deploy/"]);
+    let kustomized = parse_docs("kubectl kustomize deploy/", &built);
+    // The chart with the image the kustomization sets.
+    let kustomization: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root().join("deploy/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let image = &kustomization["images"][0];
+    assert_eq!(
+        image["name"], "acrpull",
+        "the placeholder the chart's default image uses"
+    );
+    let set_image = format!(
+        "image.repository={},image.tag={}",
+        image["newName"].as_str().unwrap(),
+        image["newTag"].as_str().unwrap()
+    );
+    let rendered = render(&helm, &["--set", &set_image]);
+    let key = |d: &Doc| {
+        format!(
+            "{} {} {}/{}",
+            text(&d.value, "/apiVersion").unwrap_or(""),
+            d.kind(),
+            d.namespace().unwrap_or(""),
+            d.name()
+        )
+    };
+    let by_key = |docs: &[Doc]| -> BTreeMap<String, Value> {
+        docs.iter()
+            .map(|d| {
+                let mut value = d.value.clone();
+                // The chart adds the keep policy to the CRDs (Helm-only: kubectl ignores it).
+                if d.kind() == "CustomResourceDefinition" {
+                    if let Some(meta) = value["metadata"].as_object_mut() {
+                        meta.remove("annotations");
+                    }
+                }
+                (key(d), value)
+            })
+            .collect()
+    };
+    let helm_objects = by_key(&rendered);
+    let kustomize_objects = by_key(&kustomized);
+    assert_eq!(
+        kustomize_objects.keys().collect::<Vec<_>>(),
+        helm_objects.keys().collect::<Vec<_>>(),
+        "the same objects"
+    );
+    for (k, v) in &helm_objects {
+        if let Some(difference) = first_difference(&kustomize_objects[k], v) {
+            panic!("{k}: kustomize and helm differ at {difference}");
+        }
     }
 }
 

@@ -814,3 +814,43 @@ pub fn parse_docs(file: &str, source: &str) -> Vec<Doc> {
         .filter(|doc| !doc.value.is_null())
         .collect()
 }
+
+/// The first place where `a` and `b` differ, as a JSON pointer with both values, or None when
+/// they are equal. Numbers compare by value (`0` equals `0.0`: YAML tools rewrite them).
+pub fn first_difference(a: &Value, b: &Value) -> Option<String> {
+    fn walk(a: &Value, b: &Value, path: &mut String) -> Option<String> {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for key in keys {
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(key);
+                    let found = walk(
+                        x.get(key).unwrap_or(&Value::Null),
+                        y.get(key).unwrap_or(&Value::Null),
+                        path,
+                    );
+                    path.truncate(len);
+                    if found.is_some() {
+                        return found;
+                    }
+                }
+                None
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+                x.iter().zip(y).enumerate().find_map(|(i, (u, v))| {
+                    let len = path.len();
+                    path.push_str(&format!("/{i}"));
+                    let found = walk(u, v, path);
+                    path.truncate(len);
+                    found
+                })
+            }
+            (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => None,
+            _ if a == b => None,
+            _ => Some(format!("{path}: {a} != {b}")),
+        }
+    }
+    walk(a, b, &mut String::new())
+}
