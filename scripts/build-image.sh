@@ -11,7 +11,9 @@
 #   /manager          a hard link to /acrpull: upstream msi-acrpull's Deployments run
 #                     `command: [/manager]`, and the same manifests must start this image
 #   /etc/passwd       root and nonroot (uid/gid 65532, distroless's user), /etc/group
-#   /etc/ssl/certs/ca-certificates.crt   Debian's CA bundle (package ca-certificates)
+#   /etc/ssl/certs/ca-certificates.crt   the Mozilla CA set as Debian's ca-certificates package
+#                     ships it (/usr/share/ca-certificates/mozilla), not this machine's
+#                     /etc/ssl/certs bundle, which may hold locally added CAs (a proxy's)
 #   /tmp              1777, empty (the Deployment mounts the root filesystem read-only)
 # The config runs /acrpull as 65532:65532 and exposes 8080 (metrics) and 8081 (health).
 # deploy/Dockerfile builds the same image FROM scratch out of DIR/rootfs (tests/image.rs checks
@@ -19,9 +21,11 @@
 #
 # Output (default DIR: target/image): DIR/rootfs/ (the layer's files) and DIR/oci/ (an OCI image
 # layout whose index names the image TAG, default the crate version). Byte-for-byte
-# reproducible for the same binary and CA bundle: fixed owners, modes and mtimes
+# reproducible for the same binary and ca-certificates version: fixed owners, modes and mtimes
 # (SOURCE_DATE_EPOCH, default the last commit's time), sorted entries, gzip -n.
 set -euo pipefail
+# The C locale for every sort and glob below: the same bytes on every machine.
+export LC_ALL=C
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
@@ -39,7 +43,7 @@ done
 if [ -z "$tag" ]; then
     tag="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"
 fi
-ca_bundle="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+ca_dir="${CA_DIR:-/usr/share/ca-certificates/mozilla}"
 epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
 
 [ -x "$binary" ] || { echo "build-image: no binary at $binary (run scripts/build-static.sh)" >&2; exit 1; }
@@ -47,7 +51,7 @@ case "$(file -b "$binary")" in
     *"statically linked"*|*"static-pie linked"*) ;;
     *) echo "build-image: $binary is not statically linked: $(file -b "$binary")" >&2; exit 1 ;;
 esac
-[ -s "$ca_bundle" ] || { echo "build-image: no CA bundle at $ca_bundle (apt-get install -y ca-certificates)" >&2; exit 1; }
+ls "$ca_dir"/*.crt >/dev/null 2>&1 || { echo "build-image: no CA certificates in $ca_dir (apt-get install -y ca-certificates)" >&2; exit 1; }
 
 rm -rf "$out"
 rootfs="$out/rootfs"
@@ -59,8 +63,9 @@ printf '%s\n' \
     'root:x:0:0:root:/root:/sbin/nologin' \
     'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin' >"$rootfs/etc/passwd"
 printf '%s\n' 'root:x:0:' 'nonroot:x:65532:' >"$rootfs/etc/group"
-install -m 0644 "$ca_bundle" "$rootfs/etc/ssl/certs/ca-certificates.crt"
-chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group"
+# Sorted by file name, each ending in a newline: the same bytes for the same package version.
+awk 1 "$ca_dir"/*.crt >"$rootfs/etc/ssl/certs/ca-certificates.crt"
+chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group" "$rootfs/etc/ssl/certs/ca-certificates.crt"
 chmod 0755 "$rootfs" "$rootfs/etc" "$rootfs/etc/ssl" "$rootfs/etc/ssl/certs"
 chmod 1777 "$rootfs/tmp"
 

@@ -33,7 +33,7 @@ requirements=(
     "containerd|command runc|runc"
     "helm|command npm|npm"
     "helm|command unzip|unzip"
-    "image|path /etc/ssl/certs/ca-certificates.crt|ca-certificates"
+    "image|path /usr/share/ca-certificates/mozilla|ca-certificates"
     # The Prometheus tests add their line here:
     # "prometheus|command prometheus|prometheus"
 )

@@ -238,6 +238,39 @@ fn image_layout_is_reproducible_and_matches_the_dockerfile() {
         assert!(find(name).starts_with("-rw-r--r-- 0/0 "), "{entries:#?}");
     }
     assert!(find("tmp/").starts_with("drwxrwxrwt 0/0 "), "{entries:#?}");
+    // The CA bundle is the Mozilla set of Debian's ca-certificates package, file by file in
+    // name order, and nothing else (not this machine's /etc/ssl/certs bundle, which may hold
+    // locally added CAs).
+    let mozilla = Path::new("/usr/share/ca-certificates/mozilla");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(mozilla)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+        .collect();
+    names.sort();
+    assert!(
+        !names.is_empty(),
+        "no certificates in {}",
+        mozilla.display()
+    );
+    let mut expected = String::new();
+    for name in &names {
+        expected.push_str(&std::fs::read_to_string(name).unwrap());
+        if !expected.ends_with('\n') {
+            expected.push('\n');
+        }
+    }
+    let bundle = std::fs::read_to_string(
+        dir.path()
+            .join("a/rootfs/etc/ssl/certs/ca-certificates.crt"),
+    )
+    .unwrap();
+    assert!(
+        bundle == expected,
+        "the image's CA bundle is not Debian's Mozilla set ({} certificates, expected {})",
+        bundle.matches("BEGIN CERTIFICATE").count(),
+        names.len()
+    );
     let passwd = std::fs::read_to_string(dir.path().join("a/rootfs/etc/passwd")).unwrap();
     assert!(passwd.contains("nonroot:x:65532:65532:"), "{passwd}");
 
