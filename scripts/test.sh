@@ -47,6 +47,9 @@ summary() {
     exit "$status"
 }
 trap summary EXIT
+# Interrupted is not passed: exit with the signal's status so the summary says so.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 step "prerequisites (scripts/prereqs.sh${ACRPULL_TEST_SKIP:+; opted out: $ACRPULL_TEST_SKIP})"
 scripts/prereqs.sh
