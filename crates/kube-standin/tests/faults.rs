@@ -591,6 +591,7 @@ async fn faults_scoped_by_user_agent() {
     install_crypto();
     let client_as = |ua: &'static str| {
         let mut cfg = kube::Config::new(h.url().parse().unwrap());
+        cfg.auth_info.token = Some(h.admin_token().to_string().into());
         cfg.headers
             .push((http::header::USER_AGENT, http::HeaderValue::from_static(ua)));
         Api::<ConfigMap>::default_namespaced(kube::Client::try_from(cfg).unwrap())

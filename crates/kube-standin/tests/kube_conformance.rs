@@ -847,6 +847,7 @@ async fn selectors_pagination_and_resource_versions() {
     // Too large resourceVersion: 504 with the ResourceVersionTooLarge cause (kube's default
     // retry policy retries 504, so look with a client without it).
     let mut cfg = kube::Config::new(h.url().parse().unwrap());
+    cfg.auth_info.token = Some(h.admin_token().to_string().into());
     cfg.default_retry = false;
     let no_retry: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "sel");
     let err = no_retry

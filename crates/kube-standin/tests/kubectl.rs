@@ -554,3 +554,194 @@ spec:
     assert_eq!(h.resource_version(), rv);
     h.shutdown();
 }
+
+/// `kubectl auth can-i` for the controller's ServiceAccount gives exactly the answers
+/// deploy/rbac.yaml implies; a kubeconfig with that ServiceAccount's token runs kubectl under
+/// the same RBAC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_matches_the_shipped_rbac() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    k.ok(&["create", "namespace", "acrpull-system"]).await;
+    for crd in [
+        "crds/acrpullbindings.acrpull.microsoft.com.yaml",
+        "crds/acrpullbindings.msi-acrpull.microsoft.com.yaml",
+        "rbac.yaml",
+    ] {
+        k.ok(&["apply", "-f", path(&deploy.join(crd))]).await;
+    }
+    const SA: &str = "--as=system:serviceaccount:acrpull-system:acrpull";
+    let cases: &[(&[&str], bool)] = &[
+        (
+            &["get", "acrpullbindings.acrpull.microsoft.com", "-n", "team"],
+            true,
+        ),
+        (
+            &["list", "acrpullbindings.acrpull.microsoft.com", "-A"],
+            true,
+        ),
+        (
+            &["watch", "acrpullbindings.msi-acrpull.microsoft.com", "-A"],
+            true,
+        ),
+        (
+            &[
+                "patch",
+                "acrpullbindings.acrpull.microsoft.com",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (
+            &[
+                "create",
+                "acrpullbindings.acrpull.microsoft.com",
+                "-n",
+                "team",
+            ],
+            false,
+        ),
+        (
+            &[
+                "delete",
+                "acrpullbindings.msi-acrpull.microsoft.com",
+                "-n",
+                "team",
+            ],
+            false,
+        ),
+        (
+            &[
+                "update",
+                "acrpullbindings.acrpull.microsoft.com",
+                "--subresource=status",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (
+            &[
+                "update",
+                "acrpullbindings.acrpull.microsoft.com",
+                "--subresource=finalizers",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (
+            &[
+                "delete",
+                "acrpullbindings.acrpull.microsoft.com",
+                "--subresource=status",
+                "-n",
+                "team",
+            ],
+            false,
+        ),
+        (&["create", "secrets", "-n", "team"], true),
+        (&["delete", "secrets", "-n", "team"], true),
+        (&["deletecollection", "secrets", "-n", "team"], false),
+        (&["patch", "serviceaccounts", "-n", "team"], true),
+        (&["create", "serviceaccounts", "-n", "team"], false),
+        (
+            &[
+                "create",
+                "serviceaccounts",
+                "--subresource=token",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (&["create", "events", "-n", "team"], true),
+        (&["create", "events.events.k8s.io", "-n", "team"], true),
+        (&["list", "events", "-n", "team"], false),
+        (&["create", "leases", "-n", "acrpull-system"], true),
+        (
+            &["get", "leases/aks.azure.com", "-n", "acrpull-system"],
+            true,
+        ),
+        (
+            &["update", "leases/aks.azure.com", "-n", "acrpull-system"],
+            true,
+        ),
+        (&["get", "leases/other", "-n", "acrpull-system"], false),
+        (&["list", "leases", "-n", "acrpull-system"], false),
+        (&["create", "leases", "-n", "team"], false),
+        (&["get", "namespaces"], false),
+        (&["get", "configmaps", "-n", "team"], false),
+        (
+            &["create", "selfsubjectaccessreviews.authorization.k8s.io"],
+            true,
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        all.push(SA);
+        let (rc, out, err) = k.run(&all).await;
+        let answer = out.trim();
+        assert_eq!(
+            (answer, rc),
+            if *want { ("yes", 0) } else { ("no", 1) },
+            "kubectl {all:?}: {err}"
+        );
+    }
+    // A kubeconfig with the ServiceAccount's own token.
+    let token = h
+        .service_account_token("acrpull-system", "acrpull", Duration::from_secs(3600))
+        .unwrap();
+    let sa_kc = k.dir.path().join("sa-kubeconfig");
+    h.write_kubeconfig_for_token(&sa_kc, &token).unwrap();
+    let as_sa = |args: &[&str]| {
+        let mut c = Command::new(KUBECTL);
+        c.arg("--kubeconfig")
+            .arg(&sa_kc)
+            .arg("--cache-dir")
+            .arg(k.dir.path().join("sa-cache"))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        c
+    };
+    let run = |mut c: Command| async move {
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (rc, out, err) = run(as_sa(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]))
+    .await;
+    assert_eq!(
+        (rc, out.as_str()),
+        (0, "system:serviceaccount:acrpull-system:acrpull"),
+        "{err}"
+    );
+    let (rc, _, err) = run(as_sa(&["get", "secrets", "-n", "default"])).await;
+    assert_eq!(rc, 0, "{err}");
+    let (rc, _, err) = run(as_sa(&["get", "namespaces"])).await;
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("Error from server (Forbidden): namespaces is forbidden: User \"system:serviceaccount:acrpull-system:acrpull\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"),
+        "{err}"
+    );
+    assert!(h
+        .requests()
+        .iter()
+        .any(|r| r.user == "system:serviceaccount:acrpull-system:acrpull"
+            && r.resource == "namespaces"
+            && r.status == 403));
+    h.shutdown();
+}

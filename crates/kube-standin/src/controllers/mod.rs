@@ -4,6 +4,7 @@
 //! request, so tests cannot come to depend on synchronous side effects.
 
 pub mod gc;
+pub mod rbac_aggregation;
 
 use std::sync::Arc;
 
@@ -12,5 +13,10 @@ use crate::cluster::Cluster;
 /// Start every controller; they stop with the cluster.
 pub fn spawn(cluster: &Arc<Cluster>) {
     let h = tokio::spawn(gc::run(cluster.store.clone(), cluster.gc_delay));
+    cluster.own_task(h);
+    let h = tokio::spawn(rbac_aggregation::run(
+        cluster.store.clone(),
+        cluster.gc_delay,
+    ));
     cluster.own_task(h);
 }

@@ -169,6 +169,15 @@ async fn serve_type(
         }
         String::new()
     };
+    if rt.review {
+        if info.verb != "create" || info.name.is_some() || !info.subresource.is_empty() {
+            return Err(ApiError::method_not_allowed());
+        }
+        let body = parse_body(call)?;
+        let out =
+            crate::authz::review::create(cluster, &rt.group, &rt.plural, &ns, &call.user, &body)?;
+        return Ok(Reply::json(201, out));
+    }
     let sub = info.subresource.as_str();
     match sub {
         "" => {}

@@ -305,7 +305,7 @@ impl Store {
                 }
             }
         }
-        if !strategy::valid_name(&name) {
+        if !strategy::valid_name_for(rt, &name) {
             return Err(ApiError::invalid(&rt.kind, &rt.group, &name, "metadata.name", &format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")));
         }
         {
