@@ -63,7 +63,8 @@ impl Builder {
         self.bookmark_interval = d;
         self
     }
-    /// Delay before the garbage collector acts on a change.
+    /// Delay before the background controllers (garbage collector, namespace controllers,
+    /// ClusterRole aggregation) act on a change.
     pub fn gc_delay(mut self, d: Duration) -> Self {
         self.gc_delay = d;
         self

@@ -68,6 +68,8 @@ pub async fn start(port: u16, settings: Settings, cache_size: usize) -> std::io:
     let control_port = control_tcp.local_addr()?.port();
     let store = Arc::new(Store::new(cache_size));
     crate::authz::bootstrap::install(&store);
+    // The initial namespaces get their defaults before the server answers.
+    crate::controllers::namespace::pass(&store, tls.ca_pem());
     // A fresh server's watch cache holds nothing from before it started.
     store.compact();
     let cluster = Arc::new(Cluster::new(

@@ -1059,3 +1059,126 @@ async fn watch_timeout_ends_cleanly_and_initial_events_need_bookmarks() {
     assert_eq!(api_err(status.unwrap_err()).0, 422);
     h.shutdown();
 }
+
+#[tokio::test]
+async fn new_namespaces_get_defaults_and_deleted_ones_are_emptied() {
+    let (h, c) = start().await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+    let mut ns = k8s_openapi::api::core::v1::Namespace::default();
+    ns.metadata.name = Some("fresh".into());
+    nss.create(&PostParams::default(), &ns).await.unwrap();
+    // Asynchronously, as the ServiceAccount controller and the root-CA publisher do it.
+    let sa = h
+        .wait_for(
+            "v1",
+            "ServiceAccount",
+            "fresh",
+            "default",
+            |o| o.is_some(),
+            T,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let cm = h
+        .wait_for(
+            "v1",
+            "ConfigMap",
+            "fresh",
+            "kube-root-ca.crt",
+            |o| o.is_some(),
+            T,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cm["data"]["ca.crt"], h.ca_pem());
+    assert!(h.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+    // The namespaces that exist at start have them already.
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            h.get("v1", "ServiceAccount", ns, "default").is_some(),
+            "{ns}"
+        );
+        assert!(
+            h.get("v1", "ConfigMap", ns, "kube-root-ca.crt").is_some(),
+            "{ns}"
+        );
+    }
+    // Deleted or changed, they come back.
+    let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), "fresh");
+    let old_uid = sa["metadata"]["uid"].clone();
+    sas.delete("default", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.wait_for(
+        "v1",
+        "ServiceAccount",
+        "fresh",
+        "default",
+        |o| o.is_some_and(|o| o["metadata"]["uid"] != old_uid),
+        T,
+    )
+    .await
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "fresh");
+    cms.patch(
+        "kube-root-ca.crt",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"ca.crt": "tampered"}})),
+    )
+    .await
+    .unwrap();
+    h.wait_for(
+        "v1",
+        "ConfigMap",
+        "fresh",
+        "kube-root-ca.crt",
+        |o| o.is_some_and(|o| o["data"]["ca.crt"] == h.ca_pem()),
+        T,
+    )
+    .await
+    .unwrap();
+    // Deleting the namespace deletes its contents (finalizers honoured), then the namespace;
+    // nothing is re-created in a terminating namespace.
+    let mut held = ConfigMap::default();
+    held.metadata.name = Some("held".into());
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    nss.delete("fresh", &DeleteParams::default()).await.unwrap();
+    h.wait_for(
+        "v1",
+        "ServiceAccount",
+        "fresh",
+        "default",
+        |o| o.is_none(),
+        T,
+    )
+    .await
+    .unwrap();
+    h.wait_for(
+        "v1",
+        "ConfigMap",
+        "fresh",
+        "held",
+        |o| o.is_some_and(|o| o["metadata"]["deletionTimestamp"].is_string()),
+        T,
+    )
+    .await
+    .unwrap();
+    let terminating = h.get("v1", "Namespace", "", "fresh").unwrap();
+    assert_eq!(terminating["status"]["phase"], "Terminating");
+    assert!(h.get("v1", "ServiceAccount", "fresh", "default").is_none());
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    h.wait_for("v1", "Namespace", "", "fresh", |o| o.is_none(), T)
+        .await
+        .unwrap();
+    assert!(h.list("v1", "ConfigMap", Some("fresh")).is_empty());
+    h.shutdown();
+}

@@ -745,3 +745,141 @@ async fn kubectl_auth_can_i_matches_the_shipped_rbac() {
             && r.status == 403));
     h.shutdown();
 }
+
+/// kubectl's typed creates send protobuf bodies; a new namespace gets its `default`
+/// ServiceAccount, as in a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_typed_creates_work() {
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    for (args, out) in [
+        (vec!["create", "namespace", "x"], "namespace/x created"),
+        (
+            vec!["create", "serviceaccount", "puller", "-n", "x"],
+            "serviceaccount/puller created",
+        ),
+        (
+            vec![
+                "create",
+                "secret",
+                "generic",
+                "s",
+                "--from-literal=a=one",
+                "-n",
+                "x",
+            ],
+            "secret/s created",
+        ),
+        (
+            vec![
+                "create",
+                "secret",
+                "docker-registry",
+                "d",
+                "--docker-server=example.azurecr.io",
+                "--docker-username=u",
+                "--docker-password=p",
+                "-n",
+                "x",
+            ],
+            "secret/d created",
+        ),
+        (
+            vec!["create", "configmap", "c", "--from-literal=k=v", "-n", "x"],
+            "configmap/c created",
+        ),
+        (
+            vec![
+                "create",
+                "role",
+                "r",
+                "--verb=get",
+                "--resource=secrets",
+                "-n",
+                "x",
+            ],
+            "role.rbac.authorization.k8s.io/r created",
+        ),
+        (
+            vec![
+                "create",
+                "rolebinding",
+                "rb",
+                "--role=r",
+                "--serviceaccount=x:puller",
+                "-n",
+                "x",
+            ],
+            "rolebinding.rbac.authorization.k8s.io/rb created",
+        ),
+    ] {
+        let got = k.ok(&args).await;
+        assert_eq!(got.trim(), out, "kubectl {args:?}");
+    }
+    assert!(h.requests().iter().any(|r| r.verb == "create"
+        && r.resource == "namespaces"
+        && r.content_type == "application/vnd.kubernetes.protobuf"
+        && r.status == 201));
+    let s = h.get("v1", "Secret", "x", "s").unwrap();
+    assert_eq!(s["data"]["a"], "b25l");
+    assert_eq!(s["type"], "Opaque");
+    let d = h.get("v1", "Secret", "x", "d").unwrap();
+    assert_eq!(d["type"], "kubernetes.io/dockerconfigjson");
+    assert_eq!(
+        h.get("v1", "ConfigMap", "x", "c").unwrap()["data"]["k"],
+        "v"
+    );
+    let rb = h
+        .get("rbac.authorization.k8s.io/v1", "RoleBinding", "x", "rb")
+        .unwrap();
+    assert_eq!(
+        rb["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "puller", "namespace": "x"}])
+    );
+    // kubectl create token: a TokenRequest, also protobuf.
+    let token = k.ok(&["create", "token", "puller", "-n", "x"]).await;
+    assert_eq!(token.trim().split('.').count(), 3);
+    h.wait_for(
+        "v1",
+        "ServiceAccount",
+        "x",
+        "default",
+        |o| o.is_some(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let out = k
+        .ok(&["get", "serviceaccounts", "-n", "x", "-o", "name"])
+        .await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["serviceaccount/default", "serviceaccount/puller"]
+    );
+    // The created role binding works: the ServiceAccount may get secrets, not list them.
+    let (rc, out, _) = k
+        .run(&[
+            "auth",
+            "can-i",
+            "get",
+            "secrets",
+            "-n",
+            "x",
+            "--as=system:serviceaccount:x:puller",
+        ])
+        .await;
+    assert_eq!((rc, out.trim()), (0, "yes"));
+    let (rc, out, _) = k
+        .run(&[
+            "auth",
+            "can-i",
+            "list",
+            "secrets",
+            "-n",
+            "x",
+            "--as=system:serviceaccount:x:puller",
+        ])
+        .await;
+    assert_eq!((rc, out.trim()), (1, "no"));
+    h.shutdown();
+}
