@@ -1182,3 +1182,70 @@ async fn new_namespaces_get_defaults_and_deleted_ones_are_emptied() {
     assert!(h.list("v1", "ConfigMap", Some("fresh")).is_empty());
     h.shutdown();
 }
+
+/// The lines of a raw watch, until the server ends it.
+async fn watch_lines(h: &kube_standin::Handle, query: &str) -> Vec<serde_json::Value> {
+    let url = format!(
+        "{}/api/v1/namespaces/default/configmaps?watch=true&{query}",
+        h.url()
+    );
+    let mut resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(h.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut buf = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(T, resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        buf.extend_from_slice(&chunk);
+    }
+    buf.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn watch_cache_bookmarks_before_the_timeout_and_keeps_nothing_from_before_start() {
+    // Bookmarks every 10 s (the default) would never fire in a 1 s watch; the pre-timeout
+    // bookmark does.
+    let (h, _) = start().await;
+    let rv = h.resource_version();
+    let lines = watch_lines(
+        &h,
+        &format!("resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1"),
+    )
+    .await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "BOOKMARK");
+    assert_eq!(
+        lines[0]["object"]["metadata"]["resourceVersion"],
+        rv.to_string()
+    );
+    // Not without allowWatchBookmarks.
+    let lines = watch_lines(&h, &format!("resourceVersion={rv}&timeoutSeconds=1")).await;
+    assert!(lines.is_empty(), "{lines:?}");
+    // A fresh server keeps nothing from before its start: RV 1 is too old for a watch and
+    // for an exact list.
+    let lines = watch_lines(&h, "resourceVersion=1&allowWatchBookmarks=true").await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "ERROR");
+    assert_eq!(lines[0]["object"]["code"], 410);
+    assert_eq!(lines[0]["object"]["reason"], "Expired");
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps?resourceVersion=1&resourceVersionMatch=Exact",
+            h.url()
+        ))
+        .bearer_auth(h.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 410);
+    h.shutdown();
+}
