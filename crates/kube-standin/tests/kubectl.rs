@@ -883,3 +883,105 @@ async fn kubectl_typed_creates_work() {
     assert_eq!((rc, out.trim()), (1, "no"));
     h.shutdown();
 }
+
+/// `kubectl get` prints the columns a real server's printers give, ages included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_prints_the_real_columns() {
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    let ago = |secs: i64| {
+        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - secs)
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    h.apply(json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "b1.1", "namespace": "default"},
+        "involvedObject": {"kind": "AcrPullBinding", "name": "b1", "namespace": "default"},
+        "reason": "TokenIssued", "message": "pull secret created", "type": "Normal",
+        "firstTimestamp": ago(900), "lastTimestamp": ago(300), "count": 2,
+        "source": {"component": "acrpull"}}))
+        .unwrap();
+    let header = |out: &str| -> Vec<String> {
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let out = k.ok(&["get", "events", "-n", "default"]).await;
+    assert_eq!(
+        header(&out),
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{out}"
+    );
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row,
+        [
+            "5m",
+            "Normal",
+            "TokenIssued",
+            "acrpullbinding/b1",
+            "pull",
+            "secret",
+            "created"
+        ],
+        "{out}"
+    );
+    let out = k
+        .ok(&["get", "events", "-n", "default", "-o", "wide"])
+        .await;
+    assert_eq!(
+        header(&out),
+        [
+            "LAST",
+            "SEEN",
+            "TYPE",
+            "REASON",
+            "OBJECT",
+            "SUBOBJECT",
+            "SOURCE",
+            "MESSAGE",
+            "FIRST",
+            "SEEN",
+            "COUNT",
+            "NAME"
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains("15m") && out.contains("acrpull") && out.contains("b1.1"),
+        "{out}"
+    );
+
+    h.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s1", "namespace": "default"},
+        "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}}))
+        .unwrap();
+    let out = k.ok(&["get", "secret", "s1"]).await;
+    assert_eq!(header(&out), ["NAME", "TYPE", "DATA", "AGE"], "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .contains("kubernetes.io/dockerconfigjson   1"),
+        "{out}"
+    );
+    let out = k.ok(&["get", "serviceaccounts"]).await;
+    assert_eq!(header(&out), ["NAME", "SECRETS", "AGE"], "{out}");
+    let out = k.ok(&["get", "namespaces"]).await;
+    assert_eq!(header(&out), ["NAME", "STATUS", "AGE"], "{out}");
+    assert!(out.contains("kube-system       Active"), "{out}");
+    let out = k.ok(&["get", "configmaps"]).await;
+    assert_eq!(header(&out), ["NAME", "DATA", "AGE"], "{out}");
+    assert!(out.contains("kube-root-ca.crt   1"), "{out}");
+    let out = k
+        .ok(&["get", "clusterrolebindings", "system:discovery"])
+        .await;
+    assert_eq!(header(&out), ["NAME", "ROLE", "AGE"], "{out}");
+    assert!(out.contains("ClusterRole/system:discovery"), "{out}");
+    let out = k.ok(&["get", "clusterroles", "view"]).await;
+    assert_eq!(header(&out), ["NAME", "CREATED", "AT"], "{out}");
+    h.shutdown();
+}

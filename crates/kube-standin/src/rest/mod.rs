@@ -118,6 +118,15 @@ pub async fn serve(
     serve_type(cluster, rt, info, call).await
 }
 
+fn table(rt: &ResourceType, version: &str, v: &Value, call: &Call) -> Option<Value> {
+    let include = call
+        .query
+        .get("includeObject")
+        .map(String::as_str)
+        .unwrap_or("Metadata");
+    crate::table::table(rt, version, v, include, jiff::Timestamp::now())
+}
+
 /// Mutating admission for a request that is about to be prepared.
 #[allow(clippy::too_many_arguments)]
 fn mutate(
@@ -196,7 +205,7 @@ async fn serve_type(
         "get" => {
             let obj = present_v(store.get(&rt, &ns, &name)?);
             if crate::table::wants_table(&call.accept) {
-                if let Some(t) = crate::table::table(&rt, version, &obj) {
+                if let Some(t) = table(&rt, version, &obj, call) {
                     return Ok(Reply::json(200, t));
                 }
             }
@@ -219,7 +228,7 @@ async fn serve_type(
                 }
             }
             if crate::table::wants_table(&call.accept) {
-                if let Some(t) = crate::table::table(&rt, version, &list) {
+                if let Some(t) = table(&rt, version, &list, call) {
                     return Ok(Reply::json(200, t));
                 }
             }
