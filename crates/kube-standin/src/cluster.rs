@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::faults::Faults;
 use crate::log::RequestLog;
 use crate::store::Store;
+use crate::tls::Tls;
 use crate::token::Signer;
 
 /// Settings fixed at start.
@@ -30,12 +31,16 @@ pub struct Cluster {
     pub store: Arc<Store>,
     /// Token signer.
     pub signer: Signer,
+    /// The cluster CA and the API port's TLS configuration.
+    pub tls: Tls,
     /// Installed faults.
     pub faults: Faults,
     /// Request log.
     pub log: RequestLog,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// `https://127.0.0.1:PORT` (the same port).
+    pub https_url: String,
     /// API port.
     pub port: u16,
     /// Control URL.
@@ -75,14 +80,17 @@ impl Cluster {
     pub fn new(
         store: Arc<Store>,
         signer: Signer,
-        url: String,
+        tls: Tls,
         port: u16,
         control_url: String,
         settings: &Settings,
     ) -> Self {
+        let url = format!("http://127.0.0.1:{port}");
         Cluster {
             store,
             signer,
+            tls,
+            https_url: format!("https://127.0.0.1:{port}"),
             faults: Faults::default(),
             log: RequestLog::default(),
             issuer: RwLock::new(settings.issuer.clone().unwrap_or_else(|| url.clone())),

@@ -135,6 +135,7 @@ pub fn resource_type(crd: &Value) -> ApiResult<ResourceType> {
         schemas,
         printer_columns,
         selectable_fields: selectable,
+        review: false,
     })
 }
 

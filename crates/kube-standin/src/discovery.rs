@@ -5,17 +5,6 @@ use serde_json::{json, Value};
 
 use crate::resources::{Registry, ResourceType};
 
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
 /// `/version`.
 pub fn version() -> Value {
     json!({
@@ -98,7 +87,7 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
             "singularName": t.singular,
             "namespaced": t.namespaced,
             "kind": t.kind,
-            "verbs": VERBS,
+            "verbs": t.verbs(),
         });
         if !t.short_names.is_empty() {
             r["shortNames"] = json!(t.short_names);
@@ -130,7 +119,7 @@ fn aggregated_resource(t: &ResourceType, version: &str) -> Value {
         "responseKind": {"group": t.group, "version": version, "kind": t.kind},
         "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": t.singular,
-        "verbs": VERBS,
+        "verbs": t.verbs(),
     });
     if !t.short_names.is_empty() {
         r["shortNames"] = json!(t.short_names);

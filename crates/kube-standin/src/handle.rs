@@ -63,7 +63,8 @@ impl Builder {
         self.bookmark_interval = d;
         self
     }
-    /// Delay before the garbage collector acts on a change.
+    /// Delay before the background controllers (garbage collector, namespace controllers,
+    /// ClusterRole aggregation) act on a change.
     pub fn gc_delay(mut self, d: Duration) -> Self {
         self.gc_delay = d;
         self
@@ -127,14 +128,73 @@ impl Handle {
         self.server.cluster.control_url()
     }
 
-    /// Kubeconfig text for this server.
-    pub fn kubeconfig_yaml(&self) -> String {
-        crate::kubeconfig::render(&self.url())
+    /// `https://127.0.0.1:PORT`: the API port over TLS (the kubeconfig's server).
+    pub fn https_url(&self) -> String {
+        self.server.cluster.https_url.clone()
     }
 
-    /// Write a kubeconfig for this server.
+    /// The cluster CA (PEM) the API port's certificate chains to.
+    pub fn ca_pem(&self) -> String {
+        self.server.cluster.tls.ca_pem().to_string()
+    }
+
+    /// The admin kubeconfig text: HTTPS with the cluster CA, the admin token.
+    pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_for_token(crate::authn::ADMIN_TOKEN)
+    }
+
+    /// Write the admin kubeconfig (atomically).
     pub fn write_kubeconfig(&self, path: &Path) -> Result<(), HandleError> {
-        Ok(crate::kubeconfig::write(path, &self.url())?)
+        self.write_kubeconfig_for_token(path, crate::authn::ADMIN_TOKEN)
+    }
+
+    /// The admin kubeconfig's bearer token (`system:admin`, cluster-admin).
+    pub fn admin_token(&self) -> &'static str {
+        crate::authn::ADMIN_TOKEN
+    }
+
+    /// A bearer token for the ServiceAccount `ns/name`, valid for `ttl` against this API
+    /// server (audience: the issuer), signed like a TokenRequest's; requests with it run as
+    /// `system:serviceaccount:NS:NAME` under RBAC. Not recorded in [`Handle::issued_tokens`].
+    pub fn service_account_token(
+        &self,
+        ns: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<String, HandleError> {
+        let store = &self.server.cluster.store;
+        let sa = objects::get(store, "v1", "ServiceAccount", ns, name).ok_or_else(|| {
+            HandleError::Api(crate::ApiError::not_found("", "serviceaccounts", name))
+        })?;
+        let audiences = crate::authn::api_audiences(&self.server.cluster);
+        let now = jiff::Timestamp::now().as_second();
+        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        Ok(self.server.cluster.signer.service_account_token(
+            &self.server.cluster.issuer(),
+            &sa,
+            &audiences,
+            ttl,
+            now,
+        )?)
+    }
+
+    /// Kubeconfig text for this server authenticating with `token`.
+    pub fn kubeconfig_for_token(&self, token: &str) -> String {
+        crate::kubeconfig::render_for_token(
+            &self.https_url(),
+            self.server.cluster.tls.ca_pem(),
+            token,
+        )
+    }
+
+    /// Write a kubeconfig for this server authenticating with `token` (for instance a
+    /// [`Handle::service_account_token`], to run kubectl or a controller as that
+    /// ServiceAccount).
+    pub fn write_kubeconfig_for_token(&self, path: &Path, token: &str) -> Result<(), HandleError> {
+        Ok(crate::kubeconfig::write_text(
+            path,
+            &self.kubeconfig_for_token(token),
+        )?)
     }
 
     /// Create or replace one object (status included, written through the status subresource).

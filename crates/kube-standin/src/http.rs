@@ -14,6 +14,7 @@ use crate::error::ApiError;
 use crate::listener::{Listener, Service};
 use crate::reply::{plain, Body, Reset};
 use crate::store::Store;
+use crate::tls::Tls;
 use crate::token::Signer;
 
 /// A running server: its state and its two listeners.
@@ -60,23 +61,37 @@ fn service(cluster: Arc<Cluster>, api: Weak<Listener>, control_port: bool) -> Se
 /// Bind the listeners and start serving and the background controllers.
 pub async fn start(port: u16, settings: Settings, cache_size: usize) -> std::io::Result<Server> {
     let signer = Signer::generate().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tls = Tls::generate().map_err(|e| std::io::Error::other(e.to_string()))?;
     let api_tcp = Listener::bind_tcp(port).await?;
     let control_tcp = Listener::bind_tcp(0).await?;
     let api_port = api_tcp.local_addr()?.port();
     let control_port = control_tcp.local_addr()?.port();
+    let store = Arc::new(Store::new(cache_size));
+    crate::authz::bootstrap::install(&store);
+    // The initial namespaces get their defaults before the server answers.
+    crate::controllers::namespace::pass(&store, tls.ca_pem());
+    // A fresh server's watch cache holds nothing from before it started.
+    store.compact();
     let cluster = Arc::new(Cluster::new(
-        Arc::new(Store::new(cache_size)),
+        store,
         signer,
-        format!("http://127.0.0.1:{api_port}"),
+        tls,
         api_port,
         format!("http://127.0.0.1:{control_port}"),
         &settings,
     ));
     let c = cluster.clone();
-    let api = Listener::serve(api_tcp, true, move |me| service(c, me, false))?;
+    let api = Listener::serve(
+        api_tcp,
+        true,
+        Some(cluster.tls.server_config()),
+        move |me| service(c, me, false),
+    )?;
     let c = cluster.clone();
     let weak_api = Arc::downgrade(&api);
-    let control = Listener::serve(control_tcp, false, move |_| service(c, weak_api, true))?;
+    let control = Listener::serve(control_tcp, false, None, move |_| {
+        service(c, weak_api, true)
+    })?;
     crate::controllers::spawn(&cluster);
     Ok(Server {
         cluster,

@@ -1,5 +1,7 @@
-//! An in-memory Kubernetes API server for tests, served over plain HTTP on 127.0.0.1, that
-//! kube-rs 5 and kubectl 1.32 accept as real.
+//! An in-memory Kubernetes API server for tests, served over HTTPS and plain HTTP on
+//! 127.0.0.1, that kube-rs 5 and kubectl 1.32 accept as real: it authenticates (its own
+//! ServiceAccount tokens, an admin token), authorizes with RBAC, admits, validates and stores
+//! like a real one (see `pipeline.rs` for the stages).
 //!
 //! It implements the write, list and watch semantics controllers depend on (global
 //! resourceVersions, 409 on stale writes, status subresource, finalizers, asynchronous
@@ -44,8 +46,9 @@
 //!
 //! - [`StandIn::builder`] → [`Builder`]: `watch_cache_size(n)`, `bookmark_interval(d)`,
 //!   `gc_delay(d)`, `issuer(url)`, `port(p)`, `seed_yaml(text)`, `start().await`.
-//! - [`Handle`]: `url()`, `control_url()`, `port()`, `write_kubeconfig(path)`,
-//!   `kubeconfig_yaml()`, `apply(value)`, `apply_yaml(text)`,
+//! - [`Handle`]: `url()`, `https_url()`, `control_url()`, `port()`, `write_kubeconfig(path)`,
+//!   `kubeconfig_yaml()`, `admin_token()`, `service_account_token(ns, name, ttl)`,
+//!   `write_kubeconfig_for_token(path, token)`, `apply(value)`, `apply_yaml(text)`,
 //!   `get(api_version, kind_or_plural, ns, name)`, `list(api_version, kind, ns)`,
 //!   `delete(..)`, `wait_for(.., predicate, timeout)`, `wait_until(predicate, timeout)`,
 //!   `requests()`, `clear_requests()`, `faults()` ([`Faults::add`], [`Faults::remove`],
@@ -69,6 +72,7 @@ pub mod events;
 pub mod faults;
 pub mod handle;
 pub mod http;
+pub mod impersonation;
 pub mod kubeconfig;
 pub mod listener;
 pub mod log;
@@ -77,6 +81,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod pipeline;
+pub mod proto;
 pub mod reply;
 pub mod request;
 pub mod resources;
@@ -85,6 +90,7 @@ pub mod selector;
 pub mod ssa;
 pub mod store;
 pub mod table;
+pub mod tls;
 pub mod token;
 pub mod validate;
 pub mod watch;

@@ -27,6 +27,8 @@ pub type Service = Arc<
 pub struct Listener {
     port: u16,
     service: Service,
+    /// Serve connections that open with a TLS handshake over TLS.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Whether `down` kills open connections (the control port's never go down).
     killable: bool,
     kill_tx: watch::Sender<u64>,
@@ -41,10 +43,12 @@ impl Listener {
         TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await
     }
 
-    /// Serve `make_service(this listener)` on a bound socket.
+    /// Serve `make_service(this listener)` on a bound socket; with `tls`, connections that
+    /// open with a TLS handshake are served over TLS, others as plain HTTP.
     pub fn serve(
         tcp: TcpListener,
         killable: bool,
+        tls: Option<Arc<rustls::ServerConfig>>,
         make_service: impl FnOnce(Weak<Listener>) -> Service,
     ) -> std::io::Result<Arc<Listener>> {
         let port = tcp.local_addr()?.port();
@@ -53,6 +57,7 @@ impl Listener {
         let l = Arc::new_cyclic(|weak| Listener {
             port,
             service: make_service(weak.clone()),
+            tls,
             killable,
             kill_tx,
             shutdown_tx,
@@ -142,19 +147,55 @@ async fn accept_loop_inner(l: Arc<Listener>, tcp: TcpListener) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let mut kill = l.kill_tx.subscribe();
-        let mut shutdown = l.shutdown_tx.subscribe();
+        let kill = l.kill_tx.subscribe();
+        let shutdown = l.shutdown_tx.subscribe();
         let killable = l.killable;
         let service = l.service.clone();
+        let tls = l.tls.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| (service)(req));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = kill.changed(), if killable => {}
-                _ = shutdown.changed() => {}
+            let mut first = [0u8; 1];
+            let handshake = match &tls {
+                Some(_) => {
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first))
+                            .await,
+                        Ok(Ok(1))
+                    ) && first[0] == 0x16
+                }
+                None => false,
+            };
+            match tls {
+                Some(cfg) if handshake => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    serve_connection(stream, service, kill, shutdown, killable).await
+                }
+                _ => serve_connection(stream, service, kill, shutdown, killable).await,
             }
         });
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    service: Service,
+    mut kill: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+    killable: bool,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| (service)(req));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = kill.changed(), if killable => {}
+        _ = shutdown.changed() => {}
     }
 }

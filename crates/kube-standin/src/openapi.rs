@@ -82,6 +82,10 @@ pub fn document(reg: &Registry, group: &str, version: &str) -> Option<Value> {
         } else {
             format!("{prefix}/{}", t.plural)
         };
+        if t.review {
+            paths.insert(coll, json!({"post": op("post")}));
+            continue;
+        }
         paths.insert(
             item.clone(),
             json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}),

@@ -1,7 +1,8 @@
 //! The API request path, stage by stage, as the real API server runs it:
 //!
 //! 1. **authentication** ([`crate::authn`]): the bearer token (or none) becomes a user;
-//!    impersonation headers are honoured for users allowed to impersonate;
+//!    impersonation headers are honoured for users allowed to impersonate
+//!    ([`crate::impersonation`]);
 //! 2. **fault injection** ([`crate::faults`]): the test's faults for this request (latency,
 //!    errors, hangs, watch faults...) — the stand-in's own stage, where a network or a
 //!    misbehaving server would act;
@@ -27,6 +28,7 @@ use crate::authz::{self, Decision, ResourceAttributes};
 use crate::cluster::Cluster;
 use crate::error::ApiError;
 use crate::faults::{Action, RequestFacts};
+use crate::impersonation;
 use crate::log::RequestRecord;
 use crate::objects;
 use crate::reply::{into_response, Body, Headers, Reply, Reset};
@@ -92,8 +94,10 @@ pub async fn serve(cluster: Arc<Cluster>, req: Request<Incoming>) -> Result<Resp
         record.name = i.name.clone().unwrap_or_default();
     }
 
-    // 1. Authentication.
-    let user = match authn::authenticate(&cluster, req.headers()) {
+    // 1. Authentication, then impersonation.
+    let user = match authn::authenticate(&cluster, req.headers())
+        .and_then(|u| impersonation::impersonate(&cluster.store, u, req.headers()))
+    {
         Ok(u) => u,
         Err(e) => return Ok(respond(&cluster, record, e.into(), &Headers::default())),
     };

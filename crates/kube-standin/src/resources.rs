@@ -41,6 +41,8 @@ pub struct ResourceType {
     pub printer_columns: BTreeMap<String, Value>,
     /// CRD `selectableFields` JSON paths (`.spec.x`).
     pub selectable_fields: Vec<String>,
+    /// A review (TokenReview, SubjectAccessReview, ...): create-only, never stored.
+    pub review: bool,
 }
 
 impl ResourceType {
@@ -67,6 +69,31 @@ impl ResourceType {
             schemas: BTreeMap::new(),
             printer_columns: BTreeMap::new(),
             selectable_fields: Vec::new(),
+            review: false,
+        }
+    }
+
+    fn review(group: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
+        let mut t = Self::builtin(group, "v1", kind, plural, &[], namespaced);
+        t.review = true;
+        t
+    }
+
+    /// The verbs discovery announces.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.review {
+            &["create"]
+        } else {
+            &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ]
         }
     }
 
@@ -123,6 +150,10 @@ impl ResourceType {
         self.custom || self.is("apiextensions.k8s.io", "customresourcedefinitions")
     }
 }
+
+const RBAC: &str = "rbac.authorization.k8s.io";
+const AUTHN: &str = "authentication.k8s.io";
+const AUTHZ: &str = "authorization.k8s.io";
 
 /// The set of served types.
 #[derive(Debug, Clone)]
@@ -196,6 +227,38 @@ impl Registry {
             pdb,
             netpol,
             crd,
+            ResourceType::builtin(RBAC, "v1", "ClusterRole", "clusterroles", &[], false),
+            ResourceType::builtin(
+                RBAC,
+                "v1",
+                "ClusterRoleBinding",
+                "clusterrolebindings",
+                &[],
+                false,
+            ),
+            ResourceType::builtin(RBAC, "v1", "Role", "roles", &[], true),
+            ResourceType::builtin(RBAC, "v1", "RoleBinding", "rolebindings", &[], true),
+            ResourceType::review(AUTHN, "TokenReview", "tokenreviews", false),
+            ResourceType::review(AUTHN, "SelfSubjectReview", "selfsubjectreviews", false),
+            ResourceType::review(AUTHZ, "SubjectAccessReview", "subjectaccessreviews", false),
+            ResourceType::review(
+                AUTHZ,
+                "SelfSubjectAccessReview",
+                "selfsubjectaccessreviews",
+                false,
+            ),
+            ResourceType::review(
+                AUTHZ,
+                "SelfSubjectRulesReview",
+                "selfsubjectrulesreviews",
+                false,
+            ),
+            ResourceType::review(
+                AUTHZ,
+                "LocalSubjectAccessReview",
+                "localsubjectaccessreviews",
+                true,
+            ),
         ];
         Registry {
             types: types.into_iter().map(Arc::new).collect(),

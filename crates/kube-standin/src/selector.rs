@@ -244,6 +244,43 @@ impl Selectors {
     }
 }
 
+/// Whether an object's labels match a `metav1.LabelSelector` (`matchLabels` and
+/// `matchExpressions` with `In`, `NotIn`, `Exists`, `DoesNotExist`). An empty selector
+/// matches everything; a null one nothing.
+pub fn label_selector_matches(selector: &Value, obj: &Value) -> bool {
+    if selector.is_null() {
+        return false;
+    }
+    let labels = &obj["metadata"]["labels"];
+    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+    let ok_labels = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| label(k) == v.as_str());
+    let ok_exprs = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            match e["operator"].as_str() {
+                Some("In") => label(key).is_some_and(|v| values.contains(&v)),
+                Some("NotIn") => label(key).is_none_or(|v| !values.contains(&v)),
+                Some("Exists") => label(key).is_some(),
+                Some("DoesNotExist") => label(key).is_none(),
+                _ => false,
+            }
+        });
+    ok_labels && ok_exprs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +310,23 @@ mod tests {
             assert_eq!(LabelSelector::parse(s).unwrap().matches(&o), want, "{s}");
         }
         assert!(LabelSelector::parse("a b").is_err());
+        let sel = |v: serde_json::Value| label_selector_matches(&v, &o);
+        assert!(sel(json!({})));
+        assert!(!sel(Value::Null));
+        assert!(sel(json!({"matchLabels": {"app": "x"}})));
+        assert!(!sel(json!({"matchLabels": {"app": "y"}})));
+        assert!(sel(
+            json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["web", "db"]}]})
+        ));
+        assert!(sel(
+            json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}]})
+        ));
+        assert!(sel(
+            json!({"matchExpressions": [{"key": "nope", "operator": "DoesNotExist"}]})
+        ));
+        assert!(!sel(
+            json!({"matchExpressions": [{"key": "nope", "operator": "Exists"}]})
+        ));
     }
 
     #[test]

@@ -180,8 +180,8 @@ async fn run(store: Arc<Store>, p: WatchParams, start: WatchStart, tx: mpsc::Sen
         tx.closed().await;
         return;
     }
-    let deadline =
-        tokio::time::Instant::now() + p.faults.close_after.unwrap_or(p.timeout).min(p.timeout);
+    let started = tokio::time::Instant::now();
+    let deadline = started + p.faults.close_after.unwrap_or(p.timeout).min(p.timeout);
     let body = async {
         for o in initial {
             if !em.event("ADDED", &present(&rt, &p.version, o)).await {
@@ -208,20 +208,19 @@ async fn run(store: Arc<Store>, p: WatchParams, start: WatchStart, tx: mpsc::Sen
         let mut tick = tokio::time::interval(p.bookmark_interval.max(Duration::from_millis(10)));
         tick.tick().await;
         let mut last_rv = start_rv;
+        // As the watch cache does: one more bookmark shortly before the client's timeout, so
+        // the client resumes from an RV as recent as possible.
+        let pre_timeout =
+            tokio::time::sleep_until(started + p.timeout - pre_timeout_offset(p.timeout));
+        tokio::pin!(pre_timeout);
+        let mut pre_timeout_sent = false;
         loop {
-            tokio::select! {
+            let bookmark_due = tokio::select! {
                 _ = tx.closed() => return,
-                _ = tick.tick(), if p.bookmarks => {
-                    // Every change up to the store's RV has been pulled from the channel when
-                    // the channel is empty after reading it, so that RV is safe to resume from.
-                    let rv = store.current_rv();
-                    if rx.is_empty() {
-                        last_rv = last_rv.max(rv);
-                    }
-                    let bm = json!({"kind": rt.kind, "apiVersion": rt.api_version(&p.version), "metadata": {"resourceVersion": last_rv.to_string()}});
-                    if tx.send(line("BOOKMARK", &bm)).await.is_err() {
-                        return;
-                    }
+                _ = tick.tick(), if p.bookmarks => true,
+                _ = &mut pre_timeout, if p.bookmarks && !pre_timeout_sent => {
+                    pre_timeout_sent = true;
+                    true
                 }
                 r = rx.recv() => match r {
                     Ok(c) => {
@@ -234,9 +233,22 @@ async fn run(store: Arc<Store>, p: WatchParams, start: WatchStart, tx: mpsc::Sen
                                 return;
                             }
                         }
+                        false
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => return,
                     Err(broadcast::error::RecvError::Closed) => return,
+                }
+            };
+            if bookmark_due {
+                // Every change up to the store's RV has been pulled from the channel when
+                // the channel is empty after reading it, so that RV is safe to resume from.
+                let rv = store.current_rv();
+                if rx.is_empty() {
+                    last_rv = last_rv.max(rv);
+                }
+                let bm = json!({"kind": rt.kind, "apiVersion": rt.api_version(&p.version), "metadata": {"resourceVersion": last_rv.to_string()}});
+                if tx.send(line("BOOKMARK", &bm)).await.is_err() {
+                    return;
                 }
             }
         }
@@ -244,10 +256,33 @@ async fn run(store: Arc<Store>, p: WatchParams, start: WatchStart, tx: mpsc::Sen
     let _ = tokio::time::timeout_at(deadline, body).await;
 }
 
+/// How long before the client's timeout the last bookmark goes out: 2 s, as in the real
+/// watch cache, or half the timeout for timeouts under 4 s (the real cache sends none then;
+/// tests with second-scale timeouts would never see it).
+pub fn pre_timeout_offset(timeout: Duration) -> Duration {
+    (timeout / 2).min(Duration::from_secs(2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::selector::LabelSelector;
+
+    #[test]
+    fn pre_timeout_bookmark_offset() {
+        assert_eq!(
+            pre_timeout_offset(Duration::from_secs(290)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            pre_timeout_offset(Duration::from_secs(4)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            pre_timeout_offset(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+    }
 
     #[test]
     fn selector_transitions() {

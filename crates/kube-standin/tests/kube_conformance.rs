@@ -847,6 +847,7 @@ async fn selectors_pagination_and_resource_versions() {
     // Too large resourceVersion: 504 with the ResourceVersionTooLarge cause (kube's default
     // retry policy retries 504, so look with a client without it).
     let mut cfg = kube::Config::new(h.url().parse().unwrap());
+    cfg.auth_info.token = Some(h.admin_token().to_string().into());
     cfg.default_retry = false;
     let no_retry: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "sel");
     let err = no_retry
@@ -1056,5 +1057,195 @@ async fn watch_timeout_ends_cleanly_and_initial_events_need_bookmarks() {
         )
         .await;
     assert_eq!(api_err(status.unwrap_err()).0, 422);
+    h.shutdown();
+}
+
+#[tokio::test]
+async fn new_namespaces_get_defaults_and_deleted_ones_are_emptied() {
+    let (h, c) = start().await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+    let mut ns = k8s_openapi::api::core::v1::Namespace::default();
+    ns.metadata.name = Some("fresh".into());
+    nss.create(&PostParams::default(), &ns).await.unwrap();
+    // Asynchronously, as the ServiceAccount controller and the root-CA publisher do it.
+    let sa = h
+        .wait_for(
+            "v1",
+            "ServiceAccount",
+            "fresh",
+            "default",
+            |o| o.is_some(),
+            T,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let cm = h
+        .wait_for(
+            "v1",
+            "ConfigMap",
+            "fresh",
+            "kube-root-ca.crt",
+            |o| o.is_some(),
+            T,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cm["data"]["ca.crt"], h.ca_pem());
+    assert!(h.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+    // The namespaces that exist at start have them already.
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            h.get("v1", "ServiceAccount", ns, "default").is_some(),
+            "{ns}"
+        );
+        assert!(
+            h.get("v1", "ConfigMap", ns, "kube-root-ca.crt").is_some(),
+            "{ns}"
+        );
+    }
+    // Deleted or changed, they come back.
+    let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), "fresh");
+    let old_uid = sa["metadata"]["uid"].clone();
+    sas.delete("default", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.wait_for(
+        "v1",
+        "ServiceAccount",
+        "fresh",
+        "default",
+        |o| o.is_some_and(|o| o["metadata"]["uid"] != old_uid),
+        T,
+    )
+    .await
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "fresh");
+    cms.patch(
+        "kube-root-ca.crt",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"ca.crt": "tampered"}})),
+    )
+    .await
+    .unwrap();
+    h.wait_for(
+        "v1",
+        "ConfigMap",
+        "fresh",
+        "kube-root-ca.crt",
+        |o| o.is_some_and(|o| o["data"]["ca.crt"] == h.ca_pem()),
+        T,
+    )
+    .await
+    .unwrap();
+    // Deleting the namespace deletes its contents (finalizers honoured), then the namespace;
+    // nothing is re-created in a terminating namespace.
+    let mut held = ConfigMap::default();
+    held.metadata.name = Some("held".into());
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    nss.delete("fresh", &DeleteParams::default()).await.unwrap();
+    h.wait_for(
+        "v1",
+        "ServiceAccount",
+        "fresh",
+        "default",
+        |o| o.is_none(),
+        T,
+    )
+    .await
+    .unwrap();
+    h.wait_for(
+        "v1",
+        "ConfigMap",
+        "fresh",
+        "held",
+        |o| o.is_some_and(|o| o["metadata"]["deletionTimestamp"].is_string()),
+        T,
+    )
+    .await
+    .unwrap();
+    let terminating = h.get("v1", "Namespace", "", "fresh").unwrap();
+    assert_eq!(terminating["status"]["phase"], "Terminating");
+    assert!(h.get("v1", "ServiceAccount", "fresh", "default").is_none());
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    h.wait_for("v1", "Namespace", "", "fresh", |o| o.is_none(), T)
+        .await
+        .unwrap();
+    assert!(h.list("v1", "ConfigMap", Some("fresh")).is_empty());
+    h.shutdown();
+}
+
+/// The lines of a raw watch, until the server ends it.
+async fn watch_lines(h: &kube_standin::Handle, query: &str) -> Vec<serde_json::Value> {
+    let url = format!(
+        "{}/api/v1/namespaces/default/configmaps?watch=true&{query}",
+        h.url()
+    );
+    let mut resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(h.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut buf = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(T, resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        buf.extend_from_slice(&chunk);
+    }
+    buf.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn watch_cache_bookmarks_before_the_timeout_and_keeps_nothing_from_before_start() {
+    // Bookmarks every 10 s (the default) would never fire in a 1 s watch; the pre-timeout
+    // bookmark does.
+    let (h, _) = start().await;
+    let rv = h.resource_version();
+    let lines = watch_lines(
+        &h,
+        &format!("resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1"),
+    )
+    .await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "BOOKMARK");
+    assert_eq!(
+        lines[0]["object"]["metadata"]["resourceVersion"],
+        rv.to_string()
+    );
+    // Not without allowWatchBookmarks.
+    let lines = watch_lines(&h, &format!("resourceVersion={rv}&timeoutSeconds=1")).await;
+    assert!(lines.is_empty(), "{lines:?}");
+    // A fresh server keeps nothing from before its start: RV 1 is too old for a watch and
+    // for an exact list.
+    let lines = watch_lines(&h, "resourceVersion=1&allowWatchBookmarks=true").await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "ERROR");
+    assert_eq!(lines[0]["object"]["code"], 410);
+    assert_eq!(lines[0]["object"]["reason"], "Expired");
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps?resourceVersion=1&resourceVersionMatch=Exact",
+            h.url()
+        ))
+        .bearer_auth(h.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 410);
     h.shutdown();
 }

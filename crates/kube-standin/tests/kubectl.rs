@@ -554,3 +554,434 @@ spec:
     assert_eq!(h.resource_version(), rv);
     h.shutdown();
 }
+
+/// `kubectl auth can-i` for the controller's ServiceAccount gives exactly the answers
+/// deploy/rbac.yaml implies; a kubeconfig with that ServiceAccount's token runs kubectl under
+/// the same RBAC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_matches_the_shipped_rbac() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    k.ok(&["create", "namespace", "acrpull-system"]).await;
+    for crd in [
+        "crds/acrpullbindings.acrpull.microsoft.com.yaml",
+        "crds/acrpullbindings.msi-acrpull.microsoft.com.yaml",
+        "rbac.yaml",
+    ] {
+        k.ok(&["apply", "-f", path(&deploy.join(crd))]).await;
+    }
+    const SA: &str = "--as=system:serviceaccount:acrpull-system:acrpull";
+    let cases: &[(&[&str], bool)] = &[
+        (
+            &["get", "acrpullbindings.acrpull.microsoft.com", "-n", "team"],
+            true,
+        ),
+        (
+            &["list", "acrpullbindings.acrpull.microsoft.com", "-A"],
+            true,
+        ),
+        (
+            &["watch", "acrpullbindings.msi-acrpull.microsoft.com", "-A"],
+            true,
+        ),
+        (
+            &[
+                "patch",
+                "acrpullbindings.acrpull.microsoft.com",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (
+            &[
+                "create",
+                "acrpullbindings.acrpull.microsoft.com",
+                "-n",
+                "team",
+            ],
+            false,
+        ),
+        (
+            &[
+                "delete",
+                "acrpullbindings.msi-acrpull.microsoft.com",
+                "-n",
+                "team",
+            ],
+            false,
+        ),
+        (
+            &[
+                "update",
+                "acrpullbindings.acrpull.microsoft.com",
+                "--subresource=status",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (
+            &[
+                "update",
+                "acrpullbindings.acrpull.microsoft.com",
+                "--subresource=finalizers",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (
+            &[
+                "delete",
+                "acrpullbindings.acrpull.microsoft.com",
+                "--subresource=status",
+                "-n",
+                "team",
+            ],
+            false,
+        ),
+        (&["create", "secrets", "-n", "team"], true),
+        (&["delete", "secrets", "-n", "team"], true),
+        (&["deletecollection", "secrets", "-n", "team"], false),
+        (&["patch", "serviceaccounts", "-n", "team"], true),
+        (&["create", "serviceaccounts", "-n", "team"], false),
+        (
+            &[
+                "create",
+                "serviceaccounts",
+                "--subresource=token",
+                "-n",
+                "team",
+            ],
+            true,
+        ),
+        (&["create", "events", "-n", "team"], true),
+        (&["create", "events.events.k8s.io", "-n", "team"], true),
+        (&["list", "events", "-n", "team"], false),
+        (&["create", "leases", "-n", "acrpull-system"], true),
+        (
+            &["get", "leases/aks.azure.com", "-n", "acrpull-system"],
+            true,
+        ),
+        (
+            &["update", "leases/aks.azure.com", "-n", "acrpull-system"],
+            true,
+        ),
+        (&["get", "leases/other", "-n", "acrpull-system"], false),
+        (&["list", "leases", "-n", "acrpull-system"], false),
+        (&["create", "leases", "-n", "team"], false),
+        (&["get", "namespaces"], false),
+        (&["get", "configmaps", "-n", "team"], false),
+        (
+            &["create", "selfsubjectaccessreviews.authorization.k8s.io"],
+            true,
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        all.push(SA);
+        let (rc, out, err) = k.run(&all).await;
+        let answer = out.trim();
+        assert_eq!(
+            (answer, rc),
+            if *want { ("yes", 0) } else { ("no", 1) },
+            "kubectl {all:?}: {err}"
+        );
+    }
+    // A kubeconfig with the ServiceAccount's own token.
+    let token = h
+        .service_account_token("acrpull-system", "acrpull", Duration::from_secs(3600))
+        .unwrap();
+    let sa_kc = k.dir.path().join("sa-kubeconfig");
+    h.write_kubeconfig_for_token(&sa_kc, &token).unwrap();
+    let as_sa = |args: &[&str]| {
+        let mut c = Command::new(KUBECTL);
+        c.arg("--kubeconfig")
+            .arg(&sa_kc)
+            .arg("--cache-dir")
+            .arg(k.dir.path().join("sa-cache"))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        c
+    };
+    let run = |mut c: Command| async move {
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (rc, out, err) = run(as_sa(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]))
+    .await;
+    assert_eq!(
+        (rc, out.as_str()),
+        (0, "system:serviceaccount:acrpull-system:acrpull"),
+        "{err}"
+    );
+    let (rc, _, err) = run(as_sa(&["get", "secrets", "-n", "default"])).await;
+    assert_eq!(rc, 0, "{err}");
+    let (rc, _, err) = run(as_sa(&["get", "namespaces"])).await;
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("Error from server (Forbidden): namespaces is forbidden: User \"system:serviceaccount:acrpull-system:acrpull\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"),
+        "{err}"
+    );
+    assert!(h
+        .requests()
+        .iter()
+        .any(|r| r.user == "system:serviceaccount:acrpull-system:acrpull"
+            && r.resource == "namespaces"
+            && r.status == 403));
+    h.shutdown();
+}
+
+/// kubectl's typed creates send protobuf bodies; a new namespace gets its `default`
+/// ServiceAccount, as in a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_typed_creates_work() {
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    for (args, out) in [
+        (vec!["create", "namespace", "x"], "namespace/x created"),
+        (
+            vec!["create", "serviceaccount", "puller", "-n", "x"],
+            "serviceaccount/puller created",
+        ),
+        (
+            vec![
+                "create",
+                "secret",
+                "generic",
+                "s",
+                "--from-literal=a=one",
+                "-n",
+                "x",
+            ],
+            "secret/s created",
+        ),
+        (
+            vec![
+                "create",
+                "secret",
+                "docker-registry",
+                "d",
+                "--docker-server=example.azurecr.io",
+                "--docker-username=u",
+                "--docker-password=p",
+                "-n",
+                "x",
+            ],
+            "secret/d created",
+        ),
+        (
+            vec!["create", "configmap", "c", "--from-literal=k=v", "-n", "x"],
+            "configmap/c created",
+        ),
+        (
+            vec![
+                "create",
+                "role",
+                "r",
+                "--verb=get",
+                "--resource=secrets",
+                "-n",
+                "x",
+            ],
+            "role.rbac.authorization.k8s.io/r created",
+        ),
+        (
+            vec![
+                "create",
+                "rolebinding",
+                "rb",
+                "--role=r",
+                "--serviceaccount=x:puller",
+                "-n",
+                "x",
+            ],
+            "rolebinding.rbac.authorization.k8s.io/rb created",
+        ),
+    ] {
+        let got = k.ok(&args).await;
+        assert_eq!(got.trim(), out, "kubectl {args:?}");
+    }
+    assert!(h.requests().iter().any(|r| r.verb == "create"
+        && r.resource == "namespaces"
+        && r.content_type == "application/vnd.kubernetes.protobuf"
+        && r.status == 201));
+    let s = h.get("v1", "Secret", "x", "s").unwrap();
+    assert_eq!(s["data"]["a"], "b25l");
+    assert_eq!(s["type"], "Opaque");
+    let d = h.get("v1", "Secret", "x", "d").unwrap();
+    assert_eq!(d["type"], "kubernetes.io/dockerconfigjson");
+    assert_eq!(
+        h.get("v1", "ConfigMap", "x", "c").unwrap()["data"]["k"],
+        "v"
+    );
+    let rb = h
+        .get("rbac.authorization.k8s.io/v1", "RoleBinding", "x", "rb")
+        .unwrap();
+    assert_eq!(
+        rb["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "puller", "namespace": "x"}])
+    );
+    // kubectl create token: a TokenRequest, also protobuf.
+    let token = k.ok(&["create", "token", "puller", "-n", "x"]).await;
+    assert_eq!(token.trim().split('.').count(), 3);
+    h.wait_for(
+        "v1",
+        "ServiceAccount",
+        "x",
+        "default",
+        |o| o.is_some(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let out = k
+        .ok(&["get", "serviceaccounts", "-n", "x", "-o", "name"])
+        .await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["serviceaccount/default", "serviceaccount/puller"]
+    );
+    // The created role binding works: the ServiceAccount may get secrets, not list them.
+    let (rc, out, _) = k
+        .run(&[
+            "auth",
+            "can-i",
+            "get",
+            "secrets",
+            "-n",
+            "x",
+            "--as=system:serviceaccount:x:puller",
+        ])
+        .await;
+    assert_eq!((rc, out.trim()), (0, "yes"));
+    let (rc, out, _) = k
+        .run(&[
+            "auth",
+            "can-i",
+            "list",
+            "secrets",
+            "-n",
+            "x",
+            "--as=system:serviceaccount:x:puller",
+        ])
+        .await;
+    assert_eq!((rc, out.trim()), (1, "no"));
+    h.shutdown();
+}
+
+/// `kubectl get` prints the columns a real server's printers give, ages included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_prints_the_real_columns() {
+    let h = StandIn::builder().start().await.unwrap();
+    let k = Kubectl::new(&h);
+    let ago = |secs: i64| {
+        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - secs)
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    h.apply(json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "b1.1", "namespace": "default"},
+        "involvedObject": {"kind": "AcrPullBinding", "name": "b1", "namespace": "default"},
+        "reason": "TokenIssued", "message": "pull secret created", "type": "Normal",
+        "firstTimestamp": ago(900), "lastTimestamp": ago(300), "count": 2,
+        "source": {"component": "acrpull"}}))
+        .unwrap();
+    let header = |out: &str| -> Vec<String> {
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let out = k.ok(&["get", "events", "-n", "default"]).await;
+    assert_eq!(
+        header(&out),
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{out}"
+    );
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row,
+        [
+            "5m",
+            "Normal",
+            "TokenIssued",
+            "acrpullbinding/b1",
+            "pull",
+            "secret",
+            "created"
+        ],
+        "{out}"
+    );
+    let out = k
+        .ok(&["get", "events", "-n", "default", "-o", "wide"])
+        .await;
+    assert_eq!(
+        header(&out),
+        [
+            "LAST",
+            "SEEN",
+            "TYPE",
+            "REASON",
+            "OBJECT",
+            "SUBOBJECT",
+            "SOURCE",
+            "MESSAGE",
+            "FIRST",
+            "SEEN",
+            "COUNT",
+            "NAME"
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains("15m") && out.contains("acrpull") && out.contains("b1.1"),
+        "{out}"
+    );
+
+    h.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s1", "namespace": "default"},
+        "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}}))
+        .unwrap();
+    let out = k.ok(&["get", "secret", "s1"]).await;
+    assert_eq!(header(&out), ["NAME", "TYPE", "DATA", "AGE"], "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .contains("kubernetes.io/dockerconfigjson   1"),
+        "{out}"
+    );
+    let out = k.ok(&["get", "serviceaccounts"]).await;
+    assert_eq!(header(&out), ["NAME", "SECRETS", "AGE"], "{out}");
+    let out = k.ok(&["get", "namespaces"]).await;
+    assert_eq!(header(&out), ["NAME", "STATUS", "AGE"], "{out}");
+    assert!(out.contains("kube-system       Active"), "{out}");
+    let out = k.ok(&["get", "configmaps"]).await;
+    assert_eq!(header(&out), ["NAME", "DATA", "AGE"], "{out}");
+    assert!(out.contains("kube-root-ca.crt   1"), "{out}");
+    let out = k
+        .ok(&["get", "clusterrolebindings", "system:discovery"])
+        .await;
+    assert_eq!(header(&out), ["NAME", "ROLE", "AGE"], "{out}");
+    assert!(out.contains("ClusterRole/system:discovery"), "{out}");
+    let out = k.ok(&["get", "clusterroles", "view"]).await;
+    assert_eq!(header(&out), ["NAME", "CREATED", "AT"], "{out}");
+    h.shutdown();
+}

@@ -1,4 +1,14 @@
 //! The authorization stage: whether the authenticated user may do what a request asks.
+//!
+//! As in a real cluster, members of `system:masters` are allowed everything without RBAC
+//! (the privileged-group authorizer); everyone else is decided by RBAC ([`rbac`]) over the
+//! Roles, ClusterRoles and bindings in the store, which start with the default policy of
+//! [`bootstrap`]. [`review`] serves the access and token reviews built on this stage.
+
+pub mod aggregation;
+pub mod bootstrap;
+pub mod rbac;
+pub mod review;
 
 use serde_json::json;
 
@@ -39,16 +49,22 @@ pub struct ResourceAttributes {
 /// The decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Allowed.
-    Allow,
+    /// Allowed, with the authorizer's reason (`RBAC: allowed by ...`; empty for
+    /// `system:masters`).
+    Allow(String),
     /// Denied, with the authorizer's reason (may be empty).
     Deny(String),
 }
 
+/// The group whose members are allowed everything.
+pub const PRIVILEGED_GROUP: &str = "system:masters";
+
 /// Decide a request.
 pub fn authorize(store: &crate::store::Store, attrs: &Attributes) -> Decision {
-    let _ = (store, attrs);
-    Decision::Allow
+    if attrs.user.in_group(PRIVILEGED_GROUP) {
+        return Decision::Allow(String::new());
+    }
+    rbac::authorize(store, attrs)
 }
 
 /// 403 `Forbidden` from the authorizer, with the real server's message:

@@ -1,8 +1,8 @@
-//! Asynchronous garbage collection and namespace termination, as the kube-controller-manager
-//! does them: after a configurable delay following any change, dependents whose owners are all
-//! gone are deleted (background), references to vanished owners are stripped, `orphan` and
-//! `foregroundDeletion` finalizers are processed, and terminating namespaces are emptied and
-//! then removed. Nothing cascades inline, so tests cannot come to depend on synchronous GC.
+//! Asynchronous garbage collection, as the kube-controller-manager does it: after a
+//! configurable delay following any change, dependents whose owners are all gone are deleted
+//! (background), references to vanished owners are stripped, and `orphan` and
+//! `foregroundDeletion` finalizers are processed. Nothing cascades inline, so tests cannot come
+//! to depend on synchronous GC.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -144,24 +144,6 @@ pub fn pass(store: &Store) -> bool {
                 .collect();
             merge(store, rt, o, json!({"metadata": {"finalizers": fins}}));
             acted = true;
-        }
-        if rt.group.is_empty() && rt.plural == "namespaces" {
-            let name = key(o).1;
-            let contents: Vec<&(Arc<ResourceType>, Value)> = all
-                .iter()
-                .filter(|(t, c)| t.namespaced && key(c).0 == name)
-                .collect();
-            if contents.is_empty() {
-                store.purge(rt, "", &name);
-                acted = true;
-            } else {
-                for (t, c) in contents {
-                    if !deleting(c) {
-                        delete(store, t, c, "Background");
-                        acted = true;
-                    }
-                }
-            }
         }
     }
     acted

@@ -47,12 +47,16 @@ pub struct Call {
     pub warnings: Vec<String>,
 }
 
-/// Decode a request body (JSON, or YAML for apply patches).
+/// Decode a request body (JSON; YAML for apply patches; protobuf for the kinds
+/// [`crate::proto`] knows).
 pub fn parse_body(call: &Call) -> ApiResult<Value> {
     if call.body.is_empty() {
         return Err(ApiError::bad_request("the body of the request was empty"));
     }
     let ct = call.content_type.split(';').next().unwrap_or("").trim();
+    if ct == crate::proto::MEDIA_TYPE {
+        return crate::proto::decode_object(&call.body);
+    }
     if ct.contains("yaml") {
         return serde_saphyr::from_slice::<Value>(&call.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
@@ -114,6 +118,15 @@ pub async fn serve(
     serve_type(cluster, rt, info, call).await
 }
 
+fn table(rt: &ResourceType, version: &str, v: &Value, call: &Call) -> Option<Value> {
+    let include = call
+        .query
+        .get("includeObject")
+        .map(String::as_str)
+        .unwrap_or("Metadata");
+    crate::table::table(rt, version, v, include, jiff::Timestamp::now())
+}
+
 /// Mutating admission for a request that is about to be prepared.
 #[allow(clippy::too_many_arguments)]
 fn mutate(
@@ -165,6 +178,15 @@ async fn serve_type(
         }
         String::new()
     };
+    if rt.review {
+        if info.verb != "create" || info.name.is_some() || !info.subresource.is_empty() {
+            return Err(ApiError::method_not_allowed());
+        }
+        let body = parse_body(call)?;
+        let out =
+            crate::authz::review::create(cluster, &rt.group, &rt.plural, &ns, &call.user, &body)?;
+        return Ok(Reply::json(201, out));
+    }
     let sub = info.subresource.as_str();
     match sub {
         "" => {}
@@ -183,7 +205,7 @@ async fn serve_type(
         "get" => {
             let obj = present_v(store.get(&rt, &ns, &name)?);
             if crate::table::wants_table(&call.accept) {
-                if let Some(t) = crate::table::table(&rt, version, &obj) {
+                if let Some(t) = table(&rt, version, &obj, call) {
                     return Ok(Reply::json(200, t));
                 }
             }
@@ -206,7 +228,7 @@ async fn serve_type(
                 }
             }
             if crate::table::wants_table(&call.accept) {
-                if let Some(t) = crate::table::table(&rt, version, &list) {
+                if let Some(t) = table(&rt, version, &list, call) {
                     return Ok(Reply::json(200, t));
                 }
             }

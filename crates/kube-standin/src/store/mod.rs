@@ -339,6 +339,32 @@ impl Store {
         out
     }
 
+    /// The current objects of a type by `group` and `plural`, in one namespace or all (for
+    /// the authorizer and the controllers; no list semantics).
+    pub fn objects(&self, group: &str, plural: &str, ns: Option<&str>) -> Vec<Value> {
+        let inner = self.lock();
+        inner
+            .objects
+            .get(&(group.to_string(), plural.to_string()))
+            .map(|m| {
+                m.iter()
+                    .filter(|((n, _), _)| ns.is_none_or(|want| want == n))
+                    .map(|(_, o)| o.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// One current object by `group` and `plural` (`ns` is `""` for cluster-scoped types).
+    pub fn object(&self, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
+        let inner = self.lock();
+        inner
+            .objects
+            .get(&(group.to_string(), plural.to_string()))?
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
     /// GET.
     pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> ApiResult<Value> {
         let inner = self.lock();

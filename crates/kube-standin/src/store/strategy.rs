@@ -43,6 +43,15 @@ fn unreachable_meta() -> ! {
     panic!("metadata was just set to an object")
 }
 
+/// Whether `name` is valid for the type: a path segment for RBAC types (`system:...` names),
+/// a lowercase RFC 1123 subdomain otherwise.
+pub fn valid_name_for(rt: &ResourceType, name: &str) -> bool {
+    if rt.group == "rbac.authorization.k8s.io" {
+        return !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%']);
+    }
+    valid_name(name)
+}
+
 /// A lowercase RFC 1123 subdomain.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()

@@ -305,7 +305,7 @@ impl Store {
                 }
             }
         }
-        if !strategy::valid_name(&name) {
+        if !strategy::valid_name_for(rt, &name) {
             return Err(ApiError::invalid(&rt.kind, &rt.group, &name, "metadata.name", &format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")));
         }
         {
@@ -1026,25 +1026,35 @@ impl Store {
         mut stages: impl FnMut(&Plan) -> ApiResult<()>,
     ) -> ApiResult<Value> {
         let name = meta(&obj, "name");
-        let exists = self.lock().get_obj(rt, ns, &name).cloned();
         let opts = WriteOpts {
             manager: manager.to_string(),
             ..Default::default()
         };
         let status = obj.get("status").cloned();
-        let written = match exists {
-            None => self.write(
-                false,
-                || self.prepare_create(rt, ns, obj.clone(), &opts),
-                &mut stages,
-            )?,
-            Some(cur) => {
-                obj["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
-                self.write(
+        // Create or replace; a concurrent create (a controller's) between the two turns the
+        // create into a replace.
+        let mut attempt = 0;
+        let written = loop {
+            attempt += 1;
+            let exists = self.lock().get_obj(rt, ns, &name).cloned();
+            let result = match exists {
+                None => self.write(
                     false,
-                    || self.prepare_update(rt, ns, &name, obj.clone(), None, &opts),
+                    || self.prepare_create(rt, ns, obj.clone(), &opts),
                     &mut stages,
-                )?
+                ),
+                Some(cur) => {
+                    obj["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
+                    self.write(
+                        false,
+                        || self.prepare_update(rt, ns, &name, obj.clone(), None, &opts),
+                        &mut stages,
+                    )
+                }
+            };
+            match result {
+                Err(e) if attempt < 8 && (e.reason == "AlreadyExists" || e.code == 409) => {}
+                other => break other?,
             }
         };
         let status_write = match &status {

@@ -16,10 +16,17 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A client as the admin kubeconfig's user (`system:admin`, cluster-admin).
 pub fn client_for(h: &Handle) -> Client {
+    client_with_token(h, h.admin_token())
+}
+
+/// A client authenticating with `token` (a ServiceAccount token runs under RBAC).
+pub fn client_with_token(h: &Handle, token: &str) -> Client {
     install_crypto();
     let mut cfg = kube::Config::new(h.url().parse().expect("url"));
     cfg.default_namespace = "default".into();
+    cfg.auth_info.token = Some(token.to_string().into());
     Client::try_from(cfg).expect("client")
 }
 
