@@ -13,7 +13,9 @@
 //! - values the chart cannot honour fail the rendering with a message;
 //! - the rendered container command, arguments and environment start the real `acrpull` (as
 //!   `/acrpull` and as upstream's `/manager`) against the stand-ins and bindings become Ready;
-//! - `helm install`, `helm upgrade` and `helm uninstall` work against the stand-in API server.
+//! - `helm install`, `helm upgrade` and `helm uninstall` work against the stand-in API server;
+//! - the controller, run as its own ServiceAccount against the stand-in's RBAC after a
+//!   `helm install`, does every kind of work without one refused request.
 //!
 //! A missing helm fails these tests; `ACRPULL_TEST_SKIP=helm` opts out (reported by
 //! `scripts/test.sh`).
@@ -552,12 +554,17 @@ impl Drop for KillOnDrop {
 }
 
 /// Starts the rendered container's command, arguments and literal environment as a real
-/// process against the stand-ins, with three substitutions a test must make: the image path
+/// process against the stand-ins (as whoever `kubeconfig` names), with three substitutions a test must make: the image path
 /// (`/acrpull`, `/manager`) becomes the built binary (`/manager` through a symlink of that
 /// name), the bind addresses become free loopback ports, and the downward-API variables get a
 /// pod's values. The harness's Azure endpoint flags are appended. Returns the process, its log
 /// and its probe port.
-fn start_rendered(env: &Env, docs: &[Doc], pod: &str) -> (KillOnDrop, PathBuf, u16) {
+fn start_rendered(
+    env: &Env,
+    kubeconfig: &Path,
+    docs: &[Doc],
+    pod: &str,
+) -> (KillOnDrop, PathBuf, u16) {
     let deployment = controller_deployment(docs);
     let namespace = deployment.namespace().unwrap();
     let container = controller_container(deployment);
@@ -602,7 +609,7 @@ fn start_rendered(env: &Env, docs: &[Doc], pod: &str) -> (KillOnDrop, PathBuf, u
     let mut cmd = Command::new(&program);
     cmd.args(&args)
         .env_clear()
-        .env("KUBECONFIG", &env.kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
@@ -657,7 +664,7 @@ async fn rendered_deployment_runs_the_real_binary_to_ready_bindings() {
         env.create(json!({"apiVersion": "v1", "kind": "Namespace",
                           "metadata": {"name": namespace}}));
         let pod = "acrpull-5d8f7c9b6-x2x4q";
-        let (mut child, log, probe_port) = start_rendered(&env, &docs, pod);
+        let (mut child, log, probe_port) = start_rendered(&env, &env.kubeconfig, &docs, pod);
         let logs = || std::fs::read_to_string(&log).unwrap_or_default();
         // Ready on the chart's probe port, or a clear failure if the arguments are refused.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -1011,4 +1018,146 @@ async fn helm_install_upgrade_and_uninstall_against_the_stand_in() {
         );
     }
     assert!(get(V2, "AcrPullBinding", "team-a", "keep-me").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_needs_no_more_than_the_rbac_helm_installs() {
+    let Some(helm) = helm_or_skip("the_controller_needs_no_more_than_the_rbac_helm_installs")
+    else {
+        return;
+    };
+    // The stand-ins, with the CRDs applied by the harness (so the release leaves them out).
+    let env = Env::start_with(Options {
+        spawn: false,
+        ..Options::default()
+    })
+    .await;
+    shim_unserved_types(&env.kube);
+    env.create(json!({"apiVersion": "v1", "kind": "Namespace",
+                      "metadata": {"name": "acrpull-release"}}));
+    let chart = chart_dir();
+    let mut args = vec![
+        "install",
+        "acrpull",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "acrpull-release",
+        "--set",
+        "crds.install=false,metrics.serviceMonitor.enabled=false",
+    ];
+    if !openapi_v2_served(&env.kube).await {
+        args.push("--disable-openapi-validation");
+    }
+    helm_at(&helm, &env.kubeconfig, &args);
+    // The controller as its own ServiceAccount: every request it makes is authorized by the
+    // RBAC the chart installed, and nothing else.
+    let token = env
+        .kube
+        .service_account_token("acrpull-system", "acrpull", Duration::from_secs(3600))
+        .expect("a token for acrpull-system/acrpull");
+    let kubeconfig = env.dir.path().join("acrpull-sa.kubeconfig");
+    env.kube
+        .write_kubeconfig_for_token(&kubeconfig, &token)
+        .unwrap();
+    let installed = split_rendered(&helm_at(
+        &helm,
+        &env.kubeconfig,
+        &["get", "manifest", "acrpull", "-n", "acrpull-release"],
+    ));
+    env.kube.clear_requests();
+    let pod = "acrpull-6c7d8f9b5-q8w2e";
+    let (mut child, log, probe_port) = start_rendered(&env, &kubeconfig, &installed, pod);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while env.http_get(probe_port, "/readyz").await.0 != 200 {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("acrpull exited ({status}):\n{}", logs());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never answered\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every kind of work: managed identity (v1beta2, v1beta1), workload identity (a
+    // TokenRequest), a changed target (a ServiceAccount update elsewhere), a deletion (the
+    // finalizer, Secret deletes).
+    env.create(sa("team-a", "app", json!({})));
+    env.create(sa("team-a", "other", json!({})));
+    env.create(federated_sa("team-a"));
+    env.create(v2_managed("team-a", "v2-app", "app", "repository:app:pull"));
+    env.create(json!({"apiVersion": V1, "kind": "AcrPullBinding",
+        "metadata": {"name": "v1-app", "namespace": "team-a"},
+        "spec": {"acrServer": REGISTRY, "managedIdentityClientID": MI_CLIENT,
+                 "scope": "repository:app:pull", "serviceAccountName": "app"}}));
+    env.create(json!({"apiVersion": V2, "kind": "AcrPullBinding",
+        "metadata": {"name": "wi-app", "namespace": "team-a"},
+        "spec": {"acr": {"server": REGISTRY, "scope": "repository:app:pull",
+                         "environment": "PublicCloud"},
+                 "auth": {"workloadIdentity": {"serviceAccountRef": "federated"}},
+                 "serviceAccountName": "app"}}));
+    for (version, name) in [(V2, "v2-app"), (V1, "v1-app"), (V2, "wi-app")] {
+        env.wait_ready(version, "team-a", name, "True").await;
+    }
+    let mut moved = env
+        .kube
+        .get(V2, "AcrPullBinding", "team-a", "v2-app")
+        .unwrap();
+    moved["spec"]["serviceAccountName"] = json!("other");
+    env.create(moved);
+    let attached = env
+        .kube
+        .wait_for(
+            "v1",
+            "ServiceAccount",
+            "team-a",
+            "other",
+            |o| o.is_some_and(|sa| pull_secrets(sa).contains(&"acr-pull-v2-app".to_owned())),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(matches!(attached, Ok(Some(_))), "{attached:?}\n{}", logs());
+    env.kube
+        .delete(V2, "AcrPullBinding", "team-a", "wi-app")
+        .unwrap();
+    env.wait_gone(V2, "AcrPullBinding", "team-a", "wi-app")
+        .await;
+    env.wait_gone("v1", "Secret", "team-a", "acr-pull-wi-app")
+        .await;
+    let lease = env
+        .kube
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "acrpull-system",
+            "aks.azure.com",
+        )
+        .expect("the Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], pod);
+
+    // No request of the controller was refused.
+    let user = controller_user(DEFAULT_NAMESPACE);
+    let requests: Vec<_> = env
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.user == user)
+        .collect();
+    assert!(
+        requests.len() > 20,
+        "the controller's requests are logged under {user}: {} found",
+        requests.len()
+    );
+    let refused: Vec<String> = requests
+        .iter()
+        .filter(|r| r.status == 401 || r.status == 403)
+        .map(|r| format!("{} {} {}", r.status, r.verb, r.path))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "requests the chart's RBAC refused: {refused:#?}\n{}",
+        logs()
+    );
 }
