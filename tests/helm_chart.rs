@@ -243,7 +243,7 @@ fn kubectl_apply_k_installs_what_helm_installs() {
     let Some(helm) = helm_or_skip("kubectl_apply_k_installs_what_helm_installs") else {
         return;
     };
-    // kustomize as kubectl runs it (kubectl 1.35, kustomize 5.7, from the same npm layer).
+    // kustomize as kubectl runs it (kubectl 1.33, kustomize 5.6, from the same npm layer).
     let kubectl = prereq::layer_kubectl();
     let built = run_ok(&kubectl, &["kustomize", "deploy/"]);
     let kustomized = parse_docs("kubectl kustomize deploy/", &built);

@@ -164,7 +164,7 @@ pub fn helm() -> PathBuf {
     )
 }
 
-/// The kubectl of the same npm layer as helm (1.35, with kustomize 5.7).
+/// The kubectl of the same npm layer as helm (1.33, with kustomize 5.6).
 pub fn layer_kubectl() -> PathBuf {
     tool(
         "helm",
