@@ -394,6 +394,39 @@ fn every_rendering_passes_the_manifest_checks() {
     );
     assert_eq!(of_kind(&pod, "ServiceMonitor").count(), 0);
 
+    // The NetworkPolicy: off by default; when on, it selects the controller's pods and opens
+    // the metrics port (by its container port name) to the given peers only.
+    assert_eq!(of_kind(&defaults, "NetworkPolicy").count(), 0);
+    let peer = json!({"namespaceSelector": {"matchLabels":
+        {"kubernetes.io/metadata.name": "kube-system"}}});
+    let with_policy = render(
+        &helm,
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set-json",
+            &format!("networkPolicy.metricsFrom=[{peer}]"),
+        ],
+    );
+    check_rendering(&with_policy, DEFAULT_NAMESPACE);
+    let policy = one(&with_policy, "NetworkPolicy", "acrpull");
+    let deployment = controller_deployment(&with_policy);
+    assert!(selects(
+        &policy.value["spec"]["podSelector"],
+        &deployment.value["spec"]["template"]["metadata"]["labels"]
+    ));
+    assert_eq!(
+        policy.value["spec"]["ingress"],
+        json!([{"from": [peer], "ports": [{"port": "metrics", "protocol": "TCP"}]}])
+    );
+    assert!(container_ports(controller_container(deployment)).contains_key("metrics"));
+    let closed = render(&helm, &["--set", "networkPolicy.enabled=true"]);
+    assert_eq!(
+        one(&closed, "NetworkPolicy", "acrpull").value["spec"]["ingress"],
+        json!([]),
+        "no peers: nobody reaches the metrics port"
+    );
+
     // No admission policies, no PodDisruptionBudget, no Namespace, when switched off.
     let bare = render(
         &helm,
@@ -852,7 +885,7 @@ async fn helm_install_upgrade_and_uninstall_against_the_stand_in() {
         "acrpull-release",
         // No Prometheus Operator CRDs in the stand-in.
         "--set",
-        "metrics.serviceMonitor.enabled=false",
+        "metrics.serviceMonitor.enabled=false,networkPolicy.enabled=true",
     ];
     // Helm validates objects against the server's OpenAPI v2 document, which the stand-in
     // does not serve yet (404: "error validating data: the server could not find the requested

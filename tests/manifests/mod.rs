@@ -117,6 +117,7 @@ pub const REQUIRED: &[Permission] = &[
 pub const NAMESPACED_KINDS: &[&str] = &[
     "ConfigMap",
     "Deployment",
+    "NetworkPolicy",
     "PodDisruptionBudget",
     "PodMonitor",
     "Role",
