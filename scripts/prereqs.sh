@@ -24,6 +24,8 @@ requirements=(
     "-|command tar|tar"
     "-|command gzip|gzip"
     "-|command sha256sum|coreutils"
+    # The fuzz step builds libFuzzer (C++).
+    "-|command c++|g++"
     # tests/common sends signals with kill(1); the sandbox's tests call curl.
     "-|command kill|procps"
     "-|command curl|curl"
