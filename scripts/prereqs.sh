@@ -38,8 +38,9 @@ requirements=(
     "containerd|command ctr|containerd"
     "containerd|command runc|runc"
     "image|path /usr/share/ca-certificates/mozilla|ca-certificates"
-    # The Prometheus tests add their line here:
-    # "prometheus|command prometheus|prometheus"
+    # The real Prometheus and promtool (tests/prometheus.rs, tests/prometheus_rules.rs on main).
+    "prometheus|command prometheus|prometheus"
+    "prometheus|command promtool|prometheus"
 )
 known_components="registry containerd helm image prometheus"
 
