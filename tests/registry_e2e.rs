@@ -8,10 +8,15 @@
 //! stand-in (Basic-auth GET for skopeo, `grant_type=password` POST for ctr) → registry token →
 //! manifest and blobs from the real registry.
 //!
-//! Needs `docker-registry` and `skopeo` (and `containerd`/`ctr` for the containerd part, run as
-//! root); each part prints why it is skipped when they are missing. CI installs them.
+//! Needs `docker-registry` and `skopeo` (component `registry`) and, for the containerd part,
+//! `containerd`/`ctr` run as root (component `containerd`). A missing one fails the test with
+//! the command that installs it (`scripts/prereqs.sh` installs them all); the only way to run
+//! without one is to opt out by name, `ACRPULL_TEST_SKIP=registry` or `=containerd`, which
+//! `scripts/test.sh`'s summary reports.
 
 mod common;
+mod containerd;
+mod prereq;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,6 +24,7 @@ use std::time::Duration;
 
 use azure_standin::{Hop, Registry, RoleAssignment, Sku};
 use common::*;
+use containerd::Containerd;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -27,12 +33,6 @@ const SA: &str = "puller";
 const BINDING: &str = "real-registry";
 const SECRET: &str = "acr-pull-real-registry";
 const LAYER_FILE: &[u8] = b"hello from acrpull\n";
-
-/// A binary from `$<var>` or the usual install path, if present.
-fn tool(var: &str, default: &str) -> Option<PathBuf> {
-    let path = PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_owned()));
-    path.exists().then_some(path)
-}
 
 /// Kills a helper process even when an assertion fails.
 struct KillOnDrop(std::process::Child);
@@ -319,15 +319,14 @@ async fn identity_refresh_token(env: &Env, login: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_secrets_work_for_real_clients_against_a_real_registry() {
-    let (Some(registry_bin), Some(skopeo_bin)) = (
-        tool("DOCKER_REGISTRY_BIN", "/usr/bin/docker-registry"),
-        tool("SKOPEO_BIN", "/usr/bin/skopeo"),
-    ) else {
-        eprintln!(
-            "skipping: docker-registry and skopeo are needed (apt-get install -y docker-registry skopeo containerd)"
-        );
+    if prereq::skipped(
+        "registry_e2e::pull_secrets_work_for_real_clients_against_a_real_registry",
+        &["registry"],
+    ) {
         return;
-    };
+    }
+    let registry_bin = prereq::docker_registry();
+    let skopeo_bin = prereq::skopeo();
     let mut env = Env::start_with(Options {
         spawn: false,
         ..Options::default()
@@ -572,54 +571,16 @@ async fn pull_secrets_work_for_real_clients_against_a_real_registry() {
 /// `ctr images pull` through a containerd this test starts (root, own root/state/socket,
 /// native snapshotter so no overlay mount is needed): `app` pulls, `other` is refused.
 async fn containerd_pulls(dir: &Path, login: &str, password: &str) {
-    let (Some(containerd), Some(ctr)) = (
-        tool("CONTAINERD_BIN", "/usr/bin/containerd"),
-        tool("CTR_BIN", "/usr/bin/ctr"),
-    ) else {
-        eprintln!("skipping the containerd part: containerd and ctr are not installed (apt-get install -y containerd)");
-        return;
-    };
-    if !is_root() {
-        eprintln!("skipping the containerd part: containerd needs root");
+    if prereq::skipped(
+        "registry_e2e::pull_secrets_work_for_real_clients_against_a_real_registry (containerd part)",
+        &["containerd"],
+    ) {
         return;
     }
-    let base = dir.join("containerd");
-    let sock = base.join("containerd.sock");
-    std::fs::create_dir_all(&base).unwrap();
-    let config = format!(
-        "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-         disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-         [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-         [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
-        root = base.join("root").display(),
-        state = base.join("state").display(),
-        sock = sock.display(),
-    );
-    std::fs::write(base.join("config.toml"), config).unwrap();
-    let log = std::fs::File::create(base.join("containerd.log")).unwrap();
-    let _containerd = KillOnDrop(
-        std::process::Command::new(&containerd)
-            .arg("--config")
-            .arg(base.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("containerd starts"),
-    );
-    let address = format!("--address={}", sock.display());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !run(&ctr, &[address.clone(), "version".into()], &[])
-        .await
-        .ok
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "containerd never answered: {}",
-            std::fs::read_to_string(base.join("containerd.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let containerd = Containerd::start(&dir.join("containerd"));
+    let base = containerd.base.clone();
+    let ctr = containerd.ctr.clone();
+    let address = containerd.address.clone();
     // ctr treats `localhost` as plain HTTP unless a hosts.toml says otherwise.
     let hosts = base.join("certs.d");
     std::fs::create_dir_all(hosts.join(login)).unwrap();
@@ -670,12 +631,4 @@ async fn containerd_pulls(dir: &Path, login: &str, password: &str) {
         "ctr pull other failed for another reason than authorization:\n{}",
         r.stderr
     );
-}
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
