@@ -180,6 +180,8 @@ impl Controller {
         let mut config = kube::Config::new(s.kube.url().parse().unwrap());
         config.read_timeout = Some(Duration::from_secs(300));
         config.connect_timeout = Some(Duration::from_secs(10));
+        // The stand-in authenticates: without a token every request is system:anonymous.
+        config.auth_info.token = Some(s.kube.admin_token().to_string().into());
         let agent = format!("acrpull/{} ({})", env!("CARGO_PKG_VERSION"), setup.identity);
         config.headers.push((
             http::header::USER_AGENT,
