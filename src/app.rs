@@ -27,6 +27,7 @@ use crate::k8s::verify::Verifier;
 use crate::k8s::writer::Writer;
 use crate::state::binding::{EnvDefaults, Policy};
 use crate::state::selector::Selector;
+use crate::state::tenancy::{AllowedActions, AllowedClouds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -107,6 +108,7 @@ pub fn pipeline_config(cli: &Cli) -> Result<PipelineConfig, AppError> {
         },
         service_account_token_audience: cli.service_account_token_audience.clone(),
         allowed_suffixes: cli.allowed_suffixes().as_slice().to_vec(),
+        allowed_clouds: allowed_clouds(cli),
         ..PipelineConfig::default()
     })
 }
@@ -118,11 +120,21 @@ fn audience(cli: &Cli) -> IdentityAudience {
     }
 }
 
+fn allowed_clouds(cli: &Cli) -> AllowedClouds {
+    AllowedClouds::new(
+        &cli.allowed_entra_authority_hosts,
+        &cli.allowed_resource_manager_audiences,
+    )
+}
+
 pub fn policy(cli: &Cli) -> Policy {
     Policy {
         allowed_suffixes: cli.allowed_suffixes(),
         allow_ports: cli.allow_registry_ports,
         ttl_rotation_fraction: cli.ttl_rotation_fraction,
+        allowed_actions: AllowedActions::new(&cli.allowed_scope_actions),
+        allowed_clouds: allowed_clouds(cli),
+        tenancy_mode: cli.tenancy_mode.mode(),
         env: EnvDefaults {
             acr_server: cli.acr_server.clone(),
             client_id: cli.managed_identity_client_id.clone(),
@@ -188,7 +200,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let controller_metrics = ControllerMetrics::default().with_max_concurrent(cli.concurrency);
     controller_metrics.register(&mut registry);
 
-    let readiness = Readiness::new(run::WATCHES);
+    let readiness = Readiness::new(run::watches(&policy(&cli)));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = {
         let rx = shutdown_rx.clone();

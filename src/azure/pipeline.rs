@@ -26,7 +26,8 @@ use super::acr::{AccessTokenRequest, AcrApi, ExchangeRequest, ReqwestAcr, Verify
 use super::cache::SingleFlight;
 use super::clock::{SystemClock, WallClock};
 use super::cloud::{
-    entra_scope, imds_resource, AuthorityHosts, IdentityAudience, CONTAINER_REGISTRY_AUDIENCE,
+    entra_scope, imds_resource, AuthorityHosts, Cloud, IdentityAudience,
+    CONTAINER_REGISTRY_AUDIENCE,
 };
 use super::entra::{validate_tenant_id, EntraApi, EntraTokenRequest, ReqwestEntra};
 use super::error::{AzureError, ErrorKind};
@@ -83,6 +84,10 @@ pub struct PipelineConfig {
     pub service_account_token_audience: String,
     /// Allowed registry suffixes (exact or any subdomain); empty allows every host.
     pub allowed_suffixes: Vec<String>,
+    /// Air-gapped Entra authorities and Resource Manager audiences requests may use; empty
+    /// lists allow none (checked again here, right before any request, after the controller's
+    /// own validation).
+    pub allowed_clouds: crate::state::tenancy::AllowedClouds,
     /// Identity tokens are re-fetched when less than this is left.
     pub identity_refresh_margin: Duration,
     /// Wall clock for expiry decisions.
@@ -106,6 +111,7 @@ impl Default for PipelineConfig {
                 "azurecr.us".to_string(),
                 "azurecr.cn".to_string(),
             ],
+            allowed_clouds: Default::default(),
             identity_refresh_margin: Duration::from_secs(5 * 60),
             clock: Arc::new(SystemClock),
         }
@@ -335,7 +341,37 @@ impl Inner {
         Ok(audience)
     }
 
+    /// Defence in depth for air-gapped clouds: the binding names the authority and the
+    /// audience, so both must be on the operator's lists before anything is requested (for
+    /// workload identity, before the ServiceAccount token is even minted).
+    fn ensure_cloud_allowed(&self, req: &CredentialRequest) -> Result<(), AzureError> {
+        let Cloud::Airgapped {
+            entra_authority_host,
+            resource_manager_audience,
+        } = &req.cloud
+        else {
+            return Ok(());
+        };
+        let allowed = &self.config.allowed_clouds;
+        let authority =
+            crate::state::tenancy::normalize_authority(entra_authority_host).unwrap_or_default();
+        if !allowed.allows_authority(&authority) {
+            return Err(AzureError::new(
+                ErrorKind::AuthorityNotAllowed,
+                "the air-gapped Entra authority host is not in --allowed-entra-authority-hosts; nothing was sent",
+            ));
+        }
+        if !allowed.allows_audience(resource_manager_audience) {
+            return Err(AzureError::new(
+                ErrorKind::AuthorityNotAllowed,
+                "the air-gapped Resource Manager audience is not in --allowed-resource-manager-audiences; nothing was sent",
+            ));
+        }
+        Ok(())
+    }
+
     fn identity_key(&self, req: &CredentialRequest) -> Result<IdentityKey, AzureError> {
+        self.ensure_cloud_allowed(req)?;
         let audience = self.audience(req)?;
         let non_empty = |value: &str, what: &str| {
             if value.trim().is_empty() {

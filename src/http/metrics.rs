@@ -294,6 +294,7 @@ mod tests {
                     consecutive_failures: 0,
                     observed_generation: 1,
                     verified: None,
+                    permitted: None,
                 },
                 secret_name: format!("acr-pull-{name}"),
                 service_account: "default".into(),

@@ -142,6 +142,11 @@ fn status_view(s: &AcrPullBindingStatus) -> StatusView {
             .iter()
             .find(|c| c.type_ == super::status::CREDENTIAL_VERIFIED)
             .map(|c| c.status == "True"),
+        permitted: s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == super::status::PERMITTED)
+            .map(|c| (c.status == "True", c.message.clone())),
     }
 }
 

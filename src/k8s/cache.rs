@@ -22,14 +22,22 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
+use super::api::policy::AcrPullPolicy;
 use super::observe::SecretMeta;
 
-/// The caches the controllers read: Secrets (metadata) and ServiceAccounts, by namespace.
+/// The caches the controllers read: Secrets (metadata) and ServiceAccounts, by namespace;
+/// with `--tenancy-mode` audit or enforce also Namespaces (metadata: their labels) and
+/// `AcrPullPolicy` objects, both cluster-scoped (namespace `""`).
 #[derive(Default, Clone)]
 pub struct Caches {
     pub secrets: NsCache<SecretMeta>,
     pub service_accounts: NsCache<ServiceAccount>,
+    pub namespaces: NsCache<NamespaceMeta>,
+    pub policies: NsCache<AcrPullPolicy>,
 }
+
+/// A Namespace as metadata only: the labels tenancy policies select on.
+pub type NamespaceMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>;
 
 type Index<K> = HashMap<String, BTreeMap<String, Arc<K>>>;
 

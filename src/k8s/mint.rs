@@ -166,7 +166,9 @@ async fn failed<K: BindingResource>(
     // The retry is planned from when the failure happened, not from when the pass started
     // (the pipeline may have retried for up to a minute).
     let now = Timestamp::now();
-    let (record, f) = after_mint_failure(o, &m.request, &failure, now, &ctx.policy);
+    let (mut record, f) = after_mint_failure(o, &m.request, &failure, now, &ctx.policy);
+    // The tenancy condition this pass decided stays as decided.
+    record.permitted = m.decision.record.permitted.clone();
     ctx.failures
         .mint_failed(key, o.binding.generation, f.clone());
     let summary = match (m.reason, record.phase) {

@@ -161,5 +161,6 @@ pub fn observe<K: BindingResource>(
         workload_service_account: workload,
         referencing_service_accounts: referencing,
         last_failure,
+        tenancy: None,
     }
 }

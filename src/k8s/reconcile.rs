@@ -20,11 +20,14 @@ use super::mint::{self, Mint};
 use super::observe::observe;
 use super::status;
 use super::tracker::{BindingKey, Report};
-use crate::state::decide::{decide, CleanupStep, Decision, ExtraneousStep, Observed, Plan};
+use crate::state::decide::{
+    decide, CleanupStep, Decision, ExtraneousStep, Observed, Plan, TenancyView,
+};
 use crate::state::names::{expected_secret_name, EXPIRY_ANNOTATION};
 use crate::state::reason::Reason;
 use crate::state::record::{Phase, Record};
 use crate::state::refresh::{requeue_after, retry_at, seed_of};
+use crate::state::tenancy::Mode;
 
 /// While the caches sync, passes look again this often.
 const SYNC_POLL: Duration = Duration::from_millis(200);
@@ -96,13 +99,14 @@ async fn pass<K: BindingResource>(
         return Ok(Action::requeue(SYNC_POLL));
     }
     let ns = key.namespace.as_str();
-    let observed = observe(
+    let mut observed = observe(
         b,
         ctx.selector.matches(b.labels()),
         &ctx.caches.secrets.in_namespace(ns),
         &ctx.caches.service_accounts.in_namespace(ns),
         ctx.failures.mint(key, b.meta().generation.unwrap_or(0)),
     );
+    observed.tenancy = tenancy_view(ctx, ns);
     let now = Timestamp::now();
     let decision = decide(&observed, now, &ctx.policy);
     tracing::debug!(
@@ -122,6 +126,7 @@ async fn pass<K: BindingResource>(
         report(ctx, key, &observed, &decision.record, now);
     }
     let done = execute(b, key, &observed, &decision, ctx, now).await?;
+    policy_signals(ctx, b, &observed, &decision).await;
     let Some(requeue) = done.requeue else {
         return Ok(Action::await_change());
     };
@@ -152,6 +157,8 @@ fn plan_name(plan: &Plan) -> &'static str {
         Plan::Mint { .. } => "Mint",
         Plan::Attach { .. } => "Attach",
         Plan::RemoveExtraneousSecret(_) => "RemoveExtraneousSecret",
+        Plan::Revoke(ExtraneousStep::Detach { .. }) => "RevokeDetach",
+        Plan::Revoke(ExtraneousStep::Delete(_)) => "RevokeDeleteSecret",
         Plan::WriteStatus(_) => "WriteStatus",
         Plan::Wait => "Wait",
     }
@@ -213,6 +220,36 @@ async fn execute<K: BindingResource>(
         Plan::Cleanup(CleanupStep::DeleteSecret(name))
         | Plan::RemoveExtraneousSecret(ExtraneousStep::Delete(name)) => {
             delete_secret(ctx, ns, name).await?
+        }
+        Plan::Revoke(ExtraneousStep::Detach {
+            service_account,
+            pull_secrets,
+        }) => {
+            set_pull_secrets(ctx, ns, service_account, pull_secrets).await?;
+            tracing::warn!(
+                namespace = %key.namespace, name = %key.name, service_account = %service_account,
+                reason = d.record.reason.as_str(),
+                "policy refuses the binding: pull secret detached from the service account"
+            );
+        }
+        Plan::Revoke(ExtraneousStep::Delete(name)) => {
+            delete_secret(ctx, ns, name).await?;
+            ctx.metrics.revocations.inc();
+            tracing::warn!(
+                namespace = %key.namespace, name = %key.name, secret = %name,
+                reason = d.record.reason.as_str(), error = %d.record.error,
+                "policy refuses the binding: pull secret deleted"
+            );
+            publish(
+                &ctx.writer,
+                &ctx.reporter,
+                b,
+                Severity::Warning,
+                Reason::CredentialRevoked,
+                "Revoke",
+                format!("pull secret {name} deleted: {}", d.record.error),
+            )
+            .await;
         }
         Plan::Cleanup(CleanupStep::RemoveFinalizer) => {
             let finalizers = b
@@ -295,6 +332,76 @@ async fn execute<K: BindingResource>(
         }
     }
     Ok(done)
+}
+
+/// The tenancy policies and the namespace's labels, when the mode reads them.
+fn tenancy_view(ctx: &Context, ns: &str) -> Option<TenancyView> {
+    if ctx.policy.tenancy_mode == Mode::Off {
+        return None;
+    }
+    let policies = ctx
+        .caches
+        .policies
+        .in_namespace("")
+        .iter()
+        .map(|p| p.view())
+        .collect();
+    Some(TenancyView {
+        policies: Arc::new(policies),
+        namespace_labels: ctx
+            .caches
+            .namespaces
+            .get("", ns)
+            .map(|n| n.labels().clone()),
+    })
+}
+
+/// Count (and, in audit mode, tell) what the operator's policy did to the binding this pass:
+/// once per refusal, when its status first says so.
+async fn policy_signals<K: BindingResource>(ctx: &Context, b: &K, o: &Observed, d: &Decision) {
+    let mode = ctx.policy.tenancy_mode.as_str();
+    match &d.plan {
+        Plan::Fail(r)
+            if matches!(
+                r.reason,
+                Reason::NotPermitted | Reason::ActionNotAllowed | Reason::AuthorityNotAllowed
+            ) && o
+                .binding
+                .status
+                .ready
+                .as_ref()
+                .and_then(|(_, reason, _)| *reason)
+                != Some(r.reason) =>
+        {
+            ctx.metrics.refusal(mode, r.reason.as_str());
+        }
+        Plan::WriteStatus(r) => {
+            let flagged = |p: &Option<(bool, String)>| p.as_ref().is_some_and(|(ok, _)| !ok);
+            if flagged(&r.permitted) && !flagged(&o.binding.status.permitted) {
+                ctx.metrics.refusal(mode, Reason::NotPermitted.as_str());
+                let message = r
+                    .permitted
+                    .as_ref()
+                    .map(|(_, m)| m.clone())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    namespace = %o.binding.namespace, name = %o.binding.name, error = %message,
+                    "binding outside every AcrPullPolicy (audit mode: served)"
+                );
+                publish(
+                    &ctx.writer,
+                    &ctx.reporter,
+                    b,
+                    Severity::Warning,
+                    Reason::NotPermitted,
+                    "Audit",
+                    message,
+                )
+                .await;
+            }
+        }
+        _ => {}
+    }
 }
 
 async fn set_finalizers<K: BindingResource>(

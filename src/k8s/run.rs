@@ -2,6 +2,12 @@
 //! feeding reflector caches, and one kube-runtime controller per binding version, both
 //! triggered by Secret and ServiceAccount changes. The context's readiness flips once every
 //! watch has delivered its initial list; passes wait for it (the sync gate).
+//!
+//! With `--tenancy-mode` audit or enforce, two more watches join the sync gate: `AcrPullPolicy`
+//! objects (a change re-evaluates every binding: policies are few and rarely edited, and which
+//! bindings an edit affects depends on the policy before and after it) and Namespaces as
+//! metadata only (a namespace's label change re-evaluates the bindings in it). With `off`
+//! neither is watched, so the old controller's memory and RBAC needs are unchanged.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,19 +22,33 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
+use super::api::policy::AcrPullPolicy;
 use super::api::{v1beta1, v1beta2};
 use super::binding::BindingResource;
-use super::cache::NsCache;
+use super::cache::{NamespaceMeta, NsCache};
 use super::context::Context;
 use super::observe::{pull_secret_names, secret_owner, SecretMeta};
 use super::reconcile::{error_policy, reconcile};
 use crate::http::health::Readiness;
+use crate::state::binding::Policy;
 use crate::state::names::{expected_secret_name, BINDING_LABEL};
+use crate::state::tenancy::Mode;
 
 /// Events buffered per subscriber of a shared cache.
 const SUBSCRIBE_BUFFER: usize = 1024;
-/// The watches readiness waits for.
+/// The watches readiness waits for with `--tenancy-mode=off`; see [`watches`].
 pub const WATCHES: usize = 4;
+
+/// The watches readiness waits for under `policy`: policies and namespaces join with a
+/// tenancy mode, so no pass decides on a policy cache that has not delivered its list (an
+/// empty one would refuse, and in enforce revoke, every binding).
+pub fn watches(policy: &Policy) -> usize {
+    if policy.tenancy_mode == Mode::Off {
+        WATCHES
+    } else {
+        WATCHES + 2
+    }
+}
 
 /// Settings of the watch/reconcile machinery.
 #[derive(Debug, Clone)]
@@ -86,6 +106,8 @@ pub async fn run(
     let secret_cache = ctx.caches.secrets.clone();
     let sa_cache = ctx.caches.service_accounts.clone();
     let (secret_fan, mut secret_rx) = FanOut::<SecretMeta>::new(2);
+    let client_for_policies = client.clone();
+    let client_for_namespaces = client.clone();
     let (sa_fan, mut sa_rx) = FanOut::<ServiceAccount>::new(2);
 
     let secrets = watcher(
@@ -128,8 +150,77 @@ pub async fn run(
         std::future::ready(())
     });
 
+    // Tenancy: policies and namespace labels (only when a mode reads them).
+    let tenancy = ctx.policy.tenancy_mode != Mode::Off;
+    let (policy_tx, policy_rx) = watch::channel(0u64);
+    let (ns_fan, mut ns_rx) = FanOut::<NamespaceMeta>::new(2);
+    let policy_cache = ctx.caches.policies.clone();
+    let ns_cache = ctx.caches.namespaces.clone();
+    let policy_ready = readiness.clone();
+    let policies = async move {
+        if !tenancy {
+            return std::future::pending::<()>().await;
+        }
+        watcher(
+            Api::<AcrPullPolicy>::all(client_for_policies),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .inspect(mark_ready(policy_ready))
+        .for_each(move |e| {
+            match &e {
+                Ok(event) => {
+                    policy_cache.apply_event(event);
+                    if matches!(
+                        event,
+                        watcher::Event::Apply(_)
+                            | watcher::Event::Delete(_)
+                            | watcher::Event::InitDone
+                    ) {
+                        policy_tx.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                }
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    "watching AcrPullPolicy objects failed (is the CRD installed?); bindings wait"
+                ),
+            }
+            std::future::ready(())
+        })
+        .await
+    };
+    let ns_ready = readiness.clone();
+    let namespaces = async move {
+        if !tenancy {
+            drop(ns_fan);
+            return std::future::pending::<()>().await;
+        }
+        watcher(
+            Api::<NamespaceMeta>::all(client_for_namespaces),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .inspect(mark_ready(ns_ready))
+        .inspect(move |e| {
+            if let Ok(e) = e {
+                ns_cache.apply_event(e);
+            }
+        })
+        .touched_objects()
+        .for_each(move |o| {
+            if let Ok(o) = o {
+                ns_fan.send(&o);
+            }
+            std::future::ready(())
+        })
+        .await
+    };
+
     let (s1, s2) = (secret_rx.remove(0), secret_rx.remove(0));
     let (a1, a2) = (sa_rx.remove(0), sa_rx.remove(0));
+    let (n1, n2) = (ns_rx.remove(0), ns_rx.remove(0));
     let v1 = controller_for::<v1beta1::AcrPullBinding>(
         &client,
         &config,
@@ -137,6 +228,8 @@ pub async fn run(
         Triggers {
             secrets: s1,
             service_accounts: a1,
+            namespaces: n1,
+            policies: policy_rx.clone(),
             leader: leader.clone(),
         },
         shutdown.clone(),
@@ -148,6 +241,8 @@ pub async fn run(
         Triggers {
             secrets: s2,
             service_accounts: a2,
+            namespaces: n2,
+            policies: policy_rx,
             leader,
         },
         shutdown.clone(),
@@ -156,6 +251,8 @@ pub async fn run(
         tokio::select! {
             _ = secrets => {}
             _ = service_accounts => {}
+            _ = policies => {}
+            _ = namespaces => {}
             _ = shutdown => {}
         }
     };
@@ -182,7 +279,19 @@ fn on_leadership(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send
 struct Triggers {
     secrets: mpsc::UnboundedReceiver<Result<SecretMeta, watcher::Error>>,
     service_accounts: mpsc::UnboundedReceiver<Result<ServiceAccount, watcher::Error>>,
+    /// Namespaces whose metadata changed (tenancy modes only).
+    namespaces: mpsc::UnboundedReceiver<Result<NamespaceMeta, watcher::Error>>,
+    /// Bumped when any `AcrPullPolicy` changes (tenancy modes only).
+    policies: watch::Receiver<u64>,
     leader: watch::Receiver<bool>,
+}
+
+/// A stream that yields once per observed change of `rx` (changes in between coalesce).
+fn on_change(rx: watch::Receiver<u64>) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
 }
 
 async fn controller_for<K: BindingResource>(
@@ -201,6 +310,7 @@ async fn controller_for<K: BindingResource>(
     }
     let index = NsCache::<K>::default();
     let by_sa = index.clone();
+    let by_ns = index.clone();
     let bindings = watcher(Api::<K>::all(client.clone()), wc)
         .default_backoff()
         .modify(strip_managed_fields)
@@ -219,7 +329,15 @@ async fn controller_for<K: BindingResource>(
         .watches_stream(triggers.service_accounts, move |sa: ServiceAccount| {
             sa_to_bindings::<K>(&by_sa, &sa)
         })
+        .watches_stream(triggers.namespaces, move |n: NamespaceMeta| {
+            by_ns
+                .in_namespace(&n.name_any())
+                .iter()
+                .map(|b| ObjectRef::from_obj(b.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .reconcile_all_on(on_leadership(triggers.leader))
+        .reconcile_all_on(on_change(triggers.policies))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| std::future::ready(()));

@@ -16,6 +16,9 @@ use crate::state::record::Record;
 pub const READY: &str = "Ready";
 /// The condition saying whether the registry granted every requested scope.
 pub const CREDENTIAL_VERIFIED: &str = "CredentialVerified";
+/// The condition saying whether an `AcrPullPolicy` permits the binding (tenancy modes audit
+/// and enforce only).
+pub const PERMITTED: &str = "Permitted";
 
 /// Every field of [`AcrPullBindingStatus`] as serialised (checked by a test): the ones the
 /// record leaves empty are sent as `null` so the stored status loses them.
@@ -92,6 +95,16 @@ pub fn render(
             now,
         ));
     }
+    if let Some((permitted, message)) = &record.permitted {
+        let reason = if *permitted {
+            Reason::Permitted
+        } else {
+            Reason::NotPermitted
+        };
+        conditions.push(condition(
+            previous, PERMITTED, *permitted, reason, message, generation, now,
+        ));
+    }
     AcrPullBindingStatus {
         last_token_refresh_time: record.last_refresh.map(Time),
         token_expiration_time: record.expiry.map(Time),
@@ -157,6 +170,7 @@ mod tests {
             consecutive_failures: 2,
             observed_generation: 3,
             verified: Some(true),
+            permitted: None,
         }
     }
 

@@ -207,6 +207,7 @@ mod tests {
                 consecutive_failures: 0,
                 observed_generation: 1,
                 verified: None,
+                permitted: None,
             },
             secret_name: "acr-pull-a".into(),
             service_account: "default".into(),

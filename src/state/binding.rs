@@ -10,6 +10,9 @@ use super::reason::Reason;
 use super::refresh::{Backoff, RefreshRule};
 use super::scope;
 use super::server::{check_server, AllowedSuffixes, RegistryHost};
+use super::tenancy::{
+    first_disallowed, normalize_authority, AllowedActions, AllowedClouds, Mode as TenancyMode,
+};
 
 /// Annotations workload identity reads from the asserting ServiceAccount.
 pub const WI_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
@@ -97,6 +100,12 @@ pub struct Policy {
     /// No requeue is ever scheduled sooner than this.
     pub min_requeue: std::time::Duration,
     pub env: EnvDefaults,
+    /// `--allowed-scope-actions`: the scope actions any binding may ask for (every mode).
+    pub allowed_actions: AllowedActions,
+    /// `--allowed-entra-authority-hosts` and `--allowed-resource-manager-audiences`.
+    pub allowed_clouds: AllowedClouds,
+    /// `--tenancy-mode`: whether `AcrPullPolicy` objects are evaluated, and with what effect.
+    pub tenancy_mode: TenancyMode,
 }
 
 impl Policy {
@@ -123,6 +132,9 @@ impl Default for Policy {
             after_write: std::time::Duration::from_secs(5),
             min_requeue: super::refresh::MIN_REQUEUE,
             env: EnvDefaults::default(),
+            allowed_actions: AllowedActions::default(),
+            allowed_clouds: AllowedClouds::default(),
+            tenancy_mode: TenancyMode::Off,
         }
     }
 }
@@ -183,6 +195,16 @@ pub struct Invalid {
 }
 
 impl Invalid {
+    /// Whether this refusal is a definite operator decision that also takes away the
+    /// credential the binding already has (not only stops new ones): a scope action, an
+    /// air-gapped authority or a tenancy policy the operator did not allow.
+    pub fn revokes(&self) -> bool {
+        matches!(
+            self.reason,
+            Reason::ActionNotAllowed | Reason::AuthorityNotAllowed | Reason::NotPermitted
+        )
+    }
+
     fn spec(message: impl Into<String>) -> Self {
         Self {
             reason: Reason::InvalidSpec,
@@ -323,7 +345,7 @@ fn validate_v1beta1(name: &str, s: &V1beta1Spec, policy: &Policy) -> Result<Stat
     let scope = if s.scope.trim().is_empty() {
         None
     } else {
-        Some(scope_of(&s.scope)?)
+        Some(scope_of(&s.scope, &policy.allowed_actions)?)
     };
     let identity = if !client_id.is_empty() {
         check_guidish(
@@ -380,7 +402,7 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
                 message: e.to_string(),
             }
         })?;
-    let scope = scope_of(&s.scope)?;
+    let scope = scope_of(&s.scope, &policy.allowed_actions)?;
     let cloud = match (s.environment.as_str(), &s.cloud_config) {
         ("PublicCloud" | "", None) => CloudSpec::Public,
         ("USGovernmentCloud", None) => CloudSpec::USGovernment,
@@ -395,9 +417,11 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
             }
             if !authority.starts_with("https://") {
                 return Err(Invalid::spec(format!(
-                    "spec.acr.cloudConfig.entraAuthorityHost {authority:?} must be an https:// URL"
+                    "spec.acr.cloudConfig.entraAuthorityHost {:?} must be an https:// URL",
+                    truncate(authority)
                 )));
             }
+            check_cloud(authority, audience, &policy.allowed_clouds)?;
             CloudSpec::Airgapped {
                 entra_authority_host: authority.to_string(),
                 resource_manager_audience: audience.to_string(),
@@ -513,10 +537,58 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
     })
 }
 
-fn scope_of(raw: &str) -> Result<String, Invalid> {
-    scope::parse(raw)
-        .map(|s| scope::canonical(&s))
-        .map_err(|e| Invalid::spec(e.to_string()))
+/// Parse and canonicalise a scope, refusing actions the operator did not allow (in every
+/// tenancy mode: push, delete and `*` are not for pull secrets unless allowed).
+fn scope_of(raw: &str, allowed: &AllowedActions) -> Result<String, Invalid> {
+    let scopes = scope::parse(raw).map_err(|e| Invalid::spec(e.to_string()))?;
+    if let Some((s, action)) = first_disallowed(&scopes, |a| allowed.allows(a)) {
+        return Err(Invalid {
+            reason: Reason::ActionNotAllowed,
+            message: format!(
+                "scope {:?} asks for action {action:?}, which this controller does not grant \
+                 (allowed: {}); an operator can allow more actions with --allowed-scope-actions \
+                 (Helm value scopeActions.allowed)",
+                truncate(&s.to_string()),
+                allowed.as_slice().join(", ")
+            ),
+        });
+    }
+    Ok(scope::canonical(&scopes))
+}
+
+/// An air-gapped binding's authority and audience are used only when the operator listed
+/// them: otherwise a binding could send the controller's ServiceAccount token (a credential
+/// for every identity federated with it) to any host it names.
+fn check_cloud(authority: &str, audience: &str, allowed: &AllowedClouds) -> Result<(), Invalid> {
+    let normalized = normalize_authority(authority).map_err(|why| {
+        Invalid::spec(format!(
+            "spec.acr.cloudConfig.entraAuthorityHost {:?} {why}",
+            truncate(authority)
+        ))
+    })?;
+    if !allowed.allows_authority(&normalized) {
+        return Err(Invalid {
+            reason: Reason::AuthorityNotAllowed,
+            message: format!(
+                "spec.acr.cloudConfig.entraAuthorityHost {normalized:?} is not an Entra authority \
+                 this controller may send tokens to; an operator must list it in \
+                 --allowed-entra-authority-hosts (Helm value airgapped.allowedEntraAuthorityHosts)",
+            ),
+        });
+    }
+    if !allowed.allows_audience(audience) {
+        return Err(Invalid {
+            reason: Reason::AuthorityNotAllowed,
+            message: format!(
+                "spec.acr.cloudConfig.resourceManagerAudience {:?} is not an audience this \
+                 controller may request tokens for; an operator must list it in \
+                 --allowed-resource-manager-audiences (Helm value \
+                 airgapped.allowedResourceManagerAudiences)",
+                truncate(audience)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Client ids are GUIDs; reject anything else before it reaches a URL.

@@ -16,6 +16,7 @@ use super::names::{expected_secret_name, sort_pull_secrets};
 use super::reason::Reason;
 pub use super::record::{Phase, Record, StatusView};
 use super::refresh::{add, ceil_seconds, due_at, retry_at, seed_of};
+use super::tenancy::{evaluate, Mode, Request, TenancyPolicy, Verdict};
 
 /// The binding as observed.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +88,17 @@ pub struct Observed {
     pub referencing_service_accounts: Vec<ServiceAccountView>,
     /// The last failed mint for the binding's current generation, if any.
     pub last_failure: Option<Failure>,
+    /// What tenancy decisions read (`None` with `--tenancy-mode=off`, or not gathered).
+    pub tenancy: Option<TenancyView>,
+}
+
+/// The tenancy policies and the binding's namespace labels, from the watch caches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenancyView {
+    /// Every `AcrPullPolicy` (a shared snapshot, rebuilt when a policy changes).
+    pub policies: std::sync::Arc<Vec<TenancyPolicy>>,
+    /// The binding's namespace labels; `None` while the namespace is not in the cache.
+    pub namespace_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Why a token is minted.
@@ -173,6 +185,9 @@ pub enum Plan {
     },
     /// Rule 9.
     RemoveExtraneousSecret(ExtraneousStep),
+    /// Rule 4b: the operator's policy refuses the binding: take its credential away, one step
+    /// per pass (detach from every ServiceAccount, then delete each Secret); then `Fail`.
+    Revoke(ExtraneousStep),
     /// Rule 10 (and a record that changed while backing off).
     WriteStatus(Record),
     /// Rule 11: nothing to do until [`Decision::requeue`].
@@ -226,9 +241,11 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         return decision(record, Plan::AddFinalizer, after_write);
     }
 
-    // Rule 4: static validation.
+    // Rule 4: static validation. A refusal by the operator's allow-lists (actions, air-gapped
+    // authorities) also takes away the credential the binding already has.
     let stat = match validate(&b.name, &b.spec, policy) {
         Ok(s) => s,
+        Err(invalid) if invalid.revokes() => return revoke_or_fail(o, invalid, now, policy),
         Err(invalid) => return fail(o, invalid, now, policy),
     };
 
@@ -262,6 +279,96 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         Ok(r) => r,
         Err(invalid) => return fail(o, invalid, now, policy),
     };
+
+    // Rule 4b: tenancy policies (SPEC §12), once the identity is known (workload identity may
+    // take it from the ServiceAccount's annotations), before any Azure call.
+    let permitted = match tenancy(o, &resolved, policy.tenancy_mode) {
+        Tenancy::Off => None,
+        Tenancy::Permitted(message) => Some((true, message)),
+        Tenancy::Flagged(message) => Some((false, message)),
+        Tenancy::Refused(message) => {
+            let invalid = Invalid {
+                reason: Reason::NotPermitted,
+                message,
+            };
+            return revoke_or_fail(o, invalid, now, policy);
+        }
+        // No definite decision (the namespace is not cached yet): change nothing, look again.
+        Tenancy::Undecided => return decision(current, Plan::Wait, after_write),
+    };
+    let mut d = serve(o, target, &resolved, now, policy);
+    d.record.permitted = permitted.clone();
+    match &mut d.plan {
+        Plan::WriteStatus(r) | Plan::Fail(r) => r.permitted = permitted,
+        Plan::Wait if !d.record.matches(&b.status) => {
+            d.plan = Plan::WriteStatus(d.record.clone());
+        }
+        _ => {}
+    }
+    d
+}
+
+/// The tenancy outcome of one pass.
+enum Tenancy {
+    Off,
+    Permitted(String),
+    /// Audit mode: served, but enforce would refuse it (the message says why).
+    Flagged(String),
+    Refused(String),
+    Undecided,
+}
+
+fn tenancy(o: &Observed, resolved: &Resolved, mode: Mode) -> Tenancy {
+    if mode == Mode::Off {
+        return Tenancy::Off;
+    }
+    let Some(view) = &o.tenancy else {
+        return Tenancy::Undecided;
+    };
+    let scopes = match &resolved.scope {
+        Some(s) => match super::scope::parse(s) {
+            Ok(scopes) => Some(scopes),
+            Err(e) => return Tenancy::Refused(e.to_string()),
+        },
+        None => None,
+    };
+    let server = resolved.registry.authority();
+    let request = Request {
+        identity: &resolved.identity,
+        registry_host: &resolved.registry.host,
+        registry_server: &server,
+        scopes: scopes.as_deref(),
+    };
+    match evaluate(
+        &view.policies,
+        &o.binding.namespace,
+        view.namespace_labels.as_ref(),
+        &request,
+    ) {
+        Verdict::Permitted { policies } => Tenancy::Permitted(format!(
+            "permitted by AcrPullPolicy {}",
+            policies.join(", ")
+        )),
+        Verdict::Denied { message } if mode == Mode::Audit => Tenancy::Flagged(format!(
+            "audit: --tenancy-mode=enforce would refuse this binding: {message}"
+        )),
+        Verdict::Denied { message } => Tenancy::Refused(message),
+        Verdict::Undecided => Tenancy::Undecided,
+    }
+}
+
+/// Rules 7 to 11 for a binding that passed every check.
+fn serve(
+    o: &Observed,
+    target: &ServiceAccountView,
+    resolved: &Resolved,
+    now: Timestamp,
+    policy: &Policy,
+) -> Decision {
+    let b = &o.binding;
+    let current = b.status.as_record(b.generation);
+    let after_write = Some(add(now, policy.after_write));
+    let resolved = resolved.clone();
 
     // Rule 7: mint when the secret is missing, due, unreadable or minted for other inputs.
     let seed = seed_of(&b.uid);
@@ -370,6 +477,7 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         consecutive_failures: 0,
         observed_generation: b.generation,
         verified: secret.verified,
+        permitted: None,
     };
     if !desired.matches(&b.status) {
         return decision(desired.clone(), Plan::WriteStatus(desired), Some(next));
@@ -413,6 +521,50 @@ pub fn valid_until(o: &Observed, resolved: &Resolved, now: Timestamp) -> Option<
         .filter(|e| *e > now)
 }
 
+/// Rule 4b: the operator's policy refuses the binding. Every ServiceAccount loses its
+/// reference to the binding's secrets, then every secret of the binding is deleted, one step
+/// per pass; then the failure is recorded like any other. Only ever called on a definite
+/// decision from synced caches, never on a transient error.
+fn revoke_or_fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Policy) -> Decision {
+    let own: Vec<&str> = o.secrets.iter().map(|s| s.name.as_str()).collect();
+    let expected = expected_secret_name(o.binding.version, &o.binding.name);
+    let is_own = |n: &String| own.contains(&n.as_str()) || *n == expected;
+    let after_write = Some(add(now, policy.after_write));
+    let step = o
+        .referencing_service_accounts
+        .iter()
+        .chain(o.target_service_account.iter())
+        .find(|sa| sa.pull_secrets.iter().any(is_own))
+        .map(|sa| ExtraneousStep::Detach {
+            service_account: sa.name.clone(),
+            pull_secrets: without(&sa.pull_secrets, is_own),
+        })
+        .or_else(|| {
+            o.secrets
+                .first()
+                .map(|s| ExtraneousStep::Delete(s.name.clone()))
+        });
+    let Some(step) = step else {
+        return fail(o, invalid, now, policy);
+    };
+    let b = &o.binding;
+    let record = Record {
+        phase: Phase::Failed,
+        reason: invalid.reason,
+        ready: false,
+        message: invalid.message.clone(),
+        error: invalid.message,
+        last_refresh: None,
+        expiry: None,
+        next_refresh: None,
+        consecutive_failures: b.status.consecutive_failures,
+        observed_generation: b.generation,
+        verified: None,
+        permitted: None,
+    };
+    decision(record, Plan::Revoke(step), after_write)
+}
+
 /// Rules 4 and 6: record a failure found in the observed state (bad spec, missing
 /// ServiceAccount or annotation) once, then wait for a change.
 fn fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Policy) -> Decision {
@@ -423,21 +575,25 @@ fn fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Policy) -> Deci
     } else {
         b.status.consecutive_failures.saturating_add(1)
     };
+    let permitted =
+        (invalid.reason == Reason::NotPermitted).then(|| (false, invalid.message.clone()));
+    let revoked = invalid.revokes();
     let record = Record {
         phase: Phase::Failed,
         reason: invalid.reason,
         ready: false,
         message: invalid.message.clone(),
         error: invalid.message,
-        // The facts of the credential the secret holds stay in status.
-        last_refresh: b.status.last_refresh,
-        expiry: b.status.expiry,
+        // The facts of the credential the secret holds stay in status (unless it was revoked).
+        last_refresh: b.status.last_refresh.filter(|_| !revoked),
+        expiry: b.status.expiry.filter(|_| !revoked),
         // Nothing is planned: a change to the binding or its ServiceAccounts triggers the
         // next pass through the watches; the re-check interval is a safety net.
         next_refresh: None,
         consecutive_failures: failures,
         observed_generation: b.generation,
-        verified: b.status.verified,
+        verified: b.status.verified.filter(|_| !revoked),
+        permitted,
     };
     let requeue = Some(add(now, policy.recheck_interval));
     if same && record.matches(&b.status) {
@@ -480,6 +636,7 @@ pub fn failure_record(o: &Observed, resolved: &Resolved, f: &Failure, now: Times
         } else {
             secret.map_or(b.status.verified, |s| s.verified)
         },
+        permitted: b.status.permitted.clone(),
     }
 }
 

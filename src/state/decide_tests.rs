@@ -4,6 +4,7 @@ use super::*;
 use crate::state::binding::{EnvDefaults, IdentitySpec, V1beta1Spec, V1beta2Spec, WorkloadSpec};
 use crate::state::inputs;
 use crate::state::refresh::MIN_REFRESH_INTERVAL;
+use crate::state::tenancy::{AllowedActions, AllowedClouds, Mode, TenancyPolicy};
 
 const CID: &str = "1b461305-28be-5271-beda-bd9fd2e24251";
 const TID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -95,6 +96,7 @@ fn observed(spec: Spec) -> Observed {
         workload_service_account: None,
         referencing_service_accounts: vec![],
         last_failure: None,
+        tenancy: None,
     }
 }
 
@@ -148,6 +150,7 @@ fn ready(mut o: Observed) -> Observed {
         observed_generation: Some(desired.observed_generation),
         ready: Some((desired.ready, Some(desired.reason), desired.message.clone())),
         verified: desired.verified,
+        permitted: None,
     };
     o
 }
@@ -353,6 +356,7 @@ fn missing_target_service_account_fails_and_waits_for_it() {
         observed_generation: Some(1),
         ready: Some((false, Some(status.reason), status.message.clone())),
         verified: status.verified,
+        permitted: None,
     };
     let later = add(now(), std::time::Duration::from_secs(5));
     let d = decide(&o, later, &policy());
@@ -599,7 +603,30 @@ fn air_gapped_bindings_with_cloud_config_are_served() {
         )),
         ..v2_managed()
     }));
-    let d = decide(&o, now(), &policy());
+    // Not on the operator's lists (the default): refused before anything is requested,
+    // naming the flag to set.
+    failed_with(
+        &decide(&o, now(), &policy()),
+        "AuthorityNotAllowed",
+        "--allowed-entra-authority-hosts",
+    );
+    let only_authority = Policy {
+        allowed_clouds: AllowedClouds::new(["login.airgap.example"], Vec::<String>::new()),
+        ..policy()
+    };
+    failed_with(
+        &decide(&o, now(), &only_authority),
+        "AuthorityNotAllowed",
+        "--allowed-resource-manager-audiences",
+    );
+    let allowed = Policy {
+        allowed_clouds: AllowedClouds::new(
+            ["https://LOGIN.airgap.example"],
+            ["https://mgmt.airgap.example"],
+        ),
+        ..policy()
+    };
+    let d = decide(&o, now(), &allowed);
     let Plan::Mint { request, .. } = &d.plan else {
         panic!("{d:?}")
     };
@@ -911,6 +938,7 @@ fn after(o: &Observed, record: &Record, f: Failure) -> Observed {
         observed_generation: Some(record.observed_generation),
         ready: Some((record.ready, Some(record.reason), record.message.clone())),
         verified: record.verified,
+        permitted: None,
     };
     o.last_failure = Some(f);
     o
@@ -1162,6 +1190,7 @@ fn same_failure_twice_is_not_rewritten() {
         observed_generation: Some(1),
         ready: Some((false, Some(status.reason), status.message.clone())),
         verified: status.verified,
+        permitted: None,
     };
     let d = decide(&o, now(), &policy());
     assert!(matches!(d.plan, Plan::Wait), "no status write loop: {d:?}");
@@ -1295,4 +1324,305 @@ fn status_times_are_whole_seconds_so_a_read_back_status_matches() {
     let round_tripped: Timestamp = crate::k8s::binding::rfc3339(next).parse().unwrap();
     assert_eq!(round_tripped, next);
     assert_eq!(decide(&o, now(), &policy()).plan, Plan::Wait);
+}
+
+// ---- SPEC §12: allow-lists and tenancy policies ----
+
+fn enforce() -> Policy {
+    Policy {
+        tenancy_mode: Mode::Enforce,
+        ..policy()
+    }
+}
+
+fn audit() -> Policy {
+    Policy {
+        tenancy_mode: Mode::Audit,
+        ..policy()
+    }
+}
+
+/// `ns` may use identity CID on example.azurecr.io with pull.
+fn ns_policy() -> TenancyPolicy {
+    TenancyPolicy {
+        name: "team-ns".into(),
+        namespace_names: vec!["ns".into()],
+        managed_client_ids: vec![CID.into()],
+        workload_identities: vec![(CID.into(), TID.into())],
+        registries: vec!["example.azurecr.io".into()],
+        actions: vec!["pull".into()],
+        ..Default::default()
+    }
+}
+
+fn with_policies(mut o: Observed, policies: Vec<TenancyPolicy>) -> Observed {
+    o.tenancy = Some(TenancyView {
+        policies: std::sync::Arc::new(policies),
+        namespace_labels: Some(Default::default()),
+    });
+    o
+}
+
+#[test]
+fn push_delete_and_wildcard_actions_are_refused_in_every_mode_unless_allowed() {
+    for mode in [Mode::Off, Mode::Audit, Mode::Enforce] {
+        for scope in [
+            "repository:app:pull,push",
+            "repository:app:delete",
+            "repository:app:*",
+            "repository:app:pull repository:other:metadata_write",
+            "registry:catalog:*",
+        ] {
+            let spec = V1beta2Spec {
+                scope: scope.into(),
+                ..v2_managed()
+            };
+            let o = with_policies(observed(Spec::V1beta2(spec)), vec![ns_policy()]);
+            let p = Policy {
+                tenancy_mode: mode,
+                ..policy()
+            };
+            failed_with(
+                &decide(&o, now(), &p),
+                "ActionNotAllowed",
+                "--allowed-scope-actions",
+            );
+        }
+    }
+    // v1beta1 too; metadata_read is a pull client's read.
+    let o = observed(Spec::V1beta1(V1beta1Spec {
+        scope: "repository:app:push".into(),
+        ..v1(CID, "")
+    }));
+    failed_with(
+        &decide(&o, now(), &policy()),
+        "ActionNotAllowed",
+        "\"push\"",
+    );
+    let o = observed(Spec::V1beta2(V1beta2Spec {
+        scope: "repository:app:pull,metadata_read".into(),
+        ..v2_managed()
+    }));
+    assert!(matches!(
+        decide(&o, now(), &policy()).plan,
+        Plan::Mint { .. }
+    ));
+    // The operator may allow more.
+    let o = observed(Spec::V1beta2(V1beta2Spec {
+        scope: "repository:app:pull,push".into(),
+        ..v2_managed()
+    }));
+    let p = Policy {
+        allowed_actions: AllowedActions::new(["pull", "push"]),
+        ..policy()
+    };
+    assert!(matches!(decide(&o, now(), &p).plan, Plan::Mint { .. }));
+}
+
+#[test]
+fn a_binding_outside_every_policy_is_refused_in_enforce_flagged_in_audit_and_unchanged_in_off() {
+    let other_identity = V1beta2Spec {
+        managed: Some(("99999999-9999-9999-9999-999999999999".into(), String::new())),
+        ..v2_managed()
+    };
+    let other_registry = V1beta2Spec {
+        server: "otherteam.azurecr.io".into(),
+        ..v2_managed()
+    };
+    for (what, spec, needle) in [
+        (
+            "identity",
+            other_identity,
+            "managed identity client id 9999",
+        ),
+        (
+            "registry",
+            other_registry,
+            "registry otherteam.azurecr.io is not listed",
+        ),
+    ] {
+        let o = with_policies(observed(Spec::V1beta2(spec)), vec![ns_policy()]);
+        // off: policies are not even looked at.
+        assert!(
+            matches!(decide(&o, now(), &policy()).plan, Plan::Mint { .. }),
+            "{what}"
+        );
+        assert_eq!(decide(&o, now(), &policy()).record.permitted, None);
+        // enforce: refused before any Azure call, the policy named.
+        let d = decide(&o, now(), &enforce());
+        failed_with(&d, "NotPermitted", "AcrPullPolicy team-ns");
+        failed_with(&d, "NotPermitted", needle);
+        assert_eq!(d.record.permitted.as_ref().map(|p| p.0), Some(false));
+        // audit: served, flagged.
+        let d = decide(&o, now(), &audit());
+        assert!(matches!(d.plan, Plan::Mint { .. }), "{what}: {d:?}");
+        let (ok, message) = d.record.permitted.clone().expect("flagged");
+        assert!(
+            !ok && message.contains("audit") && message.contains(needle),
+            "{message}"
+        );
+    }
+    // Permitted: the condition names the policy.
+    let o = with_policies(observed(Spec::V1beta2(v2_managed())), vec![ns_policy()]);
+    let d = decide(&o, now(), &enforce());
+    assert!(matches!(d.plan, Plan::Mint { .. }), "{d:?}");
+    assert_eq!(
+        d.record.permitted,
+        Some((true, "permitted by AcrPullPolicy team-ns".into()))
+    );
+    // No policy at all: refused in enforce.
+    let o = with_policies(observed(Spec::V1beta2(v2_managed())), vec![]);
+    failed_with(
+        &decide(&o, now(), &enforce()),
+        "NotPermitted",
+        "no AcrPullPolicy covers namespace ns",
+    );
+}
+
+#[test]
+fn workload_identity_pairs_and_unscoped_v1beta1_credentials() {
+    // The pair from the ServiceAccount annotations is what is checked.
+    let mut o = with_policies(
+        observed(Spec::V1beta2(v2_workload(false))),
+        vec![ns_policy()],
+    );
+    o.workload_service_account = Some(ServiceAccountView {
+        name: "fed".into(),
+        client_id_annotation: Some(CID.into()),
+        tenant_id_annotation: Some("contoso.onmicrosoft.com".into()),
+        ..Default::default()
+    });
+    failed_with(
+        &decide(&o, now(), &enforce()),
+        "NotPermitted",
+        "in tenant contoso.onmicrosoft.com",
+    );
+    o.workload_service_account
+        .as_mut()
+        .unwrap()
+        .tenant_id_annotation = Some(TID.into());
+    assert!(matches!(
+        decide(&o, now(), &enforce()).plan,
+        Plan::Mint { .. }
+    ));
+    // Unscoped: fine in off, flagged in audit, refused in enforce unless the policy allows it.
+    let unscoped = V1beta1Spec {
+        scope: String::new(),
+        ..v1(CID, "")
+    };
+    let o = with_policies(observed(Spec::V1beta1(unscoped)), vec![ns_policy()]);
+    assert!(matches!(
+        decide(&o, now(), &policy()).plan,
+        Plan::Mint { .. }
+    ));
+    let d = decide(&o, now(), &audit());
+    assert!(matches!(d.plan, Plan::Mint { .. }));
+    assert!(d.record.permitted.unwrap().1.contains("unscoped"));
+    failed_with(&decide(&o, now(), &enforce()), "NotPermitted", "unscoped");
+    let lenient = TenancyPolicy {
+        allow_unscoped: true,
+        ..ns_policy()
+    };
+    let o = with_policies(o, vec![lenient]);
+    assert!(matches!(
+        decide(&o, now(), &enforce()).plan,
+        Plan::Mint { .. }
+    ));
+}
+
+#[test]
+fn losing_permission_revokes_the_credential_step_by_step_then_fails() {
+    let granted = with_policies(
+        ready(observed(Spec::V1beta2(v2_managed()))),
+        vec![ns_policy()],
+    );
+    // Ready and permitted: the condition is written once, then nothing to do.
+    let d = decide(&granted, now(), &enforce());
+    let Plan::WriteStatus(r) = &d.plan else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        r.permitted,
+        Some((true, "permitted by AcrPullPolicy team-ns".into()))
+    );
+    // The policy is edited: the registry is no longer listed.
+    let narrowed = TenancyPolicy {
+        registries: vec!["elsewhere.azurecr.io".into()],
+        ..ns_policy()
+    };
+    let mut o = with_policies(granted.clone(), vec![narrowed.clone()]);
+    let d = decide(&o, now(), &enforce());
+    assert_eq!(
+        d.plan,
+        Plan::Revoke(ExtraneousStep::Detach {
+            service_account: "puller".into(),
+            pull_secrets: vec![],
+        }),
+        "{d:?}"
+    );
+    assert_eq!(
+        (d.record.phase, d.record.reason),
+        (Phase::Failed, Reason::NotPermitted)
+    );
+    // Detached: the secret is deleted next.
+    o.target_service_account
+        .as_mut()
+        .unwrap()
+        .pull_secrets
+        .clear();
+    o.referencing_service_accounts.clear();
+    let d = decide(&o, now(), &enforce());
+    assert_eq!(
+        d.plan,
+        Plan::Revoke(ExtraneousStep::Delete("acr-pull-app".into()))
+    );
+    // Gone: the failure is recorded, without the revoked credential's times.
+    o.secrets.clear();
+    let d = decide(&o, now(), &enforce());
+    failed_with(
+        &d,
+        "NotPermitted",
+        "registry example.azurecr.io is not listed",
+    );
+    assert_eq!((d.record.expiry, d.record.last_refresh), (None, None));
+    // Audit mode never revokes: the binding stays served and is flagged.
+    let o = with_policies(granted.clone(), vec![narrowed]);
+    let d = decide(&o, now(), &audit());
+    let Plan::WriteStatus(r) = &d.plan else {
+        panic!("{d:?}")
+    };
+    assert!(
+        r.ready && r.permitted.as_ref().is_some_and(|p| !p.0),
+        "{r:?}"
+    );
+    // The policy restored: minted again.
+    let mut o = with_policies(o, vec![ns_policy()]);
+    o.secrets.clear();
+    o.target_service_account
+        .as_mut()
+        .unwrap()
+        .pull_secrets
+        .clear();
+    assert!(matches!(
+        decide(&o, now(), &enforce()).plan,
+        Plan::Mint { .. }
+    ));
+}
+
+#[test]
+fn no_decision_and_no_revocation_while_the_namespace_is_unknown() {
+    let mut o = with_policies(ready(observed(Spec::V1beta2(v2_managed()))), vec![]);
+    o.tenancy.as_mut().unwrap().namespace_labels = None;
+    let d = decide(&o, now(), &enforce());
+    assert_eq!(d.plan, Plan::Wait, "{d:?}");
+    // Policies not gathered at all: the same.
+    o.tenancy = None;
+    assert_eq!(decide(&o, now(), &enforce()).plan, Plan::Wait);
+    // An air-gapped authority the operator removed also revokes (a definite decision).
+    let mut o = ready(observed(Spec::V1beta2(v2_managed())));
+    o.binding.spec = Spec::V1beta2(V1beta2Spec {
+        scope: "repository:app:push".into(),
+        ..v2_managed()
+    });
+    assert!(matches!(decide(&o, now(), &policy()).plan, Plan::Revoke(_)));
 }

@@ -70,6 +70,9 @@ pub struct Record {
     pub observed_generation: i64,
     /// The `CredentialVerified` condition (None: not checked, no condition).
     pub verified: Option<bool>,
+    /// The `Permitted` condition `(status, message)` in tenancy modes audit and enforce (None:
+    /// mode off, no condition). False in audit mode flags a binding enforce would refuse.
+    pub permitted: Option<(bool, String)>,
 }
 
 impl Record {
@@ -89,6 +92,7 @@ impl Record {
                     *ready == self.ready && *reason == Some(self.reason) && *message == self.message
                 })
             && current.verified == self.verified
+            && current.permitted == self.permitted
     }
 }
 
@@ -107,6 +111,8 @@ pub struct StatusView {
     pub ready: Option<(bool, Option<Reason>, String)>,
     /// Status of the `CredentialVerified` condition, when present.
     pub verified: Option<bool>,
+    /// `(status, message)` of the `Permitted` condition, when present.
+    pub permitted: Option<(bool, String)>,
 }
 
 impl StatusView {
@@ -128,6 +134,7 @@ impl StatusView {
             consecutive_failures: self.consecutive_failures,
             observed_generation: self.observed_generation.unwrap_or(observed_generation),
             verified: self.verified,
+            permitted: self.permitted.clone(),
         }
     }
 }

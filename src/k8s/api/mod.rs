@@ -5,10 +5,14 @@
 //! - [`v1beta1`]: `msi-acrpull.microsoft.com/v1beta1`, the legacy managed-identity-only API.
 //! - [`v1beta2`]: `acrpull.microsoft.com/v1beta2`, the current API.
 //!
+//! And the cluster-scoped tenancy API, [`policy`]: `acrpull.microsoft.com/v1alpha1`
+//! `AcrPullPolicy`.
+//!
 //! Deserialisation is deliberately lenient (every field defaults): an object that slipped past
 //! validation (an older CRD, a hand edit) must still reach the decision core, which fails *that*
 //! binding with a message instead of breaking the watch for every binding.
 
+pub mod policy;
 pub mod schema;
 pub mod status;
 pub mod v1beta1;
@@ -22,11 +26,12 @@ use kube::CustomResourceExt;
 /// The finalizer both controllers (the Go one and this one) put on bindings.
 pub const FINALIZER: &str = "msi-acrpull.microsoft.com";
 
-/// Both CRDs as the cluster should see them, v1beta1 first.
+/// Every CRD as the cluster should see them: the bindings (v1beta1 first), then the policy.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![
         v1beta1::AcrPullBinding::crd(),
         v1beta2::AcrPullBinding::crd(),
+        policy::AcrPullPolicy::crd(),
     ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
