@@ -15,6 +15,7 @@ use crate::azure::{
 use crate::config::{Audience, Cli};
 use crate::http::health::{self, Readiness};
 use crate::http::metrics::{self, BindingCollector};
+use crate::http::{debug, secure};
 use crate::k8s::cache::Caches;
 use crate::k8s::context::Context;
 use crate::k8s::failures::Failures;
@@ -43,6 +44,8 @@ pub enum AppError {
     Bind(std::net::SocketAddr, std::io::Error),
     #[error("{0}")]
     Selector(#[from] crate::state::selector::SelectorError),
+    #[error("--metrics-secure: {0}")]
+    Secure(String),
     #[error("the leader-election task stopped; exiting so a healthy replica can lead")]
     LeaseTaskDied,
 }
@@ -260,21 +263,65 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     }
     registry.register_collector(Box::new(collector));
     let registry = Arc::new(registry);
+    // A standby makes no passes: what its tracker holds goes stale the moment it loses the
+    // Lease, so it is dropped then.
+    tokio::spawn(tracker.clone().clear_on_standby(leader_rx.clone()));
     let metrics_listener = tokio::net::TcpListener::bind(cli.metrics_bind_address)
         .await
         .map_err(|e| AppError::Bind(cli.metrics_bind_address, e))?;
-    let metrics_app = metrics::router(
-        registry.clone(),
-        tracker.clone(),
-        leader_rx.clone(),
-        cli.debug_endpoint,
-    );
     let metrics_shutdown = shutdown.clone();
-    let metrics_server = tokio::spawn(async move {
-        let _ = axum::serve(metrics_listener, metrics_app)
-            .with_graceful_shutdown(metrics_shutdown)
-            .await;
-    });
+    let metrics_server = if cli.metrics_secure {
+        // HTTPS; /metrics and /debug only for callers Kubernetes authenticates and authorizes.
+        let tls = secure::tls_config(cli.metrics_cert_dir.as_deref())
+            .map_err(|e| AppError::Secure(e.to_string()))?;
+        let authz = Arc::new(secure::Authorizer::new(client.clone()));
+        let mut app = metrics::metrics_router(registry.clone());
+        if cli.debug_endpoint {
+            app = app.merge(debug::router(
+                tracker.clone(),
+                leader_rx.clone(),
+                Some(authz.clone()),
+            ));
+        }
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            authz,
+            secure::authenticate,
+        ));
+        tokio::spawn(secure::serve_tls(
+            metrics_listener,
+            tls,
+            app,
+            metrics_shutdown,
+        ))
+    } else {
+        let app = metrics::metrics_router(registry.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(metrics_listener, app)
+                .with_graceful_shutdown(metrics_shutdown)
+                .await;
+        })
+    };
+    // /debug without authentication: on its own address, loopback unless the operator says.
+    let debug_server = if cli.debug_endpoint {
+        if !cli.debug_bind_address.ip().is_loopback() {
+            tracing::warn!(
+                address = %cli.debug_bind_address,
+                "/debug is served without authentication on a non-loopback address; it lists every binding's identities and registries"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(cli.debug_bind_address)
+            .await
+            .map_err(|e| AppError::Bind(cli.debug_bind_address, e))?;
+        let app = debug::router(tracker.clone(), leader_rx.clone(), None);
+        let debug_shutdown = shutdown.clone();
+        Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(debug_shutdown)
+                .await;
+        }))
+    } else {
+        None
+    };
 
     let ctx = Arc::new(Context {
         writer,
@@ -338,6 +385,9 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let _ = tokio::time::timeout(grace, async {
         let _ = probes.await;
         let _ = metrics_server.await;
+        if let Some(debug) = debug_server {
+            let _ = debug.await;
+        }
     })
     .await;
     tracing::info!("stopped");
