@@ -33,8 +33,8 @@ pub enum Audience {
     about = "Keeps Azure Container Registry pull secrets fresh for AcrPullBindings, from Azure managed or workload identities."
 )]
 pub struct Cli {
-    /// Address for /metrics and /debug/bindings (":8080" = every interface, so a PodMonitor
-    /// can scrape the pod IP).
+    /// Address for /metrics (":8080" = every interface, so a PodMonitor can scrape the pod
+    /// IP). /debug is on --debug-bind-address unless --metrics-secure.
     #[arg(long, env = "ACRPULL_METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = parse_bind)]
     pub metrics_bind_address: SocketAddr,
 

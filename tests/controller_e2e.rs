@@ -581,7 +581,7 @@ async fn api_conflicts_and_errors_are_retried_never_shown_as_failed() {
     assert!(logs.contains("phase transition"), "{logs}");
     assert!(!logs.contains("to=\"Failed\""), "{logs}");
     let (_, debug) = env
-        .http_get(env.metrics_port, "/debug/bindings/team-a/app")
+        .http_get(env.debug_port, "/debug/bindings/team-a/app")
         .await;
     let v: serde_json::Value = serde_json::from_str(&debug).unwrap();
     let transitions = v["bindings"][0]["transitions"].as_array().unwrap().clone();

@@ -560,7 +560,12 @@ fn values_the_chart_cannot_honour_fail_the_rendering() {
         ("admission.failurePolicy=Open", "failurePolicy"),
         ("logging.format=xml", "logging/format"),
         ("monitoringApiGroup=example.com", "monitoringApiGroup"),
-        ("tenancy.mode=enforce", "tenancy"),
+        ("tenancy.mode=strict", "tenancy"),
+        ("scopeActions.allowed={pu ll}", "scopeActions"),
+        (
+            "metrics.secure=true,metrics.podMonitor.enabled=true",
+            "PodMonitors cannot present a token",
+        ),
         ("prometheusRule.enabled=true", "prometheusRule"),
         (
             "metrics.service.enabled=false",

@@ -93,7 +93,7 @@ async fn metrics_and_debug_show_bindings_without_tokens() {
         "no binding names as labels"
     );
 
-    let list = wait_http(&env, env.metrics_port, "/debug/bindings", 200).await;
+    let list = wait_http(&env, env.debug_port, "/debug/bindings", 200).await;
     let v: serde_json::Value = serde_json::from_str(&list).unwrap();
     let app = v["bindings"]
         .as_array()
@@ -107,7 +107,7 @@ async fn metrics_and_debug_show_bindings_without_tokens() {
     assert_eq!(app["secretName"], "acr-pull-app");
     assert_eq!(app["serviceAccount"], "puller");
     assert!(app["expiry"].is_string());
-    let one = wait_http(&env, env.metrics_port, "/debug/bindings/team-a/bad", 200).await;
+    let one = wait_http(&env, env.debug_port, "/debug/bindings/team-a/bad", 200).await;
     let v: serde_json::Value = serde_json::from_str(&one).unwrap();
     let bad = &v["bindings"][0];
     assert_eq!(bad["phase"], "Failed");
@@ -117,7 +117,7 @@ async fn metrics_and_debug_show_bindings_without_tokens() {
         .contains("allowed registry suffix"));
     assert!(!bad["transitions"].as_array().unwrap().is_empty());
     assert_eq!(
-        env.http_get(env.metrics_port, "/debug/bindings/team-a/nope")
+        env.http_get(env.debug_port, "/debug/bindings/team-a/nope")
             .await
             .0,
         404

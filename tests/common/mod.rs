@@ -119,6 +119,8 @@ pub struct Env {
     pub kubeconfig: PathBuf,
     pub metrics_port: u16,
     pub probe_port: u16,
+    /// `--debug-bind-address` (loopback): where `/debug/*` is served.
+    pub debug_port: u16,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -168,6 +170,7 @@ impl Env {
             kubeconfig,
             metrics_port: free_port(),
             probe_port: free_port(),
+            debug_port: free_port(),
             log: dir.path().join("acrpull.log"),
             dir,
             child: None,
@@ -186,6 +189,7 @@ impl Env {
         vec![
             format!("--metrics-bind-address=127.0.0.1:{}", self.metrics_port),
             format!("--health-probe-bind-address=127.0.0.1:{}", self.probe_port),
+            format!("--debug-bind-address=127.0.0.1:{}", self.debug_port),
             format!("--imds-endpoint={}", self.azure.imds_url()),
             format!("--azure-resolve={REGISTRY}={https},login.microsoftonline.com={https}"),
             format!("--azure-ca-file={}", ca.display()),
@@ -213,6 +217,7 @@ impl Env {
         let mut own = vec![
             format!("--metrics-bind-address=127.0.0.1:{}", free_port()),
             format!("--health-probe-bind-address=127.0.0.1:{}", free_port()),
+            format!("--debug-bind-address=127.0.0.1:{}", free_port()),
         ];
         own.extend(extra.iter().cloned());
         let args = overriding(self.args(), &own);

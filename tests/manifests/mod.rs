@@ -99,6 +99,32 @@ pub const REQUIRED: &[Permission] = &[
         resource: "events",
         verbs: &["create"],
     },
+    // Tenancy modes audit and enforce: the AcrPullPolicy objects and the namespaces' labels.
+    Permission {
+        scope: Scope::Cluster,
+        groups: &["acrpull.microsoft.com"],
+        resource: "acrpullpolicies",
+        verbs: &["get", "list", "watch"],
+    },
+    Permission {
+        scope: Scope::Cluster,
+        groups: CORE,
+        resource: "namespaces",
+        verbs: &["get", "list", "watch"],
+    },
+    // --metrics-secure: TokenReview and SubjectAccessReview of /metrics and /debug callers.
+    Permission {
+        scope: Scope::Cluster,
+        groups: &["authentication.k8s.io"],
+        resource: "tokenreviews",
+        verbs: &["create"],
+    },
+    Permission {
+        scope: Scope::Cluster,
+        groups: &["authorization.k8s.io"],
+        resource: "subjectaccessreviews",
+        verbs: &["create"],
+    },
     Permission {
         scope: Scope::ControllerNamespace,
         groups: &["coordination.k8s.io"],

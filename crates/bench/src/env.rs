@@ -36,6 +36,8 @@ pub struct Env {
     pub kubeconfig: PathBuf,
     pub metrics_port: u16,
     pub probe_port: u16,
+    /// `--debug-bind-address` (loopback), where `/debug/bindings` is served.
+    pub debug_port: u16,
     pub controller: ControllerOptions,
     child: Option<Child>,
     starts: u32,
@@ -96,6 +98,7 @@ impl Env {
             kubeconfig,
             metrics_port: free_port()?,
             probe_port: free_port()?,
+            debug_port: free_port()?,
             controller,
             child: None,
             starts: 0,
@@ -123,6 +126,7 @@ impl Env {
         let mut args = vec![
             format!("--metrics-bind-address=127.0.0.1:{}", self.metrics_port),
             format!("--health-probe-bind-address=127.0.0.1:{}", self.probe_port),
+            format!("--debug-bind-address=127.0.0.1:{}", self.debug_port),
             format!("--imds-endpoint={}", self.azure.imds_url()),
             format!("--azure-resolve={}", resolve.join(",")),
             format!("--azure-ca-file={}", ca.display()),

@@ -284,7 +284,7 @@ async fn wait_debug_all_ready(env: &mut Env, n: usize) -> Result<Instant> {
         Duration::from_millis(50)
     };
     loop {
-        let (code, body) = env.http_get(env.metrics_port, "/debug/bindings").await;
+        let (code, body) = env.http_get(env.debug_port, "/debug/bindings").await;
         if code == 200 {
             let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             let ready = v["bindings"]

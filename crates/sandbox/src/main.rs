@@ -58,9 +58,12 @@ struct Args {
     /// Port of the Azure stand-in's HTTPS endpoint: Entra and registries (0 = any free port).
     #[arg(long, default_value_t = 0)]
     https_port: u16,
-    /// Port of acrpull's /metrics and /debug/bindings.
+    /// Port of acrpull's /metrics.
     #[arg(long, default_value_t = 8080)]
     metrics_port: u16,
+    /// Port of acrpull's /debug/bindings (on 127.0.0.1, as acrpull serves it by default).
+    #[arg(long, default_value_t = 8082)]
+    debug_port: u16,
     /// Port of acrpull's /healthz and /readyz.
     #[arg(long, default_value_t = 8081)]
     probe_port: u16,
@@ -239,8 +242,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         check_port_free(args.metrics_port, "--metrics-port")?;
         check_port_free(args.probe_port, "--probe-port")?;
-        if args.metrics_port == args.probe_port {
-            bail!("--metrics-port and --probe-port must differ");
+        check_port_free(args.debug_port, "--debug-port")?;
+        if args.metrics_port == args.probe_port
+            || args.debug_port == args.metrics_port
+            || args.debug_port == args.probe_port
+        {
+            bail!("--metrics-port, --probe-port and --debug-port must differ");
         }
     }
 
@@ -306,6 +313,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let controller_args = vec![
         format!("--metrics-bind-address=127.0.0.1:{}", args.metrics_port),
         format!("--health-probe-bind-address=127.0.0.1:{}", args.probe_port),
+        format!("--debug-bind-address=127.0.0.1:{}", args.debug_port),
         format!("--imds-endpoint={}", azure.imds_url()),
         format!(
             "--azure-resolve={}={https},{}={https},{}={https}",
@@ -389,7 +397,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "command": command_line,
             "log_file": match &output { Output::File(p) => json!(p), Output::Interleaved => Value::Null },
             "metrics_url": format!("{metrics}/metrics"),
-            "debug_url": format!("{metrics}/debug/bindings"),
+            "debug_url": format!("http://127.0.0.1:{}/debug/bindings", args.debug_port),
             "healthz_url": format!("{probes}/healthz"),
             "readyz_url": format!("{probes}/readyz"),
         },

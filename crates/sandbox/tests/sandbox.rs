@@ -54,6 +54,7 @@ fn sandbox_cmd(dir: &Path, metrics: u16, probe: u16) -> Command {
         .arg(acrpull_bin())
         .args(["--metrics-port", &metrics.to_string()])
         .args(["--probe-port", &probe.to_string()])
+        .args(["--debug-port", &free_port().to_string()])
         .args(["--token-lifetime", LIFETIME])
         .stdin(Stdio::null());
     cmd

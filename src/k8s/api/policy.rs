@@ -20,8 +20,7 @@ use crate::state::tenancy::{TenancyPolicy, DEFAULT_ALLOWED_ACTIONS};
     kind = "AcrPullPolicy",
     plural = "acrpullpolicies",
     singular = "acrpullpolicy",
-    category = "acrpull",
-    shortname = "app",
+    shortname = "acrpolicy",
     printcolumn = r#"{"name":"Namespaces","type":"string","jsonPath":".spec.namespaces.names","description":"Namespaces covered by name."}"#,
     printcolumn = r#"{"name":"Selector","type":"string","jsonPath":".spec.namespaces.selector","priority":1,"description":"Namespaces covered by labels."}"#,
     printcolumn = r#"{"name":"Registries","type":"string","jsonPath":".spec.registries.servers"}"#
