@@ -631,6 +631,8 @@ fn start_rendered(
             }
         })
         .collect();
+    // /debug's default loopback port would collide between the processes tests run at once.
+    args.push(format!("--debug-bind-address=127.0.0.1:{}", free_port()));
     assert!(
         args.iter()
             .any(|a| a.starts_with("--health-probe-bind-address=")),

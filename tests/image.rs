@@ -417,6 +417,8 @@ async fn image_builds_pushes_pulls_and_runs_like_the_deployment() {
                 }
             })
             .collect();
+        // Both replicas share the host's network: /debug's default port would collide.
+        args.push(format!("--debug-bind-address=127.0.0.1:{}", free_port()));
         args.extend(host_args.iter().filter_map(|a| {
             if a.starts_with("--imds-endpoint=") || a.starts_with("--azure-resolve=") {
                 Some(a.clone())

@@ -140,3 +140,85 @@ async fn one(
     }
     Json(serde_json::json!({ "bindings": found })).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::tracker::{BindingKey, Report};
+    use crate::state::binding::Version;
+    use crate::state::reason::Reason;
+    use crate::state::record::{Phase, Record};
+
+    fn tracker() -> Tracker {
+        let t = Tracker::default();
+        let key = BindingKey {
+            version: Version::V1beta2,
+            namespace: "ns".into(),
+            name: "a".into(),
+        };
+        let record = Record {
+            phase: Phase::Ready,
+            reason: Reason::TokenIssued,
+            ready: true,
+            message: String::new(),
+            error: String::new(),
+            last_refresh: None,
+            expiry: None,
+            next_refresh: None,
+            consecutive_failures: 0,
+            observed_generation: 1,
+            verified: None,
+            permitted: None,
+        };
+        let report = Report {
+            record,
+            secret_name: "acr-pull-a".into(),
+            service_account: "default".into(),
+        };
+        t.record(&key, report, jiff::Timestamp::now());
+        t
+    }
+
+    async fn get(app: Router, path: &str) -> (u16, Value) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        let code = r.status().as_u16();
+        let body = r.json().await.unwrap_or_default();
+        server.abort();
+        (code, body)
+    }
+
+    use serde_json::Value;
+
+    #[tokio::test]
+    async fn a_standby_shows_nothing_it_saw_while_it_led() {
+        let (tx, rx) = watch::channel(true);
+        let t = tracker();
+        let (code, body) = get(router(t.clone(), rx.clone(), None), "/debug/bindings").await;
+        assert_eq!(code, 200);
+        assert_eq!(body["bindings"].as_array().unwrap().len(), 1, "{body}");
+        // The Lease is lost: the tracker is cleared, and the endpoint shows nothing anyway.
+        let clearing = tokio::spawn(t.clone().clear_on_standby(rx.clone()));
+        tx.send(false).unwrap();
+        let (code, body) = get(router(t.clone(), rx.clone(), None), "/debug/bindings").await;
+        assert_eq!(code, 200);
+        assert_eq!(body["leader"], false);
+        assert!(body["bindings"].as_array().unwrap().is_empty(), "{body}");
+        let (code, _) = get(router(t.clone(), rx, None), "/debug/bindings/ns/a").await;
+        assert_eq!(code, 404);
+        // And the records themselves are gone (memory, and a later leadership starts clean).
+        for _ in 0..100 {
+            if t.list().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(t.list().is_empty());
+        clearing.abort();
+    }
+}

@@ -134,6 +134,8 @@ pub struct Setup {
     pub timeouts: Timeouts,
     pub verify: bool,
     pub call_timeout: Duration,
+    /// More `host → address` overrides for the token pipeline (e.g. a honeypot).
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Default for Setup {
@@ -159,6 +161,7 @@ impl Default for Setup {
             },
             verify: true,
             call_timeout: Duration::from_secs(10),
+            resolve: Vec::new(),
         }
     }
 }
@@ -206,10 +209,15 @@ impl Controller {
         let https = s.azure.https_addr();
         let pipeline_config = PipelineConfig {
             imds_base_url: s.azure.imds_url(),
-            resolve: vec![
+            resolve: [
                 (REGISTRY.to_string(), https),
                 ("login.microsoftonline.com".to_string(), https),
-            ],
+            ]
+            .into_iter()
+            .chain(setup.resolve.iter().cloned())
+            .collect(),
+            // As `app` does: the pipeline's own check uses the operator's lists too.
+            allowed_clouds: setup.policy.allowed_clouds.clone(),
             extra_ca_pem: Some(s.azure.ca_pem().into_bytes()),
             retry: setup.retry,
             timeouts: setup.timeouts,
@@ -227,7 +235,7 @@ impl Controller {
         )
         .unwrap();
         let tracker = Tracker::default();
-        let readiness = Readiness::new(run::WATCHES);
+        let readiness = Readiness::new(run::watches(&setup.policy));
         let mut collector = BindingCollector::new(tracker.clone(), leader_rx.clone())
             .with_readiness(readiness.clone());
         if let Some(lease) = &setup.leader {
