@@ -80,10 +80,6 @@ async fn an_air_gapped_binding_cannot_send_a_token_to_a_host_it_names() {
             b["status"]["phase"] == "Failed"
         })
         .await;
-    let ready = condition(&b, "Ready").unwrap();
-    assert_eq!(ready["reason"], "AuthorityNotAllowed", "{b:#}");
-    let error = b["status"]["error"].as_str().unwrap();
-    assert!(error.contains("--allowed-entra-authority-hosts"), "{error}");
     // Nothing reached the honeypot, and no ServiceAccount token was minted to send there.
     assert_eq!(hits.load(Ordering::SeqCst), 0, "requests to the honeypot");
     assert_eq!(
@@ -91,6 +87,10 @@ async fn an_air_gapped_binding_cannot_send_a_token_to_a_host_it_names() {
         0,
         "TokenRequests for team-a/federated"
     );
+    let ready = condition(&b, "Ready").unwrap();
+    assert_eq!(ready["reason"], "AuthorityNotAllowed", "{b:#}");
+    let error = b["status"]["error"].as_str().unwrap();
+    assert!(error.contains("--allowed-entra-authority-hosts"), "{error}");
     ctrl.stop().await;
 
     // The control: the same binding once the operator allows the host does reach it, so the
@@ -387,19 +387,33 @@ async fn push_delete_and_wildcard_scopes_are_refused_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_example_policy_is_valid_and_a_policy_covering_nothing_is_refused() {
+    use acrpull::k8s::api::policy::AcrPullPolicy;
     let s = StandIns::start().await;
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/acrpullpolicy.yaml"
-    ))
+    // Through the API (schemas and CEL rules apply), as kubectl would create them.
+    let mut config = kube::Config::new(s.kube.url().parse().unwrap());
+    config.auth_info.token = Some(s.kube.admin_token().to_string().into());
+    let api: kube::Api<AcrPullPolicy> = kube::Api::all(kube::Client::try_from(config).unwrap());
+    let pp = kube::api::PostParams::default();
+    let example: AcrPullPolicy = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/acrpullpolicy.yaml"
+        ))
+        .unwrap(),
+    )
     .unwrap();
-    s.kube.apply_yaml(&example).expect("the example applies");
-    let empty = json!({"apiVersion": "acrpull.microsoft.com/v1alpha1", "kind": "AcrPullPolicy",
-                       "metadata": {"name": "covers-nothing"},
-                       "spec": {"namespaces": {}, "registries": {"servers": [REGISTRY]}}});
-    let err = s
-        .kube
-        .apply(empty)
+    api.create(&pp, &example)
+        .await
+        .expect("the example is valid");
+    let empty: AcrPullPolicy = serde_json::from_value(
+        json!({"apiVersion": "acrpull.microsoft.com/v1alpha1", "kind": "AcrPullPolicy",
+               "metadata": {"name": "covers-nothing"},
+               "spec": {"namespaces": {"names": []}, "registries": {"servers": [REGISTRY]}}}),
+    )
+    .unwrap();
+    let err = api
+        .create(&pp, &empty)
+        .await
         .expect_err("a policy naming no namespace");
     assert!(err.to_string().contains("name namespaces"), "{err}");
 }
