@@ -22,7 +22,7 @@ fn local_addresses() -> Vec<std::net::Ipv4Addr> {
     let mut out = Vec::new();
     for pair in lines.windows(2) {
         if pair[1].contains("/32 host LOCAL") {
-            if let Some(ip) = pair[0].trim().trim_start_matches("|-- ").parse().ok() {
+            if let Ok(ip) = pair[0].trim().trim_start_matches("|-- ").parse() {
                 if !out.contains(&ip) {
                     out.push(ip);
                 }

@@ -84,10 +84,10 @@ impl Default for AllowedActions {
 }
 
 /// The first action of `scopes` that `allowed` does not grant, with its scope.
-pub fn first_disallowed<'a>(
-    scopes: &'a [ResourceScope],
+pub fn first_disallowed(
+    scopes: &[ResourceScope],
     allowed: impl Fn(&str) -> bool,
-) -> Option<(&'a ResourceScope, &'a str)> {
+) -> Option<(&ResourceScope, &str)> {
     scopes.iter().find_map(|s| {
         s.actions
             .iter()
@@ -139,7 +139,7 @@ impl AllowedClouds {
 
     pub fn allows_audience(&self, audience: &str) -> bool {
         let a = normalize_audience(audience);
-        self.audiences.iter().any(|x| *x == a)
+        self.audiences.contains(&a)
     }
 }
 
