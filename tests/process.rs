@@ -394,10 +394,20 @@ async fn rbac_manifests_cover_every_request_the_controller_makes() {
             "--leader-elect".into(),
             "--leader-election-namespace=team-a".into(),
             "--pod-name=rbac".into(),
+            // The tenancy watches and the reviews of --metrics-secure are requests too.
+            "--tenancy-mode=audit".into(),
+            "--metrics-secure".into(),
         ],
         ..Default::default()
     })
     .await;
+    env.create(
+        json!({"apiVersion": "acrpull.microsoft.com/v1alpha1", "kind": "AcrPullPolicy",
+        "metadata": {"name": "team-a"},
+        "spec": {"namespaces": {"names": ["team-a"]},
+                 "managedIdentities": {"clientIDs": [MI_CLIENT]},
+                 "registries": {"servers": [REGISTRY]}}}),
+    );
     // Exercise every path: managed and workload identity, attach, failure, deletion.
     env.create(sa("team-a", "puller", json!({})));
     env.create(federated_sa("team-a"));
@@ -420,6 +430,18 @@ async fn rbac_manifests_cover_every_request_the_controller_makes() {
         .delete(V2, "AcrPullBinding", "team-a", "app")
         .unwrap();
     env.wait_gone(V2, "AcrPullBinding", "team-a", "app").await;
+    // A secure scrape: a TokenReview and a SubjectAccessReview.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let scrape = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(format!("https://127.0.0.1:{}/metrics", env.metrics_port))
+        .bearer_auth(env.kube.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status().as_u16(), 200);
 
     let rules = rbac_rules();
     let mut missing = Vec::new();

@@ -26,13 +26,22 @@ use kube::CustomResourceExt;
 /// The finalizer both controllers (the Go one and this one) put on bindings.
 pub const FINALIZER: &str = "msi-acrpull.microsoft.com";
 
-/// Every CRD as the cluster should see them: the bindings (v1beta1 first), then the policy.
+/// Both binding CRDs as the cluster should see them, v1beta1 first.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![
+    strip_defaults(vec![
         v1beta1::AcrPullBinding::crd(),
         v1beta2::AcrPullBinding::crd(),
-        policy::AcrPullPolicy::crd(),
-    ];
+    ])
+}
+
+/// Every CRD acrpull ships: the bindings, then the cluster-scoped `AcrPullPolicy`.
+pub fn all_crds() -> Vec<CustomResourceDefinition> {
+    let mut all = crds();
+    all.extend(strip_defaults(vec![policy::AcrPullPolicy::crd()]));
+    all
+}
+
+fn strip_defaults(mut crds: Vec<CustomResourceDefinition>) -> Vec<CustomResourceDefinition> {
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
@@ -47,10 +56,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     crds
 }
 
-/// Both CRD manifests as one multi-document YAML string, in a stable order.
+/// Every CRD manifest as one multi-document YAML string, in a stable order.
 pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
     let mut out = String::new();
-    for crd in crds() {
+    for crd in all_crds() {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd)?);
     }
@@ -60,7 +69,7 @@ pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
 /// Each CRD as `(file name, YAML)`, as committed under `deploy/crds/`.
 pub fn crd_files() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
     let mut files = Vec::new();
-    for crd in crds() {
+    for crd in all_crds() {
         let name = format!(
             "{}.yaml",
             crd.metadata.name.as_deref().unwrap_or("acrpullbindings")
