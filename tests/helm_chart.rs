@@ -1201,3 +1201,97 @@ async fn the_controller_needs_no_more_than_the_rbac_helm_installs() {
         logs()
     );
 }
+
+/// The multi-tenant values render their flags, the policies and a secure ServiceMonitor; the
+/// defaults (and an unquoted `mode: off`, YAML's false) render none of it, so a swap from the
+/// old controller's values changes nothing; and the NetworkPolicy opens the metrics port to the
+/// scraper and nothing else, whatever address /debug is given.
+#[test]
+fn tenancy_and_secure_metrics_values_render_what_they_say() {
+    let Some(helm) = helm_or_skip("tenancy_and_secure_metrics_values_render_what_they_say") else {
+        return;
+    };
+    let tenancy_flags = [
+        "--tenancy-mode",
+        "--allowed-scope-actions",
+        "--allowed-entra-authority-hosts",
+        "--allowed-resource-manager-audiences",
+        "--debug-bind-address",
+        "--debug-endpoint",
+        "--metrics-secure",
+        "--metrics-cert-dir",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let off = dir.path().join("off.yaml");
+    std::fs::write(&off, "tenancy:\n  mode: off\n").unwrap();
+    for args in [vec![], vec!["-f", off.to_str().unwrap()]] {
+        let docs = render(&helm, &args);
+        let container = controller_container(controller_deployment(&docs));
+        let argv = strings(container, "/args");
+        for flag in tenancy_flags {
+            assert!(
+                !argv.iter().any(|a| a.starts_with(flag)),
+                "{args:?}: {flag} rendered: {argv:?}"
+            );
+        }
+        assert_eq!(of_kind(&docs, "AcrPullPolicy").count(), 0);
+    }
+
+    let docs = render(
+        &helm,
+        &[
+            "--set",
+            "tenancy.mode=enforce,metrics.secure=true,metrics.certSecret=acrpull-metrics-tls",
+            "--set",
+            "scopeActions.allowed={pull,push}",
+            "--set",
+            "airgapped.allowedEntraAuthorityHosts={https://login.contoso.local}",
+            "--set",
+            "airgapped.allowedResourceManagerAudiences={https://management.contoso.local}",
+            "--set",
+            "debug.bindAddress=0.0.0.0:9443,networkPolicy.enabled=true",
+            "--set-json",
+            r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+            "--set-json",
+            r#"tenancy.policies=[{"name":"team-a","spec":{"namespaces":{"names":["team-a"]},"registries":{"servers":["teama.azurecr.io"]}}}]"#,
+        ],
+    );
+    let container = controller_container(controller_deployment(&docs));
+    let argv = strings(container, "/args");
+    for want in [
+        "--tenancy-mode=enforce",
+        "--allowed-scope-actions=pull,push",
+        "--allowed-entra-authority-hosts=https://login.contoso.local",
+        "--allowed-resource-manager-audiences=https://management.contoso.local",
+        "--debug-bind-address=0.0.0.0:9443",
+        "--metrics-secure",
+        "--metrics-cert-dir=/etc/acrpull/metrics-certs",
+    ] {
+        assert!(argv.iter().any(|a| a == want), "{want} missing: {argv:?}");
+    }
+    let policy = of_kind(&docs, "AcrPullPolicy").next().expect("the policy");
+    assert_eq!(text(&policy.value, "/metadata/name"), Some("team-a"));
+    assert_eq!(
+        text(&policy.value, "/apiVersion"),
+        Some("acrpull.microsoft.com/v1alpha1")
+    );
+    let monitor = of_kind(&docs, "ServiceMonitor").next().unwrap();
+    let endpoint = &monitor.value["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "https");
+    assert!(endpoint["bearerTokenFile"].is_string(), "{endpoint}");
+    // Only the metrics port, only from the scraper's namespace: the debug port stays closed
+    // even when bound off loopback.
+    let netpol = of_kind(&docs, "NetworkPolicy").next().unwrap();
+    let ingress = list(&netpol.value, "/spec/ingress");
+    assert_eq!(ingress.len(), 1, "{}", netpol.value);
+    let ports: Vec<Value> = list(&ingress[0], "/ports").to_vec();
+    assert_eq!(ports, [json!({"port": "metrics", "protocol": "TCP"})]);
+    assert_eq!(list(&ingress[0], "/from").len(), 1);
+    let reader = of_kind(&docs, "ClusterRole")
+        .find(|r| r.name() == "acrpull-metrics-reader")
+        .expect("the scrapers' ClusterRole");
+    assert_eq!(
+        reader.value["rules"],
+        json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+}
