@@ -610,11 +610,14 @@ fn check_guidish(what: &str, value: &str, field: &str) -> Result<(), Invalid> {
 
 /// Tenant ids are GUIDs or verified domain names (`^[0-9a-zA-Z-.]+$`, as azidentity checks).
 fn check_tenant(value: &str, field: &str) -> Result<(), Invalid> {
+    // The tenant id becomes a URL path segment at the authority: no empty labels, so no `.`
+    // or `..` segment can move the request to another path.
     if !value.is_empty()
         && value.len() <= 253
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && value.split('.').all(|label| !label.is_empty())
     {
         Ok(())
     } else {

@@ -1626,3 +1626,20 @@ fn no_decision_and_no_revocation_while_the_namespace_is_unknown() {
     });
     assert!(matches!(decide(&o, now(), &policy()).plan, Plan::Revoke(_)));
 }
+
+#[test]
+fn a_tenant_id_cannot_be_a_path_segment_trick() {
+    for tenant in ["..", ".", "a..b", ".contoso.com", "contoso.com."] {
+        let spec = V1beta2Spec {
+            workload: Some(WorkloadSpec {
+                service_account_ref: "fed".into(),
+                client_id: CID.into(),
+                tenant_id: tenant.into(),
+            }),
+            managed: None,
+            ..v2_managed()
+        };
+        let o = observed(Spec::V1beta2(spec));
+        failed_with(&decide(&o, now(), &policy()), "InvalidSpec", "tenant id");
+    }
+}

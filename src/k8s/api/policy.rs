@@ -26,6 +26,7 @@ use crate::state::tenancy::{TenancyPolicy, DEFAULT_ALLOWED_ACTIONS};
     printcolumn = r#"{"name":"Registries","type":"string","jsonPath":".spec.registries.servers"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = require_namespaces)]
 pub struct AcrPullPolicySpec {
     /// The namespaces this policy covers: by name, by labels, or both.
     #[serde(default)]
@@ -47,6 +48,10 @@ pub struct AcrPullPolicySpec {
     /// rights on the registry). Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_unscoped: bool,
+}
+
+fn require_namespaces(schema: &mut schemars::Schema) {
+    super::schema::require(schema, &["namespaces"]);
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
