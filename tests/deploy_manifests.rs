@@ -19,7 +19,11 @@ const NAMESPACE: &str = DEFAULT_NAMESPACE;
 
 /// Manifests that are alternatives to listed ones, applied by hand instead of through the
 /// kustomization.
-const ALTERNATIVES: &[&str] = &["admission-fail-open.yaml", "monitoring-podmonitor.yaml"];
+const ALTERNATIVES: &[&str] = &[
+    "admission-fail-open.yaml",
+    "monitoring-podmonitor.yaml",
+    "networkpolicy.yaml",
+];
 /// The manifest holding the fail-closed policies, installed by the kustomization.
 const ADMISSION: &str = "admission.yaml";
 /// The manifest holding the same policies failing open, applied by hand instead.

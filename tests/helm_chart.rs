@@ -206,6 +206,7 @@ fn kustomize_manifests_are_the_chart_rendered() {
             "deployment.yaml",
             "monitoring-podmonitor.yaml",
             "monitoring.yaml",
+            "networkpolicy.yaml",
             "rbac.yaml"
         ]
     );
