@@ -354,7 +354,12 @@ impl Inner {
         };
         let allowed = &self.config.allowed_clouds;
         let authority =
-            crate::state::tenancy::normalize_authority(entra_authority_host).unwrap_or_default();
+            crate::state::tenancy::normalize_authority(entra_authority_host).map_err(|why| {
+                AzureError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("the air-gapped Entra authority host {why}"),
+                )
+            })?;
         if !allowed.allows_authority(&authority) {
             return Err(AzureError::new(
                 ErrorKind::AuthorityNotAllowed,
@@ -371,8 +376,9 @@ impl Inner {
     }
 
     fn identity_key(&self, req: &CredentialRequest) -> Result<IdentityKey, AzureError> {
-        self.ensure_cloud_allowed(req)?;
+        // Both are checks only (no request); a malformed request is reported as such first.
         let audience = self.audience(req)?;
+        self.ensure_cloud_allowed(req)?;
         let non_empty = |value: &str, what: &str| {
             if value.trim().is_empty() {
                 Err(AzureError::new(
