@@ -197,6 +197,11 @@ async fn env_with(tweak: impl FnOnce(&mut PipelineConfig)) -> Env {
         imds_base_url: standin.imds_url(),
         resolve,
         extra_ca_pem: Some(standin.ca_pem().into_bytes()),
+        // The stand-in's air-gapped cloud, as an operator would list it.
+        allowed_clouds: acrpull::state::tenancy::AllowedClouds::new(
+            [format!("https://{AIR_AUTHORITY}")],
+            [AIR_ARM],
+        ),
         ..PipelineConfig::default()
     };
     config.retry.base_delay = Duration::from_millis(50);
