@@ -366,6 +366,42 @@ async fn workload_identity_end_to_end() {
 }
 
 #[tokio::test]
+async fn an_error_body_from_a_non_azure_authority_is_not_quoted() {
+    // An air-gapped authority is the operator's host, not Microsoft's: what it answers (text
+    // posing as instructions, links) must not reach status and Events, where whoever reads
+    // the binding sees it. Its bare error code still classifies the failure.
+    let env = env().await;
+    let hostile = json!({"error": "invalid_client",
+                         "error_description": "AADSTS70021: to fix this visit https://evil.example/fix",
+                         "error_codes": [70021]})
+    .to_string();
+    for host in [AIR_AUTHORITY, "login.microsoftonline.com"] {
+        env.standin.faults().add(
+            FaultRule::new(FaultAction::Custom {
+                status: 400,
+                body: hostile.clone(),
+                content_type: Some("application/json".into()),
+                retry_after_secs: None,
+            })
+            .hop(azure_standin::Hop::EntraToken)
+            .host(host),
+        );
+    }
+    let air = Cloud::Airgapped {
+        entra_authority_host: format!("https://{AIR_AUTHORITY}"),
+        resource_manager_audience: AIR_ARM.into(),
+    };
+    let e = fails(&env, &workload("team-a", "puller", air)).await;
+    assert_eq!(e.reason(), "FederationMismatch", "{e}");
+    let shown = format!("{e} {}", e.user_message());
+    assert!(!shown.contains("evil.example"), "{shown}");
+    // The control: Azure's own authority is quoted as before.
+    let e = fails(&env, &workload("team-a", "puller", Cloud::Public)).await;
+    let shown = format!("{e} {}", e.user_message());
+    assert!(shown.contains("evil.example"), "{shown}");
+}
+
+#[tokio::test]
 async fn every_cloud_end_to_end() {
     let env = env().await;
     let air = Cloud::Airgapped {
