@@ -1618,7 +1618,8 @@ fn no_decision_and_no_revocation_while_the_namespace_is_unknown() {
     // Policies not gathered at all: the same.
     o.tenancy = None;
     assert_eq!(decide(&o, now(), &enforce()).plan, Plan::Wait);
-    // An air-gapped authority the operator removed also revokes (a definite decision).
+    // A scope action the operator does not allow also revokes (a definite decision, not a
+    // cache gap), as does an air-gapped authority not listed.
     let mut o = ready(observed(Spec::V1beta2(v2_managed())));
     o.binding.spec = Spec::V1beta2(V1beta2Spec {
         scope: "repository:app:push".into(),
