@@ -471,3 +471,103 @@ fn rbac_rules() -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
     }
     out
 }
+
+/// How long a SIGTERMed replica may take to exit: upstream msi-acrpull's Deployment gives its
+/// pods 10 s (`terminationGracePeriodSeconds`), and a swap keeps old pods' settings until the
+/// rollout; past it the kubelet sends SIGKILL.
+const UPSTREAM_GRACE: Duration = Duration::from_secs(10);
+
+/// Sends SIGTERM and waits for the exit: the status and how long it took (None: still running
+/// after [`UPSTREAM_GRACE`]; the process is then killed).
+fn terminate_within_grace(env: &mut Env) -> Option<(std::process::ExitStatus, Duration)> {
+    let child = env.child();
+    let started = std::time::Instant::now();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    while started.elapsed() < UPSTREAM_GRACE {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some((status, started.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Waits until the controller's log contains `line`.
+async fn wait_log(env: &Env, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !env.logs().contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never logged {line:?}:\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM while the API server cannot be reached, after the leader noticed (its renew failed
+/// and it stepped down): the process exits within the grace period with status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_while_the_api_server_is_unreachable() {
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
+    env.create(sa("team-a", "puller", json!({})));
+    env.spawn(&[
+        "--leader-elect".into(),
+        "--leader-election-namespace=team-a".into(),
+        "--pod-name=cut-off".into(),
+    ]);
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    env.wait_ready(V2, "team-a", "app", "True").await;
+    wait_http(&env, env.probe_port, "/readyz", 200).await;
+    env.kube.down();
+    wait_log(&env, "stepping down").await;
+    let exited = terminate_within_grace(&mut env);
+    env.kube.up().await.unwrap();
+    let Some((status, took)) = exited else {
+        panic!(
+            "still running {UPSTREAM_GRACE:?} after SIGTERM (the kubelet would SIGKILL it)\n{}",
+            env.logs()
+        );
+    };
+    assert!(status.success(), "exit status {status:?}\n{}", env.logs());
+    assert!(env.logs().contains("stopped"), "{}", env.logs());
+    eprintln!("exited {took:?} after SIGTERM");
+}
+
+/// SIGTERM to a replica that never reached the API server (it is down from the start, so no
+/// watch has delivered its initial list): the process exits within the grace period. kube-runtime
+/// holds an unsynced controller until its first list, so it used to wait out the 20 s drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_when_the_api_server_was_never_reachable() {
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
+    env.kube.down();
+    env.spawn(&[
+        "--leader-elect".into(),
+        "--leader-election-namespace=team-a".into(),
+        "--pod-name=never".into(),
+    ]);
+    wait_log(&env, "lease renew/acquire failed").await;
+    let exited = terminate_within_grace(&mut env);
+    let Some((status, took)) = exited else {
+        panic!(
+            "still running {UPSTREAM_GRACE:?} after SIGTERM (the kubelet would SIGKILL it)\n{}",
+            env.logs()
+        );
+    };
+    assert!(status.success(), "exit status {status:?}\n{}", env.logs());
+    assert!(env.logs().contains("stopped"), "{}", env.logs());
+    eprintln!("exited {took:?} after SIGTERM");
+}

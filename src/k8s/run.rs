@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::channel::mpsc;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
@@ -190,7 +190,7 @@ async fn controller_for<K: BindingResource>(
     config: &RunConfig,
     ctx: Arc<Context>,
     triggers: Triggers,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let readiness = ctx.readiness.clone();
     let (reader, writer) = reflector::store_shared::<K>(SUBSCRIBE_BUFFER);
@@ -213,6 +213,20 @@ async fn controller_for<K: BindingResource>(
         .reflect_shared(writer)
         .for_each(|_| std::future::ready(()));
 
+    // kube-runtime holds the runner until the store has its initial list and only then
+    // notices the shutdown, so a controller that never synced (the API server unreachable)
+    // would hold SIGTERM until the drain timeout. Unsynced, nothing can be in flight: stop.
+    let unsynced_stop = {
+        let reader = reader.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            if reader.wait_until_ready().now_or_never().is_some() {
+                // Synced: the controller drains its passes on the same signal.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     let controller = Controller::for_shared_stream(events, reader)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .watches_stream(triggers.secrets, |s: SecretMeta| secret_to_binding::<K>(&s))
@@ -226,6 +240,9 @@ async fn controller_for<K: BindingResource>(
     tokio::select! {
         _ = bindings => {}
         _ = controller => {}
+        _ = unsynced_stop => {
+            tracing::debug!(version = ?K::VERSION, "stopped before the initial list arrived");
+        }
     }
 }
 
