@@ -202,7 +202,8 @@ pub struct Cli {
     #[arg(long, env = "ACRPULL_KUBE_CALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kube_call_timeout: Duration,
 
-    /// This replica's name (events, Lease holder identity); from the downward API.
+    /// This replica's name (events, Lease holder identity); from the downward API. Unset:
+    /// `<hostname>_<uuid>`, unique per process, as client-go's default.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
 
@@ -214,6 +215,11 @@ pub struct Cli {
     /// Accept `host:port` registry servers (for tests against a local registry).
     #[arg(long, env = "ACRPULL_ALLOW_REGISTRY_PORTS", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub allow_registry_ports: bool,
+
+    /// Upstream's controller-runtime flags (`--kubeconfig`, `--zap-*`); parse the command line
+    /// with [`crate::upstream_flags::parse`], which also accepts Go's spellings.
+    #[command(flatten)]
+    pub upstream: crate::upstream_flags::UpstreamFlags,
 }
 
 impl Cli {

@@ -226,6 +226,9 @@ impl Env {
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("ACR_SERVER")
+            // The test runner's own pod (CI in Kubernetes) must not name every replica.
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
