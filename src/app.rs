@@ -17,6 +17,7 @@ use crate::http::health::{self, Readiness};
 use crate::http::metrics::{self, BindingCollector};
 use crate::k8s::cache::Caches;
 use crate::k8s::context::Context;
+use crate::k8s::crd_check::{self, CrdCollector, CrdSchemas};
 use crate::k8s::failures::Failures;
 use crate::k8s::leader::{LeaderConfig, LeaderElector};
 use crate::k8s::metrics::ControllerMetrics;
@@ -229,6 +230,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     controller_metrics.register(&mut registry);
 
     let readiness = Readiness::new(run::WATCHES);
+    let crds = CrdSchemas::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = {
         let rx = shutdown_rx.clone();
@@ -287,6 +289,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         collector = collector.with_lease(cli.leader_election_id.clone());
     }
     registry.register_collector(Box::new(collector));
+    registry.register_collector(Box::new(CrdCollector(crds.clone())));
     let registry = Arc::new(registry);
     let metrics_listener = tokio::net::TcpListener::bind(cli.metrics_bind_address)
         .await
@@ -303,6 +306,18 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             .with_graceful_shutdown(metrics_shutdown)
             .await;
     });
+
+    // What the installed CRDs keep of the status, known before the first pass (an API server
+    // that cannot be reached yet leaves it at "everything" until the next check).
+    crd_check::check(&client, &crds, &readiness, cli.kube_call_timeout).await;
+    let crd_checks = tokio::spawn(crd_check::run(
+        client.clone(),
+        crds.clone(),
+        readiness.clone(),
+        cli.kube_call_timeout,
+        cli.crd_recheck_interval,
+        shutdown.clone(),
+    ));
 
     let ctx = Arc::new(Context {
         writer,
@@ -324,6 +339,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             instance: Some(identity),
         },
         failures: Failures::default(),
+        crds: crds.clone(),
     });
     let controllers = tokio::spawn(run::run(
         ctx,
@@ -366,6 +382,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let _ = tokio::time::timeout(grace, async {
         let _ = probes.await;
         let _ = metrics_server.await;
+        let _ = crd_checks.await;
     })
     .await;
     tracing::info!("stopped");

@@ -9,6 +9,7 @@ use super::api::{v1beta1, v1beta2, AcrPullBindingStatus, FINALIZER};
 use crate::state::binding::{Spec, V1beta1Spec, V1beta2Spec, Version, WorkloadSpec};
 use crate::state::decide::{BindingView, Phase, StatusView};
 use crate::state::reason::Reason;
+use crate::state::status_schema::StatusFields;
 
 /// What the controller needs from either `AcrPullBinding` version.
 pub trait BindingResource:
@@ -142,6 +143,8 @@ fn status_view(s: &AcrPullBindingStatus) -> StatusView {
             .iter()
             .find(|c| c.type_ == super::status::CREDENTIAL_VERIFIED)
             .map(|c| c.status == "True"),
+        // What the installed CRD keeps is not in the object; the pass sets it.
+        kept: StatusFields::ALL,
     }
 }
 

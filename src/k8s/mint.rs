@@ -180,7 +180,7 @@ async fn failed<K: BindingResource>(
         retry_at = %f.retry_at, valid_until = ?record.expiry.filter(|_| record.ready),
         error = %record.error, "{summary}"
     );
-    status::write(&ctx.writer, b, &record, now).await?;
+    status::write(&ctx.writer, ctx.crds.kept(K::VERSION), b, &record, now).await?;
     if should_emit_failure(
         record.consecutive_failures,
         &o.binding.status.error,

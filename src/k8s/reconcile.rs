@@ -96,13 +96,15 @@ async fn pass<K: BindingResource>(
         return Ok(Action::requeue(SYNC_POLL));
     }
     let ns = key.namespace.as_str();
-    let observed = observe(
+    let mut observed = observe(
         b,
         ctx.selector.matches(b.labels()),
         &ctx.caches.secrets.in_namespace(ns),
         &ctx.caches.service_accounts.in_namespace(ns),
         ctx.failures.mint(key, b.meta().generation.unwrap_or(0)),
     );
+    // An outdated CRD prunes most status fields: compare only the ones it keeps.
+    observed.binding.status.kept = ctx.crds.kept(K::VERSION);
     let now = Timestamp::now();
     let decision = decide(&observed, now, &ctx.policy);
     tracing::debug!(
@@ -240,7 +242,7 @@ async fn execute<K: BindingResource>(
             });
         }
         Plan::Fail(record) => {
-            status::write(&ctx.writer, b, record, now).await?;
+            status::write(&ctx.writer, ctx.crds.kept(K::VERSION), b, record, now).await?;
             if should_emit_failure(
                 record.consecutive_failures,
                 &o.binding.status.error,
@@ -288,7 +290,7 @@ async fn execute<K: BindingResource>(
             .await;
         }
         Plan::WriteStatus(record) => {
-            status::write(&ctx.writer, b, record, now).await?;
+            status::write(&ctx.writer, ctx.crds.kept(K::VERSION), b, record, now).await?;
             if record.phase == Phase::Ready {
                 ctx.failures.mint_succeeded(key);
             }

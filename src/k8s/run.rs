@@ -138,9 +138,11 @@ pub async fn run(
             secrets: s1,
             service_accounts: a1,
             leader: leader.clone(),
+            crds: ctx.crds.changes(),
         },
         shutdown.clone(),
     );
+    let crds = ctx.crds.changes();
     let v2 = controller_for::<v1beta2::AcrPullBinding>(
         &client,
         &config,
@@ -149,6 +151,7 @@ pub async fn run(
             secrets: s2,
             service_accounts: a2,
             leader,
+            crds,
         },
         shutdown.clone(),
     );
@@ -178,11 +181,22 @@ fn on_leadership(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send
     })
 }
 
+/// A stream that yields once each time the watched value changes.
+fn on_change<T: Send + Sync + 'static>(
+    rx: watch::Receiver<T>,
+) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
+}
+
 /// What one controller is triggered by, besides its own bindings.
 struct Triggers {
     secrets: mpsc::UnboundedReceiver<Result<SecretMeta, watcher::Error>>,
     service_accounts: mpsc::UnboundedReceiver<Result<ServiceAccount, watcher::Error>>,
     leader: watch::Receiver<bool>,
+    crds: watch::Receiver<u64>,
 }
 
 async fn controller_for<K: BindingResource>(
@@ -234,6 +248,8 @@ async fn controller_for<K: BindingResource>(
             sa_to_bindings::<K>(&by_sa, &sa)
         })
         .reconcile_all_on(on_leadership(triggers.leader))
+        // What the installed CRDs keep changed (new CRDs applied): every status is rewritten.
+        .reconcile_all_on(on_change(triggers.crds))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| std::future::ready(()));

@@ -417,7 +417,7 @@ pub fn valid_until(o: &Observed, resolved: &Resolved, now: Timestamp) -> Option<
 /// ServiceAccount or annotation) once, then wait for a change.
 fn fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Policy) -> Decision {
     let b = &o.binding;
-    let same = b.status.phase == Some(Phase::Failed) && b.status.error == invalid.message;
+    let same = b.status.is_failed_with(&invalid.message);
     let failures = if same {
         b.status.consecutive_failures.max(1)
     } else {

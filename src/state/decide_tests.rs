@@ -4,6 +4,7 @@ use super::*;
 use crate::state::binding::{EnvDefaults, IdentitySpec, V1beta1Spec, V1beta2Spec, WorkloadSpec};
 use crate::state::inputs;
 use crate::state::refresh::MIN_REFRESH_INTERVAL;
+use crate::state::status_schema::StatusFields;
 
 const CID: &str = "1b461305-28be-5271-beda-bd9fd2e24251";
 const TID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -148,6 +149,7 @@ fn ready(mut o: Observed) -> Observed {
         observed_generation: Some(desired.observed_generation),
         ready: Some((desired.ready, Some(desired.reason), desired.message.clone())),
         verified: desired.verified,
+        kept: StatusFields::ALL,
     };
     o
 }
@@ -353,6 +355,7 @@ fn missing_target_service_account_fails_and_waits_for_it() {
         observed_generation: Some(1),
         ready: Some((false, Some(status.reason), status.message.clone())),
         verified: status.verified,
+        kept: StatusFields::ALL,
     };
     let later = add(now(), std::time::Duration::from_secs(5));
     let d = decide(&o, later, &policy());
@@ -911,6 +914,7 @@ fn after(o: &Observed, record: &Record, f: Failure) -> Observed {
         observed_generation: Some(record.observed_generation),
         ready: Some((record.ready, Some(record.reason), record.message.clone())),
         verified: record.verified,
+        kept: StatusFields::ALL,
     };
     o.last_failure = Some(f);
     o
@@ -1162,6 +1166,7 @@ fn same_failure_twice_is_not_rewritten() {
         observed_generation: Some(1),
         ready: Some((false, Some(status.reason), status.message.clone())),
         verified: status.verified,
+        kept: StatusFields::ALL,
     };
     let d = decide(&o, now(), &policy());
     assert!(matches!(d.plan, Plan::Wait), "no status write loop: {d:?}");
@@ -1294,5 +1299,75 @@ fn status_times_are_whole_seconds_so_a_read_back_status_matches() {
     assert_eq!(next.subsec_nanosecond(), 0, "{next}");
     let round_tripped: Timestamp = crate::k8s::binding::rfc3339(next).parse().unwrap();
     assert_eq!(round_tripped, next);
+    assert_eq!(decide(&o, now(), &policy()).plan, Plan::Wait);
+}
+
+/// The status as an API server with the old controller's CRD stores it: only
+/// `lastTokenRefreshTime`, `tokenExpirationTime` and `error` survive a write of `record`.
+fn pruned_to_old_crd(record: &Record) -> StatusView {
+    StatusView {
+        error: record.error.clone(),
+        last_refresh: record.last_refresh,
+        expiry: record.expiry,
+        kept: StatusFields::of(&["lastTokenRefreshTime", "tokenExpirationTime", "error"]),
+        ..StatusView::default()
+    }
+}
+
+#[test]
+fn with_the_old_crd_a_status_it_keeps_is_not_rewritten() {
+    for spec in [Spec::V1beta2(v2_managed()), Spec::V1beta1(v1(CID, ""))] {
+        let mut o = ready(observed(spec));
+        let Plan::Wait = decide(&o, now(), &policy()).plan else {
+            panic!("converged binding must wait");
+        };
+        // What the first status write left once pruned: the desired record is written once...
+        let written = decide(&o, now(), &policy()).record;
+        o.binding.status = StatusView {
+            kept: StatusFields::of(&["lastTokenRefreshTime", "tokenExpirationTime", "error"]),
+            ..StatusView::default()
+        };
+        assert!(
+            matches!(decide(&o, now(), &policy()).plan, Plan::WriteStatus(_)),
+            "the old fields are missing: written once"
+        );
+        // ...and then never again, although phase and conditions can never be read back.
+        o.binding.status = pruned_to_old_crd(&written);
+        let d = decide(&o, now(), &policy());
+        assert_eq!(d.plan, Plan::Wait, "{d:?}");
+        assert_eq!(d.record.phase, Phase::Ready);
+        // A changed field the old CRD keeps is still written.
+        o.binding.status.error = "old error".into();
+        assert!(matches!(
+            decide(&o, now(), &policy()).plan,
+            Plan::WriteStatus(_)
+        ));
+    }
+}
+
+#[test]
+fn with_the_old_crd_a_spec_failure_is_written_once() {
+    let mut o = observed(Spec::V1beta2(V1beta2Spec {
+        server: "registry.example.com".into(),
+        ..v2_managed()
+    }));
+    o.binding.status.kept =
+        StatusFields::of(&["lastTokenRefreshTime", "tokenExpirationTime", "error"]);
+    let Plan::Fail(record) = decide(&o, now(), &policy()).plan else {
+        panic!("a disallowed registry fails")
+    };
+    o.binding.status = pruned_to_old_crd(&record);
+    let d = decide(&o, now(), &policy());
+    assert_eq!(d.plan, Plan::Wait, "no status write loop: {d:?}");
+    assert_eq!(d.record.phase, Phase::Failed);
+}
+
+#[test]
+fn without_a_status_subresource_nothing_is_written() {
+    let mut o = ready(observed(Spec::V1beta2(v2_managed())));
+    o.binding.status = StatusView {
+        kept: StatusFields::NONE,
+        ..StatusView::default()
+    };
     assert_eq!(decide(&o, now(), &policy()).plan, Plan::Wait);
 }
