@@ -41,6 +41,7 @@ impl BindingResource for v1beta1::AcrPullBinding {
             client_id: s.managed_identity_client_id.clone(),
             resource_id: s.managed_identity_resource_id.clone(),
             service_account_name: s.service_account_name.clone(),
+            identity_audience: identity_audience(self),
         })
     }
 
@@ -83,6 +84,7 @@ impl BindingResource for v1beta2::AcrPullBinding {
                 tenant_id: w.tenant_id.clone(),
             }),
             service_account_name: s.service_account_name.clone(),
+            identity_audience: identity_audience(self),
         })
     }
 
@@ -99,6 +101,15 @@ impl BindingResource for v1beta2::AcrPullBinding {
         }
         v
     }
+}
+
+/// The binding's `acr.microsoft.com/identity-audience` annotation, as written.
+fn identity_audience<K: kube::Resource>(b: &K) -> Option<String> {
+    b.meta()
+        .annotations
+        .as_ref()?
+        .get(crate::state::names::IDENTITY_AUDIENCE_ANNOTATION)
+        .cloned()
 }
 
 /// The decision core's view of a binding object.

@@ -43,7 +43,10 @@ pub struct SecretView {
     pub refresh: Option<Timestamp>,
     /// Parsed `token.issued` (the token's `iat`), when recorded.
     pub issued: Option<Timestamp>,
+    /// `token.inputs`: the old controller's hash of the inputs.
     pub inputs: Option<String>,
+    /// `token.inputs-all`: every input (written by acrpull only).
+    pub inputs_all: Option<String>,
     /// The verification outcome recorded when the token was minted (None: not checked).
     pub verified: Option<bool>,
 }
@@ -270,7 +273,7 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         None => Some(MintReason::Missing),
         Some(s) => match (s.expiry, s.refresh) {
             (Some(expiry), Some(refresh)) => {
-                if s.inputs.as_deref() != Some(resolved.inputs_hash.as_str()) {
+                if !resolved.inputs_match(s.inputs.as_deref(), s.inputs_all.as_deref()) {
                     Some(MintReason::InputsChanged)
                 } else {
                     let issued = s.issued.unwrap_or(refresh);
@@ -408,7 +411,10 @@ pub fn valid_until(o: &Observed, resolved: &Resolved, now: Timestamp) -> Option<
     o.secrets
         .iter()
         .find(|s| s.name == resolved.secret_name)
-        .filter(|s| s.refresh.is_some() && s.inputs.as_deref() == Some(&resolved.inputs_hash))
+        .filter(|s| {
+            s.refresh.is_some()
+                && resolved.inputs_match(s.inputs.as_deref(), s.inputs_all.as_deref())
+        })
         .and_then(|s| s.expiry)
         .filter(|e| *e > now)
 }

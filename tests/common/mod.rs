@@ -121,11 +121,16 @@ pub struct Env {
     pub probe_port: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// Registry hosts of the Azure stand-in (resolved to it for the controller).
+    registries: Vec<String>,
 }
 
 pub struct Options {
     pub extra_args: Vec<String>,
     pub spawn: bool,
+    /// Changes to the Azure stand-in's configuration (e.g. another registry); every registry
+    /// host it then holds is resolved to the stand-in for the controller.
+    pub azure: Option<fn(&mut Config)>,
 }
 
 impl Default for Options {
@@ -133,6 +138,7 @@ impl Default for Options {
         Self {
             extra_args: vec![],
             spawn: true,
+            azure: None,
         }
     }
 }
@@ -154,8 +160,13 @@ impl Env {
             kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
                 .unwrap();
         }
+        let mut config = azure_config(&kube.issuer(), kube.jwks());
+        if let Some(change) = opts.azure {
+            change(&mut config);
+        }
+        let registries: Vec<String> = config.registries.iter().map(|r| r.host.clone()).collect();
         let azure = AzureStandIn::builder()
-            .config(azure_config(&kube.issuer(), kube.jwks()))
+            .config(config)
             .start()
             .await
             .expect("azure stand-in");
@@ -171,6 +182,7 @@ impl Env {
             log: dir.path().join("acrpull.log"),
             dir,
             child: None,
+            registries,
         };
         if opts.spawn {
             env.spawn(&opts.extra_args);
@@ -187,7 +199,14 @@ impl Env {
             format!("--metrics-bind-address=127.0.0.1:{}", self.metrics_port),
             format!("--health-probe-bind-address=127.0.0.1:{}", self.probe_port),
             format!("--imds-endpoint={}", self.azure.imds_url()),
-            format!("--azure-resolve={REGISTRY}={https},login.microsoftonline.com={https}"),
+            format!(
+                "--azure-resolve={},login.microsoftonline.com={https}",
+                self.registries
+                    .iter()
+                    .map(|r| format!("{r}={https}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             format!("--azure-ca-file={}", ca.display()),
             "--log-level=info,acrpull=debug".into(),
         ]
