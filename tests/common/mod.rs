@@ -131,6 +131,8 @@ pub struct Options {
     /// Changes to the Azure stand-in's configuration (e.g. another registry); every registry
     /// host it then holds is resolved to the stand-in for the controller.
     pub azure: Option<fn(&mut Config)>,
+    /// Leave acrpull's CRDs out (a test installs others, e.g. the old controller's).
+    pub skip_crds: bool,
 }
 
 impl Default for Options {
@@ -139,6 +141,7 @@ impl Default for Options {
             extra_args: vec![],
             spawn: true,
             azure: None,
+            skip_crds: false,
         }
     }
 }
@@ -152,7 +155,7 @@ impl Env {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let kube = StandIn::builder().start().await.expect("kube stand-in");
         let crds = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds")).unwrap();
-        for f in crds {
+        for f in crds.filter(|_| !opts.skip_crds) {
             let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
             kube.apply_yaml(&text).expect("CRD applies");
         }
