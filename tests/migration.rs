@@ -706,12 +706,16 @@ fn count(env: &Env, user: &str) -> Counts {
     c
 }
 
+/// Writes by `user` that took effect or tried to change something other than the Lease: a
+/// Lease create or update refused with 409 is a replica losing the election race (both pods
+/// start together and try to create the Lease), not a second writer.
 fn writes_by(env: &Env, user: &str) -> Vec<String> {
     env.kube
         .requests()
         .into_iter()
         .filter(|r| r.user == user)
         .filter(|r| ["create", "update", "patch", "delete"].contains(&r.verb.as_str()))
+        .filter(|r| !(r.resource == "leases" && r.status == 409))
         .map(|r| format!("{} {} {} ({})", r.verb, r.path, r.status, r.user_agent))
         .collect()
 }
