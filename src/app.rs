@@ -18,6 +18,7 @@ use crate::http::metrics::{self, BindingCollector};
 use crate::http::{debug, secure};
 use crate::k8s::cache::Caches;
 use crate::k8s::context::Context;
+use crate::k8s::crd_check::{self, CrdCollector, CrdSchemas};
 use crate::k8s::failures::Failures;
 use crate::k8s::leader::{LeaderConfig, LeaderElector};
 use crate::k8s::metrics::ControllerMetrics;
@@ -32,7 +33,9 @@ use crate::state::tenancy::{AllowedActions, AllowedClouds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("no Kubernetes configuration (in-cluster, KUBECONFIG or ~/.kube/config): {0}")]
+    #[error(
+        "no Kubernetes configuration (--kubeconfig, KUBECONFIG, in-cluster or ~/.kube/config): {0}"
+    )]
     KubeConfig(String),
     #[error("building the Kubernetes client: {0}")]
     KubeClient(kube::Error),
@@ -65,18 +68,59 @@ fn lease_namespace(cli: &Cli) -> String {
         .unwrap_or_else(|| "default".to_string())
 }
 
-/// A kube client from in-cluster config, else `KUBECONFIG` / `~/.kube/config`, with a read
-/// timeout (kube's default has none, so a hung API server would stall a call forever).
+/// This replica's identity: the Lease holder, the Events' reporting instance and the
+/// User-Agent's comment. `POD_NAME` (`--pod-name`) when set; otherwise client-go's default,
+/// `<hostname>_<random UUID>`, unique per process even when every replica is PID 1 with the
+/// same host name (upstream's Deployment sets no `POD_NAME`).
+pub fn replica_identity(pod_name: Option<&str>) -> String {
+    if let Some(name) = pod_name.map(str::trim).filter(|n| !n.is_empty()) {
+        return name.to_string();
+    }
+    // Go's os.Hostname reads the same file first.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "acrpull".to_string());
+    format!("{host}_{}", uuid::Uuid::new_v4())
+}
+
+/// The Kubernetes configuration, in controller-runtime's order (upstream's): `--kubeconfig`,
+/// then `KUBECONFIG`, then the in-cluster ServiceAccount, then `~/.kube/config`.
+pub async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, AppError> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions::default();
+    if let Some(path) = kubeconfig {
+        let file = Kubeconfig::read_from(path)
+            .map_err(|e| AppError::KubeConfig(format!("--kubeconfig {}: {e}", path.display())))?;
+        return kube::Config::from_custom_kubeconfig(file, &options)
+            .await
+            .map_err(|e| AppError::KubeConfig(format!("--kubeconfig {}: {e}", path.display())));
+    }
+    if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) {
+        return kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| AppError::KubeConfig(format!("KUBECONFIG: {e}")));
+    }
+    match kube::Config::incluster() {
+        Ok(c) => Ok(c),
+        Err(_) => kube::Config::infer()
+            .await
+            .map_err(|e| AppError::KubeConfig(e.to_string())),
+    }
+}
+
+/// A kube client from [`kube_config`], with a read timeout (kube's default has none, so a hung
+/// API server would stall a call forever).
 ///
 /// Requests carry `User-Agent: acrpull/<version> (<identity>)`, so API server audit logs (and
 /// the tests) can tell replicas apart.
-pub async fn kube_client(identity: &str) -> Result<Client, AppError> {
-    let mut config = match kube::Config::incluster() {
-        Ok(c) => c,
-        Err(_) => kube::Config::infer()
-            .await
-            .map_err(|e| AppError::KubeConfig(e.to_string()))?,
-    };
+pub async fn kube_client(
+    identity: &str,
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<Client, AppError> {
+    let mut config = kube_config(kubeconfig).await?;
     // Longer than the watch timeout (290 s) so long polls are not cut; per-call timeouts
     // bound everything else.
     config.read_timeout = Some(Duration::from_secs(300));
@@ -191,11 +235,8 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let signalled = first_signal();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let selector = Selector::parse(&cli.label_selector)?;
-    let identity = cli
-        .pod_name
-        .clone()
-        .unwrap_or_else(|| format!("acrpull-{}", std::process::id()));
-    let client = kube_client(&identity).await?;
+    let identity = replica_identity(cli.pod_name.as_deref());
+    let client = kube_client(&identity, cli.upstream.kubeconfig.as_deref()).await?;
 
     let mut registry = prometheus_client::registry::Registry::default();
     let pipeline_metrics = PipelineMetrics::default();
@@ -204,6 +245,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     controller_metrics.register(&mut registry);
 
     let readiness = Readiness::new(run::watches(&policy(&cli)));
+    let crds = CrdSchemas::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = {
         let rx = shutdown_rx.clone();
@@ -262,6 +304,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         collector = collector.with_lease(cli.leader_election_id.clone());
     }
     registry.register_collector(Box::new(collector));
+    registry.register_collector(Box::new(CrdCollector(crds.clone())));
     let registry = Arc::new(registry);
     // A standby makes no passes: what its tracker holds goes stale the moment it loses the
     // Lease, so it is dropped then.
@@ -323,6 +366,18 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         None
     };
 
+    // What the installed CRDs keep of the status, known before the first pass (an API server
+    // that cannot be reached yet leaves it at "everything" until the next check).
+    crd_check::check(&client, &crds, &readiness, cli.kube_call_timeout).await;
+    let crd_checks = tokio::spawn(crd_check::run(
+        client.clone(),
+        crds.clone(),
+        readiness.clone(),
+        cli.kube_call_timeout,
+        cli.crd_recheck_interval,
+        shutdown.clone(),
+    ));
+
     let ctx = Arc::new(Context {
         writer,
         verifier: Verifier::new(
@@ -343,6 +398,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             instance: Some(identity),
         },
         failures: Failures::default(),
+        crds: crds.clone(),
     });
     let controllers = tokio::spawn(run::run(
         ctx,
@@ -388,8 +444,30 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         if let Some(debug) = debug_server {
             let _ = debug.await;
         }
+        let _ = crd_checks.await;
     })
     .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_the_pod_name_else_hostname_and_a_fresh_uuid() {
+        assert_eq!(
+            replica_identity(Some("acrpull-7d9f-x2x4q")),
+            "acrpull-7d9f-x2x4q"
+        );
+        let a = replica_identity(None);
+        let b = replica_identity(Some("  "));
+        assert_ne!(a, b, "unique per call, like a process's");
+        for id in [&a, &b] {
+            let (host, uuid) = id.rsplit_once('_').expect(id);
+            assert!(!host.is_empty(), "{id}");
+            assert!(uuid::Uuid::parse_str(uuid).is_ok(), "{id}");
+        }
+    }
 }

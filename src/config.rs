@@ -202,7 +202,13 @@ pub struct Cli {
     #[arg(long, env = "ACRPULL_KUBE_CALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kube_call_timeout: Duration,
 
-    /// This replica's name (events, Lease holder identity); from the downward API.
+    /// How often the installed AcrPullBinding CRDs are read again to see which status fields
+    /// they keep (an old controller's CRDs drop most of them).
+    #[arg(long, env = "ACRPULL_CRD_RECHECK_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub crd_recheck_interval: Duration,
+
+    /// This replica's name (events, Lease holder identity); from the downward API. Unset:
+    /// `<hostname>_<uuid>`, unique per process, as client-go's default.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
 
@@ -257,6 +263,11 @@ pub struct Cli {
     /// certificate is generated at start.
     #[arg(long, env = "ACRPULL_METRICS_CERT_DIR")]
     pub metrics_cert_dir: Option<std::path::PathBuf>,
+
+    /// Upstream's controller-runtime flags (`--kubeconfig`, `--zap-*`); parse the command line
+    /// with [`crate::upstream_flags::parse`], which also accepts Go's spellings.
+    #[command(flatten)]
+    pub upstream: crate::upstream_flags::UpstreamFlags,
 }
 
 /// `--tenancy-mode`.

@@ -2,6 +2,7 @@
 //! lifecycle of SPEC §4 end to end, over real HTTP and real watches.
 
 mod common;
+mod prereq;
 
 use std::time::Duration;
 
@@ -395,7 +396,7 @@ async fn kubectl_wait_for_condition_ready_works() {
     env.create(sa("team-a", "puller", json!({})));
     env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
     let cache = env.dir.path().join("kubectl-cache");
-    let out = tokio::process::Command::new("kubectl")
+    let out = tokio::process::Command::new(prereq::kubectl())
         .arg(format!("--kubeconfig={}", env.kubeconfig.display()))
         .arg(format!("--cache-dir={}", cache.display()))
         .args([
@@ -427,7 +428,7 @@ fn password(env: &Env, ns: &str, name: &str) -> String {
 
 async fn kubectl_wait_ready(env: &Env, name: &str) -> std::process::Output {
     let cache = env.dir.path().join("kubectl-cache");
-    tokio::process::Command::new("kubectl")
+    tokio::process::Command::new(prereq::kubectl())
         .arg(format!("--kubeconfig={}", env.kubeconfig.display()))
         .arg(format!("--cache-dir={}", cache.display()))
         .args([

@@ -198,6 +198,9 @@ struct Inner {
     identities: SingleFlight<IdentityKey, IdentityToken>,
     refresh_tokens: SingleFlight<RefreshKey, CachedAcr>,
     access_tokens: SingleFlight<AccessKey, CachedAcr>,
+    /// Identities this process has requested a token for (the first request is logged at
+    /// info, later ones at debug).
+    identities_used: std::sync::Mutex<std::collections::HashSet<IdentityKey>>,
 }
 
 /// The production token pipeline. Cheap to clone; clones share caches and limiters.
@@ -262,6 +265,7 @@ impl TokenPipeline {
                 identities: SingleFlight::new(),
                 refresh_tokens: SingleFlight::new(),
                 access_tokens: SingleFlight::new(),
+                identities_used: std::sync::Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -449,7 +453,60 @@ impl Inner {
         result
     }
 
+    /// Logs which identity a token is requested for (upstream issue #110): its client id or
+    /// resource id (and, for workload identity, tenant and ServiceAccount) and the audience,
+    /// never a token. At info the first time this process asks for that identity and audience,
+    /// at debug on every later request.
+    fn log_identity_request(&self, key: &IdentityKey) {
+        let first = self
+            .identities_used
+            .lock()
+            .map(|mut used| used.insert(key.clone()))
+            .unwrap_or(false);
+        let audience = key.audience.as_str();
+        macro_rules! log {
+            ($($field:tt)*) => {
+                if first {
+                    tracing::info!($($field)*);
+                } else {
+                    tracing::debug!($($field)*);
+                }
+            };
+        }
+        match &key.source {
+            IdentitySource::Managed(selector) => {
+                let (client_id, resource_id) = match selector {
+                    ImdsSelector::ClientId(c) => (Some(c.as_str()), None),
+                    ImdsSelector::ResourceId(r) => (None, Some(r.as_str())),
+                };
+                log!(
+                    hop = "imds",
+                    identity = "managed",
+                    client_id,
+                    resource_id,
+                    audience,
+                    "requesting a managed identity token"
+                );
+            }
+            IdentitySource::Workload {
+                authority,
+                tenant_id,
+                client_id,
+                service_account_namespace,
+                service_account_name,
+            } => {
+                log!(
+                    hop = "entra", identity = "workload", client_id = client_id.as_str(),
+                    tenant_id = tenant_id.as_str(), authority = authority.as_str(),
+                    service_account = %format_args!("{service_account_namespace}/{service_account_name}"),
+                    audience, "requesting a workload identity token"
+                );
+            }
+        }
+    }
+
     async fn fetch_identity(&self, key: &IdentityKey) -> Result<IdentityToken, AzureError> {
+        self.log_identity_request(key);
         let retry = &self.config.retry;
         let timeout = self.config.timeouts.request;
         match &key.source {
@@ -460,7 +517,6 @@ impl Inner {
                 };
                 let imds = &*self.apis.imds;
                 let request = &request;
-                tracing::debug!(hop = "imds", "Requesting identity token");
                 with_retries(
                     retry,
                     timeout,
@@ -490,7 +546,6 @@ impl Inner {
                 };
                 let entra = &*self.apis.entra;
                 let request = &request;
-                tracing::debug!(hop = "entra", "Requesting identity token");
                 with_retries(
                     retry,
                     timeout,

@@ -5,6 +5,7 @@
 use kube::runtime::events::Reporter;
 
 use super::cache::Caches;
+use super::crd_check::CrdSchemas;
 use super::failures::Failures;
 use super::metrics::ControllerMetrics;
 use super::tracker::Tracker;
@@ -38,4 +39,6 @@ pub struct Context {
     pub reporter: Reporter,
     /// Recent failures per binding (in memory).
     pub failures: Failures,
+    /// What the installed CRDs keep of the status (old CRDs prune most of it).
+    pub crds: CrdSchemas,
 }

@@ -16,7 +16,8 @@ use crate::state::binding::{
 use crate::state::decide::{BindingView, Failure, Observed, SecretView};
 use crate::state::names::{
     expected_secret_name, secret_family, SecretFamily, BINDING_LABEL, EXPIRY_ANNOTATION,
-    INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
+    INPUTS_ALL_ANNOTATION, INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION,
+    VERIFIED_ANNOTATION,
 };
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
@@ -84,6 +85,7 @@ fn secret_view(s: &SecretMeta) -> SecretView {
         refresh: parse_time(a, REFRESH_ANNOTATION),
         issued: parse_time(a, ISSUED_ANNOTATION),
         inputs: a.get(INPUTS_ANNOTATION).cloned(),
+        inputs_all: a.get(INPUTS_ALL_ANNOTATION).cloned(),
         verified: a.get(VERIFIED_ANNOTATION).map(|v| v == "true"),
     }
 }

@@ -23,8 +23,8 @@ use crate::azure::AcrCredential;
 use crate::state::binding::Resolved;
 use crate::state::dockerconfig::docker_config_json;
 use crate::state::names::{
-    BINDING_LABEL, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRY_ANNOTATION, INPUTS_ANNOTATION,
-    ISSUED_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
+    BINDING_LABEL, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRY_ANNOTATION, INPUTS_ALL_ANNOTATION,
+    INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
 };
 use crate::state::refresh::ceil_seconds;
 
@@ -50,7 +50,10 @@ impl NewToken<'_> {
             // ... and when issued: a token served from the cache part-way through its life
             // must still refresh at its own half-life.
             ISSUED_ANNOTATION: self.credential.issued_at.filter(|t| *t < written).map(rfc3339),
-            INPUTS_ANNOTATION: self.request.inputs_hash,
+            // The old controller's hash, so it finds the Secret current after a rollback ...
+            INPUTS_ANNOTATION: self.request.legacy_inputs_hash,
+            // ... and every input, so a change to one the old controller ignored re-mints.
+            INPUTS_ALL_ANNOTATION: self.request.inputs_hash,
             VERIFIED_ANNOTATION: self.verified.map(|v| v.to_string()),
         })
     }

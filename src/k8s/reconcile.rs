@@ -107,6 +107,8 @@ async fn pass<K: BindingResource>(
         ctx.failures.mint(key, b.meta().generation.unwrap_or(0)),
     );
     observed.tenancy = tenancy_view(ctx, ns);
+    // An outdated CRD prunes most status fields: compare only the ones it keeps.
+    observed.binding.status.kept = ctx.crds.kept(K::VERSION);
     let now = Timestamp::now();
     let decision = decide(&observed, now, &ctx.policy);
     tracing::debug!(
@@ -277,7 +279,7 @@ async fn execute<K: BindingResource>(
             });
         }
         Plan::Fail(record) => {
-            status::write(&ctx.writer, b, record, now).await?;
+            status::write(&ctx.writer, ctx.crds.kept(K::VERSION), b, record, now).await?;
             if should_emit_failure(
                 record.consecutive_failures,
                 &o.binding.status.error,
@@ -325,7 +327,7 @@ async fn execute<K: BindingResource>(
             .await;
         }
         Plan::WriteStatus(record) => {
-            status::write(&ctx.writer, b, record, now).await?;
+            status::write(&ctx.writer, ctx.crds.kept(K::VERSION), b, record, now).await?;
             if record.phase == Phase::Ready {
                 ctx.failures.mint_succeeded(key);
             }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::channel::mpsc;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
@@ -231,9 +231,11 @@ pub async fn run(
             namespaces: n1,
             policies: policy_rx.clone(),
             leader: leader.clone(),
+            crds: ctx.crds.changes(),
         },
         shutdown.clone(),
     );
+    let crds = ctx.crds.changes();
     let v2 = controller_for::<v1beta2::AcrPullBinding>(
         &client,
         &config,
@@ -244,6 +246,7 @@ pub async fn run(
             namespaces: n2,
             policies: policy_rx,
             leader,
+            crds,
         },
         shutdown.clone(),
     );
@@ -275,6 +278,16 @@ fn on_leadership(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send
     })
 }
 
+/// A stream that yields once each time the watched value changes.
+fn on_change<T: Send + Sync + 'static>(
+    rx: watch::Receiver<T>,
+) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
+}
+
 /// What one controller is triggered by, besides its own bindings.
 struct Triggers {
     secrets: mpsc::UnboundedReceiver<Result<SecretMeta, watcher::Error>>,
@@ -284,14 +297,7 @@ struct Triggers {
     /// Bumped when any `AcrPullPolicy` changes (tenancy modes only).
     policies: watch::Receiver<u64>,
     leader: watch::Receiver<bool>,
-}
-
-/// A stream that yields once per observed change of `rx` (changes in between coalesce).
-fn on_change(rx: watch::Receiver<u64>) -> impl Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok()?;
-        Some(((), rx))
-    })
+    crds: watch::Receiver<u64>,
 }
 
 async fn controller_for<K: BindingResource>(
@@ -299,7 +305,7 @@ async fn controller_for<K: BindingResource>(
     config: &RunConfig,
     ctx: Arc<Context>,
     triggers: Triggers,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let readiness = ctx.readiness.clone();
     let (reader, writer) = reflector::store_shared::<K>(SUBSCRIBE_BUFFER);
@@ -323,6 +329,20 @@ async fn controller_for<K: BindingResource>(
         .reflect_shared(writer)
         .for_each(|_| std::future::ready(()));
 
+    // kube-runtime holds the runner until the store has its initial list and only then
+    // notices the shutdown, so a controller that never synced (the API server unreachable)
+    // would hold SIGTERM until the drain timeout. Unsynced, nothing can be in flight: stop.
+    let unsynced_stop = {
+        let reader = reader.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            if reader.wait_until_ready().now_or_never().is_some() {
+                // Synced: the controller drains its passes on the same signal.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     let controller = Controller::for_shared_stream(events, reader)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .watches_stream(triggers.secrets, |s: SecretMeta| secret_to_binding::<K>(&s))
@@ -338,12 +358,17 @@ async fn controller_for<K: BindingResource>(
         })
         .reconcile_all_on(on_leadership(triggers.leader))
         .reconcile_all_on(on_change(triggers.policies))
+        // What the installed CRDs keep changed (new CRDs applied): every status is rewritten.
+        .reconcile_all_on(on_change(triggers.crds))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| std::future::ready(()));
     tokio::select! {
         _ = bindings => {}
         _ = controller => {}
+        _ = unsynced_stop => {
+            tracing::debug!(version = ?K::VERSION, "stopped before the initial list arrived");
+        }
     }
 }
 

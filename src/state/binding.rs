@@ -41,6 +41,8 @@ pub struct V1beta1Spec {
     pub client_id: String,
     pub resource_id: String,
     pub service_account_name: String,
+    /// The binding's `acr.microsoft.com/identity-audience` annotation, as written.
+    pub identity_audience: Option<String>,
 }
 
 /// The v1beta2 spec as written (`None` = the object was absent).
@@ -53,6 +55,8 @@ pub struct V1beta2Spec {
     pub managed: Option<(String, String)>,      // (clientID, resourceID)
     pub workload: Option<WorkloadSpec>,
     pub service_account_name: String,
+    /// The binding's `acr.microsoft.com/identity-audience` annotation, as written.
+    pub identity_audience: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -163,6 +167,39 @@ pub enum IdentitySpec {
     },
 }
 
+/// What identity tokens are requested for, when a binding chooses (the annotation
+/// [`IDENTITY_AUDIENCE_ANNOTATION`](super::names::IDENTITY_AUDIENCE_ANNOTATION)); otherwise
+/// `--identity-audience` decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenAudience {
+    /// The cloud's Resource Manager (registries with authentication-as-ARM enabled).
+    ResourceManager,
+    /// The ACR audience (registries with authentication-as-ARM disabled).
+    ContainerRegistry,
+}
+
+impl TokenAudience {
+    /// The annotation's values (the same as `--identity-audience`'s).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenAudience::ResourceManager => "resource-manager",
+            TokenAudience::ContainerRegistry => "container-registry",
+        }
+    }
+
+    /// The annotation's value; surrounding white space is ignored, nothing else.
+    pub fn parse(value: &str) -> Result<TokenAudience, Invalid> {
+        match value.trim() {
+            "resource-manager" => Ok(TokenAudience::ResourceManager),
+            "container-registry" => Ok(TokenAudience::ContainerRegistry),
+            other => Err(Invalid::spec(format!(
+                "annotation {}: {other:?} is not resource-manager or container-registry",
+                super::names::IDENTITY_AUDIENCE_ANNOTATION
+            ))),
+        }
+    }
+}
+
 /// What the ServiceAccounts a binding names look like (only what decisions need).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceAccountView {
@@ -181,10 +218,41 @@ pub struct Resolved {
     pub identity: IdentitySpec,
     pub cloud: CloudSpec,
     pub arm_resource_override: Option<String>,
+    /// The binding's own choice of token audience (None: the controller's default).
+    pub audience: Option<TokenAudience>,
+    /// Every input ([`inputs`] full hash): `acr.microsoft.com/token.inputs-all`.
     pub inputs_hash: String,
+    /// The old controller's hash: `acr.microsoft.com/token.inputs`.
+    pub legacy_inputs_hash: String,
+    /// Whether a Secret of the old controller (no `token.inputs-all`) with the legacy hash
+    /// counts as current: true unless the binding sets an input the old controller could not
+    /// have served (the identity-audience annotation, an air-gapped cloud config).
+    pub accepts_legacy_inputs: bool,
     pub secret_name: String,
     pub target_service_account: String,
     pub refresh_rule: RefreshRule,
+}
+
+impl Resolved {
+    /// Whether a Secret's recorded inputs (`token.inputs`, `token.inputs-all`) are this
+    /// binding's. A Secret acrpull wrote carries both and both must match (a hand edit of
+    /// either re-mints). A Secret without `token.inputs-all` was written by the old controller
+    /// (or an acrpull before that annotation): its `token.inputs` is current when it is the
+    /// full hash, or the legacy hash when [`Resolved::accepts_legacy_inputs`] — the old
+    /// controller never hashed workload-identity client and tenant ids, so its Secret for such
+    /// a binding cannot say which ids it was minted for; it is taken as minted for the current
+    /// ones (the old controller did the same) and replaced at its next refresh.
+    pub fn inputs_match(&self, inputs: Option<&str>, inputs_all: Option<&str>) -> bool {
+        match inputs_all {
+            Some(all) => {
+                all == self.inputs_hash && inputs == Some(self.legacy_inputs_hash.as_str())
+            }
+            None => inputs.is_some_and(|i| {
+                i == self.inputs_hash
+                    || (self.accepts_legacy_inputs && i == self.legacy_inputs_hash)
+            }),
+        }
+    }
 }
 
 /// Why a binding cannot be served; `reason` is a static condition/event reason.
@@ -230,7 +298,10 @@ pub struct Static {
     pub auth: StaticAuth,
     pub cloud: CloudSpec,
     pub arm_resource_override: Option<String>,
+    pub audience: Option<TokenAudience>,
     pub inputs_hash: String,
+    pub legacy_inputs_hash: String,
+    pub accepts_legacy_inputs: bool,
     pub secret_name: String,
     pub target_service_account: String,
     pub refresh_rule: RefreshRule,
@@ -305,7 +376,10 @@ impl Static {
             identity,
             cloud: self.cloud.clone(),
             arm_resource_override: self.arm_resource_override.clone(),
+            audience: self.audience,
             inputs_hash: self.inputs_hash.clone(),
+            legacy_inputs_hash: self.legacy_inputs_hash.clone(),
+            accepts_legacy_inputs: self.accepts_legacy_inputs,
             secret_name: self.secret_name.clone(),
             target_service_account: self.target_service_account.clone(),
             refresh_rule: self.refresh_rule,
@@ -376,8 +450,17 @@ fn validate_v1beta1(name: &str, s: &V1beta1Spec, policy: &Policy) -> Result<Stat
         s.service_account_name.clone()
     };
     check_object_name("spec.serviceAccountName", &target)?;
+    let audience = s
+        .identity_audience
+        .as_deref()
+        .map(TokenAudience::parse)
+        .transpose()?;
+    let annotation = audience.map(TokenAudience::as_str);
     Ok(Static {
-        inputs_hash: inputs::v1beta1(client_id, &resource_id, server, &s.scope),
+        inputs_hash: inputs::v1beta1_all(client_id, &resource_id, server, &s.scope, annotation),
+        legacy_inputs_hash: inputs::v1beta1(client_id, &resource_id, server, &s.scope),
+        accepts_legacy_inputs: audience.is_none(),
+        audience,
         registry,
         scope,
         auth: StaticAuth::Managed(identity),
@@ -506,7 +589,12 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
         return Err(Invalid::spec("spec.serviceAccountName is required"));
     }
     check_object_name("spec.serviceAccountName", &s.service_account_name)?;
-    let inputs_hash = inputs::v1beta2(&inputs::V1beta2Inputs {
+    let audience = s
+        .identity_audience
+        .as_deref()
+        .map(TokenAudience::parse)
+        .transpose()?;
+    let hashed = inputs::V1beta2Inputs {
         service_account_name: &s.service_account_name,
         managed: s.managed.as_ref().map(|(c, r)| (c.as_str(), r.as_str())),
         workload_service_account: s.workload.as_ref().map(|w| w.service_account_ref.as_str()),
@@ -521,14 +609,20 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
             .cloud_config
             .as_ref()
             .map(|(a, b)| (a.as_str(), b.as_str())),
-    });
+        identity_audience: audience.map(TokenAudience::as_str),
+    };
     Ok(Static {
         registry,
         scope: Some(scope),
         auth,
         cloud,
         arm_resource_override: None,
-        inputs_hash,
+        audience,
+        inputs_hash: inputs::v1beta2(&hashed),
+        legacy_inputs_hash: inputs::v1beta2_legacy(&hashed),
+        // The old controller's CEL typo kept cloudConfig off every binding, and it never read
+        // the annotation: a Secret of it cannot be current for either.
+        accepts_legacy_inputs: audience.is_none() && s.cloud_config.is_none(),
         secret_name: names::pull_secret_name(name),
         target_service_account: s.service_account_name.clone(),
         refresh_rule: RefreshRule::V1beta2 {

@@ -44,7 +44,10 @@ pub struct SecretView {
     pub refresh: Option<Timestamp>,
     /// Parsed `token.issued` (the token's `iat`), when recorded.
     pub issued: Option<Timestamp>,
+    /// `token.inputs`: the old controller's hash of the inputs.
     pub inputs: Option<String>,
+    /// `token.inputs-all`: every input (written by acrpull only).
+    pub inputs_all: Option<String>,
     /// The verification outcome recorded when the token was minted (None: not checked).
     pub verified: Option<bool>,
 }
@@ -377,7 +380,7 @@ fn serve(
         None => Some(MintReason::Missing),
         Some(s) => match (s.expiry, s.refresh) {
             (Some(expiry), Some(refresh)) => {
-                if s.inputs.as_deref() != Some(resolved.inputs_hash.as_str()) {
+                if !resolved.inputs_match(s.inputs.as_deref(), s.inputs_all.as_deref()) {
                     Some(MintReason::InputsChanged)
                 } else {
                     let issued = s.issued.unwrap_or(refresh);
@@ -516,7 +519,10 @@ pub fn valid_until(o: &Observed, resolved: &Resolved, now: Timestamp) -> Option<
     o.secrets
         .iter()
         .find(|s| s.name == resolved.secret_name)
-        .filter(|s| s.refresh.is_some() && s.inputs.as_deref() == Some(&resolved.inputs_hash))
+        .filter(|s| {
+            s.refresh.is_some()
+                && resolved.inputs_match(s.inputs.as_deref(), s.inputs_all.as_deref())
+        })
         .and_then(|s| s.expiry)
         .filter(|e| *e > now)
 }
@@ -569,7 +575,7 @@ fn revoke_or_fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Polic
 /// ServiceAccount or annotation) once, then wait for a change.
 fn fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Policy) -> Decision {
     let b = &o.binding;
-    let same = b.status.phase == Some(Phase::Failed) && b.status.error == invalid.message;
+    let same = b.status.is_failed_with(&invalid.message);
     let failures = if same {
         b.status.consecutive_failures.max(1)
     } else {

@@ -1,9 +1,12 @@
 //! Table tests of the decision core: one literal scenario per SPEC §4 rule and §10 input.
 
 use super::*;
-use crate::state::binding::{EnvDefaults, IdentitySpec, V1beta1Spec, V1beta2Spec, WorkloadSpec};
+use crate::state::binding::{
+    EnvDefaults, IdentitySpec, TokenAudience, V1beta1Spec, V1beta2Spec, WorkloadSpec,
+};
 use crate::state::inputs;
 use crate::state::refresh::MIN_REFRESH_INTERVAL;
+use crate::state::status_schema::StatusFields;
 use crate::state::tenancy::{AllowedActions, AllowedClouds, Mode, TenancyPolicy};
 
 const CID: &str = "1b461305-28be-5271-beda-bd9fd2e24251";
@@ -49,6 +52,7 @@ fn v1(client: &str, resource: &str) -> V1beta1Spec {
         client_id: client.into(),
         resource_id: resource.into(),
         service_account_name: String::new(),
+        identity_audience: None,
     }
 }
 
@@ -118,6 +122,7 @@ fn secret_for(o: &Observed, name: &str, refresh: &str, expiry: &str) -> SecretVi
         refresh: Some(ts(refresh)),
         issued: None,
         inputs: Some(hash_of(o)),
+        inputs_all: None,
         verified: Some(true),
     }
 }
@@ -151,6 +156,7 @@ fn ready(mut o: Observed) -> Observed {
         ready: Some((desired.ready, Some(desired.reason), desired.message.clone())),
         verified: desired.verified,
         permitted: None,
+        kept: StatusFields::ALL,
     };
     o
 }
@@ -357,6 +363,7 @@ fn missing_target_service_account_fails_and_waits_for_it() {
         ready: Some((false, Some(status.reason), status.message.clone())),
         verified: status.verified,
         permitted: None,
+        kept: StatusFields::ALL,
     };
     let later = add(now(), std::time::Duration::from_secs(5));
     let d = decide(&o, later, &policy());
@@ -939,6 +946,7 @@ fn after(o: &Observed, record: &Record, f: Failure) -> Observed {
         ready: Some((record.ready, Some(record.reason), record.message.clone())),
         verified: record.verified,
         permitted: None,
+        kept: StatusFields::ALL,
     };
     o.last_failure = Some(f);
     o
@@ -1191,6 +1199,7 @@ fn same_failure_twice_is_not_rewritten() {
         ready: Some((false, Some(status.reason), status.message.clone())),
         verified: status.verified,
         permitted: None,
+        kept: StatusFields::ALL,
     };
     let d = decide(&o, now(), &policy());
     assert!(matches!(d.plan, Plan::Wait), "no status write loop: {d:?}");
@@ -1643,4 +1652,242 @@ fn a_tenant_id_cannot_be_a_path_segment_trick() {
         let o = observed(Spec::V1beta2(spec));
         failed_with(&decide(&o, now(), &policy()), "InvalidSpec", "tenant id");
     }
+}
+
+/// The status as an API server with the old controller's CRD stores it: only
+/// `lastTokenRefreshTime`, `tokenExpirationTime` and `error` survive a write of `record`.
+fn pruned_to_old_crd(record: &Record) -> StatusView {
+    StatusView {
+        error: record.error.clone(),
+        last_refresh: record.last_refresh,
+        expiry: record.expiry,
+        kept: StatusFields::of(&["lastTokenRefreshTime", "tokenExpirationTime", "error"]),
+        ..StatusView::default()
+    }
+}
+
+#[test]
+fn with_the_old_crd_a_status_it_keeps_is_not_rewritten() {
+    for spec in [Spec::V1beta2(v2_managed()), Spec::V1beta1(v1(CID, ""))] {
+        let mut o = ready(observed(spec));
+        let Plan::Wait = decide(&o, now(), &policy()).plan else {
+            panic!("converged binding must wait");
+        };
+        // What the first status write left once pruned: the desired record is written once...
+        let written = decide(&o, now(), &policy()).record;
+        o.binding.status = StatusView {
+            kept: StatusFields::of(&["lastTokenRefreshTime", "tokenExpirationTime", "error"]),
+            ..StatusView::default()
+        };
+        assert!(
+            matches!(decide(&o, now(), &policy()).plan, Plan::WriteStatus(_)),
+            "the old fields are missing: written once"
+        );
+        // ...and then never again, although phase and conditions can never be read back.
+        o.binding.status = pruned_to_old_crd(&written);
+        let d = decide(&o, now(), &policy());
+        assert_eq!(d.plan, Plan::Wait, "{d:?}");
+        assert_eq!(d.record.phase, Phase::Ready);
+        // A changed field the old CRD keeps is still written.
+        o.binding.status.error = "old error".into();
+        assert!(matches!(
+            decide(&o, now(), &policy()).plan,
+            Plan::WriteStatus(_)
+        ));
+    }
+}
+
+#[test]
+fn with_the_old_crd_a_spec_failure_is_written_once() {
+    let mut o = observed(Spec::V1beta2(V1beta2Spec {
+        server: "registry.example.com".into(),
+        ..v2_managed()
+    }));
+    o.binding.status.kept =
+        StatusFields::of(&["lastTokenRefreshTime", "tokenExpirationTime", "error"]);
+    let Plan::Fail(record) = decide(&o, now(), &policy()).plan else {
+        panic!("a disallowed registry fails")
+    };
+    o.binding.status = pruned_to_old_crd(&record);
+    let d = decide(&o, now(), &policy());
+    assert_eq!(d.plan, Plan::Wait, "no status write loop: {d:?}");
+    assert_eq!(d.record.phase, Phase::Failed);
+}
+
+#[test]
+fn without_a_status_subresource_nothing_is_written() {
+    let mut o = ready(observed(Spec::V1beta2(v2_managed())));
+    o.binding.status = StatusView {
+        kept: StatusFields::NONE,
+        ..StatusView::default()
+    };
+    assert_eq!(decide(&o, now(), &policy()).plan, Plan::Wait);
+}
+
+/// A Secret as the old controller wrote it: its hash in `token.inputs`, no `token.inputs-all`.
+fn old_controller_secret(o: &Observed) -> SecretView {
+    let stat = validate(&o.binding.name, &o.binding.spec, &policy()).unwrap();
+    SecretView {
+        inputs: Some(stat.legacy_inputs_hash.clone()),
+        inputs_all: None,
+        verified: None,
+        ..secret_for(
+            o,
+            &secret_name(o),
+            "2026-01-01T11:50:00Z",
+            "2026-01-01T15:00:00Z",
+        )
+    }
+}
+
+fn secret_name(o: &Observed) -> String {
+    crate::state::names::expected_secret_name(o.binding.version, &o.binding.name)
+}
+
+/// A Secret as acrpull writes it: both hashes.
+fn acrpull_secret(o: &Observed) -> SecretView {
+    let stat = validate(&o.binding.name, &o.binding.spec, &policy()).unwrap();
+    SecretView {
+        inputs: Some(stat.legacy_inputs_hash.clone()),
+        inputs_all: Some(stat.inputs_hash.clone()),
+        ..secret_for(
+            o,
+            &secret_name(o),
+            "2026-01-01T11:50:00Z",
+            "2026-01-01T15:00:00Z",
+        )
+    }
+}
+
+fn with_secret(mut o: Observed, secret: SecretView) -> Observed {
+    let name = secret_name(&o);
+    o.secrets = vec![secret];
+    let target = o.target_service_account.as_mut().unwrap();
+    target.pull_secrets = vec![name];
+    o.referencing_service_accounts = vec![target.clone()];
+    o.workload_service_account = Some(ServiceAccountView {
+        name: "fed".into(),
+        client_id_annotation: Some(CID.into()),
+        tenant_id_annotation: Some(TID.into()),
+        ..Default::default()
+    });
+    o
+}
+
+fn minted(d: &Decision) -> Option<MintReason> {
+    match &d.plan {
+        Plan::Mint { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_old_controllers_secret_of_a_workload_identity_binding_with_ids_is_kept() {
+    // Its hash ignored clientID/tenantID; the full hash does not: still current.
+    let o = observed(Spec::V1beta2(v2_workload(true)));
+    let stat = validate(&o.binding.name, &o.binding.spec, &policy()).unwrap();
+    assert_ne!(stat.inputs_hash, stat.legacy_inputs_hash);
+    let o = with_secret(o.clone(), old_controller_secret(&o));
+    let d = decide(&o, now(), &policy());
+    assert_eq!(minted(&d), None, "{d:?}");
+    assert!(matches!(d.plan, Plan::WriteStatus(_)), "{d:?}");
+}
+
+#[test]
+fn a_secret_acrpull_wrote_is_current_until_an_input_changes() {
+    for spec in [
+        Spec::V1beta2(v2_workload(true)),
+        Spec::V1beta2(v2_managed()),
+        Spec::V1beta1(v1(CID, "")),
+    ] {
+        let o = observed(spec.clone());
+        let secret = acrpull_secret(&o);
+        let o = with_secret(o, secret.clone());
+        assert_eq!(minted(&decide(&o, now(), &policy())), None, "{spec:?}");
+        // A hand edit of either annotation re-mints.
+        for tampered in [
+            SecretView {
+                inputs: Some("tampered".into()),
+                ..secret.clone()
+            },
+            SecretView {
+                inputs_all: Some("tampered".into()),
+                ..secret.clone()
+            },
+        ] {
+            let mut o = o.clone();
+            o.secrets = vec![tampered];
+            assert_eq!(
+                minted(&decide(&o, now(), &policy())),
+                Some(MintReason::InputsChanged),
+                "{spec:?}"
+            );
+        }
+    }
+    // A changed clientID (which the old controller's hash ignores) re-mints a Secret acrpull
+    // wrote: its token.inputs-all says which ids it was minted for.
+    let o = observed(Spec::V1beta2(v2_workload(true)));
+    let secret = acrpull_secret(&o);
+    let mut changed = v2_workload(true);
+    changed.workload.as_mut().unwrap().client_id = "aaaaaaaa-0000-4000-8000-000000000009".into();
+    let o = with_secret(observed(Spec::V1beta2(changed)), secret);
+    assert_eq!(
+        minted(&decide(&o, now(), &policy())),
+        Some(MintReason::InputsChanged)
+    );
+}
+
+#[test]
+fn the_identity_audience_annotation_selects_the_audience_and_re_mints_once() {
+    for value in ["container-registry", " resource-manager "] {
+        let mut spec = v2_managed();
+        spec.identity_audience = Some(value.into());
+        let o = observed(Spec::V1beta2(spec));
+        let stat = validate(&o.binding.name, &o.binding.spec, &policy()).unwrap();
+        let want = if value.contains("container") {
+            TokenAudience::ContainerRegistry
+        } else {
+            TokenAudience::ResourceManager
+        };
+        assert_eq!(stat.audience, Some(want));
+        // Set, it is an input: the old controller's Secret is not current any more (the token
+        // was requested for the other audience), acrpull's own is.
+        let plain = observed(Spec::V1beta2(v2_managed()));
+        let o2 = with_secret(o.clone(), old_controller_secret(&plain));
+        assert_eq!(
+            minted(&decide(&o2, now(), &policy())),
+            Some(MintReason::InputsChanged)
+        );
+        let o3 = with_secret(o.clone(), acrpull_secret(&o));
+        assert_eq!(minted(&decide(&o3, now(), &policy())), None);
+        // The request carries it.
+        let o4 = observed(o.binding.spec.clone());
+        let Plan::Mint { request, .. } = decide(&o4, now(), &policy()).plan else {
+            panic!("a first mint")
+        };
+        assert_eq!(request.audience, Some(want));
+    }
+    // Absent: the controller's default, and the old hashes stand.
+    let o = observed(Spec::V1beta1(v1(CID, "")));
+    let stat = validate(&o.binding.name, &o.binding.spec, &policy()).unwrap();
+    assert_eq!(stat.audience, None);
+    assert_eq!(stat.inputs_hash, stat.legacy_inputs_hash);
+    // v1beta1 bindings may carry it too.
+    let mut spec = v1(CID, "");
+    spec.identity_audience = Some("container-registry".into());
+    let stat = validate("app", &Spec::V1beta1(spec), &policy()).unwrap();
+    assert_eq!(stat.audience, Some(TokenAudience::ContainerRegistry));
+    assert_ne!(stat.inputs_hash, stat.legacy_inputs_hash);
+}
+
+#[test]
+fn an_unknown_identity_audience_fails_the_binding_before_any_token_call() {
+    let mut spec = v2_managed();
+    spec.identity_audience = Some("arm".into());
+    let d = decide(&observed(Spec::V1beta2(spec)), now(), &policy());
+    failed_with(
+        &d,
+        "InvalidSpec",
+        "annotation acr.microsoft.com/identity-audience: \"arm\" is not resource-manager or container-registry",
+    );
 }

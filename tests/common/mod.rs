@@ -123,11 +123,18 @@ pub struct Env {
     pub debug_port: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// Registry hosts of the Azure stand-in (resolved to it for the controller).
+    registries: Vec<String>,
 }
 
 pub struct Options {
     pub extra_args: Vec<String>,
     pub spawn: bool,
+    /// Changes to the Azure stand-in's configuration (e.g. another registry); every registry
+    /// host it then holds is resolved to the stand-in for the controller.
+    pub azure: Option<fn(&mut Config)>,
+    /// Leave acrpull's CRDs out (a test installs others, e.g. the old controller's).
+    pub skip_crds: bool,
 }
 
 impl Default for Options {
@@ -135,6 +142,8 @@ impl Default for Options {
         Self {
             extra_args: vec![],
             spawn: true,
+            azure: None,
+            skip_crds: false,
         }
     }
 }
@@ -148,7 +157,7 @@ impl Env {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let kube = StandIn::builder().start().await.expect("kube stand-in");
         let crds = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds")).unwrap();
-        for f in crds {
+        for f in crds.filter(|_| !opts.skip_crds) {
             let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
             kube.apply_yaml(&text).expect("CRD applies");
         }
@@ -156,8 +165,13 @@ impl Env {
             kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
                 .unwrap();
         }
+        let mut config = azure_config(&kube.issuer(), kube.jwks());
+        if let Some(change) = opts.azure {
+            change(&mut config);
+        }
+        let registries: Vec<String> = config.registries.iter().map(|r| r.host.clone()).collect();
         let azure = AzureStandIn::builder()
-            .config(azure_config(&kube.issuer(), kube.jwks()))
+            .config(config)
             .start()
             .await
             .expect("azure stand-in");
@@ -174,6 +188,7 @@ impl Env {
             log: dir.path().join("acrpull.log"),
             dir,
             child: None,
+            registries,
         };
         if opts.spawn {
             env.spawn(&opts.extra_args);
@@ -191,7 +206,14 @@ impl Env {
             format!("--health-probe-bind-address=127.0.0.1:{}", self.probe_port),
             format!("--debug-bind-address=127.0.0.1:{}", self.debug_port),
             format!("--imds-endpoint={}", self.azure.imds_url()),
-            format!("--azure-resolve={REGISTRY}={https},login.microsoftonline.com={https}"),
+            format!(
+                "--azure-resolve={},login.microsoftonline.com={https}",
+                self.registries
+                    .iter()
+                    .map(|r| format!("{r}={https}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             format!("--azure-ca-file={}", ca.display()),
             "--log-level=info,acrpull=debug".into(),
         ]
@@ -231,6 +253,9 @@ impl Env {
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("ACR_SERVER")
+            // The test runner's own pod (CI in Kubernetes) must not name every replica.
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -258,6 +258,7 @@ impl Controller {
                 instance: Some(setup.identity.clone()),
             },
             failures: Failures::default(),
+            crds: acrpull::k8s::crd_check::CrdSchemas::default(),
         });
         // The real /metrics and /debug routes.
         let app =

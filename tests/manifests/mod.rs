@@ -126,6 +126,12 @@ pub const REQUIRED: &[Permission] = &[
         verbs: &["create"],
     },
     Permission {
+        scope: Scope::Cluster,
+        groups: &["apiextensions.k8s.io"],
+        resource: "customresourcedefinitions",
+        verbs: &["get"],
+    },
+    Permission {
         scope: Scope::ControllerNamespace,
         groups: &["coordination.k8s.io"],
         resource: "leases",
