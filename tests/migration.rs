@@ -448,11 +448,18 @@ fn start_pod(env: &Env, namespace: &str, name: &str) -> Pod {
                 format!("--metrics-bind-address=127.0.0.1:{}", free_port())
             } else if arg.starts_with("--health-probe-bind-address=") {
                 format!("--health-probe-bind-address=127.0.0.1:{probe_port}")
+            } else if arg.starts_with("--debug-bind-address=") {
+                format!("--debug-bind-address=127.0.0.1:{}", free_port())
             } else {
                 arg
             }
         })
         .collect();
+    // Pods share this host's loopback, not one network namespace each: /debug's default
+    // address (127.0.0.1:8082) would clash between replicas.
+    if !args.iter().any(|a| a.starts_with("--debug-bind-address=")) {
+        args.push(format!("--debug-bind-address=127.0.0.1:{}", free_port()));
+    }
     let azure_flags = ["--imds-endpoint=", "--azure-resolve=", "--azure-ca-file="];
     args.extend(
         env.args()
