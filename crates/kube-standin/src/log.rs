@@ -50,6 +50,10 @@ pub struct RequestRecord {
     pub warnings: Vec<String>,
     /// Audit annotations (admission policies' `Audit` and `auditAnnotations`).
     pub audit_annotations: BTreeMap<String, String>,
+    /// The ValidatingAdmissionPolicy that denied the request (empty: none did). A real API
+    /// server's audit log shows it in the response status message only; here tests can ask
+    /// "did any policy deny this client anything" without parsing messages.
+    pub denied_by_policy: String,
 }
 
 /// The log.

@@ -40,6 +40,8 @@ pub struct Outcome {
     pub warnings: Vec<String>,
     /// Audit annotations.
     pub audit: BTreeMap<String, String>,
+    /// The name of the policy whose denial [`Outcome::deny`] is.
+    pub denied_by: Option<String>,
 }
 
 #[derive(Debug)]
@@ -280,6 +282,7 @@ impl Policies {
             }
         }
         if let Some((pname, bname, f)) = denied.into_iter().next() {
+            out.denied_by = Some(pname.clone());
             let message = match bname {
                 Some(b) => format!(
                     "ValidatingAdmissionPolicy '{pname}' with binding '{b}' denied request: {}",
