@@ -138,7 +138,7 @@ async fn two_replicas_one_writer_and_failover() {
     let lease_args = |name: &str| {
         vec![
             "--leader-elect".to_string(),
-            "--leader-election-namespace=team-a".to_string(),
+            "--leader-election-namespace=acrpull-system".to_string(),
             "--lease-duration=3s".to_string(),
             "--renew-deadline=2s".to_string(),
             "--retry-period=500ms".to_string(),
@@ -153,7 +153,7 @@ async fn two_replicas_one_writer_and_failover() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"].is_string()),
             Duration::from_secs(30),
@@ -201,7 +201,7 @@ async fn two_replicas_one_writer_and_failover() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == follower),
             Duration::from_secs(30),
@@ -233,7 +233,7 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
     .await;
     env.spawn(&[
         "--leader-elect".into(),
-        "--leader-election-namespace=team-a".into(),
+        "--leader-election-namespace=acrpull-system".into(),
         "--lease-duration=60s".into(),
         "--pod-name=only".into(),
     ]);
@@ -241,7 +241,7 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "only"),
             Duration::from_secs(30),
@@ -252,7 +252,12 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
     assert!(status.success(), "exit status {status:?}\n{}", env.logs());
     let lease = env
         .kube
-        .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            CONTROLLER_NAMESPACE,
+            "aks.azure.com",
+        )
         .unwrap();
     assert!(
         lease["spec"]["holderIdentity"].is_null(),
@@ -273,7 +278,7 @@ async fn sigterm_waits_for_a_slow_lease_release() {
     .await;
     env.spawn(&[
         "--leader-elect".into(),
-        "--leader-election-namespace=team-a".into(),
+        "--leader-election-namespace=acrpull-system".into(),
         "--lease-duration=60s".into(),
         "--pod-name=slow-release".into(),
     ]);
@@ -281,7 +286,7 @@ async fn sigterm_waits_for_a_slow_lease_release() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "slow-release"),
             Duration::from_secs(30),
@@ -300,7 +305,12 @@ async fn sigterm_waits_for_a_slow_lease_release() {
     assert!(status.success(), "{}", env.logs());
     let lease = env
         .kube
-        .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            CONTROLLER_NAMESPACE,
+            "aks.azure.com",
+        )
         .unwrap();
     assert!(
         lease["spec"]["holderIdentity"].is_null(),
@@ -320,7 +330,7 @@ async fn lease_takeover_by_another_holder_stops_writes() {
     env.create(sa("team-a", "puller", json!({})));
     env.spawn(&[
         "--leader-elect".into(),
-        "--leader-election-namespace=team-a".into(),
+        "--leader-election-namespace=acrpull-system".into(),
         "--lease-duration=30s".into(),
         "--renew-deadline=2s".into(),
         "--retry-period=200ms".into(),
@@ -330,7 +340,7 @@ async fn lease_takeover_by_another_holder_stops_writes() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "victim"),
             Duration::from_secs(30),
@@ -354,7 +364,7 @@ async fn lease_takeover_by_another_holder_stops_writes() {
         assert!(m.contains(line), "missing {line}\n{m}");
     }
     env.kube
-        .take_over_lease("team-a", "aks.azure.com", "usurper");
+        .take_over_lease(CONTROLLER_NAMESPACE, "aks.azure.com", "usurper");
     // The victim notices at its next renew and reports it is no longer leader.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let m = loop {
@@ -392,7 +402,7 @@ async fn rbac_manifests_cover_every_request_the_controller_makes() {
     let env = Env::start_with(Options {
         extra_args: vec![
             "--leader-elect".into(),
-            "--leader-election-namespace=team-a".into(),
+            "--leader-election-namespace=acrpull-system".into(),
             "--pod-name=rbac".into(),
         ],
         ..Default::default()
