@@ -141,6 +141,7 @@ fn check_rendering(docs: &[Doc], namespace: &str) {
     );
     let container = controller_container(controller_deployment(docs));
     assert_eq!(check_token_audience(docs, container), 1);
+    assert_eq!(check_token_expiry(docs), 1);
 }
 
 fn args_of(docs: &[Doc]) -> Vec<String> {
