@@ -116,7 +116,7 @@ pub fn controller_refusals(kube: &kube_standin::Handle, as_service_account: bool
                     "{what}: denied by ValidatingAdmissionPolicy {}",
                     r.denied_by_policy
                 ))
-            } else if r.status == 401 || r.status == 403 {
+            } else if r.refused() {
                 Some(format!("{what}: refused"))
             } else if as_service_account && !is_controller_sa(&r.user) {
                 Some(format!(

@@ -56,6 +56,15 @@ pub struct RequestRecord {
     pub denied_by_policy: String,
 }
 
+impl RequestRecord {
+    /// Whether the server refused the client the request: 401, 403 (RBAC, an admission
+    /// policy whose reason is Forbidden, NamespaceLifecycle), or an admission policy's denial
+    /// with any status. An injected fault's answer counts too: check [`RequestRecord::faults`].
+    pub fn refused(&self) -> bool {
+        matches!(self.status, 401 | 403) || !self.denied_by_policy.is_empty()
+    }
+}
+
 /// The log.
 #[derive(Default)]
 pub struct RequestLog {
