@@ -647,7 +647,9 @@ mod tests {
 
     fn token_request(user: &UserInfo, audiences: Value) -> Outcome {
         let object = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                            "metadata": {"name": "app", "namespace": "team"}, "spec": {"audiences": audiences}});
+                            "metadata": {"name": "app", "namespace": "team"},
+                            // The lifetime the controller asks for (the shipped policy caps it).
+                            "spec": {"audiences": audiences, "expirationSeconds": 600}});
         let options = options(Operation::Create, &json!({}));
         let objects = shipped();
         let sa = objects.registry.by_key("", "serviceaccounts").unwrap();
