@@ -221,6 +221,15 @@ fn token_policy_audience_literal_equals_the_controller_flag() {
 }
 
 #[test]
+fn token_policy_expiry_cap_equals_what_the_controller_asks_for() {
+    let checked = check_token_expiry(&all_docs());
+    assert!(
+        checked >= 2,
+        "a token-request policy in each admission manifest"
+    );
+}
+
+#[test]
 fn flag_parsing_helpers() {
     let args: Vec<String> = ["--a=1", "--b", "2", "--leader-elect"]
         .map(str::to_owned)

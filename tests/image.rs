@@ -363,11 +363,11 @@ async fn image_builds_pushes_pulls_and_runs_like_the_deployment() {
         containerd.log()
     );
 
-    // What the container gets: a kubeconfig and the stand-in Azure's CA, read-only, readable
-    // by uid 65532.
+    // What the container gets: a kubeconfig (its ServiceAccount's token, as in a pod) and the
+    // stand-in Azure's CA, read-only, readable by uid 65532.
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
-    std::fs::copy(&env.kubeconfig, config.join("kubeconfig")).unwrap();
+    std::fs::copy(&env.controller_kubeconfig, config.join("kubeconfig")).unwrap();
     let host_args = env.args();
     let host_ca = host_args
         .iter()

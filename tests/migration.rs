@@ -932,6 +932,8 @@ async fn old_world() -> Env {
     let env = Env::start_with(Options {
         spawn: false,
         skip_crds: true,
+        // The old controller's world is installed by its own chart, not from deploy/.
+        install_deploy: false,
         ..Default::default()
     })
     .await;

@@ -138,7 +138,7 @@ async fn two_replicas_one_writer_and_failover() {
     let lease_args = |name: &str| {
         vec![
             "--leader-elect".to_string(),
-            "--leader-election-namespace=team-a".to_string(),
+            "--leader-election-namespace=acrpull-system".to_string(),
             "--lease-duration=3s".to_string(),
             "--renew-deadline=2s".to_string(),
             "--retry-period=500ms".to_string(),
@@ -153,7 +153,7 @@ async fn two_replicas_one_writer_and_failover() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"].is_string()),
             Duration::from_secs(30),
@@ -168,11 +168,12 @@ async fn two_replicas_one_writer_and_failover() {
     env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
     env.wait_ready(V2, "team-a", "app", "True").await;
 
-    // Every write came from the leader.
+    // Every write of a controller came from the leader.
     let writes: Vec<_> = env
         .kube
         .requests()
         .into_iter()
+        .filter(|r| r.user_agent.starts_with("acrpull/"))
         .filter(|r| ["create", "update", "patch", "delete"].contains(&r.verb.as_str()))
         .filter(|r| r.resource != "leases" && r.resource != "events")
         .collect();
@@ -201,7 +202,7 @@ async fn two_replicas_one_writer_and_failover() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == follower),
             Duration::from_secs(30),
@@ -331,7 +332,7 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
     .await;
     env.spawn(&[
         "--leader-elect".into(),
-        "--leader-election-namespace=team-a".into(),
+        "--leader-election-namespace=acrpull-system".into(),
         "--lease-duration=60s".into(),
         "--pod-name=only".into(),
     ]);
@@ -339,7 +340,7 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "only"),
             Duration::from_secs(30),
@@ -350,7 +351,12 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
     assert!(status.success(), "exit status {status:?}\n{}", env.logs());
     let lease = env
         .kube
-        .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            CONTROLLER_NAMESPACE,
+            "aks.azure.com",
+        )
         .unwrap();
     assert!(
         lease["spec"]["holderIdentity"].is_null(),
@@ -371,7 +377,7 @@ async fn sigterm_waits_for_a_slow_lease_release() {
     .await;
     env.spawn(&[
         "--leader-elect".into(),
-        "--leader-election-namespace=team-a".into(),
+        "--leader-election-namespace=acrpull-system".into(),
         "--lease-duration=60s".into(),
         "--pod-name=slow-release".into(),
     ]);
@@ -379,7 +385,7 @@ async fn sigterm_waits_for_a_slow_lease_release() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "slow-release"),
             Duration::from_secs(30),
@@ -398,7 +404,12 @@ async fn sigterm_waits_for_a_slow_lease_release() {
     assert!(status.success(), "{}", env.logs());
     let lease = env
         .kube
-        .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            CONTROLLER_NAMESPACE,
+            "aks.azure.com",
+        )
         .unwrap();
     assert!(
         lease["spec"]["holderIdentity"].is_null(),
@@ -418,7 +429,7 @@ async fn lease_takeover_by_another_holder_stops_writes() {
     env.create(sa("team-a", "puller", json!({})));
     env.spawn(&[
         "--leader-elect".into(),
-        "--leader-election-namespace=team-a".into(),
+        "--leader-election-namespace=acrpull-system".into(),
         "--lease-duration=30s".into(),
         "--renew-deadline=2s".into(),
         "--retry-period=200ms".into(),
@@ -428,7 +439,7 @@ async fn lease_takeover_by_another_holder_stops_writes() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "victim"),
             Duration::from_secs(30),
@@ -452,7 +463,7 @@ async fn lease_takeover_by_another_holder_stops_writes() {
         assert!(m.contains(line), "missing {line}\n{m}");
     }
     env.kube
-        .take_over_lease("team-a", "aks.azure.com", "usurper");
+        .take_over_lease(CONTROLLER_NAMESPACE, "aks.azure.com", "usurper");
     // The victim notices at its next renew and reports it is no longer leader.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let m = loop {
@@ -490,7 +501,7 @@ async fn rbac_manifests_cover_every_request_the_controller_makes() {
     let env = Env::start_with(Options {
         extra_args: vec![
             "--leader-elect".into(),
-            "--leader-election-namespace=team-a".into(),
+            "--leader-election-namespace=acrpull-system".into(),
             "--pod-name=rbac".into(),
             // The tenancy watches and the reviews of --metrics-secure are requests too.
             "--tenancy-mode=audit".into(),

@@ -468,7 +468,7 @@ async fn real_prometheus_scrapes_alerts_and_serves_the_dashboard() {
     .await;
     env.spawn(&[
         "--leader-elect".into(),
-        "--leader-election-namespace=team-a".into(),
+        "--leader-election-namespace=acrpull-system".into(),
         "--pod-name=scraped".into(),
     ]);
     // A Ready binding of each version, and one whose identity has no role on the registry:

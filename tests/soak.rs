@@ -318,7 +318,7 @@ impl Fleet {
         if self.elect {
             args.extend([
                 "--leader-elect".to_string(),
-                "--leader-election-namespace=team-a".to_string(),
+                "--leader-election-namespace=acrpull-system".to_string(),
                 format!("--lease-duration={LEASE_SECS}s"),
                 format!("--renew-deadline={RENEW_DEADLINE_SECS}s"),
                 format!("--retry-period={RETRY_SECS}s"),
@@ -331,9 +331,12 @@ impl Fleet {
 
     /// Kills the Lease holder; `None` when no live replica holds it.
     fn kill_leader(&mut self, env: &Env) -> Option<String> {
-        let lease = env
-            .kube
-            .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")?;
+        let lease = env.kube.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            CONTROLLER_NAMESPACE,
+            "aks.azure.com",
+        )?;
         let holder = lease["spec"]["holderIdentity"].as_str()?;
         let i = self.live.iter().position(|r| r.name == holder)?;
         let mut victim = self.live.remove(i);

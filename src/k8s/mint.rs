@@ -197,12 +197,11 @@ async fn adopt<K: BindingResource>(
     let Some(existing) = ctx.writer.read("read secret", api.get_opt(name)).await? else {
         return Ok(None);
     };
-    let uid = b.meta().uid.clone().unwrap_or_default();
     let again = Done {
         record: None,
         requeue: m.decision.requeue,
     };
-    match pull_secret::adoption(&existing, &uid, &key.name) {
+    match pull_secret::adoption(&existing, key.version, &key.name) {
         Adoption::Label => {
             pull_secret::label(&ctx.writer, &ctx.caches.secrets, &existing, &key.name).await?;
             tracing::info!(namespace = %key.namespace, secret = name, "labelled an existing pull secret for this binding");
@@ -217,7 +216,8 @@ async fn adopt<K: BindingResource>(
             let failure = MintFailure {
                 reason: Reason::SecretConflict,
                 message: format!(
-                    "a Secret named {:?} already exists and is not managed by acrpull; rename or delete it",
+                    "a Secret named {:?} already exists and is not managed by acrpull (no controller \
+                     ownerReference to this AcrPullBinding); rename or delete it",
                     existing.name_any()
                 ),
                 retry_after: None,

@@ -32,9 +32,9 @@ pub struct BindingView {
     pub status: StatusView,
 }
 
-/// A Secret that belongs to this binding (labelled with its name and owned by its UID, or an
-/// unowned legacy secret of the old controller). Only its annotations are read: they stand
-/// for the token inside.
+/// A Secret that belongs to this binding (labelled with its name and controlled by it: by its
+/// UID, or by its name for the pull secret a previous binding of that name left). Only its
+/// annotations are read: they stand for the token inside.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SecretView {
     pub name: String,

@@ -3,6 +3,11 @@
 //! and the stand-in Azure, no child process. Starting one costs a few milliseconds, so dozens
 //! of scenarios run in seconds, and a test can reach what a process hides: the context, the
 //! records, the metrics and the logs.
+//!
+//! As in the process-level harness (`common`), the API server enforces `deploy/`'s CRDs, RBAC
+//! and admission policies, the controller's client carries its ServiceAccount's token, and a
+//! [`StandIns`] asserts when it goes away after a passing test that nothing the controller
+//! asked was refused.
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,12 +36,15 @@ use kube_standin::StandIn;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::common::{azure_config, REGISTRY};
+use crate::common::{azure_config, controller_refusals, install_deploy, REGISTRY};
 
-/// Both stand-ins, CRDs applied, namespaces `team-a` and `team-b`.
+/// Both stand-ins, `deploy/` installed (CRDs, RBAC, admission policies), namespaces `team-a`
+/// and `team-b`.
 pub struct StandIns {
     pub kube: kube_standin::Handle,
     pub azure: azure_standin::Handle,
+    /// A token of the controller's ServiceAccount, `acrpull-system/acrpull`.
+    pub controller_token: String,
 }
 
 impl StandIns {
@@ -44,11 +52,7 @@ impl StandIns {
         let _ = rustls::crypto::ring::default_provider().install_default();
         capture_logs();
         let kube = StandIn::builder().start().await.expect("kube stand-in");
-        let crds = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds")).unwrap();
-        for f in crds {
-            let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
-            kube.apply_yaml(&text).expect("CRD applies");
-        }
+        let controller_token = install_deploy(&kube).await;
         for ns in ["team-a", "team-b"] {
             kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
                 .unwrap();
@@ -58,7 +62,11 @@ impl StandIns {
             .start()
             .await
             .expect("azure stand-in");
-        StandIns { kube, azure }
+        StandIns {
+            kube,
+            azure,
+            controller_token,
+        }
     }
 
     pub fn create(&self, obj: Value) -> Value {
@@ -110,6 +118,21 @@ impl StandIns {
             condition(b, "Ready").is_some_and(|c| c["status"] == want)
         })
         .await
+    }
+}
+
+impl Drop for StandIns {
+    fn drop(&mut self) {
+        // At the end of a test that passed: the API server refused the controller nothing.
+        if !std::thread::panicking() {
+            let refused = controller_refusals(&self.kube, true);
+            assert!(
+                refused.is_empty(),
+                "the API server refused the controller (RBAC: deploy/rbac.yaml, policies: \
+                 deploy/admission.yaml):\n{}",
+                refused.join("\n")
+            );
+        }
     }
 }
 
@@ -183,8 +206,8 @@ impl Controller {
         let mut config = kube::Config::new(s.kube.url().parse().unwrap());
         config.read_timeout = Some(Duration::from_secs(300));
         config.connect_timeout = Some(Duration::from_secs(10));
-        // The stand-in authenticates: without a token every request is system:anonymous.
-        config.auth_info.token = Some(s.kube.admin_token().to_string().into());
+        // As the controller's ServiceAccount, under deploy/'s RBAC and admission policies.
+        config.auth_info.token = Some(s.controller_token.clone().into());
         let agent = format!("acrpull/{} ({})", env!("CARGO_PKG_VERSION"), setup.identity);
         config.headers.push((
             http::header::USER_AGENT,

@@ -144,6 +144,7 @@ async fn converge(
         };
         measure::wait_all_ready(&kube, w.n, PHASE_TIMEOUT, &mut alive).await?
     };
+    env.check_not_refused()?;
     let records = env.kube.requests();
     let last = measure::last_status_write(&records).unwrap_or_else(jiff::Timestamp::now);
     let seconds = last.duration_since(first).as_secs_f64();
@@ -239,6 +240,8 @@ pub async fn run(n: usize, opts: &RunOptions, index: usize) -> Result<Run> {
         peak_rss_mib: mib(hwm),
         cpu_seconds: env.cpu_seconds(),
     };
+    // The steady window and the restart were refused nothing either.
+    env.check_not_refused()?;
     env.terminate().await?;
     Ok(Run {
         convergence,
@@ -372,6 +375,8 @@ pub async fn refresh(n: usize, ttl: u64, cycles: u64, opts: &RunOptions) -> Resu
         .iter()
         .filter(|b| measure::is_ready(b))
         .count();
+    // Refreshing (Secret updates, TokenRequests) was refused nothing.
+    env.check_not_refused()?;
     env.terminate().await?;
     Ok(Refresh {
         n,
