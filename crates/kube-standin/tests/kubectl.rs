@@ -691,7 +691,9 @@ async fn kubectl_auth_can_i_matches_the_shipped_rbac() {
         (&["get", "leases/other", "-n", "acrpull-system"], false),
         (&["list", "leases", "-n", "acrpull-system"], false),
         (&["create", "leases", "-n", "team"], false),
-        (&["get", "namespaces"], false),
+        // Granted in every tenancy mode (AcrPullPolicy selects namespaces by label).
+        (&["get", "namespaces"], true),
+        (&["get", "clusterroles"], false),
         (&["get", "configmaps", "-n", "team"], false),
         (
             &["create", "selfsubjectaccessreviews.authorization.k8s.io"],
@@ -769,17 +771,17 @@ async fn kubectl_auth_can_i_matches_the_shipped_rbac() {
     );
     let (rc, _, err) = run(as_sa(&["get", "secrets", "-n", "default"])).await;
     assert_eq!(rc, 0, "{err}");
-    let (rc, _, err) = run(as_sa(&["get", "namespaces"])).await;
+    let (rc, _, err) = run(as_sa(&["get", "clusterroles"])).await;
     assert_ne!(rc, 0);
     assert!(
-        err.contains("Error from server (Forbidden): namespaces is forbidden: User \"system:serviceaccount:acrpull-system:acrpull\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"),
+        err.contains("Error from server (Forbidden): clusterroles.rbac.authorization.k8s.io is forbidden: User \"system:serviceaccount:acrpull-system:acrpull\" cannot list resource \"clusterroles\" in API group \"rbac.authorization.k8s.io\" at the cluster scope"),
         "{err}"
     );
     assert!(h
         .requests()
         .iter()
         .any(|r| r.user == "system:serviceaccount:acrpull-system:acrpull"
-            && r.resource == "namespaces"
+            && r.resource == "clusterroles"
             && r.status == 403));
     h.shutdown();
 }
