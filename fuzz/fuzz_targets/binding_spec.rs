@@ -10,7 +10,16 @@ use acrpull::k8s::binding::BindingResource;
 use acrpull::state::binding::{validate, Policy, ServiceAccountView, Spec};
 use libfuzzer_sys::fuzz_target;
 
-const REASONS: [&str; 3] = ["InvalidSpec", "RegistryNotAllowed", "ServiceAccountNotFound"];
+// Every reason validation and resolution can give, including the operator's allow-lists
+// (scope actions, air-gapped authorities) and tenancy policies.
+const REASONS: [&str; 6] = [
+    "InvalidSpec",
+    "RegistryNotAllowed",
+    "ServiceAccountNotFound",
+    "ActionNotAllowed",
+    "AuthorityNotAllowed",
+    "NotPermitted",
+];
 
 fn check(name: &str, spec: &Spec) {
     let policy = Policy::default();
