@@ -84,7 +84,14 @@ fn seed_converged(s: &StandIns, namespaces: &[&str], n: usize) -> Vec<(String, S
         let sa: ServiceAccount =
             serde_json::from_value(s.kube.get("v1", "ServiceAccount", ns, &sa_name).unwrap())
                 .unwrap();
-        let o = observe(&typed, true, &[Arc::new(secret)], &[Arc::new(sa)], None);
+        let o = observe(
+            &typed,
+            true,
+            &[Arc::new(secret)],
+            &[Arc::new(sa)],
+            None,
+            vec![],
+        );
         let Plan::WriteStatus(record) = decide(&o, now, &policy).plan else {
             panic!("seeding {name}: expected a status write");
         };
@@ -100,6 +107,7 @@ fn seed_converged(s: &StandIns, namespaces: &[&str], n: usize) -> Vec<(String, S
             &o_secrets(s, ns, &secret_name),
             &o_sas(s, ns),
             None,
+            vec![],
         );
         assert_eq!(
             decide(&o, now, &policy).plan,

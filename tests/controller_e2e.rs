@@ -629,12 +629,25 @@ async fn credentials_are_verified_and_scope_gaps_fail_before_any_pull() {
     assert!(!error.contains("repository:app:pull,"), "{error}");
     // No half-working secret was written for it.
     assert!(env.secret("team-a", "acr-pull-gap").is_none());
-    // The check went to the registry's Basic-auth token endpoint.
-    assert!(env
-        .azure
-        .requests_for(azure_standin::Hop::AcrTokenGet)
-        .iter()
-        .any(|r| r.host.starts_with(REGISTRY)));
+    // The grant was read from the access tokens the registry issued: no second request to
+    // its Basic-auth token endpoint.
+    assert_eq!(
+        env.azure
+            .requests_for(azure_standin::Hop::AcrTokenGet)
+            .len(),
+        0,
+        "{:#?}",
+        env.azure.requests()
+    );
+    let (_, metrics) = env.http_get(env.metrics_port, "/metrics").await;
+    assert!(
+        metrics.contains("acrpull_credential_verifications_total{outcome=\"from_token\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("acrpull_credential_verifications_total{outcome=\"scope_not_granted\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -649,14 +662,16 @@ async fn bindings_sharing_a_credential_cost_one_call_per_hop_and_one_check() {
     for (ns, name) in [("team-a", "one"), ("team-a", "two"), ("team-b", "three")] {
         env.wait_ready(V2, ns, name, "True").await;
     }
-    // One identity, one registry, one scope: one call at each hop, one verification.
-    for hop in [Hop::Imds, Hop::AcrExchange, Hop::AcrToken, Hop::AcrTokenGet] {
+    // One identity, one registry, one scope: one call at each hop, and the verification
+    // costs none (the grant is read from the access token).
+    for hop in [Hop::Imds, Hop::AcrExchange, Hop::AcrToken] {
         let n = env.azure.requests_for(hop).len();
         assert_eq!(n, 1, "{hop:?}: {n} calls\n{:#?}", env.azure.requests());
     }
+    assert_eq!(env.azure.requests_for(Hop::AcrTokenGet).len(), 0);
     let (_, metrics) = env.http_get(env.metrics_port, "/metrics").await;
     assert!(
-        metrics.contains("acrpull_credential_verifications_total{outcome=\"cached\"} 2"),
+        metrics.contains("acrpull_credential_verifications_total{outcome=\"from_token\"} 3"),
         "{metrics}"
     );
 }

@@ -15,20 +15,231 @@
 //! the cache holds (both resourceVersions integers, as etcd's revisions are) is ignored; a
 //! relist is taken as it is.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
+use super::binding::BindingResource;
 use super::observe::SecretMeta;
+use crate::state::binding::Version;
+use crate::state::decide::Sibling;
+use crate::state::record::Phase;
 
-/// The caches the controllers read: Secrets (metadata) and ServiceAccounts, by namespace.
+/// The caches the controllers read: Secrets (metadata) and ServiceAccounts, by namespace, and
+/// the bindings our own writes returned.
 #[derive(Default, Clone)]
 pub struct Caches {
     pub secrets: NsCache<SecretMeta>,
     pub service_accounts: NsCache<ServiceAccount>,
+    pub bindings: WrittenBindings,
+    pub v1beta1: BindingIndex,
+    pub v1beta2: BindingIndex,
+}
+
+impl Caches {
+    /// The binding index of `version`.
+    pub fn index(&self, version: Version) -> &BindingIndex {
+        match version {
+            Version::V1beta1 => &self.v1beta1,
+            Version::V1beta2 => &self.v1beta2,
+        }
+    }
+}
+
+/// What the controller keeps about every binding besides kube-runtime's own store: what maps a
+/// ServiceAccount to its bindings and what rule 8 needs to attach siblings in one patch — not
+/// the whole object a second time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexEntry {
+    /// ServiceAccounts whose changes matter to the binding (target, workload identity).
+    pub service_accounts: Vec<String>,
+    pub deleting: bool,
+    pub sibling: Sibling,
+}
+
+impl IndexEntry {
+    pub fn of<K: BindingResource>(b: &K) -> Self {
+        Self {
+            service_accounts: b.service_accounts(),
+            deleting: b.meta().deletion_timestamp.is_some(),
+            sibling: Sibling {
+                name: b.name_any(),
+                spec: b.spec_view(),
+                failed: b
+                    .status()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|p| p == Phase::Failed.as_str()),
+            },
+        }
+    }
+}
+
+type EntryIndex = HashMap<String, BTreeMap<String, Arc<IndexEntry>>>;
+
+/// The bindings of one version, by namespace, as [`IndexEntry`]s. Follows the watcher
+/// protocol like [`NsCache`].
+#[derive(Default, Clone)]
+pub struct BindingIndex(Arc<RwLock<(EntryIndex, Option<EntryIndex>)>>);
+
+impl BindingIndex {
+    pub fn apply_event<K: BindingResource>(&self, event: &watcher::Event<K>) {
+        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let (live, buffer) = &mut *guard;
+        let put = |m: &mut EntryIndex, o: &K| {
+            let (ns, name) = key(o);
+            m.entry(ns)
+                .or_default()
+                .insert(name, Arc::new(IndexEntry::of(o)));
+        };
+        match event {
+            watcher::Event::Init => *buffer = Some(HashMap::new()),
+            watcher::Event::InitApply(o) => match buffer.as_mut() {
+                Some(b) => put(b, o),
+                None => put(live, o),
+            },
+            watcher::Event::InitDone => {
+                if let Some(b) = buffer.take() {
+                    *live = b;
+                }
+            }
+            watcher::Event::Apply(o) => put(live, o),
+            watcher::Event::Delete(o) => {
+                let (ns, name) = key(o);
+                if let Some(m) = live.get_mut(&ns) {
+                    m.remove(&name);
+                    if m.is_empty() {
+                        live.remove(&ns);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bindings of `namespace`, by name.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<(String, Arc<IndexEntry>)> {
+        let guard = self.0.read().unwrap_or_else(|e| e.into_inner());
+        guard
+            .0
+            .get(namespace)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The other bindings of `namespace` that target `service_account` and are not being deleted.
+    pub fn siblings(&self, namespace: &str, name: &str, service_account: &str) -> Vec<Sibling> {
+        let guard = self.0.read().unwrap_or_else(|e| e.into_inner());
+        guard
+            .0
+            .get(namespace)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter(|(n, e)| {
+                n.as_str() != name
+                    && !e.deleting
+                    && e.service_accounts.first().map(String::as_str) == Some(service_account)
+            })
+            .map(|(_, e)| e.sibling.clone())
+            .collect()
+    }
+}
+
+/// Bindings as our own writes (finalizer, status) returned them, until the binding watch has
+/// caught up; and the echoes of those writes. The reflector store that kube-runtime hands a
+/// pass can be behind our last write: a pass woken by something else then decides on the
+/// newer of the two, instead of writing the same status again.
+#[derive(Default, Clone)]
+pub struct WrittenBindings(Arc<Mutex<WrittenInner>>);
+
+#[derive(Default)]
+struct WrittenInner {
+    echoes: HashMap<Version, Echoes>,
+    latest: HashMap<(Version, String, String), (u64, Arc<dyn Any + Send + Sync>)>,
+}
+
+impl WrittenBindings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WrittenInner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A write of ours was answered with `object`.
+    pub fn written<K: BindingResource>(&self, object: K) -> Arc<K> {
+        let (ns, name) = key(&object);
+        let rv = rv_of(object.meta().resource_version.as_deref());
+        let object = Arc::new(object);
+        let mut inner = self.lock();
+        inner.echoes.entry(K::VERSION).or_default().expect(
+            &ns,
+            &name,
+            object.meta().resource_version.as_deref(),
+        );
+        if let Some(rv) = rv {
+            let held = inner
+                .latest
+                .entry((K::VERSION, ns, name))
+                .or_insert((0, object.clone()));
+            if rv >= held.0 {
+                *held = (rv, object.clone());
+            }
+        }
+        object
+    }
+
+    /// Whether the watch event of `object` is the echo of our own write; once the watch has
+    /// delivered our latest write (or anything newer), the held copy is dropped.
+    pub fn is_echo<K: BindingResource>(&self, object: &K) -> bool {
+        let (ns, name) = key(object);
+        let rv = object.meta().resource_version.as_deref();
+        let mut inner = self.lock();
+        let echo = inner
+            .echoes
+            .get_mut(&K::VERSION)
+            .is_some_and(|e| e.is_echo(&ns, &name, rv));
+        let k = (K::VERSION, ns, name);
+        if let (Some(rv), Some(held)) = (rv_of(rv), inner.latest.get(&k)) {
+            if rv >= held.0 {
+                inner.latest.remove(&k);
+            }
+        }
+        echo
+    }
+
+    /// The newer of `from_store` and what our own last write returned.
+    pub fn newest<K: BindingResource>(&self, from_store: Arc<K>) -> Arc<K> {
+        let (ns, name) = key(from_store.as_ref());
+        let store_rv = rv_of(from_store.meta().resource_version.as_deref()).unwrap_or(0);
+        let inner = self.lock();
+        match inner.latest.get(&(K::VERSION, ns, name)) {
+            Some((rv, held)) if *rv > store_rv => {
+                held.clone().downcast::<K>().unwrap_or(from_store)
+            }
+            _ => from_store,
+        }
+    }
+
+    /// Forget a binding (deleted, or no longer ours).
+    pub fn forget<K: BindingResource>(&self, namespace: &str, name: &str) {
+        let mut inner = self.lock();
+        inner
+            .latest
+            .remove(&(K::VERSION, namespace.to_string(), name.to_string()));
+        if let Some(e) = inner.echoes.get_mut(&K::VERSION) {
+            e.0.remove(&(namespace.to_string(), name.to_string()));
+        }
+    }
+
+    /// Objects held (for tests and the memory bound).
+    pub fn len(&self) -> usize {
+        let inner = self.lock();
+        inner.latest.len() + inner.echoes.values().map(Echoes::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 type Index<K> = HashMap<String, BTreeMap<String, Arc<K>>>;
@@ -36,6 +247,62 @@ type Index<K> = HashMap<String, BTreeMap<String, Arc<K>>>;
 struct Inner<K> {
     live: Index<K>,
     buffer: Option<Index<K>>,
+    /// resourceVersions our own writes were answered with, until the watch delivers them.
+    echoes: Echoes,
+}
+
+/// The resourceVersions of our own writes, per object, that the watch has not delivered yet.
+/// The watch event of a write whose answer the cache already holds (an "echo") tells the
+/// controller nothing new, so it must not wake a pass: without this, every write of a
+/// binding, its Secret or its ServiceAccount came back as a full reconcile (6.5 passes per
+/// binding at 10,000). An event at any other resourceVersion is someone else's change, and
+/// wakes as before; it also retires what it supersedes, so nothing is kept for long.
+#[derive(Debug, Default)]
+pub struct Echoes(HashMap<(String, String), Vec<u64>>);
+
+fn rv_of(rv: Option<&str>) -> Option<u64> {
+    rv.and_then(|v| v.parse::<u64>().ok())
+}
+
+impl Echoes {
+    /// We wrote `namespace/name` and were answered with `rv`.
+    pub fn expect(&mut self, namespace: &str, name: &str, rv: Option<&str>) {
+        if let Some(rv) = rv_of(rv) {
+            self.0
+                .entry((namespace.to_string(), name.to_string()))
+                .or_default()
+                .push(rv);
+        }
+    }
+
+    /// Whether a watch event of `namespace/name` at `rv` is the echo of one of our writes.
+    pub fn is_echo(&mut self, namespace: &str, name: &str, rv: Option<&str>) -> bool {
+        let Some(rv) = rv_of(rv) else {
+            return false;
+        };
+        let key = (namespace.to_string(), name.to_string());
+        let Some(held) = self.0.get_mut(&key) else {
+            return false;
+        };
+        let echo = held.contains(&rv);
+        held.retain(|r| *r > rv);
+        if held.is_empty() {
+            self.0.remove(&key);
+        }
+        echo
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Shared, cheap to clone.
@@ -52,6 +319,7 @@ impl<K> Default for NsCache<K> {
         Self(Arc::new(RwLock::new(Inner {
             live: HashMap::new(),
             buffer: None,
+            echoes: Echoes::default(),
         })))
     }
 }
@@ -61,10 +329,16 @@ fn key<K: ResourceExt>(o: &K) -> (String, String) {
 }
 
 impl<K: ResourceExt + Clone> NsCache<K> {
-    pub fn apply_event(&self, event: &watcher::Event<K>) {
+    /// Apply a watch event; returns whether it is the echo of our own write (see [`Echoes`]),
+    /// which must not wake a pass.
+    pub fn apply_event(&self, event: &watcher::Event<K>) -> bool {
         let mut inner = self.0.write().unwrap_or_else(|e| e.into_inner());
         match event {
-            watcher::Event::Init => inner.buffer = Some(HashMap::new()),
+            watcher::Event::Init => {
+                inner.buffer = Some(HashMap::new());
+                // A relist starts over: what it delivers is the state, not events.
+                inner.echoes.clear();
+            }
             watcher::Event::InitApply(o) => {
                 let (ns, name) = key(o);
                 let o = Arc::new(o.clone());
@@ -82,7 +356,14 @@ impl<K: ResourceExt + Clone> NsCache<K> {
                     inner.live = b;
                 }
             }
-            watcher::Event::Apply(o) => inner.upsert(o.clone()),
+            watcher::Event::Apply(o) => {
+                let (ns, name) = key(o);
+                let echo = inner
+                    .echoes
+                    .is_echo(&ns, &name, o.meta().resource_version.as_deref());
+                inner.upsert(o.clone());
+                return echo;
+            }
             watcher::Event::Delete(o) => {
                 let (ns, name) = key(o);
                 if let Some(m) = inner.live.get_mut(&ns) {
@@ -93,11 +374,17 @@ impl<K: ResourceExt + Clone> NsCache<K> {
                 }
             }
         }
+        false
     }
 
-    /// The object the API server answered a write of ours with.
+    /// The object the API server answered a write of ours with (its watch event, when it
+    /// comes, is an echo).
     pub fn written(&self, object: K) {
         let mut inner = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let (ns, name) = key(&object);
+        inner
+            .echoes
+            .expect(&ns, &name, object.meta().resource_version.as_deref());
         inner.upsert(object);
     }
 
@@ -229,5 +516,27 @@ mod tests {
         c.deleted("a", "x");
         assert_eq!(value(&c, "a", "x"), None);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn the_watch_event_of_our_own_write_is_an_echo_and_nothing_else_is() {
+        let c = NsCache::<ConfigMap>::default();
+        assert!(!c.apply_event(&watcher::Event::Apply(cm_at("a", "x", "v", Some(10)))));
+        c.written(cm_at("a", "x", "ours", Some(12)));
+        c.written(cm_at("a", "x", "ours again", Some(13)));
+        // Our first write comes back: an echo.
+        assert!(c.apply_event(&watcher::Event::Apply(cm_at("a", "x", "ours", Some(12)))));
+        // Someone else's write in between ours: not an echo.
+        c.written(cm_at("a", "x", "third", Some(15)));
+        assert!(!c.apply_event(&watcher::Event::Apply(cm_at("a", "x", "theirs", Some(14)))));
+        assert!(c.apply_event(&watcher::Event::Apply(cm_at("a", "x", "third", Some(15)))));
+        // Everything delivered: nothing left to remember.
+        assert!(c.0.read().unwrap().echoes.is_empty());
+        // Another object at the same resourceVersion is not an echo.
+        c.written(cm_at("a", "y", "ours", Some(20)));
+        assert!(!c.apply_event(&watcher::Event::Apply(cm_at("b", "y", "other", Some(20)))));
+        // A relist forgets expected echoes: it reports the state, and what it lists wakes.
+        c.apply_event(&watcher::Event::Init);
+        assert!(c.0.read().unwrap().echoes.is_empty());
     }
 }

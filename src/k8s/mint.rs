@@ -10,16 +10,15 @@ use kube::ResourceExt;
 use super::binding::BindingResource;
 use super::context::Context;
 use super::error::ReconcileError;
-use super::events::{publish, should_emit_failure, Severity};
+use super::events::{publish, should_emit_failure, Notes, Severity};
 use super::pull_secret::{self, Adoption, NewToken};
-use super::reconcile::Done;
-use super::status;
+use super::reconcile::{write_status, Done, Step};
 use super::tracker::BindingKey;
 use super::verify::Verification;
 use crate::azure::{
     Cloud, CredentialRequest, Identity, IdentityAudience, V1BETA1_DEFAULT_ARM_RESOURCE,
 };
-use crate::state::binding::{CloudSpec, IdentitySpec, Resolved};
+use crate::state::binding::{CloudSpec, IdentitySpec, Resolved, Version};
 use crate::state::decide::{after_mint_failure, Decision, MintFailure, MintReason, Observed};
 use crate::state::reason::Reason;
 use crate::state::record::Phase;
@@ -39,13 +38,15 @@ pub async fn run<K: BindingResource>(
     key: &BindingKey,
     o: &Observed,
     m: Mint<'_>,
-) -> Result<Done, ReconcileError> {
-    if m.reason == MintReason::Missing {
-        // The cache shows no secret. Before minting, make sure none exists unlabelled (secrets
-        // of the old controller, SPEC §4.1, or a label removed by hand) instead of minting a
-        // token and colliding on create.
+    notes: &mut Notes,
+) -> Result<Step<K>, ReconcileError> {
+    if m.reason == MintReason::Missing && key.version == Version::V1beta1 {
+        // The cache shows no secret. The old controller's v1beta1 secrets may be unlabelled
+        // (SPEC §4.1), invisible to the label-filtered watch: before minting, look for one by
+        // name and adopt it with its still-valid token instead of calling Azure. v1beta2
+        // secrets were always labelled, so their create goes first and a 409 is handled after.
         if let Some(done) = adopt(ctx, b, key, o, &m).await? {
-            return Ok(done);
+            return Ok(Step::Stop(done));
         }
     }
     let req = credential_request(&m.request, &key.namespace, ctx.audience, m.current_expiry);
@@ -62,7 +63,7 @@ pub async fn run<K: BindingResource>(
                 message: e.user_message(),
                 retry_after: e.retry_after(),
             };
-            return failed(ctx, b, key, o, &m, failure).await;
+            return failed(ctx, b, key, o, &m, failure).await.map(Step::Stop);
         }
     };
     let verified = match ctx.verifier.verify(&m.request, &credential).await {
@@ -74,7 +75,7 @@ pub async fn run<K: BindingResource>(
                 message,
                 retry_after: None,
             };
-            return failed(ctx, b, key, o, &m, failure).await;
+            return failed(ctx, b, key, o, &m, failure).await.map(Step::Stop);
         }
     };
     let token = NewToken {
@@ -83,30 +84,50 @@ pub async fn run<K: BindingResource>(
         verified,
         now: Timestamp::now(),
     };
-    pull_secret::write(&ctx.writer, &ctx.caches.secrets, b, &token).await?;
+    match pull_secret::write(&ctx.writer, &ctx.caches.secrets, b, &token).await {
+        Ok(()) => {}
+        // A Secret of that name exists that the watch does not show (its label was removed,
+        // or the watch is behind): read it once and take it over if it is ours.
+        Err(e) if e.already_exists() => {
+            let api = kube::Api::<Secret>::namespaced(ctx.writer.client().clone(), &key.namespace);
+            let existing = ctx
+                .writer
+                .read("read secret", api.get(&m.request.secret_name))
+                .await?;
+            let uid = b.meta().uid.clone().unwrap_or_default();
+            if pull_secret::adoption(&existing, &uid, &key.name) == Adoption::Foreign {
+                let failure = foreign(&existing);
+                return failed(ctx, b, key, o, &m, failure).await.map(Step::Stop);
+            }
+            pull_secret::overwrite(
+                &ctx.writer,
+                &ctx.caches.secrets,
+                b,
+                &token,
+                existing.resource_version(),
+            )
+            .await?;
+        }
+        Err(e) => return Err(e),
+    }
     ctx.failures.mint_succeeded(key);
-    let event = m.reason.success_event();
-    let note = match event {
-        Reason::TokenIssued => "pull secret created",
-        _ => "pull secret refreshed",
-    };
-    publish(
-        &ctx.writer,
-        &ctx.reporter,
-        b,
-        Severity::Normal,
-        event,
-        "Mint",
-        format!(
-            "{note}; token expires {}",
-            super::binding::rfc3339(credential.expires_at)
+    notes.minted(
+        m.reason.success_event(),
+        &m.request.secret_name,
+        &super::binding::rfc3339(credential.expires_at),
+    );
+    Ok(Step::Continue { binding: None })
+}
+
+fn foreign(existing: &Secret) -> MintFailure {
+    MintFailure {
+        reason: Reason::SecretConflict,
+        message: format!(
+            "a Secret named {:?} already exists and is not managed by acrpull; rename or delete it",
+            existing.name_any()
         ),
-    )
-    .await;
-    Ok(Done {
-        record: None,
-        requeue: m.decision.requeue,
-    })
+        retry_after: None,
+    }
 }
 
 /// Label or take up a Secret of the pull secret's name that the cache did not show; fail the
@@ -140,14 +161,7 @@ async fn adopt<K: BindingResource>(
             Ok(Some(again))
         }
         Adoption::Foreign => {
-            let failure = MintFailure {
-                reason: Reason::SecretConflict,
-                message: format!(
-                    "a Secret named {:?} already exists and is not managed by acrpull; rename or delete it",
-                    existing.name_any()
-                ),
-                retry_after: None,
-            };
+            let failure = foreign(&existing);
             failed(ctx, b, key, o, m, failure).await.map(Some)
         }
     }
@@ -180,7 +194,7 @@ async fn failed<K: BindingResource>(
         retry_at = %f.retry_at, valid_until = ?record.expiry.filter(|_| record.ready),
         error = %record.error, "{summary}"
     );
-    status::write(&ctx.writer, b, &record, now).await?;
+    write_status(ctx, b, &record, now).await?;
     if should_emit_failure(
         record.consecutive_failures,
         &o.binding.status.error,

@@ -13,7 +13,7 @@ use super::binding::{parse_time, view, BindingResource};
 use crate::state::binding::{
     ServiceAccountView, Version, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION,
 };
-use crate::state::decide::{BindingView, Failure, Observed, SecretView};
+use crate::state::decide::{BindingView, Failure, Observed, SecretView, Sibling};
 use crate::state::names::{
     expected_secret_name, secret_family, SecretFamily, BINDING_LABEL, EXPIRY_ANNOTATION,
     INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
@@ -113,6 +113,7 @@ pub fn observe<K: BindingResource>(
     secrets: &[Arc<SecretMeta>],
     service_accounts: &[Arc<ServiceAccount>],
     last_failure: Option<Failure>,
+    siblings: Vec<Sibling>,
 ) -> Observed {
     let b = view(binding);
     let mut own: Vec<SecretView> = secrets
@@ -161,5 +162,6 @@ pub fn observe<K: BindingResource>(
         workload_service_account: workload,
         referencing_service_accounts: referencing,
         last_failure,
+        siblings,
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::api::{v1beta1, v1beta2};
 use super::binding::BindingResource;
-use super::cache::NsCache;
+use super::cache::BindingIndex;
 use super::context::Context;
 use super::observe::{pull_secret_names, secret_owner, SecretMeta};
 use super::reconcile::{error_policy, reconcile};
@@ -95,15 +95,12 @@ pub async fn run(
     .default_backoff()
     .modify(strip_managed_fields)
     .inspect(mark_ready(readiness.clone()))
-    .inspect(move |e| {
+    .for_each(move |e| {
         if let Ok(e) = e {
-            secret_cache.apply_event(e);
-        }
-    })
-    .touched_objects()
-    .for_each(move |o| {
-        if let Ok(o) = o {
-            secret_fan.send(&o);
+            // The echo of our own write wakes nothing: the pass that wrote it decided on it.
+            if !secret_cache.apply_event(&e) {
+                touched(&e, |o| secret_fan.send(o));
+            }
         }
         std::future::ready(())
     });
@@ -115,15 +112,11 @@ pub async fn run(
     .default_backoff()
     .modify(strip_managed_fields)
     .inspect(mark_ready(readiness.clone()))
-    .inspect(move |e| {
+    .for_each(move |e| {
         if let Ok(e) = e {
-            sa_cache.apply_event(e);
-        }
-    })
-    .touched_objects()
-    .for_each(move |o| {
-        if let Ok(o) = o {
-            sa_fan.send(&o);
+            if !sa_cache.apply_event(&e) {
+                touched(&e, |o| sa_fan.send(o));
+            }
         }
         std::future::ready(())
     });
@@ -160,6 +153,16 @@ pub async fn run(
         }
     };
     tokio::join!(watches, v1, v2);
+}
+
+/// The objects a watch event touched (deletions included).
+fn touched<K>(event: &watcher::Event<K>, mut send: impl FnMut(&K)) {
+    match event {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o) => {
+            send(o)
+        }
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
 }
 
 /// A stream that yields once each time this replica becomes the leader.
@@ -199,7 +202,7 @@ async fn controller_for<K: BindingResource>(
     if !config.label_selector.trim().is_empty() {
         wc = wc.labels(&config.label_selector);
     }
-    let index = NsCache::<K>::default();
+    let index = ctx.caches.index(K::VERSION).clone();
     let by_sa = index.clone();
     let bindings = watcher(Api::<K>::all(client.clone()), wc)
         .default_backoff()
@@ -212,6 +215,10 @@ async fn controller_for<K: BindingResource>(
         })
         .reflect_shared(writer)
         .for_each(|_| std::future::ready(()));
+    // The echo of our own finalizer or status write wakes nothing: the pass that wrote it has
+    // already decided on what it returned.
+    let written = ctx.caches.bindings.clone();
+    let events = events.filter(move |b| std::future::ready(!written.is_echo(b.as_ref())));
 
     let controller = Controller::for_shared_stream(events, reader)
         .with_config(controller::Config::default().concurrency(config.concurrency))
@@ -245,7 +252,7 @@ fn secret_to_binding<K: BindingResource>(s: &SecretMeta) -> Option<ObjectRef<K>>
 /// A ServiceAccount maps to the bindings that target it, use it for workload identity, or
 /// whose secrets it references.
 fn sa_to_bindings<K: BindingResource>(
-    index: &NsCache<K>,
+    index: &BindingIndex,
     sa: &ServiceAccount,
 ) -> Vec<ObjectRef<K>> {
     let Some(ns) = sa.namespace() else {
@@ -255,11 +262,11 @@ fn sa_to_bindings<K: BindingResource>(
     let refs = pull_secret_names(sa);
     index
         .in_namespace(&ns)
-        .iter()
-        .filter(|b| {
-            b.service_accounts().contains(&name)
-                || refs.contains(&expected_secret_name(K::VERSION, &b.name_any()))
+        .into_iter()
+        .filter(|(binding, entry)| {
+            entry.service_accounts.contains(&name)
+                || refs.contains(&expected_secret_name(K::VERSION, binding))
         })
-        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .map(|(binding, _)| ObjectRef::new(&binding).within(&ns))
         .collect()
 }

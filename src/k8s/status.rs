@@ -116,23 +116,24 @@ pub fn patch(status: &AcrPullBindingStatus) -> serde_json::Value {
     serde_json::json!({ "status": fields })
 }
 
-/// Write `record` as the binding's status.
+/// Write `record` as the binding's status; returns the binding as written.
 pub async fn write<K: BindingResource>(
     writer: &Writer,
     binding: &K,
     record: &Record,
     now: Timestamp,
-) -> Result<(), ReconcileError> {
+) -> Result<K, ReconcileError> {
     let status = render(record, binding.status(), now);
     let meta = binding.meta();
-    writer
+    let mut written: K = writer
         .patch_status::<K>(
             meta.namespace.as_deref().unwrap_or_default(),
             meta.name.as_deref().unwrap_or_default(),
             &patch(&status),
         )
-        .await
-        .map(|_| ())
+        .await?;
+    written.meta_mut().managed_fields = None;
+    Ok(written)
 }
 
 #[cfg(test)]

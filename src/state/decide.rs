@@ -87,6 +87,27 @@ pub struct Observed {
     pub referencing_service_accounts: Vec<ServiceAccountView>,
     /// The last failed mint for the binding's current generation, if any.
     pub last_failure: Option<Failure>,
+    /// The other bindings of this version in the namespace (for rule 8's batching).
+    pub siblings: Vec<Sibling>,
+}
+
+/// Another binding of the same version in the binding's namespace, as far as attaching goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sibling {
+    pub name: String,
+    pub spec: Spec,
+    /// Its status says `Failed`.
+    pub failed: bool,
+}
+
+/// The pull-secret name of a sibling that targets `service_account` and is on its way to a
+/// pull secret: its spec is valid and it is not failing.
+fn attachable(s: &Sibling, service_account: &str, policy: &Policy) -> Option<String> {
+    if s.failed {
+        return None;
+    }
+    let stat = validate(&s.name, &s.spec, policy).ok()?;
+    (stat.target_service_account == service_account).then_some(stat.secret_name)
 }
 
 /// Why a token is minted.
@@ -314,10 +335,22 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
     let secret = secret.expect("mint_reason is None only when the secret exists");
     let (expiry, refresh) = (secret.expiry.unwrap_or(now), secret.refresh.unwrap_or(now));
 
-    // Rule 8: attach, keeping the order.
+    // Rule 8: attach, keeping the order. One patch per ServiceAccount, not one per binding:
+    // the names of the other bindings that target it and are on their way to a pull secret go
+    // in too (their passes then find themselves attached). A Pod created meanwhile already
+    // names their secrets, and the kubelet reads pull secrets at every pull attempt.
     if !target.pull_secrets.contains(&resolved.secret_name) {
         let mut list = target.pull_secrets.clone();
         list.push(resolved.secret_name.clone());
+        for name in o
+            .siblings
+            .iter()
+            .filter_map(|s| attachable(s, &target.name, policy))
+        {
+            if !list.contains(&name) {
+                list.push(name);
+            }
+        }
         sort_pull_secrets(&mut list);
         let record = if current.phase == Phase::Ready {
             current

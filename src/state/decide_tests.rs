@@ -95,6 +95,7 @@ fn observed(spec: Spec) -> Observed {
         workload_service_account: None,
         referencing_service_accounts: vec![],
         last_failure: None,
+        siblings: vec![],
     }
 }
 
@@ -641,6 +642,60 @@ fn attaching_honours_the_ordering() {
             .to_vec(),
         }
     );
+}
+
+#[test]
+fn one_attach_names_every_sibling_on_its_way_to_a_pull_secret() {
+    let mut o = observed(Spec::V1beta2(v2_managed()));
+    o.secrets = vec![secret_for(
+        &o,
+        "acr-pull-app",
+        "2026-01-01T11:50:00Z",
+        "2026-01-01T15:00:00Z",
+    )];
+    o.target_service_account = Some(sa("puller", &["other"]));
+    let sibling = |name: &str, sa: &str, failed: bool| Sibling {
+        name: name.into(),
+        spec: Spec::V1beta2(V1beta2Spec {
+            service_account_name: sa.into(),
+            ..v2_managed()
+        }),
+        failed,
+    };
+    let mut invalid = sibling("bad", "puller", false);
+    if let Spec::V1beta2(s) = &mut invalid.spec {
+        s.server = "evil.example.com".into();
+    }
+    o.siblings = vec![
+        sibling("web", "puller", false),
+        // Elsewhere, failing or invalid: never named (no reference to a secret that may
+        // never exist).
+        sibling("tools", "builder", false),
+        sibling("broken", "puller", true),
+        invalid,
+    ];
+    let d = decide(&o, now(), &policy());
+    assert_eq!(
+        d.plan,
+        Plan::Attach {
+            service_account: "puller".into(),
+            pull_secrets: ["other", "acr-pull-app", "acr-pull-web"]
+                .map(String::from)
+                .to_vec(),
+        }
+    );
+    // The sibling's own pass then finds itself attached: no second patch.
+    let mut web = observed(Spec::V1beta2(v2_managed()));
+    web.binding.name = "web".into();
+    web.secrets = vec![secret_for(
+        &web,
+        "acr-pull-web",
+        "2026-01-01T11:50:00Z",
+        "2026-01-01T15:00:00Z",
+    )];
+    web.target_service_account = Some(sa("puller", &["other", "acr-pull-app", "acr-pull-web"]));
+    let d = decide(&web, now(), &policy());
+    assert!(matches!(d.plan, Plan::WriteStatus(_)), "{d:?}");
 }
 
 #[test]
