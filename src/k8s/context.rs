@@ -7,6 +7,7 @@ use kube::runtime::events::Reporter;
 use super::cache::Caches;
 use super::failures::Failures;
 use super::metrics::ControllerMetrics;
+use super::pacing::Pacing;
 use super::tracker::Tracker;
 use super::verify::Verifier;
 use super::writer::Writer;
@@ -38,4 +39,6 @@ pub struct Context {
     pub reporter: Reporter,
     /// Recent failures per binding (in memory).
     pub failures: Failures,
+    /// When new tokens are planned to be refreshed.
+    pub pacing: Pacing,
 }

@@ -16,13 +16,14 @@ use super::reconcile::{write_status, Done, Step};
 use super::tracker::BindingKey;
 use super::verify::Verification;
 use crate::azure::{
-    Cloud, CredentialRequest, Identity, IdentityAudience, V1BETA1_DEFAULT_ARM_RESOURCE,
+    AcrCredential, Cloud, CredentialRequest, Identity, IdentityAudience,
+    V1BETA1_DEFAULT_ARM_RESOURCE,
 };
 use crate::state::binding::{CloudSpec, IdentitySpec, Resolved, Version};
 use crate::state::decide::{after_mint_failure, Decision, MintFailure, MintReason, Observed};
 use crate::state::reason::Reason;
 use crate::state::record::Phase;
-use crate::state::refresh::RefreshRule;
+use crate::state::refresh::{add, boundary, ceil_seconds, RefreshRule, MIN_REFRESH_INTERVAL};
 
 /// What to mint, as decided.
 pub struct Mint<'a> {
@@ -78,11 +79,13 @@ pub async fn run<K: BindingResource>(
             return failed(ctx, b, key, o, &m, failure).await.map(Step::Stop);
         }
     };
+    let now = Timestamp::now();
     let token = NewToken {
         request: &m.request,
         credential: &credential,
         verified,
-        now: Timestamp::now(),
+        now,
+        refresh_at: Some(refresh_at(ctx, &m.request, &credential, now)),
     };
     match pull_secret::write(&ctx.writer, &ctx.caches.secrets, b, &token).await {
         Ok(()) => {}
@@ -117,6 +120,24 @@ pub async fn run<K: BindingResource>(
         &super::binding::rfc3339(credential.expires_at),
     );
     Ok(Step::Continue { binding: None })
+}
+
+/// When the new token is planned to be refreshed: paced (see [`super::pacing`]) between a few
+/// seconds after writing and its boundary.
+fn refresh_at(
+    ctx: &Context,
+    request: &Resolved,
+    credential: &AcrCredential,
+    now: Timestamp,
+) -> Timestamp {
+    let written = ceil_seconds(now);
+    let issued = credential
+        .issued_at
+        .filter(|t| *t < written)
+        .unwrap_or(written);
+    let latest = boundary(request.refresh_rule, issued, credential.expires_at);
+    let earliest = add(written, MIN_REFRESH_INTERVAL);
+    ctx.pacing.plan(&credential.token, earliest, latest, now)
 }
 
 fn foreign(existing: &Secret) -> MintFailure {

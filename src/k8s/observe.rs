@@ -16,7 +16,8 @@ use crate::state::binding::{
 use crate::state::decide::{BindingView, Failure, Observed, SecretView, Sibling};
 use crate::state::names::{
     expected_secret_name, secret_family, SecretFamily, BINDING_LABEL, EXPIRY_ANNOTATION,
-    INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
+    INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION, REFRESH_AT_ANNOTATION,
+    VERIFIED_ANNOTATION,
 };
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
@@ -85,6 +86,7 @@ fn secret_view(s: &SecretMeta) -> SecretView {
         issued: parse_time(a, ISSUED_ANNOTATION),
         inputs: a.get(INPUTS_ANNOTATION).cloned(),
         verified: a.get(VERIFIED_ANNOTATION).map(|v| v == "true"),
+        planned: parse_time(a, REFRESH_AT_ANNOTATION),
     }
 }
 

@@ -24,7 +24,7 @@ use crate::state::binding::Resolved;
 use crate::state::dockerconfig::docker_config_json;
 use crate::state::names::{
     BINDING_LABEL, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRY_ANNOTATION, INPUTS_ANNOTATION,
-    ISSUED_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
+    ISSUED_ANNOTATION, REFRESH_ANNOTATION, REFRESH_AT_ANNOTATION, VERIFIED_ANNOTATION,
 };
 use crate::state::refresh::ceil_seconds;
 
@@ -36,6 +36,8 @@ pub struct NewToken<'a> {
     pub verified: Option<bool>,
     /// When it is written.
     pub now: Timestamp,
+    /// When it is planned to be refreshed (`k8s::pacing`).
+    pub refresh_at: Option<Timestamp>,
 }
 
 impl NewToken<'_> {
@@ -52,6 +54,7 @@ impl NewToken<'_> {
             ISSUED_ANNOTATION: self.credential.issued_at.filter(|t| *t < written).map(rfc3339),
             INPUTS_ANNOTATION: self.request.inputs_hash,
             VERIFIED_ANNOTATION: self.verified.map(|v| v.to_string()),
+            REFRESH_AT_ANNOTATION: self.refresh_at.map(rfc3339),
         })
     }
 
@@ -81,9 +84,10 @@ fn strings(v: &Value) -> BTreeMap<String, String> {
 }
 
 /// The metadata-only view the Secret cache holds.
-pub fn cached(mut secret: Secret) -> SecretMeta {
-    secret.metadata.managed_fields = None;
-    secret.metadata.into_response_partial::<Secret>()
+pub fn cached(secret: Secret) -> SecretMeta {
+    let mut meta = secret.metadata.into_response_partial::<Secret>();
+    super::cache::trim_secret(&mut meta);
+    meta
 }
 
 /// Create or update the binding's pull secret with `token`. With no Secret in the cache it is

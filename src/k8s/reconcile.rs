@@ -378,7 +378,8 @@ pub async fn write_status<K: BindingResource>(
     record: &Record,
     now: Timestamp,
 ) -> Result<Arc<K>, ReconcileError> {
-    let written = status::write(&ctx.writer, b, record, now).await?;
+    let mut written = status::write(&ctx.writer, b, record, now).await?;
+    super::cache::trim_binding(&mut written);
     Ok(ctx.caches.bindings.written(written))
 }
 
@@ -402,7 +403,7 @@ async fn set_finalizers<K: BindingResource>(
             &patch,
         )
         .await?;
-    written.meta_mut().managed_fields = None;
+    super::cache::trim_binding(&mut written);
     Ok(ctx.caches.bindings.written(written))
 }
 
@@ -426,7 +427,7 @@ async fn set_pull_secrets(
         .writer
         .patch("update service account", ns, name, &patch)
         .await?;
-    written.metadata.managed_fields = None;
+    super::cache::trim_service_account(&mut written);
     ctx.caches.service_accounts.written(written);
     Ok(true)
 }

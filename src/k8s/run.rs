@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::api::{v1beta1, v1beta2};
 use super::binding::BindingResource;
-use super::cache::BindingIndex;
+use super::cache::{trim_binding, trim_secret, trim_service_account, BindingIndex};
 use super::context::Context;
 use super::observe::{pull_secret_names, secret_owner, SecretMeta};
 use super::reconcile::{error_policy, reconcile};
@@ -30,9 +30,21 @@ const SUBSCRIBE_BUFFER: usize = 1024;
 /// The watches readiness waits for.
 pub const WATCHES: usize = 4;
 
+/// Passes that may run at once per API call slot (`--concurrency`): most of a pass that
+/// waits is waiting for Azure (rate limits, retries), which loads neither the API server nor
+/// this process, and must not keep other bindings' passes — their retries, or bindings whose
+/// token is cached — waiting for a slot (RELIABILITY.md bug 9).
+pub const PASSES_PER_API_SLOT: u16 = 8;
+
+/// How many passes kube-runtime runs at once for `--concurrency`.
+pub fn passes(concurrency: u16) -> u16 {
+    concurrency.saturating_mul(PASSES_PER_API_SLOT)
+}
+
 /// Settings of the watch/reconcile machinery.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// `--concurrency`: API calls in flight (the writer's bound); passes run [`passes`] at once.
     pub concurrency: u16,
     /// `--label-selector`, handed to the API server for the binding watches.
     pub label_selector: String,
@@ -93,7 +105,7 @@ pub async fn run(
         watcher::Config::default().labels(BINDING_LABEL),
     )
     .default_backoff()
-    .modify(strip_managed_fields)
+    .modify(trim_secret)
     .inspect(mark_ready(readiness.clone()))
     .for_each(move |e| {
         if let Ok(e) = e {
@@ -110,7 +122,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
-    .modify(strip_managed_fields)
+    .modify(trim_service_account)
     .inspect(mark_ready(readiness.clone()))
     .for_each(move |e| {
         if let Ok(e) = e {
@@ -206,7 +218,7 @@ async fn controller_for<K: BindingResource>(
     let by_sa = index.clone();
     let bindings = watcher(Api::<K>::all(client.clone()), wc)
         .default_backoff()
-        .modify(strip_managed_fields)
+        .modify(trim_binding)
         .inspect(mark_ready(readiness))
         .inspect(move |e| {
             if let Ok(e) = e {
@@ -221,7 +233,7 @@ async fn controller_for<K: BindingResource>(
     let events = events.filter(move |b| std::future::ready(!written.is_echo(b.as_ref())));
 
     let controller = Controller::for_shared_stream(events, reader)
-        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .with_config(controller::Config::default().concurrency(passes(config.concurrency)))
         .watches_stream(triggers.secrets, |s: SecretMeta| secret_to_binding::<K>(&s))
         .watches_stream(triggers.service_accounts, move |sa: ServiceAccount| {
             sa_to_bindings::<K>(&by_sa, &sa)
@@ -234,11 +246,6 @@ async fn controller_for<K: BindingResource>(
         _ = bindings => {}
         _ = controller => {}
     }
-}
-
-/// The caches never need `managedFields`, often the largest part of an object.
-fn strip_managed_fields<K: kube::Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
 }
 
 /// A labelled Secret maps to the binding of its version named by the label.

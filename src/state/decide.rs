@@ -15,7 +15,7 @@ use super::binding::{validate, Invalid, Policy, Resolved, ServiceAccountView, Sp
 use super::names::{expected_secret_name, sort_pull_secrets};
 use super::reason::Reason;
 pub use super::record::{Phase, Record, StatusView};
-use super::refresh::{add, ceil_seconds, due_at, retry_at, seed_of};
+use super::refresh::{add, ceil_seconds, planned_due, retry_at, seed_of};
 
 /// The binding as observed.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +46,8 @@ pub struct SecretView {
     pub inputs: Option<String>,
     /// The verification outcome recorded when the token was minted (None: not checked).
     pub verified: Option<bool>,
+    /// Parsed `token.refresh-at`: the refresh planned when the token was written.
+    pub planned: Option<Timestamp>,
 }
 
 /// The outcome of the last failed mint for the binding's current generation, kept in memory
@@ -295,7 +297,14 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
                     Some(MintReason::InputsChanged)
                 } else {
                     let issued = s.issued.unwrap_or(refresh);
-                    let due = due_at(resolved.refresh_rule, issued, refresh, expiry, seed);
+                    let due = planned_due(
+                        resolved.refresh_rule,
+                        issued,
+                        refresh,
+                        expiry,
+                        seed,
+                        s.planned,
+                    );
                     (now >= due).then_some(MintReason::Due)
                 }
             }
@@ -387,7 +396,14 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
 
     // Rule 10: status from the secret.
     let issued = secret.issued.unwrap_or(refresh);
-    let next = due_at(resolved.refresh_rule, issued, refresh, expiry, seed);
+    let next = planned_due(
+        resolved.refresh_rule,
+        issued,
+        refresh,
+        expiry,
+        seed,
+        secret.planned,
+    );
     let desired = Record {
         phase: Phase::Ready,
         reason: Reason::TokenIssued,

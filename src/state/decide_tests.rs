@@ -118,6 +118,7 @@ fn secret_for(o: &Observed, name: &str, refresh: &str, expiry: &str) -> SecretVi
         issued: None,
         inputs: Some(hash_of(o)),
         verified: Some(true),
+        planned: None,
     }
 }
 

@@ -16,6 +16,9 @@ pub const REFRESH_ANNOTATION: &str = "acr.microsoft.com/token.refresh";
 pub const ISSUED_ANNOTATION: &str = "acr.microsoft.com/token.issued";
 /// base36(sha224) of the binding inputs the token was minted for.
 pub const INPUTS_ANNOTATION: &str = "acr.microsoft.com/token.inputs";
+/// When the token in the Secret is planned to be refreshed (RFC 3339, seconds): planned when it
+/// was written, the same for every binding holding that token, never later than the boundary.
+pub const REFRESH_AT_ANNOTATION: &str = "acr.microsoft.com/token.refresh-at";
 /// Outcome of checking the credential at the registry's token endpoint after minting:
 /// `true` (every requested scope granted) or `false`; absent when not checked.
 pub const VERIFIED_ANNOTATION: &str = "acr.microsoft.com/token.verified";

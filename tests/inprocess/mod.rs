@@ -250,6 +250,7 @@ impl Controller {
                 instance: Some(setup.identity.clone()),
             },
             failures: Failures::default(),
+            pacing: Default::default(),
         });
         // The real /metrics and /debug routes.
         let app =

@@ -50,6 +50,16 @@ pub struct Convergence {
     pub azure_profile: BTreeMap<String, measure::Span>,
     /// Selected controller metrics at the end of convergence (limiter waits, hop durations).
     pub controller_metrics: BTreeMap<String, f64>,
+    /// The Azure floor at the controller's limits (see [`Minimum::floor_seconds`]).
+    pub floor_seconds: f64,
+    /// `seconds / floor_seconds`.
+    pub over_floor: f64,
+    /// Reconcile passes of the controller (`acrpull_reconciles_total`) per binding.
+    pub reconciles_per_binding: f64,
+    /// API requests per binding other than Event writes.
+    pub requests_per_binding_excluding_events: f64,
+    /// Controller CPU milliseconds per binding converged.
+    pub cpu_ms_per_binding: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -151,10 +161,22 @@ async fn converge(
     let azure = measure::azure_calls(&env.azure.counts());
     let (hwm, _) = env.memory_kib();
     let (_, metrics_text) = env.http_get(env.metrics_port, "/metrics").await;
+    let controller_metrics = selected_metrics(&metrics_text);
+    let reconciles = controller_metrics
+        .get("acrpull_reconciles_total")
+        .copied()
+        .unwrap_or(f64::NAN);
+    let floor_seconds = w.minimum().floor_seconds(acr_rps_of(&opts.controller));
+    let cpu_seconds = env.cpu_seconds();
     let c = Convergence {
+        floor_seconds,
+        over_floor: seconds / floor_seconds,
+        reconciles_per_binding: reconciles / w.n as f64,
+        requests_per_binding_excluding_events: api.requests_excluding_events as f64 / w.n as f64,
+        cpu_ms_per_binding: 1000.0 * cpu_seconds / w.n as f64,
         api_profile: measure::api_profile(&records, first),
         azure_profile: measure::azure_profile(&env.azure.requests(), first),
-        controller_metrics: selected_metrics(&metrics_text),
+        controller_metrics,
         n: w.n,
         concurrency: concurrency_of(&opts.controller),
         seconds,
@@ -166,10 +188,18 @@ async fn converge(
         writes_per_binding_excluding_events: api.writes_excluding_events as f64 / w.n as f64,
         api,
         peak_rss_mib: mib(hwm),
-        cpu_seconds: env.cpu_seconds(),
+        cpu_seconds,
         limiters: limiters(&env.azure),
     };
     Ok((env, c))
+}
+
+/// The controller's `--acr-rps` (default 10).
+fn acr_rps_of(c: &ControllerOptions) -> f64 {
+    c.extra_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--acr-rps=").and_then(|v| v.parse().ok()))
+        .unwrap_or(10.0)
 }
 
 fn concurrency_of(c: &ControllerOptions) -> String {
@@ -258,6 +288,8 @@ fn selected_metrics(text: &str) -> BTreeMap<String, f64> {
                 || l.starts_with("acrpull_reconcile_duration_seconds"))
                 && (l.contains("_sum") || l.contains("_count"))
                 || l.starts_with("acrpull_token_requests_total")
+                || l.starts_with("acrpull_reconciles_total")
+                || l.starts_with("acrpull_credential_verifications_total")
                 || l.starts_with("acrpull_token_cache_total")
         })
         .filter_map(|l| {
