@@ -118,21 +118,22 @@ pub fn observe<K: BindingResource>(
     siblings: Vec<Sibling>,
 ) -> Observed {
     let b = view(binding);
+    // The label is the cheap test: most Secrets of the namespace belong to other bindings.
     let mut own: Vec<SecretView> = secrets
         .iter()
-        .filter(|s| belongs_to(s, &b))
+        .filter(|s| s.labels().get(BINDING_LABEL) == Some(&b.name) && belongs_to(s, &b))
         .map(|s| secret_view(s))
         .collect();
     own.sort_by(|x, y| x.name.cmp(&y.name));
     let expected = expected_secret_name(b.version, &b.name);
     let in_ns: Vec<&Arc<ServiceAccount>> = service_accounts
         .iter()
-        .filter(|sa| sa.namespace().as_deref() == Some(b.namespace.as_str()))
+        .filter(|sa| sa.metadata.namespace.as_deref() == Some(b.namespace.as_str()))
         .collect();
     let find = |name: &str| {
         in_ns
             .iter()
-            .find(|sa| sa.name_any() == name)
+            .find(|sa| sa.metadata.name.as_deref() == Some(name))
             .map(|sa| service_account_view(sa))
     };
     let targets = binding.service_accounts();
@@ -149,12 +150,13 @@ pub fn observe<K: BindingResource>(
     });
     let referencing = in_ns
         .iter()
-        .map(|sa| service_account_view(sa))
         .filter(|sa| {
-            sa.pull_secrets
+            sa.image_pull_secrets
                 .iter()
-                .any(|n| *n == expected || own.iter().any(|s| s.name == *n))
+                .flatten()
+                .any(|r| r.name == expected || own.iter().any(|s| s.name == r.name))
         })
+        .map(|sa| service_account_view(sa))
         .collect();
     Observed {
         binding: b,
