@@ -60,27 +60,33 @@ fn mark_ready<K>(readiness: Readiness) -> impl FnMut(&Result<watcher::Event<K>, 
     }
 }
 
-/// Fan one watch out to both controllers. Every touched object is forwarded — deletions
-/// included (a hand-deleted Secret or ServiceAccount must trigger its bindings), which
-/// kube-runtime's shared-store subscriptions do not deliver.
-struct FanOut<T> {
-    senders: Vec<mpsc::UnboundedSender<Result<T, watcher::Error>>>,
+/// Where a Secret or ServiceAccount change is sent: the bindings it concerns, as references
+/// to each version's controller — deletions included (a hand-deleted Secret or ServiceAccount
+/// must trigger its bindings), which kube-runtime's shared-store subscriptions do not deliver.
+/// References, not copies of the object: during an initial list of 10,000 Secrets the
+/// channels would otherwise hold two copies of each until the controllers caught up.
+#[derive(Clone)]
+struct Wake {
+    v1: mpsc::UnboundedSender<ObjectRef<v1beta1::AcrPullBinding>>,
+    v2: mpsc::UnboundedSender<ObjectRef<v1beta2::AcrPullBinding>>,
 }
 
-impl<T: Clone> FanOut<T> {
-    fn new(
-        n: usize,
-    ) -> (
-        Self,
-        Vec<mpsc::UnboundedReceiver<Result<T, watcher::Error>>>,
-    ) {
-        let (senders, receivers) = (0..n).map(|_| mpsc::unbounded()).unzip();
-        (Self { senders }, receivers)
+impl Wake {
+    fn secret(&self, s: &SecretMeta) {
+        if let Some(r) = secret_to_binding::<v1beta1::AcrPullBinding>(s) {
+            let _ = self.v1.unbounded_send(r);
+        }
+        if let Some(r) = secret_to_binding::<v1beta2::AcrPullBinding>(s) {
+            let _ = self.v2.unbounded_send(r);
+        }
     }
 
-    fn send(&self, item: &T) {
-        for s in &self.senders {
-            let _ = s.unbounded_send(Ok(item.clone()));
+    fn service_account(&self, caches: &super::cache::Caches, sa: &ServiceAccount) {
+        for r in sa_to_bindings::<v1beta1::AcrPullBinding>(&caches.v1beta1, sa) {
+            let _ = self.v1.unbounded_send(r);
+        }
+        for r in sa_to_bindings::<v1beta2::AcrPullBinding>(&caches.v1beta2, sa) {
+            let _ = self.v2.unbounded_send(r);
         }
     }
 }
@@ -96,9 +102,14 @@ pub async fn run(
     let leader = ctx.writer.leadership();
     let readiness = ctx.readiness.clone();
     let secret_cache = ctx.caches.secrets.clone();
-    let sa_cache = ctx.caches.service_accounts.clone();
-    let (secret_fan, mut secret_rx) = FanOut::<SecretMeta>::new(2);
-    let (sa_fan, mut sa_rx) = FanOut::<ServiceAccount>::new(2);
+    let caches = ctx.caches.clone();
+    let (v1_tx, v1_rx) = mpsc::unbounded();
+    let (v2_tx, v2_rx) = mpsc::unbounded();
+    let wake = Wake {
+        v1: v1_tx,
+        v2: v2_tx,
+    };
+    let sa_wake = wake.clone();
 
     let secrets = watcher(
         Api::<SecretMeta>::all(client.clone()),
@@ -111,7 +122,7 @@ pub async fn run(
         if let Ok(e) = e {
             // The echo of our own write wakes nothing: the pass that wrote it decided on it.
             if !secret_cache.apply_event(&e) {
-                touched(&e, |o| secret_fan.send(o));
+                touched(&e, |o| wake.secret(o));
             }
         }
         std::future::ready(())
@@ -126,22 +137,19 @@ pub async fn run(
     .inspect(mark_ready(readiness.clone()))
     .for_each(move |e| {
         if let Ok(e) = e {
-            if !sa_cache.apply_event(&e) {
-                touched(&e, |o| sa_fan.send(o));
+            if !caches.service_accounts.apply_event(&e) {
+                touched(&e, |o| sa_wake.service_account(&caches, o));
             }
         }
         std::future::ready(())
     });
 
-    let (s1, s2) = (secret_rx.remove(0), secret_rx.remove(0));
-    let (a1, a2) = (sa_rx.remove(0), sa_rx.remove(0));
     let v1 = controller_for::<v1beta1::AcrPullBinding>(
         &client,
         &config,
         ctx.clone(),
         Triggers {
-            secrets: s1,
-            service_accounts: a1,
+            related: v1_rx,
             leader: leader.clone(),
         },
         shutdown.clone(),
@@ -151,8 +159,7 @@ pub async fn run(
         &config,
         ctx,
         Triggers {
-            secrets: s2,
-            service_accounts: a2,
+            related: v2_rx,
             leader,
         },
         shutdown.clone(),
@@ -194,9 +201,9 @@ fn on_leadership(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send
 }
 
 /// What one controller is triggered by, besides its own bindings.
-struct Triggers {
-    secrets: mpsc::UnboundedReceiver<Result<SecretMeta, watcher::Error>>,
-    service_accounts: mpsc::UnboundedReceiver<Result<ServiceAccount, watcher::Error>>,
+struct Triggers<K: BindingResource> {
+    /// Bindings whose Secret or ServiceAccount changed.
+    related: mpsc::UnboundedReceiver<ObjectRef<K>>,
     leader: watch::Receiver<bool>,
 }
 
@@ -204,7 +211,7 @@ async fn controller_for<K: BindingResource>(
     client: &Client,
     config: &RunConfig,
     ctx: Arc<Context>,
-    triggers: Triggers,
+    triggers: Triggers<K>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let readiness = ctx.readiness.clone();
@@ -215,7 +222,6 @@ async fn controller_for<K: BindingResource>(
         wc = wc.labels(&config.label_selector);
     }
     let index = ctx.caches.index(K::VERSION).clone();
-    let by_sa = index.clone();
     let bindings = watcher(Api::<K>::all(client.clone()), wc)
         .default_backoff()
         .modify(trim_binding)
@@ -234,10 +240,7 @@ async fn controller_for<K: BindingResource>(
 
     let controller = Controller::for_shared_stream(events, reader)
         .with_config(controller::Config::default().concurrency(passes(config.concurrency)))
-        .watches_stream(triggers.secrets, |s: SecretMeta| secret_to_binding::<K>(&s))
-        .watches_stream(triggers.service_accounts, move |sa: ServiceAccount| {
-            sa_to_bindings::<K>(&by_sa, &sa)
-        })
+        .reconcile_on(triggers.related)
         .reconcile_all_on(on_leadership(triggers.leader))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)

@@ -214,6 +214,24 @@ fn rows(runs: &[Run], n: usize) -> Vec<Row> {
             |v, n| (n >= 10_000).then_some(v <= 64.0),
         ),
         (
+            "converge: controller RSS MiB when all Ready".into(),
+            |r| r.convergence.rss_mib,
+            "".into(),
+            |_, _| None,
+        ),
+        (
+            "converge: stand-ins' CPU, cores busy".into(),
+            |r| r.convergence.standins_cores_busy,
+            "".into(),
+            |_, _| None,
+        ),
+        (
+            "converge: API requests / s".into(),
+            |r| r.convergence.api_requests_per_second,
+            "".into(),
+            |_, _| None,
+        ),
+        (
             "converge: controller CPU seconds".into(),
             |r| r.convergence.cpu_seconds,
             "".into(),
@@ -272,6 +290,12 @@ fn rows(runs: &[Run], n: usize) -> Vec<Row> {
             |r| r.restart.confirmed_secs_from_first_list,
             "≤ 5 s".into(),
             |v, _| Some(v <= 5.0),
+        ),
+        (
+            "restart: RSS MiB when all confirmed".into(),
+            |r| r.restart.rss_mib,
+            "".into(),
+            |_, _| None,
         ),
         (
             "restart: peak RSS MiB".into(),

@@ -60,6 +60,14 @@ pub struct Convergence {
     pub requests_per_binding_excluding_events: f64,
     /// Controller CPU milliseconds per binding converged.
     pub cpu_ms_per_binding: f64,
+    /// Controller RSS (VmRSS) when all were Ready.
+    pub rss_mib: f64,
+    /// CPU seconds of this process — the stand-ins — during convergence, and the same as a
+    /// share of the machine's cores: how close the stand-in API server was to its bound.
+    pub standins_cpu_seconds: f64,
+    pub standins_cores_busy: f64,
+    /// API requests of the controller per second of convergence.
+    pub api_requests_per_second: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +92,8 @@ pub struct Restart {
     pub azure: AzureCalls,
     pub api: ApiStats,
     pub peak_rss_mib: f64,
+    /// RSS (VmRSS) once all were confirmed Ready.
+    pub rss_mib: f64,
     pub cpu_seconds: f64,
     /// One binding's status before and after the restart when they differ (why it was
     /// rewritten).
@@ -144,6 +154,7 @@ async fn converge(
     env.spawn()?;
     env.wait_readyz(Duration::from_secs(60)).await?;
     let created = Instant::now();
+    let standins_before = crate::env::cpu_seconds_of(std::process::id());
     let first = env.create_bindings(w)?;
     let create_seconds = created.elapsed().as_secs_f64();
     let ready = {
@@ -159,7 +170,9 @@ async fn converge(
     let seconds = last.duration_since(first).as_secs_f64();
     let api = measure::api_stats(&records);
     let azure = measure::azure_calls(&env.azure.counts());
-    let (hwm, _) = env.memory_kib();
+    let standins_cpu_seconds = crate::env::cpu_seconds_of(std::process::id()) - standins_before;
+    let waited = created.elapsed().as_secs_f64();
+    let (hwm, rss) = env.memory_kib();
     let (_, metrics_text) = env.http_get(env.metrics_port, "/metrics").await;
     let controller_metrics = selected_metrics(&metrics_text);
     let reconciles = controller_metrics
@@ -174,6 +187,10 @@ async fn converge(
         reconciles_per_binding: reconciles / w.n as f64,
         requests_per_binding_excluding_events: api.requests_excluding_events as f64 / w.n as f64,
         cpu_ms_per_binding: 1000.0 * cpu_seconds / w.n as f64,
+        rss_mib: mib(rss),
+        standins_cpu_seconds,
+        standins_cores_busy: standins_cpu_seconds / waited,
+        api_requests_per_second: api.requests as f64 / seconds,
         api_profile: measure::api_profile(&records, first),
         azure_profile: measure::azure_profile(&env.azure.requests(), first),
         controller_metrics,
@@ -255,7 +272,7 @@ pub async fn run(n: usize, opts: &RunOptions, index: usize) -> Result<Run> {
         .filter_map(|r| measure::parse_ts(&r.timestamp))
         .min()
         .unwrap_or(readyz_wall);
-    let (hwm, _) = env.memory_kib();
+    let (hwm, rss) = env.memory_kib();
     let status_after = status_of(&env);
     let restart = Restart {
         status_change_sample: (status_before != status_after)
@@ -267,6 +284,7 @@ pub async fn run(n: usize, opts: &RunOptions, index: usize) -> Result<Run> {
         azure: measure::azure_delta(&measure::azure_calls(&env.azure.counts()), &before),
         api: measure::api_stats(&records[mark..]),
         peak_rss_mib: mib(hwm),
+        rss_mib: mib(rss),
         cpu_seconds: env.cpu_seconds(),
     };
     env.terminate().await?;
