@@ -71,20 +71,33 @@ async fn managed_identity_binding_becomes_ready_and_is_cleaned_up() {
     let puller = env.service_account("team-a", "puller").unwrap();
     assert_eq!(pull_secrets(&puller), ["acr-pull-app"]);
 
-    // Events on the binding: issued and attached (recorded as events.k8s.io/v1).
-    let reasons: Vec<String> = env
-        .kube
-        .list("events.k8s.io/v1", "Event", Some("team-a"))
-        .iter()
-        .filter(|e| e["regarding"]["name"] == "app")
-        .filter_map(|e| e["reason"].as_str().map(String::from))
-        .collect();
-    for want in ["TokenIssued", "PullSecretAttached"] {
-        assert!(
-            reasons.iter().any(|r| r == want),
-            "no {want} event in {reasons:?}"
-        );
+    // One Event on the binding for issued-and-attached (recorded as events.k8s.io/v1). Events
+    // are sent at the end of the pass, after its status write: wait for it.
+    let events = || -> Vec<(String, String)> {
+        env.kube
+            .list("events.k8s.io/v1", "Event", Some("team-a"))
+            .iter()
+            .filter(|e| e["regarding"]["name"] == "app")
+            .map(|e| {
+                let field = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (field("reason"), field("note"))
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while events().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let got = events();
+    assert!(
+        got.iter().any(|(reason, note)| reason == "TokenIssued"
+            && note.contains("created and attached to service account puller")),
+        "no TokenIssued event for the mint and its attach in {got:?}"
+    );
+    assert!(
+        !got.iter().any(|(reason, _)| reason == "PullSecretAttached"),
+        "the first attach is folded into TokenIssued: {got:?}"
+    );
 
     // No token anywhere in the controller's logs or the binding's status.
     assert!(!env.logs().contains(token));
