@@ -82,7 +82,7 @@ pub struct Caches {
 
 impl Caches {
     /// The binding index of `version`.
-    pub fn index(&self, version: Version) -> &BindingIndex {
+    pub fn index_of(&self, version: Version) -> &BindingIndex {
         match version {
             Version::V1beta1 => &self.v1beta1,
             Version::V1beta2 => &self.v1beta2,
@@ -194,10 +194,14 @@ impl BindingIndex {
 #[derive(Default, Clone)]
 pub struct WrittenBindings(Arc<Mutex<WrittenInner>>);
 
+/// Per binding (version, namespace, name): the resourceVersion of our latest write and the
+/// binding as that write returned it.
+type Latest = HashMap<(Version, String, String), (u64, Arc<dyn Any + Send + Sync>)>;
+
 #[derive(Default)]
 struct WrittenInner {
     echoes: HashMap<Version, Echoes>,
-    latest: HashMap<(Version, String, String), (u64, Arc<dyn Any + Send + Sync>)>,
+    latest: Latest,
 }
 
 impl WrittenBindings {

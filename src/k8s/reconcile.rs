@@ -187,7 +187,7 @@ fn decide_now<K: BindingResource>(
         &ctx.caches.service_accounts.in_namespace(ns),
         ctx.failures.mint(key, b.meta().generation.unwrap_or(0)),
         ctx.caches
-            .index(K::VERSION)
+            .index_of(K::VERSION)
             .siblings(ns, &key.name, &target),
     );
     let now = Timestamp::now();

@@ -221,7 +221,7 @@ async fn controller_for<K: BindingResource>(
     if !config.label_selector.trim().is_empty() {
         wc = wc.labels(&config.label_selector);
     }
-    let index = ctx.caches.index(K::VERSION).clone();
+    let index = ctx.caches.index_of(K::VERSION).clone();
     let bindings = watcher(Api::<K>::all(client.clone()), wc)
         .default_backoff()
         .modify(trim_binding)
