@@ -106,6 +106,16 @@ Apply ONLY ONE of the two, or every pod is scraped twice." \
     monitoring.yaml -- \
     --set metrics.service.enabled=false,metrics.serviceMonitor.enabled=false,metrics.podMonitor.enabled=true
 
+values_text='networkPolicy.enabled=true networkPolicy.metricsFrom=[namespace kube-system]'
+emit networkpolicy.yaml "OPTIONAL, not listed in kustomization.yaml: only the scraper may reach the metrics port,
+nothing may reach any other port (/debug listens on loopback anyway; the kubelet's probes come
+from the node). metricsFrom here is Azure Monitor managed Prometheus (ama-metrics in
+kube-system): edit the ingress \`from\` to your Prometheus' namespace and pods, then add this file
+to kustomization.yaml (chart: networkPolicy.enabled, networkPolicy.metricsFrom)." \
+    networkpolicy.yaml -- \
+    --set networkPolicy.enabled=true \
+    --set-json 'networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"kube-system"}}}]'
+
 values_text="admission.failurePolicy=Ignore"
 emit admission-fail-open.yaml "FAIL-OPEN ALTERNATIVE to the three policies in admission.yaml, not listed in
 kustomization.yaml. Apply it on top of \`kubectl apply -k deploy/\` (same names, so it

@@ -15,8 +15,10 @@ use crate::azure::{
 use crate::config::{Audience, Cli};
 use crate::http::health::{self, Readiness};
 use crate::http::metrics::{self, BindingCollector};
+use crate::http::{debug, secure};
 use crate::k8s::cache::Caches;
 use crate::k8s::context::Context;
+use crate::k8s::crd_check::{self, CrdCollector, CrdSchemas};
 use crate::k8s::failures::Failures;
 use crate::k8s::leader::{LeaderConfig, LeaderElector};
 use crate::k8s::metrics::ControllerMetrics;
@@ -27,10 +29,13 @@ use crate::k8s::verify::Verifier;
 use crate::k8s::writer::Writer;
 use crate::state::binding::{EnvDefaults, Policy};
 use crate::state::selector::Selector;
+use crate::state::tenancy::{AllowedActions, AllowedClouds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("no Kubernetes configuration (in-cluster, KUBECONFIG or ~/.kube/config): {0}")]
+    #[error(
+        "no Kubernetes configuration (--kubeconfig, KUBECONFIG, in-cluster or ~/.kube/config): {0}"
+    )]
     KubeConfig(String),
     #[error("building the Kubernetes client: {0}")]
     KubeClient(kube::Error),
@@ -42,6 +47,8 @@ pub enum AppError {
     Bind(std::net::SocketAddr, std::io::Error),
     #[error("{0}")]
     Selector(#[from] crate::state::selector::SelectorError),
+    #[error("--metrics-secure: {0}")]
+    Secure(String),
     #[error("the leader-election task stopped; exiting so a healthy replica can lead")]
     LeaseTaskDied,
 }
@@ -61,18 +68,59 @@ fn lease_namespace(cli: &Cli) -> String {
         .unwrap_or_else(|| "default".to_string())
 }
 
-/// A kube client from in-cluster config, else `KUBECONFIG` / `~/.kube/config`, with a read
-/// timeout (kube's default has none, so a hung API server would stall a call forever).
+/// This replica's identity: the Lease holder, the Events' reporting instance and the
+/// User-Agent's comment. `POD_NAME` (`--pod-name`) when set; otherwise client-go's default,
+/// `<hostname>_<random UUID>`, unique per process even when every replica is PID 1 with the
+/// same host name (upstream's Deployment sets no `POD_NAME`).
+pub fn replica_identity(pod_name: Option<&str>) -> String {
+    if let Some(name) = pod_name.map(str::trim).filter(|n| !n.is_empty()) {
+        return name.to_string();
+    }
+    // Go's os.Hostname reads the same file first.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "acrpull".to_string());
+    format!("{host}_{}", uuid::Uuid::new_v4())
+}
+
+/// The Kubernetes configuration, in controller-runtime's order (upstream's): `--kubeconfig`,
+/// then `KUBECONFIG`, then the in-cluster ServiceAccount, then `~/.kube/config`.
+pub async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, AppError> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions::default();
+    if let Some(path) = kubeconfig {
+        let file = Kubeconfig::read_from(path)
+            .map_err(|e| AppError::KubeConfig(format!("--kubeconfig {}: {e}", path.display())))?;
+        return kube::Config::from_custom_kubeconfig(file, &options)
+            .await
+            .map_err(|e| AppError::KubeConfig(format!("--kubeconfig {}: {e}", path.display())));
+    }
+    if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) {
+        return kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| AppError::KubeConfig(format!("KUBECONFIG: {e}")));
+    }
+    match kube::Config::incluster() {
+        Ok(c) => Ok(c),
+        Err(_) => kube::Config::infer()
+            .await
+            .map_err(|e| AppError::KubeConfig(e.to_string())),
+    }
+}
+
+/// A kube client from [`kube_config`], with a read timeout (kube's default has none, so a hung
+/// API server would stall a call forever).
 ///
 /// Requests carry `User-Agent: acrpull/<version> (<identity>)`, so API server audit logs (and
 /// the tests) can tell replicas apart.
-pub async fn kube_client(identity: &str) -> Result<Client, AppError> {
-    let mut config = match kube::Config::incluster() {
-        Ok(c) => c,
-        Err(_) => kube::Config::infer()
-            .await
-            .map_err(|e| AppError::KubeConfig(e.to_string()))?,
-    };
+pub async fn kube_client(
+    identity: &str,
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<Client, AppError> {
+    let mut config = kube_config(kubeconfig).await?;
     // Longer than the watch timeout (290 s) so long polls are not cut; per-call timeouts
     // bound everything else.
     config.read_timeout = Some(Duration::from_secs(300));
@@ -107,6 +155,7 @@ pub fn pipeline_config(cli: &Cli) -> Result<PipelineConfig, AppError> {
         },
         service_account_token_audience: cli.service_account_token_audience.clone(),
         allowed_suffixes: cli.allowed_suffixes().as_slice().to_vec(),
+        allowed_clouds: allowed_clouds(cli),
         ..PipelineConfig::default()
     })
 }
@@ -118,11 +167,21 @@ fn audience(cli: &Cli) -> IdentityAudience {
     }
 }
 
+fn allowed_clouds(cli: &Cli) -> AllowedClouds {
+    AllowedClouds::new(
+        &cli.allowed_entra_authority_hosts,
+        &cli.allowed_resource_manager_audiences,
+    )
+}
+
 pub fn policy(cli: &Cli) -> Policy {
     Policy {
         allowed_suffixes: cli.allowed_suffixes(),
         allow_ports: cli.allow_registry_ports,
         ttl_rotation_fraction: cli.ttl_rotation_fraction,
+        allowed_actions: AllowedActions::new(&cli.allowed_scope_actions),
+        allowed_clouds: allowed_clouds(cli),
+        tenancy_mode: cli.tenancy_mode.mode(),
         env: EnvDefaults {
             acr_server: cli.acr_server.clone(),
             client_id: cli.managed_identity_client_id.clone(),
@@ -176,11 +235,8 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let signalled = first_signal();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let selector = Selector::parse(&cli.label_selector)?;
-    let identity = cli
-        .pod_name
-        .clone()
-        .unwrap_or_else(|| format!("acrpull-{}", std::process::id()));
-    let client = kube_client(&identity).await?;
+    let identity = replica_identity(cli.pod_name.as_deref());
+    let client = kube_client(&identity, cli.upstream.kubeconfig.as_deref()).await?;
 
     let mut registry = prometheus_client::registry::Registry::default();
     let pipeline_metrics = PipelineMetrics::default();
@@ -189,7 +245,8 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         ControllerMetrics::default().with_max_concurrent(run::passes(cli.concurrency));
     controller_metrics.register(&mut registry);
 
-    let readiness = Readiness::new(run::WATCHES);
+    let readiness = Readiness::new(run::watches(&policy(&cli)));
+    let crds = CrdSchemas::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = {
         let rx = shutdown_rx.clone();
@@ -249,22 +306,79 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         collector = collector.with_lease(cli.leader_election_id.clone());
     }
     registry.register_collector(Box::new(collector));
+    registry.register_collector(Box::new(CrdCollector(crds.clone())));
     let registry = Arc::new(registry);
+    // A standby makes no passes: what its tracker holds goes stale the moment it loses the
+    // Lease, so it is dropped then.
+    tokio::spawn(tracker.clone().clear_on_standby(leader_rx.clone()));
     let metrics_listener = tokio::net::TcpListener::bind(cli.metrics_bind_address)
         .await
         .map_err(|e| AppError::Bind(cli.metrics_bind_address, e))?;
-    let metrics_app = metrics::router(
-        registry.clone(),
-        tracker.clone(),
-        leader_rx.clone(),
-        cli.debug_endpoint,
-    );
     let metrics_shutdown = shutdown.clone();
-    let metrics_server = tokio::spawn(async move {
-        let _ = axum::serve(metrics_listener, metrics_app)
-            .with_graceful_shutdown(metrics_shutdown)
-            .await;
-    });
+    let metrics_server = if cli.metrics_secure {
+        // HTTPS; /metrics and /debug only for callers Kubernetes authenticates and authorizes.
+        let tls = secure::tls_config(cli.metrics_cert_dir.as_deref())
+            .map_err(|e| AppError::Secure(e.to_string()))?;
+        let authz = Arc::new(secure::Authorizer::new(client.clone()));
+        let mut app = metrics::metrics_router(registry.clone());
+        if cli.debug_endpoint {
+            app = app.merge(debug::router(
+                tracker.clone(),
+                leader_rx.clone(),
+                Some(authz.clone()),
+            ));
+        }
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            authz,
+            secure::authenticate,
+        ));
+        tokio::spawn(secure::serve_tls(
+            metrics_listener,
+            tls,
+            app,
+            metrics_shutdown,
+        ))
+    } else {
+        let app = metrics::metrics_router(registry.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(metrics_listener, app)
+                .with_graceful_shutdown(metrics_shutdown)
+                .await;
+        })
+    };
+    // /debug without authentication: on its own address, loopback unless the operator says.
+    let debug_server = if cli.debug_endpoint {
+        if !cli.debug_bind_address.ip().is_loopback() {
+            tracing::warn!(
+                address = %cli.debug_bind_address,
+                "/debug is served without authentication on a non-loopback address; it lists every binding's identities and registries"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(cli.debug_bind_address)
+            .await
+            .map_err(|e| AppError::Bind(cli.debug_bind_address, e))?;
+        let app = debug::router(tracker.clone(), leader_rx.clone(), None);
+        let debug_shutdown = shutdown.clone();
+        Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(debug_shutdown)
+                .await;
+        }))
+    } else {
+        None
+    };
+
+    // What the installed CRDs keep of the status, known before the first pass (an API server
+    // that cannot be reached yet leaves it at "everything" until the next check).
+    crd_check::check(&client, &crds, &readiness, cli.kube_call_timeout).await;
+    let crd_checks = tokio::spawn(crd_check::run(
+        client.clone(),
+        crds.clone(),
+        readiness.clone(),
+        cli.kube_call_timeout,
+        cli.crd_recheck_interval,
+        shutdown.clone(),
+    ));
 
     let ctx = Arc::new(Context {
         writer,
@@ -287,6 +401,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         },
         failures: Failures::default(),
         pacing: Default::default(),
+        crds: crds.clone(),
     });
     let controllers = tokio::spawn(run::run(
         ctx,
@@ -329,8 +444,33 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let _ = tokio::time::timeout(grace, async {
         let _ = probes.await;
         let _ = metrics_server.await;
+        if let Some(debug) = debug_server {
+            let _ = debug.await;
+        }
+        let _ = crd_checks.await;
     })
     .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_the_pod_name_else_hostname_and_a_fresh_uuid() {
+        assert_eq!(
+            replica_identity(Some("acrpull-7d9f-x2x4q")),
+            "acrpull-7d9f-x2x4q"
+        );
+        let a = replica_identity(None);
+        let b = replica_identity(Some("  "));
+        assert_ne!(a, b, "unique per call, like a process's");
+        for id in [&a, &b] {
+            let (host, uuid) = id.rsplit_once('_').expect(id);
+            assert!(!host.is_empty(), "{id}");
+            assert!(uuid::Uuid::parse_str(uuid).is_ok(), "{id}");
+        }
+    }
 }

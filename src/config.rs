@@ -33,8 +33,8 @@ pub enum Audience {
     about = "Keeps Azure Container Registry pull secrets fresh for AcrPullBindings, from Azure managed or workload identities."
 )]
 pub struct Cli {
-    /// Address for /metrics and /debug/bindings (":8080" = every interface, so a PodMonitor
-    /// can scrape the pod IP).
+    /// Address for /metrics (":8080" = every interface, so a PodMonitor can scrape the pod
+    /// IP). /debug is on --debug-bind-address unless --metrics-secure.
     #[arg(long, env = "ACRPULL_METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = parse_bind)]
     pub metrics_bind_address: SocketAddr,
 
@@ -203,7 +203,13 @@ pub struct Cli {
     #[arg(long, env = "ACRPULL_KUBE_CALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kube_call_timeout: Duration,
 
-    /// This replica's name (events, Lease holder identity); from the downward API.
+    /// How often the installed AcrPullBinding CRDs are read again to see which status fields
+    /// they keep (an old controller's CRDs drop most of them).
+    #[arg(long, env = "ACRPULL_CRD_RECHECK_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub crd_recheck_interval: Duration,
+
+    /// This replica's name (events, Lease holder identity); from the downward API. Unset:
+    /// `<hostname>_<uuid>`, unique per process, as client-go's default.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
 
@@ -215,6 +221,76 @@ pub struct Cli {
     /// Accept `host:port` registry servers (for tests against a local registry).
     #[arg(long, env = "ACRPULL_ALLOW_REGISTRY_PORTS", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub allow_registry_ports: bool,
+
+    /// ACR scope actions bindings may ask for (comma-separated, repeatable). Default: pull
+    /// and metadata_read. push, delete, metadata_write and * are refused unless listed here.
+    #[arg(long, env = "ACRPULL_ALLOWED_SCOPE_ACTIONS", value_delimiter = ',', default_value = "pull,metadata_read", value_parser = parse_action)]
+    pub allowed_scope_actions: Vec<String>,
+
+    /// Entra authority hosts AirgappedCloud bindings may name in cloudConfig (comma-separated,
+    /// repeatable, e.g. https://login.contoso.local). Default: none, so no air-gapped binding
+    /// can make the controller send a ServiceAccount token to a host of its choosing.
+    #[arg(long, env = "ACRPULL_ALLOWED_ENTRA_AUTHORITY_HOSTS", value_delimiter = ',', value_parser = parse_authority)]
+    pub allowed_entra_authority_hosts: Vec<String>,
+
+    /// Resource Manager audiences AirgappedCloud bindings may name in cloudConfig
+    /// (comma-separated, repeatable). Default: none.
+    #[arg(
+        long,
+        env = "ACRPULL_ALLOWED_RESOURCE_MANAGER_AUDIENCES",
+        value_delimiter = ','
+    )]
+    pub allowed_resource_manager_audiences: Vec<String>,
+
+    /// Whether AcrPullPolicy objects decide which namespaces may use which identities,
+    /// registries and actions: off (the default: not read), audit (served, but flagged) or
+    /// enforce (refused, and an existing credential revoked).
+    #[arg(long, env = "ACRPULL_TENANCY_MODE", value_enum, default_value_t = TenancyModeArg::Off)]
+    pub tenancy_mode: TenancyModeArg,
+
+    /// Address for /debug/* when --debug-endpoint is on. Default loopback only: the debug
+    /// output names every binding, identity and registry. In --metrics-secure mode, /debug is
+    /// served on the metrics address instead (authenticated and authorized per caller).
+    #[arg(long, env = "ACRPULL_DEBUG_BIND_ADDRESS", default_value = "127.0.0.1:8082", value_parser = parse_bind)]
+    pub debug_bind_address: SocketAddr,
+
+    /// Serve /metrics (and /debug) over HTTPS, only to callers whose bearer token passes a
+    /// TokenReview and who are allowed `get` on the path by a SubjectAccessReview
+    /// (controller-runtime's secure metrics serving).
+    #[arg(long, env = "ACRPULL_METRICS_SECURE", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub metrics_secure: bool,
+
+    /// Directory holding tls.crt and tls.key for --metrics-secure; without it a self-signed
+    /// certificate is generated at start.
+    #[arg(long, env = "ACRPULL_METRICS_CERT_DIR")]
+    pub metrics_cert_dir: Option<std::path::PathBuf>,
+
+    /// Upstream's controller-runtime flags (`--kubeconfig`, `--zap-*`); parse the command line
+    /// with [`crate::upstream_flags::parse`], which also accepts Go's spellings.
+    #[command(flatten)]
+    pub upstream: crate::upstream_flags::UpstreamFlags,
+}
+
+/// `--tenancy-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TenancyModeArg {
+    /// AcrPullPolicy objects are not read (the old controller's behaviour).
+    Off,
+    /// Bindings outside every policy are served but flagged (condition, Event, metric).
+    Audit,
+    /// Bindings outside every policy fail with NotPermitted and lose their credential.
+    Enforce,
+}
+
+impl TenancyModeArg {
+    pub fn mode(self) -> crate::state::tenancy::Mode {
+        use crate::state::tenancy::Mode;
+        match self {
+            TenancyModeArg::Off => Mode::Off,
+            TenancyModeArg::Audit => Mode::Audit,
+            TenancyModeArg::Enforce => Mode::Enforce,
+        }
+    }
 }
 
 impl Cli {
@@ -258,6 +334,25 @@ fn parse_resolve(s: &str) -> Result<(String, SocketAddr), String> {
         return Err(format!("{s:?} has no host"));
     }
     Ok((host.to_ascii_lowercase(), addr))
+}
+
+fn parse_action(s: &str) -> Result<String, String> {
+    let a = s.trim().to_ascii_lowercase();
+    if !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'*')
+    {
+        Ok(a)
+    } else {
+        Err(format!(
+            "{s:?} is not an ACR scope action like pull, push or metadata_read"
+        ))
+    }
+}
+
+fn parse_authority(s: &str) -> Result<String, String> {
+    crate::state::tenancy::normalize_authority(s)
+        .map_err(|why| format!("Entra authority host {s:?} {why}"))
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -304,6 +399,48 @@ mod tests {
         assert_eq!(cli.lease_duration, Duration::from_secs(15));
         assert_eq!(cli.log_format, LogFormat::Text);
         assert_eq!(cli.identity_audience, Audience::ResourceManager);
+        // SPEC §12: a swap changes nothing but refusing non-pull actions; debug on loopback.
+        assert_eq!(cli.tenancy_mode, TenancyModeArg::Off);
+        assert_eq!(cli.allowed_scope_actions, ["pull", "metadata_read"]);
+        assert!(cli.allowed_entra_authority_hosts.is_empty());
+        assert!(cli.allowed_resource_manager_audiences.is_empty());
+        assert_eq!(cli.debug_bind_address, "127.0.0.1:8082".parse().unwrap());
+        assert!(cli.debug_endpoint);
+        assert!(!cli.metrics_secure);
+    }
+
+    #[test]
+    fn tenancy_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "acrpull",
+            "--tenancy-mode=enforce",
+            "--allowed-scope-actions=pull,push",
+            "--allowed-scope-actions",
+            "delete",
+            "--allowed-entra-authority-hosts=https://Login.Contoso.Local/,login.fabrikam.local",
+            "--allowed-resource-manager-audiences=https://management.contoso.local/",
+            "--debug-bind-address=127.0.0.1:9999",
+            "--metrics-secure",
+        ])
+        .unwrap();
+        assert_eq!(cli.tenancy_mode, TenancyModeArg::Enforce);
+        assert_eq!(cli.allowed_scope_actions, ["pull", "push", "delete"]);
+        assert_eq!(
+            cli.allowed_entra_authority_hosts,
+            [
+                "https://login.contoso.local",
+                "https://login.fabrikam.local"
+            ]
+        );
+        assert!(cli.metrics_secure);
+        for bad in [
+            "--allowed-entra-authority-hosts=http://login.contoso.local",
+            "--allowed-entra-authority-hosts=https://login.contoso.local/path",
+            "--allowed-scope-actions=pu ll",
+            "--tenancy-mode=strict",
+        ] {
+            assert!(Cli::try_parse_from(["acrpull", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

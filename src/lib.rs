@@ -19,3 +19,4 @@ pub mod http;
 pub mod k8s;
 pub mod logging;
 pub mod state;
+pub mod upstream_flags;

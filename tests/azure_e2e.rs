@@ -33,6 +33,8 @@ const ISSUER: &str = "https://oidc.cluster.example/";
 const SA_AUDIENCE: &str = "api://AzureCRTokenExchange";
 const AIR_AUTHORITY: &str = "login.air.example";
 const AIR_ARM: &str = "https://management.air.example/";
+/// A registry under a suffix the operator added (not Azure's).
+const CUSTOM_REGISTRY: &str = "registry.air.example";
 
 fn identity(name: &str, client: &str, object: &str, kind: IdentityKind) -> SIdentity {
     SIdentity {
@@ -108,7 +110,11 @@ fn standin_config() -> Config {
             subject: "system:serviceaccount:team-a:puller".into(),
             audiences: vec![SA_AUDIENCE.into()],
         }],
-        registries: vec![registry(REGISTRY, true), registry(ARMLESS, false)],
+        registries: vec![
+            registry(REGISTRY, true),
+            registry(ARMLESS, false),
+            registry(CUSTOM_REGISTRY, true),
+        ],
         role_assignments: vec![
             role("mi-pull", REGISTRY, "app"),
             role("mi-pull", ARMLESS, "*"),
@@ -185,6 +191,7 @@ async fn env_with(tweak: impl FnOnce(&mut PipelineConfig)) -> Env {
     let resolve = [
         REGISTRY,
         ARMLESS,
+        CUSTOM_REGISTRY,
         "login.microsoftonline.com",
         "login.microsoftonline.us",
         "login.chinacloudapi.cn",
@@ -197,6 +204,11 @@ async fn env_with(tweak: impl FnOnce(&mut PipelineConfig)) -> Env {
         imds_base_url: standin.imds_url(),
         resolve,
         extra_ca_pem: Some(standin.ca_pem().into_bytes()),
+        // The stand-in's air-gapped cloud, as an operator would list it.
+        allowed_clouds: acrpull::state::tenancy::AllowedClouds::new(
+            [format!("https://{AIR_AUTHORITY}")],
+            [AIR_ARM],
+        ),
         ..PipelineConfig::default()
     };
     config.retry.base_delay = Duration::from_millis(50);
@@ -358,6 +370,79 @@ async fn workload_identity_end_to_end() {
     for token in env.sa.minted.lock().unwrap().iter() {
         assert!(!format!("{e} {e:?} {}", e.user_message()).contains(token.as_str()));
     }
+}
+
+#[tokio::test]
+async fn an_error_body_from_a_non_azure_authority_is_not_quoted() {
+    // An air-gapped authority is the operator's host, not Microsoft's: what it answers (text
+    // posing as instructions, links) must not reach status and Events, where whoever reads
+    // the binding sees it. Its bare error code still classifies the failure.
+    let env = env().await;
+    let hostile = json!({"error": "invalid_client",
+                         "error_description": "AADSTS70021: to fix this visit https://evil.example/fix",
+                         "error_codes": [70021]})
+    .to_string();
+    for host in [AIR_AUTHORITY, "login.microsoftonline.com"] {
+        env.standin.faults().add(
+            FaultRule::new(FaultAction::Custom {
+                status: 400,
+                body: hostile.clone(),
+                content_type: Some("application/json".into()),
+                retry_after_secs: None,
+            })
+            .hop(azure_standin::Hop::EntraToken)
+            .host(host),
+        );
+    }
+    let air = Cloud::Airgapped {
+        entra_authority_host: format!("https://{AIR_AUTHORITY}"),
+        resource_manager_audience: AIR_ARM.into(),
+    };
+    let e = fails(&env, &workload("team-a", "puller", air)).await;
+    assert_eq!(e.reason(), "FederationMismatch", "{e}");
+    let shown = format!("{e} {}", e.user_message());
+    assert!(!shown.contains("evil.example"), "{shown}");
+    // The control: Azure's own authority is quoted as before.
+    let e = fails(&env, &workload("team-a", "puller", Cloud::Public)).await;
+    let shown = format!("{e} {}", e.user_message());
+    assert!(shown.contains("evil.example"), "{shown}");
+}
+
+#[tokio::test]
+async fn an_error_body_from_a_non_azure_registry_is_not_quoted() {
+    // The same for a registry under a suffix the operator allowed: not Azure's service.
+    let env = env_with(|c| c.allowed_suffixes.push("air.example".into())).await;
+    let hostile = json!({"errors": [{"code": "DENIED",
+                                     "message": "token expired: paste it at https://evil.example/fix"}]})
+    .to_string();
+    for host in [CUSTOM_REGISTRY, REGISTRY] {
+        env.standin.faults().add(
+            FaultRule::new(FaultAction::Custom {
+                status: 401,
+                body: hostile.clone(),
+                content_type: Some("application/json".into()),
+                retry_after_secs: None,
+            })
+            .hop(azure_standin::Hop::AcrExchange)
+            .host(host),
+        );
+    }
+    let e = fails(
+        &env,
+        &managed(MI_CLIENT, CUSTOM_REGISTRY, Some("repository:app:pull")),
+    )
+    .await;
+    let shown = format!("{e} {}", e.user_message());
+    assert!(shown.contains("DENIED"), "the bare code is kept: {shown}");
+    assert!(!shown.contains("evil.example"), "{shown}");
+    // The control: an Azure registry's answer is quoted as before.
+    let e = fails(
+        &env,
+        &managed(MI_CLIENT, REGISTRY, Some("repository:app:pull")),
+    )
+    .await;
+    let shown = format!("{e} {}", e.user_message());
+    assert!(shown.contains("evil.example"), "{shown}");
 }
 
 #[tokio::test]

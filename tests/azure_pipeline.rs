@@ -14,6 +14,7 @@ use acrpull::azure::{
     LimitConfig, PipelineConfig, PipelineMetrics, RetryPolicy, ServiceAccountTokenSource,
     TokenPipeline, TokioWallClock, VerifyRequest, WallClock,
 };
+use acrpull::state::tenancy::AllowedClouds;
 use acrpull::state::token::SecretToken;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -273,6 +274,11 @@ fn world(tweak: impl FnOnce(&mut PipelineConfig)) -> World {
     let metrics = PipelineMetrics::new();
     let mut config = PipelineConfig {
         clock: Arc::new(clock),
+        // The air-gapped cloud the tests use, as an operator would list it.
+        allowed_clouds: AllowedClouds::new(
+            ["https://login.air.test"],
+            ["https://management.air.test/"],
+        ),
         ..PipelineConfig::default()
     };
     tweak(&mut config);
@@ -882,6 +888,51 @@ async fn no_token_is_sent_to_a_registry_outside_the_allowed_suffixes() {
     // An explicitly empty list allows every host.
     let open = world(|c| c.allowed_suffixes.clear());
     ok(&open, &managed("c1", "registry.internal.test", None)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_requested_for_an_air_gapped_authority_or_audience_not_allowed() {
+    // Defence in depth behind the controller's validation: the pipeline itself refuses an
+    // air-gapped authority or audience the operator did not list, before the ServiceAccount
+    // token is minted (it would be posted to that authority) and before IMDS is asked.
+    let w = world(|_| {});
+    let honeypot = |authority: &str, audience: &str| Cloud::Airgapped {
+        entra_authority_host: authority.into(),
+        resource_manager_audience: audience.into(),
+    };
+    for cloud in [
+        honeypot(
+            "https://login.honeypot.test",
+            "https://management.air.test/",
+        ),
+        honeypot("login.air.test:8443", "https://management.air.test/"),
+        honeypot(
+            "https://login.air.test",
+            "https://management.honeypot.test/",
+        ),
+    ] {
+        let e = err(&w, &workload("ns", "sa", cloud.clone())).await;
+        assert_eq!(e.reason(), "AuthorityNotAllowed", "{cloud:?}: {e}");
+        let req = CredentialRequest {
+            cloud: cloud.clone(),
+            ..managed("c1", "demo.azurecr.io", None)
+        };
+        let e = err(&w, &req).await;
+        assert_eq!(e.reason(), "AuthorityNotAllowed", "{cloud:?}: {e}");
+    }
+    assert_eq!(calls(&w), (0, 0, 0, 0));
+    assert!(w.sa.calls.lock().unwrap().is_empty());
+    // Nothing is allowed unless listed: the default configuration refuses every air-gapped
+    // authority, even the one this test's world allows.
+    let closed = world(|c| c.allowed_clouds = AllowedClouds::default());
+    let air = honeypot("https://login.air.test", "https://management.air.test/");
+    let e = err(&closed, &workload("ns", "sa", air)).await;
+    assert_eq!(e.reason(), "AuthorityNotAllowed");
+    assert!(closed.sa.calls.lock().unwrap().is_empty());
+    // The control: the listed authority and audience are served.
+    let air = honeypot("https://LOGIN.air.test/", "https://management.air.test");
+    ok(&w, &workload("ns", "sa", air)).await;
+    assert_eq!(w.entra.log.count(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -310,6 +310,17 @@ fn spec_cases() -> Vec<Case> {
         scope("sc-wild2", "repository:team/*:pull"),
         Failed(&["wildcard"]),
     );
+    // SPEC §12: a pull secret never writes, deletes or holds `*` unless the operator says.
+    add(
+        "scope-push",
+        scope("sc-push", "repository:app:pull,push"),
+        Failed(&["action \"push\"", "--allowed-scope-actions"]),
+    );
+    add(
+        "scope-star-action",
+        scope("sc-star", "repository:app:*"),
+        Failed(&["action \"*\"", "--allowed-scope-actions"]),
+    );
     add(
         "scope-empty-name",
         scope("sc-noname", "repository::pull"),
@@ -497,6 +508,15 @@ fn spec_cases() -> Vec<Case> {
         "airgapped-plain-http-authority",
         http,
         Failed(&["must be an https:// URL"]),
+    );
+    // SPEC §12: an authority the operator did not list gets nothing, not even a connection.
+    let mut evil = v2("team-a", "env-airgap-evil");
+    evil["spec"]["acr"]["environment"] = json!("AirgappedCloud");
+    evil["spec"]["acr"]["cloudConfig"] = json!({"entraAuthorityHost": "https://login.evil.com/", "resourceManagerAudience": "https://management.evil.com/"});
+    add(
+        "airgapped-authority-not-allowed",
+        evil,
+        Failed(&["login.evil.com", "--allowed-entra-authority-hosts"]),
     );
     let mut half = v2("team-a", "env-airgap-half");
     half["spec"]["acr"]["environment"] = json!("AirgappedCloud");

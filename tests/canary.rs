@@ -121,7 +121,7 @@ fn find_jwt(text: &str) -> Option<String> {
 async fn snapshot(env: &Env, out: &mut Outputs, tag: &str) {
     let (_, metrics) = env.http_get(env.metrics_port, "/metrics").await;
     out.add(format!("/metrics ({tag})"), metrics);
-    let (_, debug) = env.http_get(env.metrics_port, "/debug/bindings").await;
+    let (_, debug) = env.http_get(env.debug_port, "/debug/bindings").await;
     if let Ok(list) = serde_json::from_str::<Value>(&debug) {
         for b in list.as_array().cloned().unwrap_or_default() {
             let (ns, name) = (
@@ -129,7 +129,7 @@ async fn snapshot(env: &Env, out: &mut Outputs, tag: &str) {
                 b["name"].as_str().unwrap_or(""),
             );
             let path = format!("/debug/bindings/{ns}/{name}");
-            let (_, one) = env.http_get(env.metrics_port, &path).await;
+            let (_, one) = env.http_get(env.debug_port, &path).await;
             out.add(format!("{path} ({tag})"), one);
         }
     }

@@ -204,7 +204,7 @@ async fn a_restart_decides_nothing_before_every_cache_has_synced() {
 
 fn lease(identity: &str) -> LeaderConfig {
     LeaderConfig {
-        namespace: "team-a".into(),
+        namespace: common::CONTROLLER_NAMESPACE.into(),
         name: "aks.azure.com".into(),
         identity: identity.into(),
         lease_duration: Duration::from_secs(10),

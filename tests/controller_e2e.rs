@@ -2,6 +2,7 @@
 //! lifecycle of SPEC §4 end to end, over real HTTP and real watches.
 
 mod common;
+mod prereq;
 
 use std::time::Duration;
 
@@ -261,6 +262,65 @@ async fn hand_deleted_secret_is_repaired() {
     assert_eq!(after["type"], "kubernetes.io/dockerconfigjson");
 }
 
+/// A Secret with the pull secret's name that no binding controls (no controller
+/// ownerReference: acrpull and the old controller always set one) is somebody else's: the
+/// binding fails with SecretConflict and the Secret is left alone — no write is even tried,
+/// so the admission policy, which would refuse it, refuses nothing (the harness checks). Once
+/// its owner hands it over (a controller ownerReference to the binding), it is adopted:
+/// labelled, then refreshed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_no_binding_controls_is_not_taken_over_until_handed_over() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    let mine = env.create(json!({"apiVersion": "v1", "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": "acr-pull-app", "namespace": "team-a"},
+        "data": {".dockerconfigjson": "eyJhdXRocyI6e319"}}));
+    let app = env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    let failed = env.wait_ready(V2, "team-a", "app", "False").await;
+    let ready = failed["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["reason"], "SecretConflict", "{failed:#}");
+    assert!(
+        failed["status"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not managed by acrpull")),
+        "{failed:#}"
+    );
+    let untouched = env.secret("team-a", "acr-pull-app").unwrap();
+    assert_eq!(
+        untouched["metadata"]["resourceVersion"],
+        mine["metadata"]["resourceVersion"]
+    );
+    let writes: Vec<_> = env
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("acrpull/") && r.resource == "secrets")
+        .filter(|r| !["get", "list", "watch"].contains(&r.verb.as_str()))
+        .collect();
+    assert!(writes.is_empty(), "{writes:#?}");
+
+    // Handed over by its owner: the binding controls it now.
+    let mut handed = untouched;
+    handed["metadata"]["ownerReferences"] = json!([{"apiVersion": V2, "kind": "AcrPullBinding",
+        "name": "app", "uid": app["metadata"]["uid"], "controller": true,
+        "blockOwnerDeletion": true}]);
+    env.create(handed);
+    env.wait_ready(V2, "team-a", "app", "True").await;
+    let adopted = env.secret("team-a", "acr-pull-app").unwrap();
+    assert_eq!(
+        adopted["metadata"]["labels"]["acr.microsoft.com/binding"],
+        "app"
+    );
+    assert!(docker_config(&adopted)["auths"][REGISTRY]["password"].is_string());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_selector_is_honoured() {
     let mut env = Env::start_with(Options {
@@ -408,7 +468,7 @@ async fn kubectl_wait_for_condition_ready_works() {
     env.create(sa("team-a", "puller", json!({})));
     env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
     let cache = env.dir.path().join("kubectl-cache");
-    let out = tokio::process::Command::new("kubectl")
+    let out = tokio::process::Command::new(prereq::kubectl())
         .arg(format!("--kubeconfig={}", env.kubeconfig.display()))
         .arg(format!("--cache-dir={}", cache.display()))
         .args([
@@ -440,7 +500,7 @@ fn password(env: &Env, ns: &str, name: &str) -> String {
 
 async fn kubectl_wait_ready(env: &Env, name: &str) -> std::process::Output {
     let cache = env.dir.path().join("kubectl-cache");
-    tokio::process::Command::new("kubectl")
+    tokio::process::Command::new(prereq::kubectl())
         .arg(format!("--kubeconfig={}", env.kubeconfig.display()))
         .arg(format!("--cache-dir={}", cache.display()))
         .args([
@@ -594,7 +654,7 @@ async fn api_conflicts_and_errors_are_retried_never_shown_as_failed() {
     assert!(logs.contains("phase transition"), "{logs}");
     assert!(!logs.contains("to=\"Failed\""), "{logs}");
     let (_, debug) = env
-        .http_get(env.metrics_port, "/debug/bindings/team-a/app")
+        .http_get(env.debug_port, "/debug/bindings/team-a/app")
         .await;
     let v: serde_json::Value = serde_json::from_str(&debug).unwrap();
     let transitions = v["bindings"][0]["transitions"].as_array().unwrap().clone();

@@ -19,7 +19,11 @@ const NAMESPACE: &str = DEFAULT_NAMESPACE;
 
 /// Manifests that are alternatives to listed ones, applied by hand instead of through the
 /// kustomization.
-const ALTERNATIVES: &[&str] = &["admission-fail-open.yaml", "monitoring-podmonitor.yaml"];
+const ALTERNATIVES: &[&str] = &[
+    "admission-fail-open.yaml",
+    "monitoring-podmonitor.yaml",
+    "networkpolicy.yaml",
+];
 /// The manifest holding the fail-closed policies, installed by the kustomization.
 const ADMISSION: &str = "admission.yaml";
 /// The manifest holding the same policies failing open, applied by hand instead.
@@ -117,7 +121,11 @@ fn kustomization_installs_every_manifest_but_the_alternatives() {
     .collect();
     let mut crds = Vec::new();
     yaml_files(&deploy_dir().join("crds"), &mut crds);
-    assert_eq!(crds.len(), 2, "two CRDs, one per API group");
+    assert_eq!(
+        crds.len(),
+        3,
+        "the binding CRDs of both API groups and the AcrPullPolicy CRD"
+    );
     for crd in &crds {
         let relative = crd.strip_prefix(deploy_dir()).unwrap();
         expected.insert(relative.to_string_lossy().into_owned());
@@ -206,6 +214,15 @@ fn token_policy_audience_literal_equals_the_controller_flag() {
     let docs = all_docs();
     let container = controller_container(controller_deployment(&docs));
     let checked = check_token_audience(&docs, container);
+    assert!(
+        checked >= 2,
+        "a token-request policy in each admission manifest"
+    );
+}
+
+#[test]
+fn token_policy_expiry_cap_equals_what_the_controller_asks_for() {
+    let checked = check_token_expiry(&all_docs());
     assert!(
         checked >= 2,
         "a token-request policy in each admission manifest"

@@ -141,6 +141,7 @@ fn check_rendering(docs: &[Doc], namespace: &str) {
     );
     let container = controller_container(controller_deployment(docs));
     assert_eq!(check_token_audience(docs, container), 1);
+    assert_eq!(check_token_expiry(docs), 1);
 }
 
 fn args_of(docs: &[Doc]) -> Vec<String> {
@@ -206,6 +207,7 @@ fn kustomize_manifests_are_the_chart_rendered() {
             "deployment.yaml",
             "monitoring-podmonitor.yaml",
             "monitoring.yaml",
+            "networkpolicy.yaml",
             "rbac.yaml"
         ]
     );
@@ -560,7 +562,12 @@ fn values_the_chart_cannot_honour_fail_the_rendering() {
         ("admission.failurePolicy=Open", "failurePolicy"),
         ("logging.format=xml", "logging/format"),
         ("monitoringApiGroup=example.com", "monitoringApiGroup"),
-        ("tenancy.mode=enforce", "tenancy"),
+        ("tenancy.mode=strict", "tenancy"),
+        ("scopeActions.allowed={pu ll}", "scopeActions"),
+        (
+            "metrics.secure=true,metrics.podMonitor.enabled=true",
+            "PodMonitors cannot present a token",
+        ),
         ("prometheusRule.enabled=true", "prometheusRule"),
         (
             "metrics.service.enabled=false",
@@ -626,6 +633,8 @@ fn start_rendered(
             }
         })
         .collect();
+    // /debug's default loopback port would collide between the processes tests run at once.
+    args.push(format!("--debug-bind-address=127.0.0.1:{}", free_port()));
     assert!(
         args.iter()
             .any(|a| a.starts_with("--health-probe-bind-address=")),
@@ -690,14 +699,17 @@ async fn rendered_deployment_runs_the_real_binary_to_ready_bindings() {
         );
         let env = Env::start_with(Options {
             spawn: false,
+            install_deploy: false,
             ..Options::default()
         })
         .await;
-        // What the chart would have created first: its namespace.
-        env.create(json!({"apiVersion": "v1", "kind": "Namespace",
-                          "metadata": {"name": namespace}}));
+        // What this rendering installs that the API server acts on — its namespace, RBAC
+        // and admission policies — and the controller as the ServiceAccount it renders, so
+        // the policies must match that user (templated from `namespace`) for anything to be
+        // denied below.
+        let kubeconfig = install_rendered(&env, &docs, namespace).await;
         let pod = "acrpull-5d8f7c9b6-x2x4q";
-        let (mut child, log, probe_port) = start_rendered(&env, &env.kubeconfig, &docs, pod);
+        let (mut child, log, probe_port) = start_rendered(&env, &kubeconfig, &docs, pod);
         let logs = || std::fs::read_to_string(&log).unwrap_or_default();
         // Ready on the chart's probe port, or a clear failure if the arguments are refused.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -770,7 +782,61 @@ async fn rendered_deployment_runs_the_real_binary_to_ready_bindings() {
         );
         child.0.kill().unwrap();
         child.0.wait().unwrap();
+        // The rendering's RBAC and policies refused the controller nothing ...
+        let refused = controller_refusals(&env.kube, true);
+        assert!(refused.is_empty(), "{values:?}: {refused:#?}\n{}", logs());
+        // ... and its policies do apply to it: a TokenRequest for the API server's audience,
+        // as the rendered ServiceAccount, is denied by the token policy.
+        let out = std::process::Command::new(prereq::layer_kubectl())
+            .arg(format!("--kubeconfig={}", env.kubeconfig.display()))
+            .arg(format!("--as={}", controller_user(namespace)))
+            .args(["create", "token", "app", "-n", "team-a", "--duration=10m"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && stderr.contains("ValidatingAdmissionPolicy 'acrpull-token-request'"),
+            "{values:?}: a token for another audience as {}: {stderr}",
+            controller_user(namespace)
+        );
     }
+}
+
+/// Installs what `docs` (one rendering) holds that the API server acts on — the Namespace,
+/// RBAC and the admission policies, through the API as `kubectl apply` would — and returns a
+/// kubeconfig with a token of the ServiceAccount it renders in `namespace`.
+async fn install_rendered(env: &Env, docs: &[Doc], namespace: &str) -> PathBuf {
+    const KINDS: [&str; 8] = [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
+    for kind in KINDS {
+        for doc in of_kind(docs, kind) {
+            env.kube
+                .apply_yaml_checked(&doc.value.to_string())
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", doc.what()));
+        }
+    }
+    let token = env
+        .kube
+        .service_account_token(namespace, SERVICE_ACCOUNT, Duration::from_secs(3600))
+        .expect("the rendered ServiceAccount");
+    let kubeconfig = env
+        .dir
+        .path()
+        .join(format!("{namespace}-acrpull.kubeconfig"));
+    env.kube
+        .write_kubeconfig_for_token(&kubeconfig, &token)
+        .unwrap();
+    kubeconfig
 }
 
 /// `helm --kubeconfig ... args`, against the stand-in.
@@ -778,83 +844,6 @@ fn helm_at(helm: &Path, kubeconfig: &Path, args: &[&str]) -> String {
     let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
     all.extend_from_slice(args);
     run_ok(helm, &all)
-}
-
-/// Built-in types the chart installs that the stand-in may not serve yet: (group, kind,
-/// plural, namespaced). RBAC comes with the stand-in's authorization work (wt/apisrv) and the
-/// admission types with its policy evaluation (wt/cel).
-const MAYBE_UNSERVED: &[(&str, &str, &str, bool)] = &[
-    (
-        "rbac.authorization.k8s.io",
-        "ClusterRole",
-        "clusterroles",
-        false,
-    ),
-    (
-        "rbac.authorization.k8s.io",
-        "ClusterRoleBinding",
-        "clusterrolebindings",
-        false,
-    ),
-    ("rbac.authorization.k8s.io", "Role", "roles", true),
-    (
-        "rbac.authorization.k8s.io",
-        "RoleBinding",
-        "rolebindings",
-        true,
-    ),
-    (
-        "admissionregistration.k8s.io",
-        "ValidatingAdmissionPolicy",
-        "validatingadmissionpolicies",
-        false,
-    ),
-    (
-        "admissionregistration.k8s.io",
-        "ValidatingAdmissionPolicyBinding",
-        "validatingadmissionpolicybindings",
-        false,
-    ),
-];
-
-/// Registers each of [`MAYBE_UNSERVED`] the stand-in does not serve as a schemaless CRD of the
-/// same group, version and names, so Helm can store them (nothing evaluates them: this test is
-/// about Helm's install, upgrade and uninstall, not RBAC or admission). Types the stand-in
-/// serves are left alone, so this becomes a no-op as it learns them. Returns the shimmed kinds.
-fn shim_unserved_types(kube: &kube_standin::Handle) -> Vec<&'static str> {
-    let mut shimmed = Vec::new();
-    for (group, kind, plural, namespaced) in MAYBE_UNSERVED {
-        let api_version = format!("{group}/v1");
-        if kube.try_list(&api_version, kind, None).is_ok() {
-            continue;
-        }
-        kube.apply(json!({
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("{plural}.{group}")},
-            "spec": {
-                "group": group,
-                "scope": if *namespaced { "Namespaced" } else { "Cluster" },
-                "names": {"kind": kind, "plural": plural,
-                          "singular": kind.to_lowercase()},
-                "versions": [{"name": "v1", "served": true, "storage": true,
-                    "schema": {"openAPIV3Schema": {
-                        "type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
-            },
-        }))
-        .unwrap_or_else(|e| panic!("shim CRD for {kind}: {e}"));
-        shimmed.push(*kind);
-    }
-    shimmed
-}
-
-/// Whether the stand-in answers `GET /openapi/v2`.
-async fn openapi_v2_served(kube: &kube_standin::Handle) -> bool {
-    reqwest::Client::new()
-        .get(format!("{}/openapi/v2", kube.url()))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -872,29 +861,18 @@ async fn helm_install_upgrade_and_uninstall_against_the_stand_in() {
     kube.write_kubeconfig(&kubeconfig).unwrap();
     let chart = chart_dir();
     let chart = chart.to_str().unwrap();
-    let shimmed = shim_unserved_types(&kube);
-    if !shimmed.is_empty() {
-        eprintln!("note: the stand-in does not serve {shimmed:?} yet; stored as schemaless CRDs");
-    }
     // Helm keeps its release record in the release namespace.
     kube.apply(json!({"apiVersion": "v1", "kind": "Namespace",
                       "metadata": {"name": "acrpull-release"}}))
         .unwrap();
-    let mut common = vec![
+    // Helm validates every object against the server's OpenAPI v2 document first.
+    let common = [
         "--namespace",
         "acrpull-release",
         // No Prometheus Operator CRDs in the stand-in.
         "--set",
         "metrics.serviceMonitor.enabled=false,networkPolicy.enabled=true",
     ];
-    // Helm validates objects against the server's OpenAPI v2 document, which the stand-in
-    // does not serve yet (404: "error validating data: the server could not find the requested
-    // resource"). What Helm would check there is checked without a server: helm lint and
-    // values.schema.json (chart_lints_with_default_and_upstream_values) and the object checks
-    // of every rendering (every_rendering_passes_the_manifest_checks).
-    if !openapi_v2_served(&kube).await {
-        common.push("--disable-openapi-validation");
-    }
 
     let mut args = vec!["install", "acrpull", chart];
     args.extend(common.iter().copied());
@@ -989,27 +967,36 @@ async fn helm_install_upgrade_and_uninstall_against_the_stand_in() {
     );
 
     // Uninstall: everything goes but the CRDs (resource-policy keep), so the binding stays.
-    // --keep-history: purging the release record deletes its Secret with a protobuf
-    // DeleteOptions body, which the stand-in cannot decode yet ("error decoding
-    // DeleteOptions"); keeping the record marks it uninstalled with an update instead. Every
-    // object of the release is deleted either way.
+    // Purging the release record deletes Helm's release Secrets with a protobuf DeleteOptions
+    // body.
     helm_at(
         &helm,
         &kubeconfig,
+        &["uninstall", "acrpull", "-n", "acrpull-release"],
+    );
+    let status = run(
+        &helm,
         &[
-            "uninstall",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "status",
             "acrpull",
             "-n",
             "acrpull-release",
-            "--keep-history",
         ],
     );
-    let status = helm_at(
-        &helm,
-        &kubeconfig,
-        &["status", "acrpull", "-n", "acrpull-release"],
+    assert!(
+        !status.ok && status.stderr.contains("release: not found"),
+        "the release record is purged: {}{}",
+        status.stdout,
+        status.stderr
     );
-    assert!(status.contains("STATUS: uninstalled"), "{status}");
+    let records: Vec<Value> = kube
+        .list("v1", "Secret", Some("acrpull-release"))
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"]["owner"] == "helm")
+        .collect();
+    assert!(records.is_empty(), "release Secrets left: {records:#?}");
     for (api, kind, ns, name) in [
         ("apps/v1", "Deployment", "acrpull", "acrpull"),
         ("rbac.authorization.k8s.io/v1", "ClusterRole", "", "acrpull"),
@@ -1060,16 +1047,17 @@ async fn the_controller_needs_no_more_than_the_rbac_helm_installs() {
         return;
     };
     // The stand-ins, with the CRDs applied by the harness (so the release leaves them out).
+    // The stand-ins with the CRDs only: helm installs the rest.
     let env = Env::start_with(Options {
         spawn: false,
+        install_deploy: false,
         ..Options::default()
     })
     .await;
-    shim_unserved_types(&env.kube);
     env.create(json!({"apiVersion": "v1", "kind": "Namespace",
                       "metadata": {"name": "acrpull-release"}}));
     let chart = chart_dir();
-    let mut args = vec![
+    let args = [
         "install",
         "acrpull",
         chart.to_str().unwrap(),
@@ -1078,9 +1066,6 @@ async fn the_controller_needs_no_more_than_the_rbac_helm_installs() {
         "--set",
         "crds.install=false,metrics.serviceMonitor.enabled=false",
     ];
-    if !openapi_v2_served(&env.kube).await {
-        args.push("--disable-openapi-validation");
-    }
     helm_at(&helm, &env.kubeconfig, &args);
     // The controller as its own ServiceAccount: every request it makes is authorized by the
     // RBAC the chart installed, and nothing else.
@@ -1170,27 +1155,116 @@ async fn the_controller_needs_no_more_than_the_rbac_helm_installs() {
         .expect("the Lease");
     assert_eq!(lease["spec"]["holderIdentity"], pod);
 
-    // No request of the controller was refused.
+    // No request of the controller was refused, by RBAC or by the chart's admission policies.
     let user = controller_user(DEFAULT_NAMESPACE);
-    let requests: Vec<_> = env
+    let requests = env
         .kube
         .requests()
         .into_iter()
         .filter(|r| r.user == user)
-        .collect();
+        .count();
     assert!(
-        requests.len() > 20,
-        "the controller's requests are logged under {user}: {} found",
-        requests.len()
+        requests > 20,
+        "the controller's requests are logged under {user}: {requests} found"
     );
-    let refused: Vec<String> = requests
-        .iter()
-        .filter(|r| r.status == 401 || r.status == 403)
-        .map(|r| format!("{} {} {}", r.status, r.verb, r.path))
-        .collect();
+    let refused = controller_refusals(&env.kube, true);
     assert!(
         refused.is_empty(),
-        "requests the chart's RBAC refused: {refused:#?}\n{}",
+        "requests the chart's RBAC or policies refused: {refused:#?}\n{}",
         logs()
+    );
+}
+
+/// The multi-tenant values render their flags, the policies and a secure ServiceMonitor; the
+/// defaults (and an unquoted `mode: off`, YAML's false) render none of it, so a swap from the
+/// old controller's values changes nothing; and the NetworkPolicy opens the metrics port to the
+/// scraper and nothing else, whatever address /debug is given.
+#[test]
+fn tenancy_and_secure_metrics_values_render_what_they_say() {
+    let Some(helm) = helm_or_skip("tenancy_and_secure_metrics_values_render_what_they_say") else {
+        return;
+    };
+    let tenancy_flags = [
+        "--tenancy-mode",
+        "--allowed-scope-actions",
+        "--allowed-entra-authority-hosts",
+        "--allowed-resource-manager-audiences",
+        "--debug-bind-address",
+        "--debug-endpoint",
+        "--metrics-secure",
+        "--metrics-cert-dir",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let off = dir.path().join("off.yaml");
+    std::fs::write(&off, "tenancy:\n  mode: off\n").unwrap();
+    for args in [vec![], vec!["-f", off.to_str().unwrap()]] {
+        let docs = render(&helm, &args);
+        let container = controller_container(controller_deployment(&docs));
+        let argv = strings(container, "/args");
+        for flag in tenancy_flags {
+            assert!(
+                !argv.iter().any(|a| a.starts_with(flag)),
+                "{args:?}: {flag} rendered: {argv:?}"
+            );
+        }
+        assert_eq!(of_kind(&docs, "AcrPullPolicy").count(), 0);
+    }
+
+    let docs = render(
+        &helm,
+        &[
+            "--set",
+            "tenancy.mode=enforce,metrics.secure=true,metrics.certSecret=acrpull-metrics-tls",
+            "--set",
+            "scopeActions.allowed={pull,push}",
+            "--set",
+            "airgapped.allowedEntraAuthorityHosts={https://login.contoso.local}",
+            "--set",
+            "airgapped.allowedResourceManagerAudiences={https://management.contoso.local}",
+            "--set",
+            "debug.bindAddress=0.0.0.0:9443,networkPolicy.enabled=true",
+            "--set-json",
+            r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+            "--set-json",
+            r#"tenancy.policies=[{"name":"team-a","spec":{"namespaces":{"names":["team-a"]},"registries":{"servers":["teama.azurecr.io"]}}}]"#,
+        ],
+    );
+    let container = controller_container(controller_deployment(&docs));
+    let argv = strings(container, "/args");
+    for want in [
+        "--tenancy-mode=enforce",
+        "--allowed-scope-actions=pull,push",
+        "--allowed-entra-authority-hosts=https://login.contoso.local",
+        "--allowed-resource-manager-audiences=https://management.contoso.local",
+        "--debug-bind-address=0.0.0.0:9443",
+        "--metrics-secure",
+        "--metrics-cert-dir=/etc/acrpull/metrics-certs",
+    ] {
+        assert!(argv.iter().any(|a| a == want), "{want} missing: {argv:?}");
+    }
+    let policy = of_kind(&docs, "AcrPullPolicy").next().expect("the policy");
+    assert_eq!(text(&policy.value, "/metadata/name"), Some("team-a"));
+    assert_eq!(
+        text(&policy.value, "/apiVersion"),
+        Some("acrpull.microsoft.com/v1alpha1")
+    );
+    let monitor = of_kind(&docs, "ServiceMonitor").next().unwrap();
+    let endpoint = &monitor.value["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "https");
+    assert!(endpoint["bearerTokenFile"].is_string(), "{endpoint}");
+    // Only the metrics port, only from the scraper's namespace: the debug port stays closed
+    // even when bound off loopback.
+    let netpol = of_kind(&docs, "NetworkPolicy").next().unwrap();
+    let ingress = list(&netpol.value, "/spec/ingress");
+    assert_eq!(ingress.len(), 1, "{}", netpol.value);
+    let ports: Vec<Value> = list(&ingress[0], "/ports").to_vec();
+    assert_eq!(ports, [json!({"port": "metrics", "protocol": "TCP"})]);
+    assert_eq!(list(&ingress[0], "/from").len(), 1);
+    let reader = of_kind(&docs, "ClusterRole")
+        .find(|r| r.name() == "acrpull-metrics-reader")
+        .expect("the scrapers' ClusterRole");
+    assert_eq!(
+        reader.value["rules"],
+        json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
     );
 }

@@ -363,11 +363,11 @@ async fn image_builds_pushes_pulls_and_runs_like_the_deployment() {
         containerd.log()
     );
 
-    // What the container gets: a kubeconfig and the stand-in Azure's CA, read-only, readable
-    // by uid 65532.
+    // What the container gets: a kubeconfig (its ServiceAccount's token, as in a pod) and the
+    // stand-in Azure's CA, read-only, readable by uid 65532.
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
-    std::fs::copy(&env.kubeconfig, config.join("kubeconfig")).unwrap();
+    std::fs::copy(&env.controller_kubeconfig, config.join("kubeconfig")).unwrap();
     let host_args = env.args();
     let host_ca = host_args
         .iter()
@@ -417,6 +417,8 @@ async fn image_builds_pushes_pulls_and_runs_like_the_deployment() {
                 }
             })
             .collect();
+        // Both replicas share the host's network: /debug's default port would collide.
+        args.push(format!("--debug-bind-address=127.0.0.1:{}", free_port()));
         args.extend(host_args.iter().filter_map(|a| {
             if a.starts_with("--imds-endpoint=") || a.starts_with("--azure-resolve=") {
                 Some(a.clone())

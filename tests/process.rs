@@ -93,7 +93,7 @@ async fn metrics_and_debug_show_bindings_without_tokens() {
         "no binding names as labels"
     );
 
-    let list = wait_http(&env, env.metrics_port, "/debug/bindings", 200).await;
+    let list = wait_http(&env, env.debug_port, "/debug/bindings", 200).await;
     let v: serde_json::Value = serde_json::from_str(&list).unwrap();
     let app = v["bindings"]
         .as_array()
@@ -107,7 +107,7 @@ async fn metrics_and_debug_show_bindings_without_tokens() {
     assert_eq!(app["secretName"], "acr-pull-app");
     assert_eq!(app["serviceAccount"], "puller");
     assert!(app["expiry"].is_string());
-    let one = wait_http(&env, env.metrics_port, "/debug/bindings/team-a/bad", 200).await;
+    let one = wait_http(&env, env.debug_port, "/debug/bindings/team-a/bad", 200).await;
     let v: serde_json::Value = serde_json::from_str(&one).unwrap();
     let bad = &v["bindings"][0];
     assert_eq!(bad["phase"], "Failed");
@@ -117,7 +117,7 @@ async fn metrics_and_debug_show_bindings_without_tokens() {
         .contains("allowed registry suffix"));
     assert!(!bad["transitions"].as_array().unwrap().is_empty());
     assert_eq!(
-        env.http_get(env.metrics_port, "/debug/bindings/team-a/nope")
+        env.http_get(env.debug_port, "/debug/bindings/team-a/nope")
             .await
             .0,
         404
@@ -138,7 +138,7 @@ async fn two_replicas_one_writer_and_failover() {
     let lease_args = |name: &str| {
         vec![
             "--leader-elect".to_string(),
-            "--leader-election-namespace=team-a".to_string(),
+            "--leader-election-namespace=acrpull-system".to_string(),
             "--lease-duration=3s".to_string(),
             "--renew-deadline=2s".to_string(),
             "--retry-period=500ms".to_string(),
@@ -153,7 +153,7 @@ async fn two_replicas_one_writer_and_failover() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"].is_string()),
             Duration::from_secs(30),
@@ -168,11 +168,12 @@ async fn two_replicas_one_writer_and_failover() {
     env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
     env.wait_ready(V2, "team-a", "app", "True").await;
 
-    // Every write came from the leader.
+    // Every write of a controller came from the leader.
     let writes: Vec<_> = env
         .kube
         .requests()
         .into_iter()
+        .filter(|r| r.user_agent.starts_with("acrpull/"))
         .filter(|r| ["create", "update", "patch", "delete"].contains(&r.verb.as_str()))
         .filter(|r| r.resource != "leases" && r.resource != "events")
         .collect();
@@ -201,7 +202,7 @@ async fn two_replicas_one_writer_and_failover() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == follower),
             Duration::from_secs(30),
@@ -224,6 +225,106 @@ async fn two_replicas_one_writer_and_failover() {
     let _ = second.wait();
 }
 
+/// Two replicas as upstream's Deployment runs them: no `POD_NAME` (so every pod would be
+/// `acrpull-1` if the identity came from the PID). Each takes client-go's `<hostname>_<uuid>`,
+/// they differ although host name and binary are the same, and exactly one of them writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_without_pod_name_have_distinct_identities_and_one_writer() {
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
+    env.create(sa("team-a", "puller", json!({})));
+    let args = [
+        "--leader-elect".to_string(),
+        "--leader-election-namespace=acrpull-system".to_string(),
+    ];
+    env.spawn(&args);
+    let (mut second, second_log) = env.replica("replica-b", &args);
+    let lease = env
+        .kube
+        .wait_for(
+            "coordination.k8s.io/v1",
+            "Lease",
+            CONTROLLER_NAMESPACE,
+            "aks.azure.com",
+            |l| l.is_some_and(|l| l["spec"]["holderIdentity"].is_string()),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let uuid_of = |id: &str| -> Option<String> {
+        let rest = id.strip_prefix(&format!("{host}_"))?;
+        let ok = rest.len() == 36
+            && rest.chars().enumerate().all(|(i, c)| {
+                if [8, 13, 18, 23].contains(&i) {
+                    c == '-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            });
+        ok.then(|| rest.to_string())
+    };
+    assert!(
+        uuid_of(&holder).is_some(),
+        "holder {holder:?} is not <hostname>_<uuid>\n{}",
+        env.logs()
+    );
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    env.wait_ready(V2, "team-a", "app", "True").await;
+    // Both replicas asked for the Lease, under two different identities of that form (the
+    // User-Agent carries the identity: `acrpull/<version> (<identity>)`).
+    let identities: std::collections::BTreeSet<String> = env
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "leases")
+        .filter_map(|r| {
+            r.user_agent
+                .split_once(" (")
+                .map(|(_, id)| id.trim_end_matches(')').to_string())
+        })
+        .collect();
+    assert_eq!(identities.len(), 2, "{identities:?}");
+    for id in &identities {
+        assert!(uuid_of(id).is_some(), "{id:?} is not <hostname>_<uuid>");
+    }
+    // Every write came from the Lease holder.
+    let writes: Vec<_> = env
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| ["create", "update", "patch", "delete"].contains(&r.verb.as_str()))
+        .filter(|r| r.resource != "leases")
+        // The controllers' writes, not the test's own (it installs deploy/ as the admin).
+        .filter(|r| r.user_agent.starts_with("acrpull/"))
+        .collect();
+    assert!(!writes.is_empty());
+    let strays: Vec<_> = writes
+        .iter()
+        .filter(|w| !w.user_agent.contains(&holder))
+        .map(|w| format!("{} {} {}", w.verb, w.path, w.user_agent))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "writes from a non-leader: {strays:#?}\n{}\n{}",
+        env.logs(),
+        std::fs::read_to_string(&second_log).unwrap_or_default()
+    );
+    let _ = second.kill();
+    let _ = second.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_the_lease_for_a_fast_successor() {
     let mut env = Env::start_with(Options {
@@ -233,7 +334,7 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
     .await;
     env.spawn(&[
         "--leader-elect".into(),
-        "--leader-election-namespace=team-a".into(),
+        "--leader-election-namespace=acrpull-system".into(),
         "--lease-duration=60s".into(),
         "--pod-name=only".into(),
     ]);
@@ -241,7 +342,7 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "only"),
             Duration::from_secs(30),
@@ -252,7 +353,12 @@ async fn sigterm_releases_the_lease_for_a_fast_successor() {
     assert!(status.success(), "exit status {status:?}\n{}", env.logs());
     let lease = env
         .kube
-        .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            CONTROLLER_NAMESPACE,
+            "aks.azure.com",
+        )
         .unwrap();
     assert!(
         lease["spec"]["holderIdentity"].is_null(),
@@ -273,7 +379,7 @@ async fn sigterm_waits_for_a_slow_lease_release() {
     .await;
     env.spawn(&[
         "--leader-elect".into(),
-        "--leader-election-namespace=team-a".into(),
+        "--leader-election-namespace=acrpull-system".into(),
         "--lease-duration=60s".into(),
         "--pod-name=slow-release".into(),
     ]);
@@ -281,7 +387,7 @@ async fn sigterm_waits_for_a_slow_lease_release() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "slow-release"),
             Duration::from_secs(30),
@@ -300,7 +406,12 @@ async fn sigterm_waits_for_a_slow_lease_release() {
     assert!(status.success(), "{}", env.logs());
     let lease = env
         .kube
-        .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            CONTROLLER_NAMESPACE,
+            "aks.azure.com",
+        )
         .unwrap();
     assert!(
         lease["spec"]["holderIdentity"].is_null(),
@@ -320,7 +431,7 @@ async fn lease_takeover_by_another_holder_stops_writes() {
     env.create(sa("team-a", "puller", json!({})));
     env.spawn(&[
         "--leader-elect".into(),
-        "--leader-election-namespace=team-a".into(),
+        "--leader-election-namespace=acrpull-system".into(),
         "--lease-duration=30s".into(),
         "--renew-deadline=2s".into(),
         "--retry-period=200ms".into(),
@@ -330,7 +441,7 @@ async fn lease_takeover_by_another_holder_stops_writes() {
         .wait_for(
             "coordination.k8s.io/v1",
             "Lease",
-            "team-a",
+            CONTROLLER_NAMESPACE,
             "aks.azure.com",
             |l| l.is_some_and(|l| l["spec"]["holderIdentity"] == "victim"),
             Duration::from_secs(30),
@@ -354,7 +465,7 @@ async fn lease_takeover_by_another_holder_stops_writes() {
         assert!(m.contains(line), "missing {line}\n{m}");
     }
     env.kube
-        .take_over_lease("team-a", "aks.azure.com", "usurper");
+        .take_over_lease(CONTROLLER_NAMESPACE, "aks.azure.com", "usurper");
     // The victim notices at its next renew and reports it is no longer leader.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let m = loop {
@@ -392,12 +503,22 @@ async fn rbac_manifests_cover_every_request_the_controller_makes() {
     let env = Env::start_with(Options {
         extra_args: vec![
             "--leader-elect".into(),
-            "--leader-election-namespace=team-a".into(),
+            "--leader-election-namespace=acrpull-system".into(),
             "--pod-name=rbac".into(),
+            // The tenancy watches and the reviews of --metrics-secure are requests too.
+            "--tenancy-mode=audit".into(),
+            "--metrics-secure".into(),
         ],
         ..Default::default()
     })
     .await;
+    env.create(
+        json!({"apiVersion": "acrpull.microsoft.com/v1alpha1", "kind": "AcrPullPolicy",
+        "metadata": {"name": "team-a"},
+        "spec": {"namespaces": {"names": ["team-a"]},
+                 "managedIdentities": {"clientIDs": [MI_CLIENT]},
+                 "registries": {"servers": [REGISTRY]}}}),
+    );
     // Exercise every path: managed and workload identity, attach, failure, deletion.
     env.create(sa("team-a", "puller", json!({})));
     env.create(federated_sa("team-a"));
@@ -420,6 +541,18 @@ async fn rbac_manifests_cover_every_request_the_controller_makes() {
         .delete(V2, "AcrPullBinding", "team-a", "app")
         .unwrap();
     env.wait_gone(V2, "AcrPullBinding", "team-a", "app").await;
+    // A secure scrape: a TokenReview and a SubjectAccessReview.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let scrape = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(format!("https://127.0.0.1:{}/metrics", env.metrics_port))
+        .bearer_auth(env.kube.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status().as_u16(), 200);
 
     let rules = rbac_rules();
     let mut missing = Vec::new();
@@ -470,4 +603,206 @@ fn rbac_rules() -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
         }
     }
     out
+}
+
+/// How long a SIGTERMed replica may take to exit: upstream msi-acrpull's Deployment gives its
+/// pods 10 s (`terminationGracePeriodSeconds`), and a swap keeps old pods' settings until the
+/// rollout; past it the kubelet sends SIGKILL.
+const UPSTREAM_GRACE: Duration = Duration::from_secs(10);
+
+/// Sends SIGTERM and waits for the exit: the status and how long it took (None: still running
+/// after [`UPSTREAM_GRACE`]; the process is then killed).
+fn terminate_within_grace(env: &mut Env) -> Option<(std::process::ExitStatus, Duration)> {
+    let child = env.child();
+    let started = std::time::Instant::now();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    while started.elapsed() < UPSTREAM_GRACE {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some((status, started.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Waits until the controller's log contains `line`.
+async fn wait_log(env: &Env, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !env.logs().contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never logged {line:?}:\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM while the API server cannot be reached, after the leader noticed (its renew failed
+/// and it stepped down): the process exits within the grace period with status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_while_the_api_server_is_unreachable() {
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
+    env.create(sa("team-a", "puller", json!({})));
+    env.spawn(&[
+        "--leader-elect".into(),
+        "--leader-election-namespace=acrpull-system".into(),
+        "--pod-name=cut-off".into(),
+    ]);
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    env.wait_ready(V2, "team-a", "app", "True").await;
+    wait_http(&env, env.probe_port, "/readyz", 200).await;
+    env.kube.down();
+    wait_log(&env, "stepping down").await;
+    let exited = terminate_within_grace(&mut env);
+    env.kube.up().await.unwrap();
+    let Some((status, took)) = exited else {
+        panic!(
+            "still running {UPSTREAM_GRACE:?} after SIGTERM (the kubelet would SIGKILL it)\n{}",
+            env.logs()
+        );
+    };
+    assert!(status.success(), "exit status {status:?}\n{}", env.logs());
+    assert!(env.logs().contains("stopped"), "{}", env.logs());
+    eprintln!("exited {took:?} after SIGTERM");
+}
+
+/// SIGTERM to a replica that never reached the API server (it is down from the start, so no
+/// watch has delivered its initial list): the process exits within the grace period. kube-runtime
+/// holds an unsynced controller until its first list, so it used to wait out the 20 s drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_when_the_api_server_was_never_reachable() {
+    let mut env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
+    env.kube.down();
+    env.spawn(&[
+        "--leader-elect".into(),
+        "--leader-election-namespace=acrpull-system".into(),
+        "--pod-name=never".into(),
+    ]);
+    wait_log(&env, "lease renew/acquire failed").await;
+    let exited = terminate_within_grace(&mut env);
+    let Some((status, took)) = exited else {
+        panic!(
+            "still running {UPSTREAM_GRACE:?} after SIGTERM (the kubelet would SIGKILL it)\n{}",
+            env.logs()
+        );
+    };
+    assert!(status.success(), "exit status {status:?}\n{}", env.logs());
+    assert!(env.logs().contains("stopped"), "{}", env.logs());
+    eprintln!("exited {took:?} after SIGTERM");
+}
+
+/// Upstream's command line as existing Deployments write it — Go's single-dash spellings,
+/// controller-runtime's `-kubeconfig` and `-zap-*` flags — starts the real binary, which then
+/// does its job: `-kubeconfig` is used before `KUBECONFIG` (which points at nothing here), the
+/// zap flags set the log format and level, and the ones without effect are reported once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_command_line_in_go_spellings_starts_the_real_binary() {
+    let env = Env::start_with(Options {
+        spawn: false,
+        ..Default::default()
+    })
+    .await;
+    env.create(sa("team-a", "puller", json!({})));
+    let probe_port = free_port();
+    let mut args: Vec<String> = vec![
+        format!("-health-probe-bind-address=127.0.0.1:{probe_port}"),
+        "-metrics-bind-address".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "-leader-elect".into(),
+        "-leader-election-namespace=acrpull-system".into(),
+        "-ttl-rotation-fraction=0.5".into(),
+        "-allowed-acr-server-suffixes=azurecr.io".into(),
+        "-kubeconfig".into(),
+        env.controller_kubeconfig.display().to_string(),
+        "-zap-devel=false".into(),
+        "-zap-log-level".into(),
+        "debug".into(),
+        "-zap-stacktrace-level=error".into(),
+        "-zap-time-encoding=rfc3339nano".into(),
+    ];
+    let azure_flags = ["--imds-endpoint=", "--azure-resolve=", "--azure-ca-file="];
+    args.extend(
+        env.args()
+            .into_iter()
+            .filter(|a| azure_flags.iter().any(|f| a.starts_with(f)))
+            // Go spelling for these too.
+            .map(|a| a[1..].to_string()),
+    );
+    let log_path = env.dir.path().join("upstream-args.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_acrpull"))
+        .args(&args)
+        .env("KUBECONFIG", env.dir.path().join("no-such-kubeconfig"))
+        .env_remove("POD_NAME")
+        .env_remove("ACRPULL_LOG_LEVEL")
+        .env_remove("ACRPULL_LOG_FORMAT")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while env.http_get(probe_port, "/readyz").await.0 != 200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("exited ({status}):\n{}", logs());
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.create(v2_managed("team-a", "app", "puller", "repository:app:pull"));
+    let ready = env
+        .kube
+        .wait_for(
+            V2,
+            "AcrPullBinding",
+            "team-a",
+            "app",
+            |o| {
+                o.and_then(|o| o["status"]["conditions"].as_array().cloned())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+            },
+            Duration::from_secs(60),
+        )
+        .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(matches!(ready, Ok(Some(_))), "{ready:?}\n{}", logs());
+    let text = logs();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "DEBUG"),
+        "-zap-log-level debug: no debug line\n{text}"
+    );
+    for flag in [
+        "--zap-stacktrace-level=error",
+        "--zap-time-encoding=rfc3339nano",
+    ] {
+        let notes = lines
+            .iter()
+            .filter(|l| l["message"].as_str().is_some_and(|m| m.contains(flag)))
+            .count();
+        assert_eq!(notes, 1, "{flag} reported once\n{text}");
+    }
 }

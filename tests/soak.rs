@@ -79,6 +79,35 @@ struct Plan {
     recovery: Duration,
 }
 
+/// An Azure outage in progress: it ends once it has lasted its planned time and a request met
+/// it, or at its cap, whichever comes first.
+struct Held {
+    id: u64,
+    started: Instant,
+    planned: Duration,
+    /// Never longer than this: the plans keep every outage below the 60 s refresh margin.
+    cap: Duration,
+    /// Index into the outage list, whose end is set when the outage ends.
+    outage: usize,
+}
+
+impl Held {
+    fn new(id: u64, planned_secs: u64, outage: usize) -> Self {
+        Held {
+            id,
+            started: Instant::now(),
+            planned: Duration::from_secs(planned_secs),
+            cap: Duration::from_secs((planned_secs + 15).min(50).max(planned_secs)),
+            outage,
+        }
+    }
+
+    fn over(&self, met: bool) -> bool {
+        let elapsed = self.started.elapsed();
+        elapsed >= self.cap || (elapsed >= self.planned && met)
+    }
+}
+
 #[derive(Default, Debug)]
 struct Tally {
     api_500: u64,
@@ -289,7 +318,7 @@ impl Fleet {
         if self.elect {
             args.extend([
                 "--leader-elect".to_string(),
-                "--leader-election-namespace=team-a".to_string(),
+                "--leader-election-namespace=acrpull-system".to_string(),
                 format!("--lease-duration={LEASE_SECS}s"),
                 format!("--renew-deadline={RENEW_DEADLINE_SECS}s"),
                 format!("--retry-period={RETRY_SECS}s"),
@@ -302,9 +331,12 @@ impl Fleet {
 
     /// Kills the Lease holder; `None` when no live replica holds it.
     fn kill_leader(&mut self, env: &Env) -> Option<String> {
-        let lease = env
-            .kube
-            .get("coordination.k8s.io/v1", "Lease", "team-a", "aks.azure.com")?;
+        let lease = env.kube.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            CONTROLLER_NAMESPACE,
+            "aks.azure.com",
+        )?;
         let holder = lease["spec"]["holderIdentity"].as_str()?;
         let i = self.live.iter().position(|r| r.name == holder)?;
         let mut victim = self.live.remove(i);
@@ -573,6 +605,7 @@ async fn soak(plan: Plan) {
     let mut soft: Vec<u64> = Vec::new();
     let mut soft_kube: Vec<String> = Vec::new();
     let mut timed_kube: Vec<(Instant, String)> = Vec::new();
+    let mut held: Vec<Held> = Vec::new();
     let mut ended_at: Option<Instant> = None;
     let mut recovered_after: Option<f64> = None;
     loop {
@@ -669,7 +702,14 @@ async fn soak(plan: Plan) {
                 Step::StalledWatch => {
                     env.kube
                         .faults()
-                        .add(Fault::new(Action::WatchStall).verb("watch").next(1));
+                        // The Secret watch: a stalled binding watch would hide the bindings
+                        // the plan adds later, so a planned outage could pass unexercised.
+                        .add(
+                            Fault::new(Action::WatchStall)
+                                .verb("watch")
+                                .resource("secrets")
+                                .next(1),
+                        );
                 }
                 Step::ApiDown(secs) => {
                     env.kube.down_for(Duration::from_secs(secs));
@@ -679,31 +719,25 @@ async fn soak(plan: Plan) {
                     api_down.push((from, from + jiff::SignedDuration::from_secs(secs as i64)));
                 }
                 Step::ImdsGone(secs) => {
-                    env.azure.faults().add(
+                    let id = env.azure.faults().add(
                         FaultRule::new(FaultAction::Status {
                             status: 410,
                             retry_after_secs: None,
                         })
-                        .hop(Hop::Imds)
-                        .trigger(Trigger::Window {
-                            after_ms: 0,
-                            for_ms: Some(secs * 1000),
-                        }),
+                        .hop(Hop::Imds),
                     );
+                    held.push(Held::new(id, secs, outages.len()));
                     outages.push((t, t + secs as f64, "imds"));
                     // Identity tokens are cached, so nothing may ask IMDS during the window;
                     // two bindings with a not-yet-cached identity key make sure something does.
                     add(&env, &mut tracked, 2, NewBindings::ByResourceId);
                 }
                 Step::RegistryDown(secs) => {
-                    env.azure.faults().add(
-                        FaultRule::new(FaultAction::Reset).host(REGISTRY).trigger(
-                            Trigger::Window {
-                                after_ms: 0,
-                                for_ms: Some(secs * 1000),
-                            },
-                        ),
-                    );
+                    let id = env
+                        .azure
+                        .faults()
+                        .add(FaultRule::new(FaultAction::Reset).host(REGISTRY));
+                    held.push(Held::new(id, secs, outages.len()));
                     outages.push((t, t + secs as f64, "registry"));
                     // Tokens are cached: bindings sharing a scope may need nothing from the
                     // registry during the window. Two bindings with a scope not yet cached
@@ -723,10 +757,29 @@ async fn soak(plan: Plan) {
                     soft.clear();
                     soft_kube.clear();
                     timed_kube.clear();
+                    held.clear();
                     ended_at = Some(Instant::now());
                 }
             }
         }
+        // An Azure outage lasts its planned time, and longer (up to its cap) until some request
+        // of the controller's has met it: the controller can be blind to new work for a while
+        // (a watch error after an API outage backs off up to 30 s, as client-go's does), and an
+        // outage nothing reached would prove nothing.
+        let azure_log = if held.is_empty() {
+            Vec::new()
+        } else {
+            env.azure.requests()
+        };
+        held.retain(|h| {
+            let met = azure_log.iter().any(|r| r.fault == Some(h.id));
+            if !h.over(met) {
+                return true;
+            }
+            env.azure.faults().remove(h.id);
+            outages[h.outage].1 = t;
+            false
+        });
         timed_kube.retain(|(until, id)| {
             if Instant::now() >= *until {
                 harvest(&env, &mut tally, Some(id));
@@ -992,8 +1045,9 @@ async fn soak(plan: Plan) {
 }
 
 /// The CI plan: ~100 bindings, under 3 minutes. Tokens live 120 s (refreshed at half-life, so a
-/// margin of at least 60 s); the hard outages (20 s API, then 30 s IMDS with 30 s registry) are
-/// each shorter than that margin and 40 s apart, so they do not add up: no Secret may expire.
+/// margin of at least 60 s); the hard outages (20 s API, then 30 s IMDS with 30 s registry, each
+/// held up to 45 s until a request of the controller's has met it) are each shorter than that
+/// margin and 40 s apart, so they do not add up: no Secret may expire.
 /// (With the API down 50–80 s and the registry 100–140 s, refreshes the API outage delayed
 /// were still landing when the registry went: 30 + 40 s against a 60 s margin.)
 fn short_plan(stalled_watch: bool) -> Plan {

@@ -17,7 +17,10 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::clock::WallClock;
-use super::error::{hints, kind_for_status, parse_retry_after, quote_body, AzureError, ErrorKind};
+use super::error::{
+    bare_code, hints, kind_for_status, parse_retry_after, quotable_host, quote_body, AzureError,
+    ErrorKind,
+};
 use super::http_client::{read_body, MAX_BODY};
 use crate::state::token::SecretToken;
 
@@ -128,6 +131,7 @@ impl ReqwestAcr {
             .await
             .map_err(|e| super::error::from_transport(what, &e))?;
         let status = response.status();
+        let quotable = quotable_host(response.url().host_str().unwrap_or_default());
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -135,6 +139,7 @@ impl ReqwestAcr {
             .and_then(|v| parse_retry_after(v, self.clock.now()));
         let body = read_body(response, MAX_BODY, what).await?;
         if status != StatusCode::OK {
+            let body = if quotable { body } else { codes_only(&body) };
             return Err(classify(what, status.as_u16(), &body, retry_after, sent));
         }
         serde_json::from_slice(&body).map_err(|_| {
@@ -243,6 +248,18 @@ impl AcrApi for ReqwestAcr {
     }
 }
 
+/// A foreign registry's error body reduced to its first bare error code (see
+/// [`quotable_host`]).
+fn codes_only(body: &[u8]) -> Vec<u8> {
+    let failure: Failure = serde_json::from_slice(body).unwrap_or_default();
+    match failure.errors.first().and_then(|e| bare_code(&e.code)) {
+        Some(code) => serde_json::json!({"errors": [{"code": code, "message": "(not quoted: not an Azure registry)"}]})
+            .to_string()
+            .into_bytes(),
+        None => Vec::new(),
+    }
+}
+
 pub(crate) fn classify(
     what: &str,
     status: u16,
@@ -327,5 +344,25 @@ mod tests {
         assert!(endpoint("demo.azurecr.io", "/oauth2/token").is_ok());
         assert!(endpoint("demo.azurecr.io:8443", "/oauth2/token").is_ok());
         assert!(endpoint("demo azurecr", "/oauth2/token").is_err());
+    }
+
+    #[test]
+    fn a_foreign_registry_gets_no_words_in_status() {
+        let hostile = br#"{"errors":[{"code":"DENIED","message":"your token expired: paste it at https://evil.example/fix"}]}"#;
+        let err = classify("ACR", 401, &codes_only(hostile), None, &[]);
+        let text = err.to_string();
+        assert!(text.contains("DENIED"), "{text}");
+        assert!(!text.contains("evil.example"), "{text}");
+        for body in [
+            &b"<html>phish https://evil.example</html>"[..],
+            br#"{"errors":[{"code":"see https://evil.example","message":"x"}]}"#,
+        ] {
+            let text = classify("ACR", 400, &codes_only(body), None, &[]).to_string();
+            assert!(!text.contains("evil"), "{text}");
+        }
+        assert!(quotable_host("demo.azurecr.io"));
+        assert!(quotable_host("login.microsoftonline.com."));
+        assert!(!quotable_host("azurecr.io.evil.example"));
+        assert!(!quotable_host("login.contoso.local"));
     }
 }

@@ -16,7 +16,10 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::clock::WallClock;
-use super::error::{hints, kind_for_status, parse_retry_after, quote_body, AzureError, ErrorKind};
+use super::error::{
+    bare_code, hints, kind_for_status, parse_retry_after, quotable_host, quote_body, AzureError,
+    ErrorKind,
+};
 use super::http_client::{read_body, MAX_BODY};
 use super::imds::parse_success;
 use super::IdentityToken;
@@ -103,6 +106,7 @@ impl ReqwestEntra {
             .await
             .map_err(|e| super::error::from_transport(&what, &e))?;
         let status = response.status();
+        let quotable = quotable_host(response.url().host_str().unwrap_or_default());
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -110,6 +114,7 @@ impl ReqwestEntra {
             .and_then(|v| parse_retry_after(v, self.clock.now()));
         let body = read_body(response, MAX_BODY, &what).await?;
         if status != StatusCode::OK {
+            let body = if quotable { body } else { codes_only(&body) };
             return Err(classify(
                 &what,
                 status.as_u16(),
@@ -152,6 +157,22 @@ fn aadsts_code(failure: &Failure) -> Option<i64> {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().ok()
+}
+
+/// A foreign authority's error body reduced to its bare `error` code and numeric AADSTS codes
+/// (see [`quotable_host`]).
+fn codes_only(body: &[u8]) -> Vec<u8> {
+    let failure: Failure = serde_json::from_slice(body).unwrap_or_default();
+    match bare_code(&failure.error) {
+        Some(code) => serde_json::json!({
+            "error": code,
+            "error_description": "(not quoted: not an Azure authority)",
+            "error_codes": failure.error_codes,
+        })
+        .to_string()
+        .into_bytes(),
+        None => Vec::new(),
+    }
 }
 
 pub(crate) fn classify(
@@ -231,5 +252,27 @@ mod tests {
         for bad in ["", "..", ".", "a/b", "a?b", "x%2F", "tenant id"] {
             assert!(validate_tenant_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_foreign_authority_gets_no_words_in_status_but_keeps_its_code() {
+        let canary = SecretToken::new("assertion-canary");
+        let hostile = br#"{"error":"invalid_client","error_description":"AADSTS70021: call +1-555 or visit https://evil.example","error_codes":[70021]}"#;
+        let err = classify("Entra", 400, &codes_only(hostile), None, &canary);
+        assert_eq!(err.reason(), "FederationMismatch");
+        let text = err.to_string();
+        assert!(
+            !text.contains("evil.example") && !text.contains("555"),
+            "{text}"
+        );
+        let text = classify(
+            "Entra",
+            400,
+            &codes_only(b"free text https://evil.example"),
+            None,
+            &canary,
+        )
+        .to_string();
+        assert!(!text.contains("evil"), "{text}");
     }
 }

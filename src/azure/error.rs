@@ -39,6 +39,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The registry host is not under an allowed suffix; no token was sent.
     RegistryNotAllowed,
+    /// An air-gapped authority host or audience the operator did not allow; nothing was sent.
+    AuthorityNotAllowed,
     /// The Kubernetes TokenRequest for the asserting ServiceAccount failed.
     ServiceAccountTokenFailed,
     /// A success response that could not be read (bad JSON, missing token, unreadable JWT).
@@ -61,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "Unauthorized",
             ErrorKind::InvalidRequest => "InvalidRequest",
             ErrorKind::RegistryNotAllowed => "RegistryNotAllowed",
+            ErrorKind::AuthorityNotAllowed => "AuthorityNotAllowed",
             ErrorKind::ServiceAccountTokenFailed => "ServiceAccountTokenFailed",
             ErrorKind::InvalidResponse => "InvalidResponse",
             ErrorKind::InvalidConfig => "InvalidConfig",
@@ -73,7 +76,7 @@ impl ErrorKind {
     }
 
     /// Every kind, for exhaustive tests and pre-registering metric labels.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::IdentityNotFound,
         ErrorKind::TenantNotFound,
         ErrorKind::FederationMismatch,
@@ -84,6 +87,7 @@ impl ErrorKind {
         ErrorKind::Unauthorized,
         ErrorKind::InvalidRequest,
         ErrorKind::RegistryNotAllowed,
+        ErrorKind::AuthorityNotAllowed,
         ErrorKind::ServiceAccountTokenFailed,
         ErrorKind::InvalidResponse,
         ErrorKind::InvalidConfig,
@@ -108,6 +112,9 @@ impl ErrorKind {
             }
             ErrorKind::RegistryNotAllowed => {
                 "the registry is not under an allowed suffix (--allowed-acr-server-suffixes); no token was sent"
+            }
+            ErrorKind::AuthorityNotAllowed => {
+                "the air-gapped authority or audience is not allowed (--allowed-entra-authority-hosts, --allowed-resource-manager-audiences); nothing was sent"
             }
             ErrorKind::ServiceAccountTokenFailed => {
                 "the controller could not request a token for the ServiceAccount: check that it exists and that the controller may create serviceaccounts/token for the configured audience"
@@ -134,6 +141,7 @@ impl From<ErrorKind> for crate::state::reason::Reason {
             ErrorKind::Unauthorized => Reason::Unauthorized,
             ErrorKind::InvalidRequest => Reason::InvalidRequest,
             ErrorKind::RegistryNotAllowed => Reason::RegistryNotAllowed,
+            ErrorKind::AuthorityNotAllowed => Reason::AuthorityNotAllowed,
             ErrorKind::ServiceAccountTokenFailed => Reason::ServiceAccountTokenFailed,
             ErrorKind::InvalidResponse => Reason::InvalidResponse,
             ErrorKind::InvalidConfig => Reason::InvalidConfig,
@@ -310,6 +318,30 @@ pub(crate) fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration>
     let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
     let wait = at.duration_since(now);
     Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+}
+
+/// Whether error bodies from `host` may be quoted into status and Events: only Azure's own
+/// Entra authorities and ACR login servers. Any other host (an operator's air-gapped authority,
+/// a registry under a custom suffix) is not Microsoft's service, and what it answers — text
+/// that could pose as instructions to the user, links, or credentials it collected elsewhere —
+/// would be shown to whoever can read the binding. From those, only a bare error code is kept.
+pub(crate) fn quotable_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    const AUTHORITIES: [&str; 3] = [
+        "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+    ];
+    const REGISTRY_SUFFIXES: [&str; 3] = [".azurecr.io", ".azurecr.us", ".azurecr.cn"];
+    AUTHORITIES.contains(&host.as_str()) || REGISTRY_SUFFIXES.iter().any(|s| host.ends_with(s))
+}
+
+/// `code` when it is a bare error code (letters, digits, `_`, at most 64 characters).
+pub(crate) fn bare_code(code: &str) -> Option<&str> {
+    (!code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    .then_some(code)
 }
 
 /// Longest quoted excerpt of a response body.

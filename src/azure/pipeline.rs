@@ -26,7 +26,8 @@ use super::acr::{AccessTokenRequest, AcrApi, ExchangeRequest, ReqwestAcr, Verify
 use super::cache::SingleFlight;
 use super::clock::{SystemClock, WallClock};
 use super::cloud::{
-    entra_scope, imds_resource, AuthorityHosts, IdentityAudience, CONTAINER_REGISTRY_AUDIENCE,
+    entra_scope, imds_resource, AuthorityHosts, Cloud, IdentityAudience,
+    CONTAINER_REGISTRY_AUDIENCE,
 };
 use super::entra::{validate_tenant_id, EntraApi, EntraTokenRequest, ReqwestEntra};
 use super::error::{AzureError, ErrorKind};
@@ -83,6 +84,10 @@ pub struct PipelineConfig {
     pub service_account_token_audience: String,
     /// Allowed registry suffixes (exact or any subdomain); empty allows every host.
     pub allowed_suffixes: Vec<String>,
+    /// Air-gapped Entra authorities and Resource Manager audiences requests may use; empty
+    /// lists allow none (checked again here, right before any request, after the controller's
+    /// own validation).
+    pub allowed_clouds: crate::state::tenancy::AllowedClouds,
     /// Identity tokens are re-fetched when less than this is left.
     pub identity_refresh_margin: Duration,
     /// Wall clock for expiry decisions.
@@ -106,6 +111,7 @@ impl Default for PipelineConfig {
                 "azurecr.us".to_string(),
                 "azurecr.cn".to_string(),
             ],
+            allowed_clouds: Default::default(),
             identity_refresh_margin: Duration::from_secs(5 * 60),
             clock: Arc::new(SystemClock),
         }
@@ -192,6 +198,9 @@ struct Inner {
     identities: SingleFlight<IdentityKey, IdentityToken>,
     refresh_tokens: SingleFlight<RefreshKey, CachedAcr>,
     access_tokens: SingleFlight<AccessKey, CachedAcr>,
+    /// Identities this process has requested a token for (the first request is logged at
+    /// info, later ones at debug).
+    identities_used: std::sync::Mutex<std::collections::HashSet<IdentityKey>>,
 }
 
 /// The production token pipeline. Cheap to clone; clones share caches and limiters.
@@ -256,6 +265,7 @@ impl TokenPipeline {
                 identities: SingleFlight::new(),
                 refresh_tokens: SingleFlight::new(),
                 access_tokens: SingleFlight::new(),
+                identities_used: std::sync::Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -335,8 +345,44 @@ impl Inner {
         Ok(audience)
     }
 
+    /// Defence in depth for air-gapped clouds: the binding names the authority and the
+    /// audience, so both must be on the operator's lists before anything is requested (for
+    /// workload identity, before the ServiceAccount token is even minted).
+    fn ensure_cloud_allowed(&self, req: &CredentialRequest) -> Result<(), AzureError> {
+        let Cloud::Airgapped {
+            entra_authority_host,
+            resource_manager_audience,
+        } = &req.cloud
+        else {
+            return Ok(());
+        };
+        let allowed = &self.config.allowed_clouds;
+        let authority =
+            crate::state::tenancy::normalize_authority(entra_authority_host).map_err(|why| {
+                AzureError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("the air-gapped Entra authority host {why}"),
+                )
+            })?;
+        if !allowed.allows_authority(&authority) {
+            return Err(AzureError::new(
+                ErrorKind::AuthorityNotAllowed,
+                "the air-gapped Entra authority host is not in --allowed-entra-authority-hosts; nothing was sent",
+            ));
+        }
+        if !allowed.allows_audience(resource_manager_audience) {
+            return Err(AzureError::new(
+                ErrorKind::AuthorityNotAllowed,
+                "the air-gapped Resource Manager audience is not in --allowed-resource-manager-audiences; nothing was sent",
+            ));
+        }
+        Ok(())
+    }
+
     fn identity_key(&self, req: &CredentialRequest) -> Result<IdentityKey, AzureError> {
+        // Both are checks only (no request); a malformed request is reported as such first.
         let audience = self.audience(req)?;
+        self.ensure_cloud_allowed(req)?;
         let non_empty = |value: &str, what: &str| {
             if value.trim().is_empty() {
                 Err(AzureError::new(
@@ -407,7 +453,60 @@ impl Inner {
         result
     }
 
+    /// Logs which identity a token is requested for (upstream issue #110): its client id or
+    /// resource id (and, for workload identity, tenant and ServiceAccount) and the audience,
+    /// never a token. At info the first time this process asks for that identity and audience,
+    /// at debug on every later request.
+    fn log_identity_request(&self, key: &IdentityKey) {
+        let first = self
+            .identities_used
+            .lock()
+            .map(|mut used| used.insert(key.clone()))
+            .unwrap_or(false);
+        let audience = key.audience.as_str();
+        macro_rules! log {
+            ($($field:tt)*) => {
+                if first {
+                    tracing::info!($($field)*);
+                } else {
+                    tracing::debug!($($field)*);
+                }
+            };
+        }
+        match &key.source {
+            IdentitySource::Managed(selector) => {
+                let (client_id, resource_id) = match selector {
+                    ImdsSelector::ClientId(c) => (Some(c.as_str()), None),
+                    ImdsSelector::ResourceId(r) => (None, Some(r.as_str())),
+                };
+                log!(
+                    hop = "imds",
+                    identity = "managed",
+                    client_id,
+                    resource_id,
+                    audience,
+                    "requesting a managed identity token"
+                );
+            }
+            IdentitySource::Workload {
+                authority,
+                tenant_id,
+                client_id,
+                service_account_namespace,
+                service_account_name,
+            } => {
+                log!(
+                    hop = "entra", identity = "workload", client_id = client_id.as_str(),
+                    tenant_id = tenant_id.as_str(), authority = authority.as_str(),
+                    service_account = %format_args!("{service_account_namespace}/{service_account_name}"),
+                    audience, "requesting a workload identity token"
+                );
+            }
+        }
+    }
+
     async fn fetch_identity(&self, key: &IdentityKey) -> Result<IdentityToken, AzureError> {
+        self.log_identity_request(key);
         let retry = &self.config.retry;
         let timeout = self.config.timeouts.request;
         match &key.source {
@@ -418,7 +517,6 @@ impl Inner {
                 };
                 let imds = &*self.apis.imds;
                 let request = &request;
-                tracing::debug!(hop = "imds", "Requesting identity token");
                 with_retries(
                     retry,
                     timeout,
@@ -448,7 +546,6 @@ impl Inner {
                 };
                 let entra = &*self.apis.entra;
                 let request = &request;
-                tracing::debug!(hop = "entra", "Requesting identity token");
                 with_retries(
                     retry,
                     timeout,

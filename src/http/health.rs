@@ -3,9 +3,15 @@
 //! `/healthz` answers 200 while the process runs. `/readyz` answers 200 only after every watch
 //! has delivered its initial list, and 503 again once shutdown starts, so a Service or a
 //! rolling update never routes to, or waits on, a replica that cannot act.
+//!
+//! Conditions an operator must fix but that do not stop the replica from working (an outdated
+//! CRD) are warnings: `/readyz` stays 200 and its body lists them after `ok`, one
+//! `warning: ...` line each. Failing readiness for them would stall every rollout of the
+//! controller (the new pods never become ready) while the pull secrets are kept fresh anyway.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,6 +26,8 @@ pub struct Readiness(Arc<Inner>);
 struct Inner {
     pending: AtomicUsize,
     shutting_down: AtomicBool,
+    /// Warnings by key, shown in the `/readyz` body.
+    warnings: Mutex<BTreeMap<String, String>>,
 }
 
 impl Readiness {
@@ -28,7 +36,30 @@ impl Readiness {
         Self(Arc::new(Inner {
             pending: AtomicUsize::new(watches),
             shutting_down: AtomicBool::new(false),
+            warnings: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    /// Show `message` under `key` in the `/readyz` body (replacing an earlier one).
+    pub fn set_warning(&self, key: &str, message: String) {
+        if let Ok(mut w) = self.0.warnings.lock() {
+            w.insert(key.to_string(), message);
+        }
+    }
+
+    pub fn clear_warning(&self, key: &str) {
+        if let Ok(mut w) = self.0.warnings.lock() {
+            w.remove(key);
+        }
+    }
+
+    /// The warnings, ordered by key.
+    pub fn warnings(&self) -> Vec<String> {
+        self.0
+            .warnings
+            .lock()
+            .map(|w| w.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// One watch delivered its initial list. Call once per watch.
@@ -62,14 +93,20 @@ pub fn router(readiness: Readiness) -> Router {
         .with_state(readiness)
 }
 
-async fn readyz(State(r): State<Readiness>) -> (StatusCode, &'static str) {
-    if r.is_ready() {
+async fn readyz(State(r): State<Readiness>) -> (StatusCode, String) {
+    let (code, state) = if r.is_ready() {
         (StatusCode::OK, "ok")
     } else if r.0.shutting_down.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches syncing")
+    };
+    let mut body = state.to_string();
+    for warning in r.warnings() {
+        body.push_str("\nwarning: ");
+        body.push_str(&warning);
     }
+    (code, body)
 }
 
 #[cfg(test)]
@@ -123,5 +160,23 @@ mod tests {
             200,
             "alive while draining"
         );
+    }
+
+    #[tokio::test]
+    async fn warnings_are_listed_without_failing_readiness() {
+        let readiness = Readiness::new(0);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(readiness.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        readiness.set_warning("b", "second".into());
+        readiness.set_warning("a", "first".into());
+        assert_eq!(
+            get_status(addr, "/readyz").await,
+            (200, "ok\nwarning: first\nwarning: second".into())
+        );
+        readiness.clear_warning("a");
+        readiness.clear_warning("b");
+        assert_eq!(get_status(addr, "/readyz").await, (200, "ok".into()));
     }
 }

@@ -1,4 +1,4 @@
-//! `/metrics` (OpenMetrics text from a prometheus-client registry) and `/debug/bindings`.
+//! `/metrics` (OpenMetrics text from a prometheus-client registry); `/debug` is [`super::debug`].
 //!
 //! Binding gauges are computed at scrape time from the [`Tracker`] by a collector, so they are
 //! never stale and cost nothing between scrapes. Labels are bounded: phases, hops, reasons —
@@ -11,11 +11,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use jiff::Timestamp;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -174,36 +174,33 @@ impl Collector for BindingCollector {
     }
 }
 
-#[derive(Clone)]
-struct AppState {
-    registry: Arc<Registry>,
-    tracker: Tracker,
-    leader: watch::Receiver<bool>,
-    debug: bool,
+/// `/metrics` alone.
+pub fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(registry)
 }
 
-/// The metrics (and, when enabled, debug) routes.
+/// `/metrics` and, when `debug`, the unauthenticated `/debug` routes on one listener: for
+/// in-process tests, and for an operator who binds the metrics address to loopback. The
+/// process itself serves `/debug` on its own (loopback) listener unless `--metrics-secure`.
 pub fn router(
     registry: Arc<Registry>,
     tracker: Tracker,
     leader: watch::Receiver<bool>,
     debug: bool,
 ) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/debug/bindings", get(list))
-        .route("/debug/bindings/{namespace}/{name}", get(one))
-        .with_state(AppState {
-            registry,
-            tracker,
-            leader,
-            debug,
-        })
+    let app = metrics_router(registry);
+    if debug {
+        app.merge(super::debug::router(tracker, leader, None))
+    } else {
+        app
+    }
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
         Ok(()) => (
             [(
                 header::CONTENT_TYPE,
@@ -214,35 +211,6 @@ async fn metrics(State(s): State<AppState>) -> Response {
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
-}
-
-async fn list(State(s): State<AppState>) -> Response {
-    if !s.debug {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    Json(serde_json::json!({
-        "leader": *s.leader.borrow(),
-        "bindings": s.tracker.list(),
-    }))
-    .into_response()
-}
-
-async fn one(
-    State(s): State<AppState>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    if !s.debug {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    let found = s.tracker.get(&namespace, &name);
-    if found.is_empty() {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({"error": format!("no binding {namespace}/{name} is tracked")})),
-        )
-            .into_response();
-    }
-    Json(serde_json::json!({ "bindings": found })).into_response()
 }
 
 #[cfg(test)]
@@ -285,6 +253,7 @@ mod tests {
                     consecutive_failures: 0,
                     observed_generation: 1,
                     verified: None,
+                    permitted: None,
                 },
                 secret_name: format!("acr-pull-{name}"),
                 service_account: "default".into(),

@@ -9,6 +9,7 @@ use super::api::{v1beta1, v1beta2, AcrPullBindingStatus, FINALIZER};
 use crate::state::binding::{Spec, V1beta1Spec, V1beta2Spec, Version, WorkloadSpec};
 use crate::state::decide::{BindingView, Phase, StatusView};
 use crate::state::reason::Reason;
+use crate::state::status_schema::StatusFields;
 
 /// What the controller needs from either `AcrPullBinding` version.
 pub trait BindingResource:
@@ -40,6 +41,7 @@ impl BindingResource for v1beta1::AcrPullBinding {
             client_id: s.managed_identity_client_id.clone(),
             resource_id: s.managed_identity_resource_id.clone(),
             service_account_name: s.service_account_name.clone(),
+            identity_audience: identity_audience(self),
         })
     }
 
@@ -82,6 +84,7 @@ impl BindingResource for v1beta2::AcrPullBinding {
                 tenant_id: w.tenant_id.clone(),
             }),
             service_account_name: s.service_account_name.clone(),
+            identity_audience: identity_audience(self),
         })
     }
 
@@ -98,6 +101,15 @@ impl BindingResource for v1beta2::AcrPullBinding {
         }
         v
     }
+}
+
+/// The binding's `acr.microsoft.com/identity-audience` annotation, as written.
+fn identity_audience<K: kube::Resource>(b: &K) -> Option<String> {
+    b.meta()
+        .annotations
+        .as_ref()?
+        .get(crate::state::names::IDENTITY_AUDIENCE_ANNOTATION)
+        .cloned()
 }
 
 /// The decision core's view of a binding object.
@@ -142,6 +154,13 @@ fn status_view(s: &AcrPullBindingStatus) -> StatusView {
             .iter()
             .find(|c| c.type_ == super::status::CREDENTIAL_VERIFIED)
             .map(|c| c.status == "True"),
+        permitted: s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == super::status::PERMITTED)
+            .map(|c| (c.status == "True", c.message.clone())),
+        // What the installed CRD keeps is not in the object; the pass sets it.
+        kept: StatusFields::ALL,
     }
 }
 

@@ -23,10 +23,11 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
+use super::api::policy::AcrPullPolicy;
 use super::binding::BindingResource;
 use super::observe::SecretMeta;
 use crate::state::binding::{Version, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION};
-use crate::state::names::BINDING_LABEL;
+use crate::state::names::{BINDING_LABEL, IDENTITY_AUDIENCE_ANNOTATION};
 
 /// The prefix of the annotations acrpull writes on pull Secrets.
 const ACRPULL_ANNOTATION_PREFIX: &str = "acr.microsoft.com/";
@@ -36,11 +37,16 @@ use crate::state::record::Phase;
 /// The caches keep only what decisions read (memory is per binding: at 10,000 bindings every
 /// field kept costs it 10,000 times). Never `managedFields`, often the largest part of an
 /// object, nor annotations a decision never reads (`kubectl apply` copies the whole object
-/// into one).
+/// into one): a binding keeps only its identity-audience annotation.
 pub fn trim_binding<K: kube::Resource>(o: &mut K) {
     let m = o.meta_mut();
     m.managed_fields = None;
-    m.annotations = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| k == IDENTITY_AUDIENCE_ANNOTATION);
+        if a.is_empty() {
+            m.annotations = None;
+        }
+    }
 }
 
 /// A ServiceAccount: its pull secrets and the workload-identity annotations; not its token
@@ -70,7 +76,8 @@ pub fn trim_secret(s: &mut SecretMeta) {
 }
 
 /// The caches the controllers read: Secrets (metadata) and ServiceAccounts, by namespace, and
-/// the bindings our own writes returned.
+/// the bindings our own writes returned; with `--tenancy-mode` audit or enforce also Namespaces
+/// (metadata: their labels) and `AcrPullPolicy` objects, both cluster-scoped (namespace `""`).
 #[derive(Default, Clone)]
 pub struct Caches {
     pub secrets: NsCache<SecretMeta>,
@@ -78,6 +85,8 @@ pub struct Caches {
     pub bindings: WrittenBindings,
     pub v1beta1: BindingIndex,
     pub v1beta2: BindingIndex,
+    pub namespaces: NsCache<NamespaceMeta>,
+    pub policies: NsCache<AcrPullPolicy>,
 }
 
 impl Caches {
@@ -285,6 +294,9 @@ impl WrittenBindings {
         self.len() == 0
     }
 }
+
+/// A Namespace as metadata only: the labels tenancy policies select on.
+pub type NamespaceMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>;
 
 type Index<K> = HashMap<String, BTreeMap<String, Arc<K>>>;
 

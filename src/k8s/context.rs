@@ -5,6 +5,7 @@
 use kube::runtime::events::Reporter;
 
 use super::cache::Caches;
+use super::crd_check::CrdSchemas;
 use super::failures::Failures;
 use super::metrics::ControllerMetrics;
 use super::pacing::Pacing;
@@ -41,4 +42,6 @@ pub struct Context {
     pub failures: Failures,
     /// When new tokens are planned to be refreshed.
     pub pacing: Pacing,
+    /// What the installed CRDs keep of the status (old CRDs prune most of it).
+    pub crds: CrdSchemas,
 }

@@ -105,9 +105,22 @@ pub struct ControllerMetrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconciles: Counter,
     pub verifications: Family<OutcomeLabels, Counter>,
+    /// Bindings newly refused or flagged by the operator's policy (`acrpull_policy_refusals`).
+    pub refusals: Family<RefusalLabels, Counter>,
+    /// Credentials taken away by policy (`acrpull_credential_revocations`): one per deleted Secret.
+    pub revocations: Counter,
     compat: Compat,
     /// Leadership; `None` counts every pass as the leader's (leader election off).
     leader: Option<watch::Receiver<bool>>,
+}
+
+/// `mode` is the tenancy mode (`off`, `audit`, `enforce`); `reason` the static refusal reason
+/// (`NotPermitted`, `ActionNotAllowed`, `AuthorityNotAllowed`). `audit` + `NotPermitted` counts
+/// bindings that were served but flagged.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub mode: &'static str,
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +135,8 @@ impl Default for ControllerMetrics {
             reconcile_errors: Family::default(),
             reconciles: Counter::default(),
             verifications: Family::default(),
+            refusals: Family::default(),
+            revocations: Counter::default(),
             compat: Compat::new(),
             leader: None,
         }
@@ -167,6 +182,16 @@ impl ControllerMetrics {
             self.verifications.clone(),
         );
         registry.register(
+            "acrpull_policy_refusals",
+            "Bindings newly refused (or, in audit mode, flagged) by the operator's allow-lists and AcrPullPolicies, by tenancy mode and reason",
+            self.refusals.clone(),
+        );
+        registry.register(
+            "acrpull_credential_revocations",
+            "Pull secrets deleted because the operator's policy no longer permits their binding",
+            self.revocations.clone(),
+        );
+        registry.register(
             "acrpull_reconciles",
             "Reconcile passes",
             self.reconciles.clone(),
@@ -206,6 +231,13 @@ impl ControllerMetrics {
     pub fn verification(&self, outcome: &'static str) {
         self.verifications
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A binding newly refused (or flagged in audit mode).
+    pub fn refusal(&self, mode: &'static str, reason: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels { mode, reason })
             .inc();
     }
 

@@ -19,7 +19,7 @@ use crate::azure::{
     AcrCredential, Cloud, CredentialRequest, Identity, IdentityAudience,
     V1BETA1_DEFAULT_ARM_RESOURCE,
 };
-use crate::state::binding::{CloudSpec, IdentitySpec, Resolved, Version};
+use crate::state::binding::{CloudSpec, IdentitySpec, Resolved, TokenAudience, Version};
 use crate::state::decide::{after_mint_failure, Decision, MintFailure, MintReason, Observed};
 use crate::state::reason::Reason;
 use crate::state::record::Phase;
@@ -50,7 +50,13 @@ pub async fn run<K: BindingResource>(
             return Ok(Step::Stop(done));
         }
     }
-    let req = credential_request(&m.request, &key.namespace, ctx.audience, m.current_expiry);
+    let audience = match m.request.audience {
+        Some(TokenAudience::ResourceManager) => IdentityAudience::ResourceManager,
+        Some(TokenAudience::ContainerRegistry) => IdentityAudience::ContainerRegistry,
+        None => ctx.audience,
+    };
+    let req = credential_request(&m.request, &key.namespace, audience, m.current_expiry);
+    log_exchange(key, &m, audience);
     let credential = match ctx.pipeline.credential(&req).await {
         Ok(c) => c,
         // The TokenRequest inside (workload identity) was refused because the Lease was lost.
@@ -97,8 +103,7 @@ pub async fn run<K: BindingResource>(
                 .writer
                 .read("read secret", api.get(&m.request.secret_name))
                 .await?;
-            let uid = b.meta().uid.clone().unwrap_or_default();
-            if pull_secret::adoption(&existing, &uid, &key.name) == Adoption::Foreign {
+            if pull_secret::adoption(&existing, key.version, &key.name) == Adoption::Foreign {
                 let failure = foreign(&existing);
                 return failed(ctx, b, key, o, &m, failure).await.map(Step::Stop);
             }
@@ -144,10 +149,79 @@ fn foreign(existing: &Secret) -> MintFailure {
     MintFailure {
         reason: Reason::SecretConflict,
         message: format!(
-            "a Secret named {:?} already exists and is not managed by acrpull; rename or delete it",
+            "a Secret named {:?} already exists and is not managed by acrpull (no controller \
+             ownerReference to this AcrPullBinding); rename or delete it",
             existing.name_any()
         ),
         retry_after: None,
+    }
+}
+
+/// The identity a binding's token exchange uses, for logs (upstream issue #110): ids and
+/// names only, never a token.
+struct IdentityFields<'a> {
+    kind: &'static str,
+    client_id: Option<&'a str>,
+    resource_id: Option<&'a str>,
+    tenant_id: Option<&'a str>,
+    service_account: Option<&'a str>,
+}
+
+fn identity_fields(r: &Resolved) -> IdentityFields<'_> {
+    match &r.identity {
+        IdentitySpec::ManagedClientId(c) => IdentityFields {
+            kind: "managed",
+            client_id: Some(c),
+            resource_id: None,
+            tenant_id: None,
+            service_account: None,
+        },
+        IdentitySpec::ManagedResourceId(id) => IdentityFields {
+            kind: "managed",
+            client_id: None,
+            resource_id: Some(id),
+            tenant_id: None,
+            service_account: None,
+        },
+        IdentitySpec::Workload {
+            tenant_id,
+            client_id,
+            service_account,
+        } => IdentityFields {
+            kind: "workload",
+            client_id: Some(client_id),
+            resource_id: None,
+            tenant_id: Some(tenant_id),
+            service_account: Some(service_account),
+        },
+    }
+}
+
+fn audience_name(audience: IdentityAudience) -> &'static str {
+    match audience {
+        IdentityAudience::ResourceManager => "resource-manager",
+        IdentityAudience::ContainerRegistry => "container-registry",
+    }
+}
+
+/// Says which identity and audience a binding's exchange uses: at info for its first token and
+/// after its inputs changed (the identity may be another), at debug for a refresh.
+fn log_exchange(key: &BindingKey, m: &Mint<'_>, audience: IdentityAudience) {
+    let id = identity_fields(&m.request);
+    let registry = m.request.registry.authority();
+    macro_rules! log {
+        ($level:ident) => {
+            tracing::$level!(
+                namespace = %key.namespace, name = %key.name, identity = id.kind,
+                client_id = id.client_id, resource_id = id.resource_id, tenant_id = id.tenant_id,
+                service_account = id.service_account, audience = audience_name(audience),
+                registry = %registry, reason = ?m.reason, "exchanging a token for the binding's identity"
+            )
+        };
+    }
+    match m.reason {
+        MintReason::Missing | MintReason::InputsChanged => log!(info),
+        MintReason::Due | MintReason::Unreadable => log!(debug),
     }
 }
 
@@ -165,12 +239,11 @@ async fn adopt<K: BindingResource>(
     let Some(existing) = ctx.writer.read("read secret", api.get_opt(name)).await? else {
         return Ok(None);
     };
-    let uid = b.meta().uid.clone().unwrap_or_default();
     let again = Done {
         record: None,
         requeue: m.decision.requeue,
     };
-    match pull_secret::adoption(&existing, &uid, &key.name) {
+    match pull_secret::adoption(&existing, key.version, &key.name) {
         Adoption::Label => {
             pull_secret::label(&ctx.writer, &ctx.caches.secrets, &existing, &key.name).await?;
             tracing::info!(namespace = %key.namespace, secret = name, "labelled an existing pull secret for this binding");
@@ -201,7 +274,9 @@ async fn failed<K: BindingResource>(
     // The retry is planned from when the failure happened, not from when the pass started
     // (the pipeline may have retried for up to a minute).
     let now = Timestamp::now();
-    let (record, f) = after_mint_failure(o, &m.request, &failure, now, &ctx.policy);
+    let (mut record, f) = after_mint_failure(o, &m.request, &failure, now, &ctx.policy);
+    // The tenancy condition this pass decided stays as decided.
+    record.permitted = m.decision.record.permitted.clone();
     ctx.failures
         .mint_failed(key, o.binding.generation, f.clone());
     let summary = match (m.reason, record.phase) {
@@ -209,8 +284,11 @@ async fn failed<K: BindingResource>(
         (_, Phase::Refreshing) => "token refresh failed; the pull secret keeps its valid token",
         _ => "token refresh failed; the pull secret holds no valid token",
     };
+    let id = identity_fields(&m.request);
     tracing::warn!(
         namespace = %key.namespace, name = %key.name, reason = record.reason.as_str(),
+        identity = id.kind, client_id = id.client_id, resource_id = id.resource_id,
+        tenant_id = id.tenant_id,
         phase = record.phase.as_str(), failures = record.consecutive_failures,
         retry_at = %f.retry_at, valid_until = ?record.expiry.filter(|_| record.ready),
         error = %record.error, "{summary}"

@@ -8,6 +8,7 @@
 //! | [`cache`] | the namespace-indexed caches (fed by watches and by our own writes) |
 //! | [`observe`] | gathering one binding's snapshot from the caches |
 //! | [`context`] | what every pass shares |
+//! | [`crd_check`] | which status fields the installed CRDs keep (old CRDs after a swap) |
 //! | [`reconcile`] | one pass: gates, decide, execute, publish the record; API-error backoff |
 //! | [`mint`] | minting a token and recording a failed mint |
 //! | [`pull_secret`] | the pull Secret: content, writing, adoption |
@@ -27,6 +28,7 @@ pub mod api;
 pub mod binding;
 pub mod cache;
 pub mod context;
+pub mod crd_check;
 pub mod error;
 pub mod events;
 pub mod failures;

@@ -16,8 +16,8 @@ use crate::state::binding::{
 use crate::state::decide::{BindingView, Failure, Observed, SecretView, Sibling};
 use crate::state::names::{
     expected_secret_name, secret_family, SecretFamily, BINDING_LABEL, EXPIRY_ANNOTATION,
-    INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION, REFRESH_AT_ANNOTATION,
-    VERIFIED_ANNOTATION,
+    INPUTS_ALL_ANNOTATION, INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION,
+    REFRESH_AT_ANNOTATION, VERIFIED_ANNOTATION,
 };
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
@@ -58,23 +58,28 @@ pub fn secret_owner(secret: &SecretMeta) -> Option<(Version, Option<String>)> {
     }
 }
 
-/// Whether `secret` belongs to the binding `b`: labelled with its name, of its version, and
-/// owned by its UID (the expected name is adopted from a previous incarnation of the binding).
+/// Whether `secret` belongs to the binding `b`: labelled with its name, and controlled (a
+/// controller ownerReference) by a binding of its version with its UID (the expected name is
+/// adopted from a previous incarnation of the binding). A labelled Secret without that
+/// reference is nobody's: acrpull never writes one, and never takes one over (see
+/// [`super::pull_secret`]).
 pub fn belongs_to(secret: &SecretMeta, b: &BindingView) -> bool {
     if secret.namespace().as_deref() != Some(b.namespace.as_str())
         || secret.labels().get(BINDING_LABEL) != Some(&b.name)
     {
         return false;
     }
-    match secret_owner(secret) {
-        Some((version, uid)) if version == b.version => match uid {
-            None => true,
-            Some(uid) => {
-                uid == b.uid || secret.name_any() == expected_secret_name(b.version, &b.name)
-            }
-        },
-        _ => false,
-    }
+    let Some(owner) = secret
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "AcrPullBinding")
+    else {
+        return false;
+    };
+    owner.api_version.split('/').next() == Some(group_of(b.version))
+        && (owner.uid == b.uid
+            || (owner.name == b.name
+                && secret.name_any() == expected_secret_name(b.version, &b.name)))
 }
 
 fn secret_view(s: &SecretMeta) -> SecretView {
@@ -85,6 +90,7 @@ fn secret_view(s: &SecretMeta) -> SecretView {
         refresh: parse_time(a, REFRESH_ANNOTATION),
         issued: parse_time(a, ISSUED_ANNOTATION),
         inputs: a.get(INPUTS_ANNOTATION).cloned(),
+        inputs_all: a.get(INPUTS_ALL_ANNOTATION).cloned(),
         verified: a.get(VERIFIED_ANNOTATION).map(|v| v == "true"),
         planned: parse_time(a, REFRESH_AT_ANNOTATION),
     }
@@ -167,5 +173,79 @@ pub fn observe<K: BindingResource>(
         referencing_service_accounts: referencing,
         last_failure,
         siblings,
+        tenancy: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::api::v1beta2::AcrPullBinding;
+    use serde_json::json;
+
+    fn binding() -> BindingView {
+        let b: AcrPullBinding = serde_json::from_value(json!({
+            "apiVersion": "acrpull.microsoft.com/v1beta2", "kind": "AcrPullBinding",
+            "metadata": {"name": "app", "namespace": "team", "uid": "u1"},
+            "spec": {"acr": {"server": "demo.azurecr.io", "scope": "repository:app:pull"},
+                     "auth": {"managedIdentity": {"clientID": "c"}}, "serviceAccountName": "sa"}}))
+        .unwrap();
+        view(&b)
+    }
+
+    fn secret(name: &str, label: &str, owners: serde_json::Value) -> SecretMeta {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "team",
+                         "labels": {BINDING_LABEL: label}, "ownerReferences": owners}}))
+        .unwrap()
+    }
+
+    fn owner(api_version: &str, name: &str, uid: &str) -> serde_json::Value {
+        json!({"apiVersion": api_version, "kind": "AcrPullBinding", "name": name, "uid": uid,
+               "controller": true})
+    }
+
+    const V2: &str = "acrpull.microsoft.com/v1beta2";
+
+    #[test]
+    fn a_secret_belongs_to_the_binding_that_controls_it() {
+        let b = binding();
+        // Controlled by it: any name (rule 9 removes the others).
+        assert!(belongs_to(
+            &secret("acr-pull-app", "app", json!([owner(V2, "app", "u1")])),
+            &b
+        ));
+        assert!(belongs_to(
+            &secret("old-name", "app", json!([owner(V2, "app", "u1")])),
+            &b
+        ));
+        // The pull secret a previous binding of its name left.
+        assert!(belongs_to(
+            &secret("acr-pull-app", "app", json!([owner(V2, "app", "u0")])),
+            &b
+        ));
+        assert!(!belongs_to(
+            &secret("old-name", "app", json!([owner(V2, "app", "u0")])),
+            &b
+        ));
+        // Not: ownerless, owned by another binding or version, not a controller, mislabelled.
+        for s in [
+            secret("acr-pull-app", "app", json!([])),
+            secret("acr-pull-app", "app", json!([owner(V2, "other", "u2")])),
+            secret(
+                "acr-pull-app",
+                "app",
+                json!([owner("msi-acrpull.microsoft.com/v1beta1", "app", "u1")]),
+            ),
+            secret(
+                "acr-pull-app",
+                "app",
+                json!([{"apiVersion": V2, "kind": "AcrPullBinding",
+                                                   "name": "app", "uid": "u1"}]),
+            ),
+            secret("acr-pull-app", "other", json!([owner(V2, "app", "u1")])),
+        ] {
+            assert!(!belongs_to(&s, &b), "{s:?}");
+        }
     }
 }

@@ -1,6 +1,14 @@
 //! The pull Secret (SPEC §4.2): its content, label, annotations and owner; writing a new token
 //! into it; and adopting a Secret of the right name that the label-filtered watch cannot see
 //! (the old controller's unlabelled secrets, SPEC §4.1, or a label removed by hand).
+//!
+//! Adoption takes only what a binding already controls. acrpull and the old controller both
+//! give every pull secret a controller ownerReference to its binding, so a Secret of the pull
+//! secret's name without one — or of another type — was made by someone else: the binding
+//! fails with `SecretConflict` instead of overwriting it. The admission policy
+//! `acrpull-secret-writes` (deploy/) draws the same line, so a controller that tried would
+//! be refused: it may update only Secrets that an AcrPullBinding of the same API group and
+//! name already controls.
 
 use std::collections::BTreeMap;
 
@@ -17,14 +25,15 @@ use serde_json::{json, Value};
 use super::binding::{rfc3339, BindingResource};
 use super::cache::NsCache;
 use super::error::ReconcileError;
-use super::observe::SecretMeta;
+use super::observe::{group_of, SecretMeta};
 use super::writer::Writer;
 use crate::azure::AcrCredential;
-use crate::state::binding::Resolved;
+use crate::state::binding::{Resolved, Version};
 use crate::state::dockerconfig::docker_config_json;
 use crate::state::names::{
-    BINDING_LABEL, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRY_ANNOTATION, INPUTS_ANNOTATION,
-    ISSUED_ANNOTATION, REFRESH_ANNOTATION, REFRESH_AT_ANNOTATION, VERIFIED_ANNOTATION,
+    BINDING_LABEL, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRY_ANNOTATION, INPUTS_ALL_ANNOTATION,
+    INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION, REFRESH_AT_ANNOTATION,
+    VERIFIED_ANNOTATION,
 };
 use crate::state::refresh::ceil_seconds;
 
@@ -52,7 +61,10 @@ impl NewToken<'_> {
             // ... and when issued: a token served from the cache part-way through its life
             // must still refresh at its own half-life.
             ISSUED_ANNOTATION: self.credential.issued_at.filter(|t| *t < written).map(rfc3339),
-            INPUTS_ANNOTATION: self.request.inputs_hash,
+            // The old controller's hash, so it finds the Secret current after a rollback ...
+            INPUTS_ANNOTATION: self.request.legacy_inputs_hash,
+            // ... and every input, so a change to one the old controller ignored re-mints.
+            INPUTS_ALL_ANNOTATION: self.request.inputs_hash,
             VERIFIED_ANNOTATION: self.verified.map(|v| v.to_string()),
             REFRESH_AT_ANNOTATION: self.refresh_at.map(rfc3339),
         })
@@ -215,14 +227,20 @@ pub enum Adoption {
     Foreign,
 }
 
-/// Whether `existing` (named like the binding's pull secret) belongs to the binding: owned by
-/// it (by UID, or by name for a previous incarnation), or ownerless (the old controller's).
-pub fn adoption(existing: &Secret, binding_uid: &str, binding_name: &str) -> Adoption {
-    let owners = existing.owner_references();
-    let ours = owners.is_empty()
-        || owners.iter().any(|o| {
-            o.kind == "AcrPullBinding" && (o.uid == binding_uid || o.name == binding_name)
-        });
+/// Whether `existing` (named like the binding's pull secret) belongs to the binding of
+/// `version` named `binding_name`: a `kubernetes.io/dockerconfigjson` Secret with a controller
+/// ownerReference to an AcrPullBinding of that API group and name. The uid may differ — a
+/// binding deleted and created again under its name takes its predecessor's Secret on — but
+/// an ownerless Secret is someone else's (see the module comment).
+pub fn adoption(existing: &Secret, version: Version, binding_name: &str) -> Adoption {
+    let group = group_of(version);
+    let controlled = existing.owner_references().iter().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "AcrPullBinding"
+            && o.api_version.split('/').next() == Some(group)
+            && o.name == binding_name
+    });
+    let ours = controlled && existing.type_.as_deref() == Some(DOCKER_CONFIG_TYPE);
     let labelled = existing.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding_name);
     match (ours, labelled) {
         (false, _) => Adoption::Foreign,
@@ -266,46 +284,60 @@ mod tests {
                 labels: label.map(|l| BTreeMap::from([(BINDING_LABEL.to_string(), l.to_string())])),
                 ..Default::default()
             },
+            type_: Some(DOCKER_CONFIG_TYPE.into()),
             ..Default::default()
         }
     }
 
-    fn owned_by(kind: &str, name: &str, uid: &str) -> OwnerReference {
+    fn controlled_by(api_version: &str, kind: &str, name: &str, uid: &str) -> OwnerReference {
         OwnerReference {
+            api_version: api_version.into(),
             kind: kind.into(),
             name: name.into(),
             uid: uid.into(),
+            controller: Some(true),
             ..Default::default()
         }
     }
 
+    const V2: &str = "acrpull.microsoft.com/v1beta2";
+    const V1: &str = "msi-acrpull.microsoft.com/v1beta1";
+
     #[test]
-    fn adoption_labels_ours_and_refuses_others() {
-        // The old controller's secret: no owner, no label.
+    fn adoption_labels_what_the_binding_controls_and_refuses_the_rest() {
+        let adopt = |s: &Secret| adoption(s, Version::V1beta2, "app");
+        // Controlled by this binding (or by one of its name before it), label removed.
+        let ours = controlled_by(V2, "AcrPullBinding", "app", "u1");
+        assert_eq!(adopt(&secret(vec![ours.clone()], None)), Adoption::Label);
+        let before = controlled_by(V2, "AcrPullBinding", "app", "u0");
+        assert_eq!(adopt(&secret(vec![before], None)), Adoption::Label);
+        // Labelled too: the watch is behind.
         assert_eq!(
-            adoption(&secret(vec![], None), "u1", "app"),
-            Adoption::Label
-        );
-        // Owned by this binding (or a previous incarnation of its name), label removed.
-        let ours = owned_by("AcrPullBinding", "app", "u1");
-        assert_eq!(
-            adoption(&secret(vec![ours.clone()], None), "u1", "app"),
-            Adoption::Label
-        );
-        let before = owned_by("AcrPullBinding", "app", "u0");
-        assert_eq!(
-            adoption(&secret(vec![before], None), "u1", "app"),
-            Adoption::Label
-        );
-        assert_eq!(
-            adoption(&secret(vec![ours], Some("app")), "u1", "app"),
+            adopt(&secret(vec![ours.clone()], Some("app"))),
             Adoption::Cache
         );
-        // Someone else's.
-        let other = owned_by("Deployment", "web", "u9");
-        assert_eq!(
-            adoption(&secret(vec![other], None), "u1", "app"),
-            Adoption::Foreign
-        );
+        // Ownerless: nobody's binding wrote it (acrpull and msi-acrpull always set the owner).
+        assert_eq!(adopt(&secret(vec![], None)), Adoption::Foreign);
+        assert_eq!(adopt(&secret(vec![], Some("app"))), Adoption::Foreign);
+        // Someone else's: another kind, the other API group, another binding, no controller
+        // flag, or another type of Secret.
+        for owner in [
+            controlled_by("apps/v1", "Deployment", "app", "u9"),
+            controlled_by(V1, "AcrPullBinding", "app", "u1"),
+            controlled_by(V2, "AcrPullBinding", "other", "u2"),
+            OwnerReference {
+                controller: None,
+                ..ours.clone()
+            },
+        ] {
+            assert_eq!(
+                adopt(&secret(vec![owner.clone()], None)),
+                Adoption::Foreign,
+                "{owner:?}"
+            );
+        }
+        let mut opaque = secret(vec![ours], None);
+        opaque.type_ = Some("Opaque".into());
+        assert_eq!(adopt(&opaque), Adoption::Foreign);
     }
 }

@@ -20,11 +20,14 @@ use super::mint::{self, Mint};
 use super::observe::observe;
 use super::status;
 use super::tracker::{BindingKey, Report};
-use crate::state::decide::{decide, CleanupStep, Decision, ExtraneousStep, Observed, Plan};
+use crate::state::decide::{
+    decide, CleanupStep, Decision, ExtraneousStep, Observed, Plan, TenancyView,
+};
 use crate::state::names::{expected_secret_name, EXPIRY_ANNOTATION};
 use crate::state::reason::Reason;
 use crate::state::record::{Phase, Record};
 use crate::state::refresh::{requeue_after, retry_at, seed_of};
+use crate::state::tenancy::Mode;
 
 /// While the caches sync, passes look again this often.
 const SYNC_POLL: Duration = Duration::from_millis(200);
@@ -134,7 +137,11 @@ async fn pass<K: BindingResource>(
             report(ctx, key, &observed, &decision.record, now);
         }
         steps += 1;
-        match execute(&b, key, &observed, &decision, ctx, now, &mut notes).await {
+        let step = execute(&b, key, &observed, &decision, ctx, now, &mut notes).await;
+        if step.is_ok() {
+            policy_signals(ctx, b.as_ref(), &observed, &decision).await;
+        }
+        match step {
             Err(e) => break Err(e),
             Ok(Step::Stop(done)) => {
                 break Ok(done
@@ -180,7 +187,7 @@ fn decide_now<K: BindingResource>(
 ) -> (Observed, Decision, Timestamp) {
     let ns = key.namespace.as_str();
     let target = b.service_accounts().into_iter().next().unwrap_or_default();
-    let observed = observe(
+    let mut observed = observe(
         b,
         ctx.selector.matches(b.labels()),
         &ctx.caches.secrets.in_namespace(ns),
@@ -190,6 +197,9 @@ fn decide_now<K: BindingResource>(
             .index_of(K::VERSION)
             .siblings(ns, &key.name, &target),
     );
+    observed.tenancy = tenancy_view(ctx, ns);
+    // An outdated CRD prunes most status fields: compare only the ones it keeps.
+    observed.binding.status.kept = ctx.crds.kept(K::VERSION);
     let now = Timestamp::now();
     let decision = decide(&observed, now, &ctx.policy);
     tracing::debug!(
@@ -212,6 +222,8 @@ fn plan_name(plan: &Plan) -> &'static str {
         Plan::Mint { .. } => "Mint",
         Plan::Attach { .. } => "Attach",
         Plan::RemoveExtraneousSecret(_) => "RemoveExtraneousSecret",
+        Plan::Revoke(ExtraneousStep::Detach { .. }) => "RevokeDetach",
+        Plan::Revoke(ExtraneousStep::Delete(_)) => "RevokeDeleteSecret",
         Plan::WriteStatus(_) => "WriteStatus",
         Plan::Wait => "Wait",
     }
@@ -285,6 +297,41 @@ async fn execute<K: BindingResource>(
         Plan::Cleanup(CleanupStep::DeleteSecret(name))
         | Plan::RemoveExtraneousSecret(ExtraneousStep::Delete(name)) => {
             delete_secret(ctx, ns, name).await?;
+            go_on
+        }
+        Plan::Revoke(ExtraneousStep::Detach {
+            service_account,
+            pull_secrets,
+        }) => {
+            if !set_pull_secrets(ctx, ns, service_account, pull_secrets).await? {
+                stop
+            } else {
+                tracing::warn!(
+                    namespace = %key.namespace, name = %key.name, service_account = %service_account,
+                    reason = d.record.reason.as_str(),
+                    "policy refuses the binding: pull secret detached from the service account"
+                );
+                go_on
+            }
+        }
+        Plan::Revoke(ExtraneousStep::Delete(name)) => {
+            delete_secret(ctx, ns, name).await?;
+            ctx.metrics.revocations.inc();
+            tracing::warn!(
+                namespace = %key.namespace, name = %key.name, secret = %name,
+                reason = d.record.reason.as_str(), error = %d.record.error,
+                "policy refuses the binding: pull secret deleted"
+            );
+            publish(
+                &ctx.writer,
+                &ctx.reporter,
+                b.as_ref(),
+                Severity::Warning,
+                Reason::CredentialRevoked,
+                "Revoke",
+                format!("pull secret {name} deleted: {}", d.record.error),
+            )
+            .await;
             go_on
         }
         Plan::Cleanup(CleanupStep::RemoveFinalizer) => {
@@ -362,25 +409,103 @@ async fn execute<K: BindingResource>(
             if record.phase == Phase::Ready {
                 ctx.failures.mint_succeeded(key);
             }
-            Step::Continue {
-                binding: Some(written),
+            match written {
+                Some(written) => Step::Continue {
+                    binding: Some(written),
+                },
+                // No status subresource: nothing more this pass can change.
+                None => stop,
             }
         }
     };
     Ok(step)
 }
 
-/// Write `record` as the binding's status; returns the binding as written (also kept in the
-/// caches, so its watch event is known as our own).
+/// Write `record` as the binding's status, in the fields the installed CRD keeps; returns the
+/// binding as written (also kept in the caches, so its watch event is known as our own), or
+/// `None` when the CRD keeps no status at all (nothing was sent).
 pub async fn write_status<K: BindingResource>(
     ctx: &Context,
     b: &K,
     record: &Record,
     now: Timestamp,
-) -> Result<Arc<K>, ReconcileError> {
-    let mut written = status::write(&ctx.writer, b, record, now).await?;
+) -> Result<Option<Arc<K>>, ReconcileError> {
+    let kept = ctx.crds.kept(K::VERSION);
+    let Some(mut written) = status::write(&ctx.writer, kept, b, record, now).await? else {
+        return Ok(None);
+    };
     super::cache::trim_binding(&mut written);
-    Ok(ctx.caches.bindings.written(written))
+    Ok(Some(ctx.caches.bindings.written(written)))
+}
+
+/// The tenancy policies and the namespace's labels, when the mode reads them.
+fn tenancy_view(ctx: &Context, ns: &str) -> Option<TenancyView> {
+    if ctx.policy.tenancy_mode == Mode::Off {
+        return None;
+    }
+    let policies = ctx
+        .caches
+        .policies
+        .in_namespace("")
+        .iter()
+        .map(|p| p.view())
+        .collect();
+    Some(TenancyView {
+        policies: Arc::new(policies),
+        namespace_labels: ctx
+            .caches
+            .namespaces
+            .get("", ns)
+            .map(|n| n.labels().clone()),
+    })
+}
+
+/// Count (and, in audit mode, tell) what the operator's policy did to the binding this pass:
+/// once per refusal, when its status first says so.
+async fn policy_signals<K: BindingResource>(ctx: &Context, b: &K, o: &Observed, d: &Decision) {
+    let mode = ctx.policy.tenancy_mode.as_str();
+    match &d.plan {
+        Plan::Fail(r)
+            if matches!(
+                r.reason,
+                Reason::NotPermitted | Reason::ActionNotAllowed | Reason::AuthorityNotAllowed
+            ) && o
+                .binding
+                .status
+                .ready
+                .as_ref()
+                .and_then(|(_, reason, _)| *reason)
+                != Some(r.reason) =>
+        {
+            ctx.metrics.refusal(mode, r.reason.as_str());
+        }
+        Plan::WriteStatus(r) => {
+            let flagged = |p: &Option<(bool, String)>| p.as_ref().is_some_and(|(ok, _)| !ok);
+            if flagged(&r.permitted) && !flagged(&o.binding.status.permitted) {
+                ctx.metrics.refusal(mode, Reason::NotPermitted.as_str());
+                let message = r
+                    .permitted
+                    .as_ref()
+                    .map(|(_, m)| m.clone())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    namespace = %o.binding.namespace, name = %o.binding.name, error = %message,
+                    "binding outside every AcrPullPolicy (audit mode: served)"
+                );
+                publish(
+                    &ctx.writer,
+                    &ctx.reporter,
+                    b,
+                    Severity::Warning,
+                    Reason::NotPermitted,
+                    "Audit",
+                    message,
+                )
+                .await;
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Set the binding's finalizers; returns the binding as written (also kept in the caches).

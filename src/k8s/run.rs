@@ -2,12 +2,18 @@
 //! feeding reflector caches, and one kube-runtime controller per binding version, both
 //! triggered by Secret and ServiceAccount changes. The context's readiness flips once every
 //! watch has delivered its initial list; passes wait for it (the sync gate).
+//!
+//! With `--tenancy-mode` audit or enforce, two more watches join the sync gate: `AcrPullPolicy`
+//! objects (a change re-evaluates every binding: policies are few and rarely edited, and which
+//! bindings an edit affects depends on the policy before and after it) and Namespaces as
+//! metadata only (a namespace's label change re-evaluates the bindings in it). With `off`
+//! neither is watched, so the old controller's memory and RBAC needs are unchanged.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use futures::channel::mpsc;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
@@ -16,19 +22,33 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
+use super::api::policy::AcrPullPolicy;
 use super::api::{v1beta1, v1beta2};
 use super::binding::BindingResource;
-use super::cache::{trim_binding, trim_secret, trim_service_account, BindingIndex};
+use super::cache::{trim_binding, trim_secret, trim_service_account, BindingIndex, NamespaceMeta};
 use super::context::Context;
 use super::observe::{pull_secret_names, secret_owner, SecretMeta};
 use super::reconcile::{error_policy, reconcile};
 use crate::http::health::Readiness;
+use crate::state::binding::Policy;
 use crate::state::names::{expected_secret_name, BINDING_LABEL};
+use crate::state::tenancy::Mode;
 
 /// Events buffered per subscriber of a shared cache.
 const SUBSCRIBE_BUFFER: usize = 1024;
-/// The watches readiness waits for.
+/// The watches readiness waits for with `--tenancy-mode=off`; see [`watches`].
 pub const WATCHES: usize = 4;
+
+/// The watches readiness waits for under `policy`: policies and namespaces join with a
+/// tenancy mode, so no pass decides on a policy cache that has not delivered its list (an
+/// empty one would refuse, and in enforce revoke, every binding).
+pub fn watches(policy: &Policy) -> usize {
+    if policy.tenancy_mode == Mode::Off {
+        WATCHES
+    } else {
+        WATCHES + 2
+    }
+}
 
 /// Passes that may run at once per API call slot (`--concurrency`): most of a pass that
 /// waits is waiting for Azure (rate limits, retries), which loads neither the API server nor
@@ -89,6 +109,17 @@ impl Wake {
             let _ = self.v2.unbounded_send(r);
         }
     }
+
+    /// A Namespace's labels changed: every binding in it (tenancy modes only).
+    fn namespace(&self, caches: &super::cache::Caches, ns: &NamespaceMeta) {
+        let ns = ns.name_any();
+        for (name, _) in caches.v1beta1.in_namespace(&ns) {
+            let _ = self.v1.unbounded_send(ObjectRef::new(&name).within(&ns));
+        }
+        for (name, _) in caches.v1beta2.in_namespace(&ns) {
+            let _ = self.v2.unbounded_send(ObjectRef::new(&name).within(&ns));
+        }
+    }
 }
 
 /// Run both controllers until `shutdown` resolves. Becoming leader (the channel the context's
@@ -103,6 +134,9 @@ pub async fn run(
     let readiness = ctx.readiness.clone();
     let secret_cache = ctx.caches.secrets.clone();
     let caches = ctx.caches.clone();
+    let ns_caches = ctx.caches.clone();
+    let client_for_policies = client.clone();
+    let client_for_namespaces = client.clone();
     let (v1_tx, v1_rx) = mpsc::unbounded();
     let (v2_tx, v2_rx) = mpsc::unbounded();
     let wake = Wake {
@@ -110,6 +144,7 @@ pub async fn run(
         v2: v2_tx,
     };
     let sa_wake = wake.clone();
+    let ns_wake = wake.clone();
 
     let secrets = watcher(
         Api::<SecretMeta>::all(client.clone()),
@@ -144,23 +179,88 @@ pub async fn run(
         std::future::ready(())
     });
 
+    // Tenancy: policies and namespace labels (only when a mode reads them).
+    let tenancy = ctx.policy.tenancy_mode != Mode::Off;
+    let (policy_tx, policy_rx) = watch::channel(0u64);
+    let policy_cache = ctx.caches.policies.clone();
+    let policy_ready = readiness.clone();
+    let policies = async move {
+        if !tenancy {
+            return std::future::pending::<()>().await;
+        }
+        watcher(
+            Api::<AcrPullPolicy>::all(client_for_policies),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .inspect(mark_ready(policy_ready))
+        .for_each(move |e| {
+            match &e {
+                Ok(event) => {
+                    policy_cache.apply_event(event);
+                    if matches!(
+                        event,
+                        watcher::Event::Apply(_)
+                            | watcher::Event::Delete(_)
+                            | watcher::Event::InitDone
+                    ) {
+                        policy_tx.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                }
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    "watching AcrPullPolicy objects failed (is the CRD installed?); bindings wait"
+                ),
+            }
+            std::future::ready(())
+        })
+        .await
+    };
+    let ns_ready = readiness.clone();
+    let namespaces = async move {
+        if !tenancy {
+            return std::future::pending::<()>().await;
+        }
+        watcher(
+            Api::<NamespaceMeta>::all(client_for_namespaces),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .inspect(mark_ready(ns_ready))
+        .for_each(move |e| {
+            if let Ok(e) = e {
+                ns_caches.namespaces.apply_event(&e);
+                touched(&e, |o| ns_wake.namespace(&ns_caches, o));
+            }
+            std::future::ready(())
+        })
+        .await
+    };
+
     let v1 = controller_for::<v1beta1::AcrPullBinding>(
         &client,
         &config,
         ctx.clone(),
         Triggers {
             related: v1_rx,
+            policies: policy_rx.clone(),
             leader: leader.clone(),
+            crds: ctx.crds.changes(),
         },
         shutdown.clone(),
     );
+    let crds = ctx.crds.changes();
     let v2 = controller_for::<v1beta2::AcrPullBinding>(
         &client,
         &config,
         ctx,
         Triggers {
             related: v2_rx,
+            policies: policy_rx,
             leader,
+            crds,
         },
         shutdown.clone(),
     );
@@ -168,6 +268,8 @@ pub async fn run(
         tokio::select! {
             _ = secrets => {}
             _ = service_accounts => {}
+            _ = policies => {}
+            _ = namespaces => {}
             _ = shutdown => {}
         }
     };
@@ -200,11 +302,24 @@ fn on_leadership(leader: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send
     })
 }
 
+/// A stream that yields once each time the watched value changes.
+fn on_change<T: Send + Sync + 'static>(
+    rx: watch::Receiver<T>,
+) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
+}
+
 /// What one controller is triggered by, besides its own bindings.
 struct Triggers<K: BindingResource> {
-    /// Bindings whose Secret or ServiceAccount changed.
+    /// Bindings whose Secret, ServiceAccount or (tenancy modes) Namespace changed.
     related: mpsc::UnboundedReceiver<ObjectRef<K>>,
+    /// Bumped when any `AcrPullPolicy` changes (tenancy modes only).
+    policies: watch::Receiver<u64>,
     leader: watch::Receiver<bool>,
+    crds: watch::Receiver<u64>,
 }
 
 async fn controller_for<K: BindingResource>(
@@ -212,7 +327,7 @@ async fn controller_for<K: BindingResource>(
     config: &RunConfig,
     ctx: Arc<Context>,
     triggers: Triggers<K>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let readiness = ctx.readiness.clone();
     let (reader, writer) = reflector::store_shared::<K>(SUBSCRIBE_BUFFER);
@@ -238,17 +353,42 @@ async fn controller_for<K: BindingResource>(
     let written = ctx.caches.bindings.clone();
     let events = events.filter(move |b| std::future::ready(!written.is_echo(b.as_ref())));
 
+    // kube-runtime holds the runner until the store has its initial list and only then
+    // notices the shutdown, so a controller that never synced (the API server unreachable)
+    // would hold SIGTERM until the drain timeout. Unsynced, nothing can be in flight: stop.
+    let unsynced_stop = {
+        let reader = reader.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            if reader.wait_until_ready().now_or_never().is_some() {
+                // Synced: the controller drains its passes on the same signal.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     let controller = Controller::for_shared_stream(events, reader)
         .with_config(controller::Config::default().concurrency(passes(config.concurrency)))
         .reconcile_on(triggers.related)
         .reconcile_all_on(on_leadership(triggers.leader))
+        .reconcile_all_on(on_change(triggers.policies))
+        // What the installed CRDs keep changed (new CRDs applied): every status is rewritten.
+        .reconcile_all_on(on_change(triggers.crds))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| std::future::ready(()));
     tokio::select! {
         _ = bindings => {}
         _ = controller => {}
+        _ = unsynced_stop => {
+            tracing::debug!(version = ?K::VERSION, "stopped before the initial list arrived");
+        }
     }
+}
+
+/// The tenancy caches never need `managedFields`.
+fn strip_managed_fields<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
 }
 
 /// A labelled Secret maps to the binding of its version named by the label.

@@ -13,7 +13,9 @@ use crate::azure::{AzureError, ServiceAccountTokenSource};
 use crate::state::token::SecretToken;
 
 /// Lifetime asked for; the assertion is used once, right away (600 s is the API minimum).
-const EXPIRATION_SECONDS: i64 = 600;
+/// The admission policy `acrpull-token-request` (deploy/) refuses longer ones: it carries the
+/// same number, and tests/manifests checks that the two agree.
+pub const EXPIRATION_SECONDS: i64 = 600;
 
 pub struct TokenRequests {
     writer: Writer,

@@ -11,24 +11,19 @@ use super::error::ReconcileError;
 use super::writer::Writer;
 use crate::state::reason::Reason;
 use crate::state::record::Record;
+use crate::state::status_schema::{StatusFields, STATUS_FIELDS};
 
 /// The condition `kubectl wait --for=condition=Ready` waits for: the pull secret works.
 pub const READY: &str = "Ready";
 /// The condition saying whether the registry granted every requested scope.
 pub const CREDENTIAL_VERIFIED: &str = "CredentialVerified";
+/// The condition saying whether an `AcrPullPolicy` permits the binding (tenancy modes audit
+/// and enforce only).
+pub const PERMITTED: &str = "Permitted";
 
 /// Every field of [`AcrPullBindingStatus`] as serialised (checked by a test): the ones the
 /// record leaves empty are sent as `null` so the stored status loses them.
-const FIELDS: [&str; 8] = [
-    "lastTokenRefreshTime",
-    "tokenExpirationTime",
-    "error",
-    "phase",
-    "conditions",
-    "observedGeneration",
-    "nextRefreshTime",
-    "consecutiveFailures",
-];
+const FIELDS: [&str; 8] = STATUS_FIELDS;
 
 /// The condition of `type_` saying `status`: its transition time is kept while the status does
 /// not change.
@@ -92,6 +87,16 @@ pub fn render(
             now,
         ));
     }
+    if let Some((permitted, message)) = &record.permitted {
+        let reason = if *permitted {
+            Reason::Permitted
+        } else {
+            Reason::NotPermitted
+        };
+        conditions.push(condition(
+            previous, PERMITTED, *permitted, reason, message, generation, now,
+        ));
+    }
     AcrPullBindingStatus {
         last_token_refresh_time: record.last_refresh.map(Time),
         token_expiration_time: record.expiry.map(Time),
@@ -104,8 +109,9 @@ pub fn render(
     }
 }
 
-/// The merge patch that makes the stored status exactly `status`.
-pub fn patch(status: &AcrPullBindingStatus) -> serde_json::Value {
+/// The merge patch that makes the stored status exactly `status`, in the fields the installed
+/// CRD keeps (`kept`); the others would be pruned by the API server, so they are not sent.
+pub fn patch(status: &AcrPullBindingStatus, kept: StatusFields) -> serde_json::Value {
     let mut fields = match serde_json::to_value(status) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => serde_json::Map::new(),
@@ -113,27 +119,33 @@ pub fn patch(status: &AcrPullBindingStatus) -> serde_json::Value {
     for f in FIELDS {
         fields.entry(f).or_insert(serde_json::Value::Null);
     }
+    fields.retain(|f, _| kept.keeps(f));
     serde_json::json!({ "status": fields })
 }
 
-/// Write `record` as the binding's status; returns the binding as written.
+/// Write `record` as the binding's status, as far as the CRD keeps it (`kept`); returns the
+/// binding as written, or `None` when nothing was written (the CRD has no status subresource).
 pub async fn write<K: BindingResource>(
     writer: &Writer,
+    kept: StatusFields,
     binding: &K,
     record: &Record,
     now: Timestamp,
-) -> Result<K, ReconcileError> {
+) -> Result<Option<K>, ReconcileError> {
+    if kept.is_empty() {
+        return Ok(None);
+    }
     let status = render(record, binding.status(), now);
     let meta = binding.meta();
     let mut written: K = writer
         .patch_status::<K>(
             meta.namespace.as_deref().unwrap_or_default(),
             meta.name.as_deref().unwrap_or_default(),
-            &patch(&status),
+            &patch(&status, kept),
         )
         .await?;
     written.meta_mut().managed_fields = None;
-    Ok(written)
+    Ok(Some(written))
 }
 
 #[cfg(test)]
@@ -158,6 +170,7 @@ mod tests {
             consecutive_failures: 2,
             observed_generation: 3,
             verified: Some(true),
+            permitted: None,
         }
     }
 
@@ -183,13 +196,22 @@ mod tests {
             consecutive_failures: 0,
             ..record()
         };
-        let p = patch(&render(&healthy, Some(&full), now));
+        let p = patch(&render(&healthy, Some(&full), now), StatusFields::ALL);
         assert_eq!(p["status"]["error"], serde_json::Value::Null);
         assert_eq!(p["status"]["consecutiveFailures"], serde_json::Value::Null);
         assert_eq!(p["status"]["nextRefreshTime"], serde_json::Value::Null);
         assert_eq!(p["status"]["phase"], "Ready");
         assert_eq!(p["status"]["conditions"][0]["reason"], "TokenIssued");
         assert_eq!(p["status"]["tokenExpirationTime"], "2026-01-01T01:00:00Z");
+
+        // With the old controller's CRD, only its three fields are sent.
+        let old = StatusFields::of(&["lastTokenRefreshTime", "tokenExpirationTime", "error"]);
+        let p = patch(&render(&healthy, Some(&full), now), old);
+        let sent: Vec<&String> = p["status"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            sent,
+            ["error", "lastTokenRefreshTime", "tokenExpirationTime"]
+        );
     }
 
     #[test]

@@ -134,6 +134,25 @@ impl Tracker {
         transition
     }
 
+    /// Drop every record (not the transition counters): this replica lost the Lease, so what it
+    /// saw is no longer current (`/debug` on a standby must not show it).
+    pub fn clear(&self) {
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        inner.entries.clear();
+    }
+
+    /// Clear the records each time `leader` turns false, until it closes.
+    pub async fn clear_on_standby(self, mut leader: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if !*leader.borrow_and_update() {
+                self.clear();
+            }
+            if leader.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     pub fn forget(&self, key: &BindingKey) {
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         inner.entries.remove(key);
@@ -228,6 +247,7 @@ mod tests {
                 consecutive_failures: 0,
                 observed_generation: 1,
                 verified: None,
+                permitted: None,
             },
             secret_name: "acr-pull-a".into(),
             service_account: "default".into(),
@@ -281,5 +301,9 @@ mod tests {
         );
         t.forget(&key);
         assert!(t.list().is_empty());
+        t.record(&key, report(Phase::Ready), now);
+        t.clear();
+        assert!(t.list().is_empty());
+        assert_eq!(t.transitions_total()[&("Pending", "Exchanging")], 1);
     }
 }

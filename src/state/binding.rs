@@ -10,6 +10,9 @@ use super::reason::Reason;
 use super::refresh::{Backoff, RefreshRule};
 use super::scope;
 use super::server::{check_server, AllowedSuffixes, RegistryHost};
+use super::tenancy::{
+    first_disallowed, normalize_authority, AllowedActions, AllowedClouds, Mode as TenancyMode,
+};
 
 /// Annotations workload identity reads from the asserting ServiceAccount.
 pub const WI_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
@@ -38,6 +41,8 @@ pub struct V1beta1Spec {
     pub client_id: String,
     pub resource_id: String,
     pub service_account_name: String,
+    /// The binding's `acr.microsoft.com/identity-audience` annotation, as written.
+    pub identity_audience: Option<String>,
 }
 
 /// The v1beta2 spec as written (`None` = the object was absent).
@@ -50,6 +55,8 @@ pub struct V1beta2Spec {
     pub managed: Option<(String, String)>,      // (clientID, resourceID)
     pub workload: Option<WorkloadSpec>,
     pub service_account_name: String,
+    /// The binding's `acr.microsoft.com/identity-audience` annotation, as written.
+    pub identity_audience: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -97,6 +104,12 @@ pub struct Policy {
     /// No requeue is ever scheduled sooner than this.
     pub min_requeue: std::time::Duration,
     pub env: EnvDefaults,
+    /// `--allowed-scope-actions`: the scope actions any binding may ask for (every mode).
+    pub allowed_actions: AllowedActions,
+    /// `--allowed-entra-authority-hosts` and `--allowed-resource-manager-audiences`.
+    pub allowed_clouds: AllowedClouds,
+    /// `--tenancy-mode`: whether `AcrPullPolicy` objects are evaluated, and with what effect.
+    pub tenancy_mode: TenancyMode,
 }
 
 impl Policy {
@@ -123,6 +136,9 @@ impl Default for Policy {
             after_write: std::time::Duration::from_secs(5),
             min_requeue: super::refresh::MIN_REQUEUE,
             env: EnvDefaults::default(),
+            allowed_actions: AllowedActions::default(),
+            allowed_clouds: AllowedClouds::default(),
+            tenancy_mode: TenancyMode::Off,
         }
     }
 }
@@ -151,6 +167,39 @@ pub enum IdentitySpec {
     },
 }
 
+/// What identity tokens are requested for, when a binding chooses (the annotation
+/// [`IDENTITY_AUDIENCE_ANNOTATION`](super::names::IDENTITY_AUDIENCE_ANNOTATION)); otherwise
+/// `--identity-audience` decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenAudience {
+    /// The cloud's Resource Manager (registries with authentication-as-ARM enabled).
+    ResourceManager,
+    /// The ACR audience (registries with authentication-as-ARM disabled).
+    ContainerRegistry,
+}
+
+impl TokenAudience {
+    /// The annotation's values (the same as `--identity-audience`'s).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenAudience::ResourceManager => "resource-manager",
+            TokenAudience::ContainerRegistry => "container-registry",
+        }
+    }
+
+    /// The annotation's value; surrounding white space is ignored, nothing else.
+    pub fn parse(value: &str) -> Result<TokenAudience, Invalid> {
+        match value.trim() {
+            "resource-manager" => Ok(TokenAudience::ResourceManager),
+            "container-registry" => Ok(TokenAudience::ContainerRegistry),
+            other => Err(Invalid::spec(format!(
+                "annotation {}: {other:?} is not resource-manager or container-registry",
+                super::names::IDENTITY_AUDIENCE_ANNOTATION
+            ))),
+        }
+    }
+}
+
 /// What the ServiceAccounts a binding names look like (only what decisions need).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceAccountView {
@@ -169,10 +218,41 @@ pub struct Resolved {
     pub identity: IdentitySpec,
     pub cloud: CloudSpec,
     pub arm_resource_override: Option<String>,
+    /// The binding's own choice of token audience (None: the controller's default).
+    pub audience: Option<TokenAudience>,
+    /// Every input ([`inputs`] full hash): `acr.microsoft.com/token.inputs-all`.
     pub inputs_hash: String,
+    /// The old controller's hash: `acr.microsoft.com/token.inputs`.
+    pub legacy_inputs_hash: String,
+    /// Whether a Secret of the old controller (no `token.inputs-all`) with the legacy hash
+    /// counts as current: true unless the binding sets an input the old controller could not
+    /// have served (the identity-audience annotation, an air-gapped cloud config).
+    pub accepts_legacy_inputs: bool,
     pub secret_name: String,
     pub target_service_account: String,
     pub refresh_rule: RefreshRule,
+}
+
+impl Resolved {
+    /// Whether a Secret's recorded inputs (`token.inputs`, `token.inputs-all`) are this
+    /// binding's. A Secret acrpull wrote carries both and both must match (a hand edit of
+    /// either re-mints). A Secret without `token.inputs-all` was written by the old controller
+    /// (or an acrpull before that annotation): its `token.inputs` is current when it is the
+    /// full hash, or the legacy hash when [`Resolved::accepts_legacy_inputs`] — the old
+    /// controller never hashed workload-identity client and tenant ids, so its Secret for such
+    /// a binding cannot say which ids it was minted for; it is taken as minted for the current
+    /// ones (the old controller did the same) and replaced at its next refresh.
+    pub fn inputs_match(&self, inputs: Option<&str>, inputs_all: Option<&str>) -> bool {
+        match inputs_all {
+            Some(all) => {
+                all == self.inputs_hash && inputs == Some(self.legacy_inputs_hash.as_str())
+            }
+            None => inputs.is_some_and(|i| {
+                i == self.inputs_hash
+                    || (self.accepts_legacy_inputs && i == self.legacy_inputs_hash)
+            }),
+        }
+    }
 }
 
 /// Why a binding cannot be served; `reason` is a static condition/event reason.
@@ -183,6 +263,16 @@ pub struct Invalid {
 }
 
 impl Invalid {
+    /// Whether this refusal is a definite operator decision that also takes away the
+    /// credential the binding already has (not only stops new ones): a scope action, an
+    /// air-gapped authority or a tenancy policy the operator did not allow.
+    pub fn revokes(&self) -> bool {
+        matches!(
+            self.reason,
+            Reason::ActionNotAllowed | Reason::AuthorityNotAllowed | Reason::NotPermitted
+        )
+    }
+
     fn spec(message: impl Into<String>) -> Self {
         Self {
             reason: Reason::InvalidSpec,
@@ -208,7 +298,10 @@ pub struct Static {
     pub auth: StaticAuth,
     pub cloud: CloudSpec,
     pub arm_resource_override: Option<String>,
+    pub audience: Option<TokenAudience>,
     pub inputs_hash: String,
+    pub legacy_inputs_hash: String,
+    pub accepts_legacy_inputs: bool,
     pub secret_name: String,
     pub target_service_account: String,
     pub refresh_rule: RefreshRule,
@@ -283,7 +376,10 @@ impl Static {
             identity,
             cloud: self.cloud.clone(),
             arm_resource_override: self.arm_resource_override.clone(),
+            audience: self.audience,
             inputs_hash: self.inputs_hash.clone(),
+            legacy_inputs_hash: self.legacy_inputs_hash.clone(),
+            accepts_legacy_inputs: self.accepts_legacy_inputs,
             secret_name: self.secret_name.clone(),
             target_service_account: self.target_service_account.clone(),
             refresh_rule: self.refresh_rule,
@@ -323,7 +419,7 @@ fn validate_v1beta1(name: &str, s: &V1beta1Spec, policy: &Policy) -> Result<Stat
     let scope = if s.scope.trim().is_empty() {
         None
     } else {
-        Some(scope_of(&s.scope)?)
+        Some(scope_of(&s.scope, &policy.allowed_actions)?)
     };
     let identity = if !client_id.is_empty() {
         check_guidish(
@@ -354,8 +450,17 @@ fn validate_v1beta1(name: &str, s: &V1beta1Spec, policy: &Policy) -> Result<Stat
         s.service_account_name.clone()
     };
     check_object_name("spec.serviceAccountName", &target)?;
+    let audience = s
+        .identity_audience
+        .as_deref()
+        .map(TokenAudience::parse)
+        .transpose()?;
+    let annotation = audience.map(TokenAudience::as_str);
     Ok(Static {
-        inputs_hash: inputs::v1beta1(client_id, &resource_id, server, &s.scope),
+        inputs_hash: inputs::v1beta1_all(client_id, &resource_id, server, &s.scope, annotation),
+        legacy_inputs_hash: inputs::v1beta1(client_id, &resource_id, server, &s.scope),
+        accepts_legacy_inputs: audience.is_none(),
+        audience,
         registry,
         scope,
         auth: StaticAuth::Managed(identity),
@@ -380,7 +485,7 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
                 message: e.to_string(),
             }
         })?;
-    let scope = scope_of(&s.scope)?;
+    let scope = scope_of(&s.scope, &policy.allowed_actions)?;
     let cloud = match (s.environment.as_str(), &s.cloud_config) {
         ("PublicCloud" | "", None) => CloudSpec::Public,
         ("USGovernmentCloud", None) => CloudSpec::USGovernment,
@@ -395,9 +500,11 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
             }
             if !authority.starts_with("https://") {
                 return Err(Invalid::spec(format!(
-                    "spec.acr.cloudConfig.entraAuthorityHost {authority:?} must be an https:// URL"
+                    "spec.acr.cloudConfig.entraAuthorityHost {:?} must be an https:// URL",
+                    truncate(authority)
                 )));
             }
+            check_cloud(authority, audience, &policy.allowed_clouds)?;
             CloudSpec::Airgapped {
                 entra_authority_host: authority.to_string(),
                 resource_manager_audience: audience.to_string(),
@@ -482,7 +589,12 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
         return Err(Invalid::spec("spec.serviceAccountName is required"));
     }
     check_object_name("spec.serviceAccountName", &s.service_account_name)?;
-    let inputs_hash = inputs::v1beta2(&inputs::V1beta2Inputs {
+    let audience = s
+        .identity_audience
+        .as_deref()
+        .map(TokenAudience::parse)
+        .transpose()?;
+    let hashed = inputs::V1beta2Inputs {
         service_account_name: &s.service_account_name,
         managed: s.managed.as_ref().map(|(c, r)| (c.as_str(), r.as_str())),
         workload_service_account: s.workload.as_ref().map(|w| w.service_account_ref.as_str()),
@@ -497,14 +609,20 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
             .cloud_config
             .as_ref()
             .map(|(a, b)| (a.as_str(), b.as_str())),
-    });
+        identity_audience: audience.map(TokenAudience::as_str),
+    };
     Ok(Static {
         registry,
         scope: Some(scope),
         auth,
         cloud,
         arm_resource_override: None,
-        inputs_hash,
+        audience,
+        inputs_hash: inputs::v1beta2(&hashed),
+        legacy_inputs_hash: inputs::v1beta2_legacy(&hashed),
+        // The old controller's CEL typo kept cloudConfig off every binding, and it never read
+        // the annotation: a Secret of it cannot be current for either.
+        accepts_legacy_inputs: audience.is_none() && s.cloud_config.is_none(),
         secret_name: names::pull_secret_name(name),
         target_service_account: s.service_account_name.clone(),
         refresh_rule: RefreshRule::V1beta2 {
@@ -513,10 +631,58 @@ fn validate_v1beta2(name: &str, s: &V1beta2Spec, policy: &Policy) -> Result<Stat
     })
 }
 
-fn scope_of(raw: &str) -> Result<String, Invalid> {
-    scope::parse(raw)
-        .map(|s| scope::canonical(&s))
-        .map_err(|e| Invalid::spec(e.to_string()))
+/// Parse and canonicalise a scope, refusing actions the operator did not allow (in every
+/// tenancy mode: push, delete and `*` are not for pull secrets unless allowed).
+fn scope_of(raw: &str, allowed: &AllowedActions) -> Result<String, Invalid> {
+    let scopes = scope::parse(raw).map_err(|e| Invalid::spec(e.to_string()))?;
+    if let Some((s, action)) = first_disallowed(&scopes, |a| allowed.allows(a)) {
+        return Err(Invalid {
+            reason: Reason::ActionNotAllowed,
+            message: format!(
+                "scope {:?} asks for action {action:?}, which this controller does not grant \
+                 (allowed: {}); an operator can allow more actions with --allowed-scope-actions \
+                 (Helm value scopeActions.allowed)",
+                truncate(&s.to_string()),
+                allowed.as_slice().join(", ")
+            ),
+        });
+    }
+    Ok(scope::canonical(&scopes))
+}
+
+/// An air-gapped binding's authority and audience are used only when the operator listed
+/// them: otherwise a binding could send the controller's ServiceAccount token (a credential
+/// for every identity federated with it) to any host it names.
+fn check_cloud(authority: &str, audience: &str, allowed: &AllowedClouds) -> Result<(), Invalid> {
+    let normalized = normalize_authority(authority).map_err(|why| {
+        Invalid::spec(format!(
+            "spec.acr.cloudConfig.entraAuthorityHost {:?} {why}",
+            truncate(authority)
+        ))
+    })?;
+    if !allowed.allows_authority(&normalized) {
+        return Err(Invalid {
+            reason: Reason::AuthorityNotAllowed,
+            message: format!(
+                "spec.acr.cloudConfig.entraAuthorityHost {normalized:?} is not an Entra authority \
+                 this controller may send tokens to; an operator must list it in \
+                 --allowed-entra-authority-hosts (Helm value airgapped.allowedEntraAuthorityHosts)",
+            ),
+        });
+    }
+    if !allowed.allows_audience(audience) {
+        return Err(Invalid {
+            reason: Reason::AuthorityNotAllowed,
+            message: format!(
+                "spec.acr.cloudConfig.resourceManagerAudience {:?} is not an audience this \
+                 controller may request tokens for; an operator must list it in \
+                 --allowed-resource-manager-audiences (Helm value \
+                 airgapped.allowedResourceManagerAudiences)",
+                truncate(audience)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Client ids are GUIDs; reject anything else before it reaches a URL.
@@ -538,11 +704,14 @@ fn check_guidish(what: &str, value: &str, field: &str) -> Result<(), Invalid> {
 
 /// Tenant ids are GUIDs or verified domain names (`^[0-9a-zA-Z-.]+$`, as azidentity checks).
 fn check_tenant(value: &str, field: &str) -> Result<(), Invalid> {
+    // The tenant id becomes a URL path segment at the authority: no empty labels, so no `.`
+    // or `..` segment can move the request to another path.
     if !value.is_empty()
         && value.len() <= 253
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && value.split('.').all(|label| !label.is_empty())
     {
         Ok(())
     } else {

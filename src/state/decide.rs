@@ -16,6 +16,7 @@ use super::names::{expected_secret_name, sort_pull_secrets};
 use super::reason::Reason;
 pub use super::record::{Phase, Record, StatusView};
 use super::refresh::{add, ceil_seconds, planned_due, retry_at, seed_of};
+use super::tenancy::{evaluate, Mode, Request, TenancyPolicy, Verdict};
 
 /// The binding as observed.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,9 +32,9 @@ pub struct BindingView {
     pub status: StatusView,
 }
 
-/// A Secret that belongs to this binding (labelled with its name and owned by its UID, or an
-/// unowned legacy secret of the old controller). Only its annotations are read: they stand
-/// for the token inside.
+/// A Secret that belongs to this binding (labelled with its name and controlled by it: by its
+/// UID, or by its name for the pull secret a previous binding of that name left). Only its
+/// annotations are read: they stand for the token inside.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SecretView {
     pub name: String,
@@ -43,7 +44,10 @@ pub struct SecretView {
     pub refresh: Option<Timestamp>,
     /// Parsed `token.issued` (the token's `iat`), when recorded.
     pub issued: Option<Timestamp>,
+    /// `token.inputs`: the old controller's hash of the inputs.
     pub inputs: Option<String>,
+    /// `token.inputs-all`: every input (written by acrpull only).
+    pub inputs_all: Option<String>,
     /// The verification outcome recorded when the token was minted (None: not checked).
     pub verified: Option<bool>,
     /// Parsed `token.refresh-at`: the refresh planned when the token was written.
@@ -91,6 +95,17 @@ pub struct Observed {
     pub last_failure: Option<Failure>,
     /// The other bindings of this version in the namespace (for rule 8's batching).
     pub siblings: Vec<Sibling>,
+    /// What tenancy decisions read (`None` with `--tenancy-mode=off`, or not gathered).
+    pub tenancy: Option<TenancyView>,
+}
+
+/// The tenancy policies and the binding's namespace labels, from the watch caches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenancyView {
+    /// Every `AcrPullPolicy` (a shared snapshot, rebuilt when a policy changes).
+    pub policies: std::sync::Arc<Vec<TenancyPolicy>>,
+    /// The binding's namespace labels; `None` while the namespace is not in the cache.
+    pub namespace_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Another binding of the same version in the binding's namespace, as far as attaching goes.
@@ -103,13 +118,28 @@ pub struct Sibling {
 }
 
 /// The pull-secret name of a sibling that targets `service_account` and is on its way to a
-/// pull secret: its spec is valid and it is not failing.
-fn attachable(s: &Sibling, service_account: &str, policy: &Policy) -> Option<String> {
+/// pull secret: its spec is valid, it is not failing, and tenancy (rule 4b) would serve it.
+/// A sibling the tenancy policies refuse, or cannot decide on yet, is never attached by
+/// another binding's pass: its own pass would revoke it, the next batch would re-attach it.
+/// Siblings are in the binding's namespace, so the namespace labels in `o.tenancy` are theirs.
+fn attachable(o: &Observed, s: &Sibling, service_account: &str, policy: &Policy) -> Option<String> {
     if s.failed {
         return None;
     }
     let stat = validate(&s.name, &s.spec, policy).ok()?;
-    (stat.target_service_account == service_account).then_some(stat.secret_name)
+    if stat.target_service_account != service_account {
+        return None;
+    }
+    if policy.tenancy_mode != Mode::Off {
+        // Workload identity named only by its ServiceAccount's annotations: that
+        // ServiceAccount is not gathered for siblings, so the sibling attaches itself.
+        let resolved = stat.resolve(None).ok()?;
+        match tenancy(o, &resolved, policy.tenancy_mode) {
+            Tenancy::Off | Tenancy::Permitted(_) | Tenancy::Flagged(_) => {}
+            Tenancy::Refused(_) | Tenancy::Undecided => return None,
+        }
+    }
+    Some(stat.secret_name)
 }
 
 /// Why a token is minted.
@@ -196,6 +226,9 @@ pub enum Plan {
     },
     /// Rule 9.
     RemoveExtraneousSecret(ExtraneousStep),
+    /// Rule 4b: the operator's policy refuses the binding: take its credential away, one step
+    /// per pass (detach from every ServiceAccount, then delete each Secret); then `Fail`.
+    Revoke(ExtraneousStep),
     /// Rule 10 (and a record that changed while backing off).
     WriteStatus(Record),
     /// Rule 11: nothing to do until [`Decision::requeue`].
@@ -249,9 +282,11 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         return decision(record, Plan::AddFinalizer, after_write);
     }
 
-    // Rule 4: static validation.
+    // Rule 4: static validation. A refusal by the operator's allow-lists (actions, air-gapped
+    // authorities) also takes away the credential the binding already has.
     let stat = match validate(&b.name, &b.spec, policy) {
         Ok(s) => s,
+        Err(invalid) if invalid.revokes() => return revoke_or_fail(o, invalid, now, policy),
         Err(invalid) => return fail(o, invalid, now, policy),
     };
 
@@ -286,6 +321,96 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         Err(invalid) => return fail(o, invalid, now, policy),
     };
 
+    // Rule 4b: tenancy policies (SPEC §12), once the identity is known (workload identity may
+    // take it from the ServiceAccount's annotations), before any Azure call.
+    let permitted = match tenancy(o, &resolved, policy.tenancy_mode) {
+        Tenancy::Off => None,
+        Tenancy::Permitted(message) => Some((true, message)),
+        Tenancy::Flagged(message) => Some((false, message)),
+        Tenancy::Refused(message) => {
+            let invalid = Invalid {
+                reason: Reason::NotPermitted,
+                message,
+            };
+            return revoke_or_fail(o, invalid, now, policy);
+        }
+        // No definite decision (the namespace is not cached yet): change nothing, look again.
+        Tenancy::Undecided => return decision(current, Plan::Wait, after_write),
+    };
+    let mut d = serve(o, target, &resolved, now, policy);
+    d.record.permitted = permitted.clone();
+    match &mut d.plan {
+        Plan::WriteStatus(r) | Plan::Fail(r) => r.permitted = permitted,
+        Plan::Wait if !d.record.matches(&b.status) => {
+            d.plan = Plan::WriteStatus(d.record.clone());
+        }
+        _ => {}
+    }
+    d
+}
+
+/// The tenancy outcome of one pass.
+enum Tenancy {
+    Off,
+    Permitted(String),
+    /// Audit mode: served, but enforce would refuse it (the message says why).
+    Flagged(String),
+    Refused(String),
+    Undecided,
+}
+
+fn tenancy(o: &Observed, resolved: &Resolved, mode: Mode) -> Tenancy {
+    if mode == Mode::Off {
+        return Tenancy::Off;
+    }
+    let Some(view) = &o.tenancy else {
+        return Tenancy::Undecided;
+    };
+    let scopes = match &resolved.scope {
+        Some(s) => match super::scope::parse(s) {
+            Ok(scopes) => Some(scopes),
+            Err(e) => return Tenancy::Refused(e.to_string()),
+        },
+        None => None,
+    };
+    let server = resolved.registry.authority();
+    let request = Request {
+        identity: &resolved.identity,
+        registry_host: &resolved.registry.host,
+        registry_server: &server,
+        scopes: scopes.as_deref(),
+    };
+    match evaluate(
+        &view.policies,
+        &o.binding.namespace,
+        view.namespace_labels.as_ref(),
+        &request,
+    ) {
+        Verdict::Permitted { policies } => Tenancy::Permitted(format!(
+            "permitted by AcrPullPolicy {}",
+            policies.join(", ")
+        )),
+        Verdict::Denied { message } if mode == Mode::Audit => Tenancy::Flagged(format!(
+            "audit: --tenancy-mode=enforce would refuse this binding: {message}"
+        )),
+        Verdict::Denied { message } => Tenancy::Refused(message),
+        Verdict::Undecided => Tenancy::Undecided,
+    }
+}
+
+/// Rules 7 to 11 for a binding that passed every check.
+fn serve(
+    o: &Observed,
+    target: &ServiceAccountView,
+    resolved: &Resolved,
+    now: Timestamp,
+    policy: &Policy,
+) -> Decision {
+    let b = &o.binding;
+    let current = b.status.as_record(b.generation);
+    let after_write = Some(add(now, policy.after_write));
+    let resolved = resolved.clone();
+
     // Rule 7: mint when the secret is missing, due, unreadable or minted for other inputs.
     let seed = seed_of(&b.uid);
     let secret = o.secrets.iter().find(|s| s.name == resolved.secret_name);
@@ -293,7 +418,7 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         None => Some(MintReason::Missing),
         Some(s) => match (s.expiry, s.refresh) {
             (Some(expiry), Some(refresh)) => {
-                if s.inputs.as_deref() != Some(resolved.inputs_hash.as_str()) {
+                if !resolved.inputs_match(s.inputs.as_deref(), s.inputs_all.as_deref()) {
                     Some(MintReason::InputsChanged)
                 } else {
                     let issued = s.issued.unwrap_or(refresh);
@@ -354,7 +479,7 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         for name in o
             .siblings
             .iter()
-            .filter_map(|s| attachable(s, &target.name, policy))
+            .filter_map(|s| attachable(o, s, &target.name, policy))
         {
             if !list.contains(&name) {
                 list.push(name);
@@ -419,6 +544,7 @@ pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
         consecutive_failures: 0,
         observed_generation: b.generation,
         verified: secret.verified,
+        permitted: None,
     };
     if !desired.matches(&b.status) {
         return decision(desired.clone(), Plan::WriteStatus(desired), Some(next));
@@ -457,36 +583,87 @@ pub fn valid_until(o: &Observed, resolved: &Resolved, now: Timestamp) -> Option<
     o.secrets
         .iter()
         .find(|s| s.name == resolved.secret_name)
-        .filter(|s| s.refresh.is_some() && s.inputs.as_deref() == Some(&resolved.inputs_hash))
+        .filter(|s| {
+            s.refresh.is_some()
+                && resolved.inputs_match(s.inputs.as_deref(), s.inputs_all.as_deref())
+        })
         .and_then(|s| s.expiry)
         .filter(|e| *e > now)
 }
 
-/// Rules 4 and 6: record a failure found in the observed state (bad spec, missing
-/// ServiceAccount or annotation) once, then wait for a change.
-fn fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Policy) -> Decision {
-    let b = &o.binding;
-    let same = b.status.phase == Some(Phase::Failed) && b.status.error == invalid.message;
-    let failures = if same {
-        b.status.consecutive_failures.max(1)
-    } else {
-        b.status.consecutive_failures.saturating_add(1)
+/// Rule 4b: the operator's policy refuses the binding. Every ServiceAccount loses its
+/// reference to the binding's secrets, then every secret of the binding is deleted, one step
+/// per pass; then the failure is recorded like any other. Only ever called on a definite
+/// decision from synced caches, never on a transient error.
+fn revoke_or_fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Policy) -> Decision {
+    let own: Vec<&str> = o.secrets.iter().map(|s| s.name.as_str()).collect();
+    let expected = expected_secret_name(o.binding.version, &o.binding.name);
+    let is_own = |n: &String| own.contains(&n.as_str()) || *n == expected;
+    let after_write = Some(add(now, policy.after_write));
+    let step = o
+        .referencing_service_accounts
+        .iter()
+        .chain(o.target_service_account.iter())
+        .find(|sa| sa.pull_secrets.iter().any(is_own))
+        .map(|sa| ExtraneousStep::Detach {
+            service_account: sa.name.clone(),
+            pull_secrets: without(&sa.pull_secrets, is_own),
+        })
+        .or_else(|| {
+            o.secrets
+                .first()
+                .map(|s| ExtraneousStep::Delete(s.name.clone()))
+        });
+    let Some(step) = step else {
+        return fail(o, invalid, now, policy);
     };
+    let b = &o.binding;
     let record = Record {
         phase: Phase::Failed,
         reason: invalid.reason,
         ready: false,
         message: invalid.message.clone(),
         error: invalid.message,
-        // The facts of the credential the secret holds stay in status.
-        last_refresh: b.status.last_refresh,
-        expiry: b.status.expiry,
+        last_refresh: None,
+        expiry: None,
+        next_refresh: None,
+        consecutive_failures: b.status.consecutive_failures,
+        observed_generation: b.generation,
+        verified: None,
+        permitted: None,
+    };
+    decision(record, Plan::Revoke(step), after_write)
+}
+
+/// Rules 4 and 6: record a failure found in the observed state (bad spec, missing
+/// ServiceAccount or annotation) once, then wait for a change.
+fn fail(o: &Observed, invalid: Invalid, now: Timestamp, policy: &Policy) -> Decision {
+    let b = &o.binding;
+    let same = b.status.is_failed_with(&invalid.message);
+    let failures = if same {
+        b.status.consecutive_failures.max(1)
+    } else {
+        b.status.consecutive_failures.saturating_add(1)
+    };
+    let permitted =
+        (invalid.reason == Reason::NotPermitted).then(|| (false, invalid.message.clone()));
+    let revoked = invalid.revokes();
+    let record = Record {
+        phase: Phase::Failed,
+        reason: invalid.reason,
+        ready: false,
+        message: invalid.message.clone(),
+        error: invalid.message,
+        // The facts of the credential the secret holds stay in status (unless it was revoked).
+        last_refresh: b.status.last_refresh.filter(|_| !revoked),
+        expiry: b.status.expiry.filter(|_| !revoked),
         // Nothing is planned: a change to the binding or its ServiceAccounts triggers the
         // next pass through the watches; the re-check interval is a safety net.
         next_refresh: None,
         consecutive_failures: failures,
         observed_generation: b.generation,
-        verified: b.status.verified,
+        verified: b.status.verified.filter(|_| !revoked),
+        permitted,
     };
     let requeue = Some(add(now, policy.recheck_interval));
     if same && record.matches(&b.status) {
@@ -529,6 +706,7 @@ pub fn failure_record(o: &Observed, resolved: &Resolved, f: &Failure, now: Times
         } else {
             secret.map_or(b.status.verified, |s| s.verified)
         },
+        permitted: b.status.permitted.clone(),
     }
 }
 

@@ -1,9 +1,13 @@
 //! Table tests of the decision core: one literal scenario per SPEC §4 rule and §10 input.
 
 use super::*;
-use crate::state::binding::{EnvDefaults, IdentitySpec, V1beta1Spec, V1beta2Spec, WorkloadSpec};
+use crate::state::binding::{
+    EnvDefaults, IdentitySpec, TokenAudience, V1beta1Spec, V1beta2Spec, WorkloadSpec,
+};
 use crate::state::inputs;
 use crate::state::refresh::MIN_REFRESH_INTERVAL;
+use crate::state::status_schema::StatusFields;
+use crate::state::tenancy::{AllowedActions, AllowedClouds, Mode, TenancyPolicy};
 
 const CID: &str = "1b461305-28be-5271-beda-bd9fd2e24251";
 const TID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -48,6 +52,7 @@ fn v1(client: &str, resource: &str) -> V1beta1Spec {
         client_id: client.into(),
         resource_id: resource.into(),
         service_account_name: String::new(),
+        identity_audience: None,
     }
 }
 
@@ -96,6 +101,7 @@ fn observed(spec: Spec) -> Observed {
         referencing_service_accounts: vec![],
         last_failure: None,
         siblings: vec![],
+        tenancy: None,
     }
 }
 
@@ -117,6 +123,7 @@ fn secret_for(o: &Observed, name: &str, refresh: &str, expiry: &str) -> SecretVi
         refresh: Some(ts(refresh)),
         issued: None,
         inputs: Some(hash_of(o)),
+        inputs_all: None,
         verified: Some(true),
         planned: None,
     }
@@ -150,6 +157,8 @@ fn ready(mut o: Observed) -> Observed {
         observed_generation: Some(desired.observed_generation),
         ready: Some((desired.ready, Some(desired.reason), desired.message.clone())),
         verified: desired.verified,
+        permitted: None,
+        kept: StatusFields::ALL,
     };
     o
 }
@@ -355,6 +364,8 @@ fn missing_target_service_account_fails_and_waits_for_it() {
         observed_generation: Some(1),
         ready: Some((false, Some(status.reason), status.message.clone())),
         verified: status.verified,
+        permitted: None,
+        kept: StatusFields::ALL,
     };
     let later = add(now(), std::time::Duration::from_secs(5));
     let d = decide(&o, later, &policy());
@@ -601,7 +612,30 @@ fn air_gapped_bindings_with_cloud_config_are_served() {
         )),
         ..v2_managed()
     }));
-    let d = decide(&o, now(), &policy());
+    // Not on the operator's lists (the default): refused before anything is requested,
+    // naming the flag to set.
+    failed_with(
+        &decide(&o, now(), &policy()),
+        "AuthorityNotAllowed",
+        "--allowed-entra-authority-hosts",
+    );
+    let only_authority = Policy {
+        allowed_clouds: AllowedClouds::new(["login.airgap.example"], Vec::<String>::new()),
+        ..policy()
+    };
+    failed_with(
+        &decide(&o, now(), &only_authority),
+        "AuthorityNotAllowed",
+        "--allowed-resource-manager-audiences",
+    );
+    let allowed = Policy {
+        allowed_clouds: AllowedClouds::new(
+            ["https://LOGIN.airgap.example"],
+            ["https://mgmt.airgap.example"],
+        ),
+        ..policy()
+    };
+    let d = decide(&o, now(), &allowed);
     let Plan::Mint { request, .. } = &d.plan else {
         panic!("{d:?}")
     };
@@ -967,6 +1001,8 @@ fn after(o: &Observed, record: &Record, f: Failure) -> Observed {
         observed_generation: Some(record.observed_generation),
         ready: Some((record.ready, Some(record.reason), record.message.clone())),
         verified: record.verified,
+        permitted: None,
+        kept: StatusFields::ALL,
     };
     o.last_failure = Some(f);
     o
@@ -1218,6 +1254,8 @@ fn same_failure_twice_is_not_rewritten() {
         observed_generation: Some(1),
         ready: Some((false, Some(status.reason), status.message.clone())),
         verified: status.verified,
+        permitted: None,
+        kept: StatusFields::ALL,
     };
     let d = decide(&o, now(), &policy());
     assert!(matches!(d.plan, Plan::Wait), "no status write loop: {d:?}");
@@ -1351,4 +1389,561 @@ fn status_times_are_whole_seconds_so_a_read_back_status_matches() {
     let round_tripped: Timestamp = crate::k8s::binding::rfc3339(next).parse().unwrap();
     assert_eq!(round_tripped, next);
     assert_eq!(decide(&o, now(), &policy()).plan, Plan::Wait);
+}
+
+// ---- SPEC §12: allow-lists and tenancy policies ----
+
+fn enforce() -> Policy {
+    Policy {
+        tenancy_mode: Mode::Enforce,
+        ..policy()
+    }
+}
+
+fn audit() -> Policy {
+    Policy {
+        tenancy_mode: Mode::Audit,
+        ..policy()
+    }
+}
+
+/// `ns` may use identity CID on example.azurecr.io with pull.
+fn ns_policy() -> TenancyPolicy {
+    TenancyPolicy {
+        name: "team-ns".into(),
+        namespace_names: vec!["ns".into()],
+        managed_client_ids: vec![CID.into()],
+        workload_identities: vec![(CID.into(), TID.into())],
+        registries: vec!["example.azurecr.io".into()],
+        actions: vec!["pull".into()],
+        ..Default::default()
+    }
+}
+
+fn with_policies(mut o: Observed, policies: Vec<TenancyPolicy>) -> Observed {
+    o.tenancy = Some(TenancyView {
+        policies: std::sync::Arc::new(policies),
+        namespace_labels: Some(Default::default()),
+    });
+    o
+}
+
+#[test]
+fn push_delete_and_wildcard_actions_are_refused_in_every_mode_unless_allowed() {
+    for mode in [Mode::Off, Mode::Audit, Mode::Enforce] {
+        for scope in [
+            "repository:app:pull,push",
+            "repository:app:delete",
+            "repository:app:*",
+            "repository:app:pull repository:other:metadata_write",
+            "registry:catalog:*",
+        ] {
+            let spec = V1beta2Spec {
+                scope: scope.into(),
+                ..v2_managed()
+            };
+            let o = with_policies(observed(Spec::V1beta2(spec)), vec![ns_policy()]);
+            let p = Policy {
+                tenancy_mode: mode,
+                ..policy()
+            };
+            failed_with(
+                &decide(&o, now(), &p),
+                "ActionNotAllowed",
+                "--allowed-scope-actions",
+            );
+        }
+    }
+    // v1beta1 too; metadata_read is a pull client's read.
+    let o = observed(Spec::V1beta1(V1beta1Spec {
+        scope: "repository:app:push".into(),
+        ..v1(CID, "")
+    }));
+    failed_with(
+        &decide(&o, now(), &policy()),
+        "ActionNotAllowed",
+        "\"push\"",
+    );
+    let o = observed(Spec::V1beta2(V1beta2Spec {
+        scope: "repository:app:pull,metadata_read".into(),
+        ..v2_managed()
+    }));
+    assert!(matches!(
+        decide(&o, now(), &policy()).plan,
+        Plan::Mint { .. }
+    ));
+    // The operator may allow more.
+    let o = observed(Spec::V1beta2(V1beta2Spec {
+        scope: "repository:app:pull,push".into(),
+        ..v2_managed()
+    }));
+    let p = Policy {
+        allowed_actions: AllowedActions::new(["pull", "push"]),
+        ..policy()
+    };
+    assert!(matches!(decide(&o, now(), &p).plan, Plan::Mint { .. }));
+}
+
+#[test]
+fn a_binding_outside_every_policy_is_refused_in_enforce_flagged_in_audit_and_unchanged_in_off() {
+    let other_identity = V1beta2Spec {
+        managed: Some(("99999999-9999-9999-9999-999999999999".into(), String::new())),
+        ..v2_managed()
+    };
+    let other_registry = V1beta2Spec {
+        server: "otherteam.azurecr.io".into(),
+        ..v2_managed()
+    };
+    for (what, spec, needle) in [
+        (
+            "identity",
+            other_identity,
+            "managed identity client id 9999",
+        ),
+        (
+            "registry",
+            other_registry,
+            "registry otherteam.azurecr.io is not listed",
+        ),
+    ] {
+        let o = with_policies(observed(Spec::V1beta2(spec)), vec![ns_policy()]);
+        // off: policies are not even looked at.
+        assert!(
+            matches!(decide(&o, now(), &policy()).plan, Plan::Mint { .. }),
+            "{what}"
+        );
+        assert_eq!(decide(&o, now(), &policy()).record.permitted, None);
+        // enforce: refused before any Azure call, the policy named.
+        let d = decide(&o, now(), &enforce());
+        failed_with(&d, "NotPermitted", "AcrPullPolicy team-ns");
+        failed_with(&d, "NotPermitted", needle);
+        assert_eq!(d.record.permitted.as_ref().map(|p| p.0), Some(false));
+        // audit: served, flagged.
+        let d = decide(&o, now(), &audit());
+        assert!(matches!(d.plan, Plan::Mint { .. }), "{what}: {d:?}");
+        let (ok, message) = d.record.permitted.clone().expect("flagged");
+        assert!(
+            !ok && message.contains("audit") && message.contains(needle),
+            "{message}"
+        );
+    }
+    // Permitted: the condition names the policy.
+    let o = with_policies(observed(Spec::V1beta2(v2_managed())), vec![ns_policy()]);
+    let d = decide(&o, now(), &enforce());
+    assert!(matches!(d.plan, Plan::Mint { .. }), "{d:?}");
+    assert_eq!(
+        d.record.permitted,
+        Some((true, "permitted by AcrPullPolicy team-ns".into()))
+    );
+    // No policy at all: refused in enforce.
+    let o = with_policies(observed(Spec::V1beta2(v2_managed())), vec![]);
+    failed_with(
+        &decide(&o, now(), &enforce()),
+        "NotPermitted",
+        "no AcrPullPolicy covers namespace ns",
+    );
+}
+
+#[test]
+fn workload_identity_pairs_and_unscoped_v1beta1_credentials() {
+    // The pair from the ServiceAccount annotations is what is checked.
+    let mut o = with_policies(
+        observed(Spec::V1beta2(v2_workload(false))),
+        vec![ns_policy()],
+    );
+    o.workload_service_account = Some(ServiceAccountView {
+        name: "fed".into(),
+        client_id_annotation: Some(CID.into()),
+        tenant_id_annotation: Some("contoso.onmicrosoft.com".into()),
+        ..Default::default()
+    });
+    failed_with(
+        &decide(&o, now(), &enforce()),
+        "NotPermitted",
+        "in tenant contoso.onmicrosoft.com",
+    );
+    o.workload_service_account
+        .as_mut()
+        .unwrap()
+        .tenant_id_annotation = Some(TID.into());
+    assert!(matches!(
+        decide(&o, now(), &enforce()).plan,
+        Plan::Mint { .. }
+    ));
+    // Unscoped: fine in off, flagged in audit, refused in enforce unless the policy allows it.
+    let unscoped = V1beta1Spec {
+        scope: String::new(),
+        ..v1(CID, "")
+    };
+    let o = with_policies(observed(Spec::V1beta1(unscoped)), vec![ns_policy()]);
+    assert!(matches!(
+        decide(&o, now(), &policy()).plan,
+        Plan::Mint { .. }
+    ));
+    let d = decide(&o, now(), &audit());
+    assert!(matches!(d.plan, Plan::Mint { .. }));
+    assert!(d.record.permitted.unwrap().1.contains("unscoped"));
+    failed_with(&decide(&o, now(), &enforce()), "NotPermitted", "unscoped");
+    let lenient = TenancyPolicy {
+        allow_unscoped: true,
+        ..ns_policy()
+    };
+    let o = with_policies(o, vec![lenient]);
+    assert!(matches!(
+        decide(&o, now(), &enforce()).plan,
+        Plan::Mint { .. }
+    ));
+}
+
+#[test]
+fn losing_permission_revokes_the_credential_step_by_step_then_fails() {
+    let granted = with_policies(
+        ready(observed(Spec::V1beta2(v2_managed()))),
+        vec![ns_policy()],
+    );
+    // Ready and permitted: the condition is written once, then nothing to do.
+    let d = decide(&granted, now(), &enforce());
+    let Plan::WriteStatus(r) = &d.plan else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        r.permitted,
+        Some((true, "permitted by AcrPullPolicy team-ns".into()))
+    );
+    // The policy is edited: the registry is no longer listed.
+    let narrowed = TenancyPolicy {
+        registries: vec!["elsewhere.azurecr.io".into()],
+        ..ns_policy()
+    };
+    let mut o = with_policies(granted.clone(), vec![narrowed.clone()]);
+    let d = decide(&o, now(), &enforce());
+    assert_eq!(
+        d.plan,
+        Plan::Revoke(ExtraneousStep::Detach {
+            service_account: "puller".into(),
+            pull_secrets: vec![],
+        }),
+        "{d:?}"
+    );
+    assert_eq!(
+        (d.record.phase, d.record.reason),
+        (Phase::Failed, Reason::NotPermitted)
+    );
+    // Detached: the secret is deleted next.
+    o.target_service_account
+        .as_mut()
+        .unwrap()
+        .pull_secrets
+        .clear();
+    o.referencing_service_accounts.clear();
+    let d = decide(&o, now(), &enforce());
+    assert_eq!(
+        d.plan,
+        Plan::Revoke(ExtraneousStep::Delete("acr-pull-app".into()))
+    );
+    // Gone: the failure is recorded, without the revoked credential's times.
+    o.secrets.clear();
+    let d = decide(&o, now(), &enforce());
+    failed_with(
+        &d,
+        "NotPermitted",
+        "registry example.azurecr.io is not listed",
+    );
+    assert_eq!((d.record.expiry, d.record.last_refresh), (None, None));
+    // Audit mode never revokes: the binding stays served and is flagged.
+    let o = with_policies(granted.clone(), vec![narrowed]);
+    let d = decide(&o, now(), &audit());
+    let Plan::WriteStatus(r) = &d.plan else {
+        panic!("{d:?}")
+    };
+    assert!(
+        r.ready && r.permitted.as_ref().is_some_and(|p| !p.0),
+        "{r:?}"
+    );
+    // The policy restored: minted again.
+    let mut o = with_policies(o, vec![ns_policy()]);
+    o.secrets.clear();
+    o.target_service_account
+        .as_mut()
+        .unwrap()
+        .pull_secrets
+        .clear();
+    assert!(matches!(
+        decide(&o, now(), &enforce()).plan,
+        Plan::Mint { .. }
+    ));
+}
+
+#[test]
+fn no_decision_and_no_revocation_while_the_namespace_is_unknown() {
+    let mut o = with_policies(ready(observed(Spec::V1beta2(v2_managed()))), vec![]);
+    o.tenancy.as_mut().unwrap().namespace_labels = None;
+    let d = decide(&o, now(), &enforce());
+    assert_eq!(d.plan, Plan::Wait, "{d:?}");
+    // Policies not gathered at all: the same.
+    o.tenancy = None;
+    assert_eq!(decide(&o, now(), &enforce()).plan, Plan::Wait);
+    // A scope action the operator does not allow also revokes (a definite decision, not a
+    // cache gap), as does an air-gapped authority not listed.
+    let mut o = ready(observed(Spec::V1beta2(v2_managed())));
+    o.binding.spec = Spec::V1beta2(V1beta2Spec {
+        scope: "repository:app:push".into(),
+        ..v2_managed()
+    });
+    assert!(matches!(decide(&o, now(), &policy()).plan, Plan::Revoke(_)));
+}
+
+#[test]
+fn a_tenant_id_cannot_be_a_path_segment_trick() {
+    for tenant in ["..", ".", "a..b", ".contoso.com", "contoso.com."] {
+        let spec = V1beta2Spec {
+            workload: Some(WorkloadSpec {
+                service_account_ref: "fed".into(),
+                client_id: CID.into(),
+                tenant_id: tenant.into(),
+            }),
+            managed: None,
+            ..v2_managed()
+        };
+        let o = observed(Spec::V1beta2(spec));
+        failed_with(&decide(&o, now(), &policy()), "InvalidSpec", "tenant id");
+    }
+}
+
+/// The status as an API server with the old controller's CRD stores it: only
+/// `lastTokenRefreshTime`, `tokenExpirationTime` and `error` survive a write of `record`.
+fn pruned_to_old_crd(record: &Record) -> StatusView {
+    StatusView {
+        error: record.error.clone(),
+        last_refresh: record.last_refresh,
+        expiry: record.expiry,
+        kept: StatusFields::of(&["lastTokenRefreshTime", "tokenExpirationTime", "error"]),
+        ..StatusView::default()
+    }
+}
+
+#[test]
+fn with_the_old_crd_a_status_it_keeps_is_not_rewritten() {
+    for spec in [Spec::V1beta2(v2_managed()), Spec::V1beta1(v1(CID, ""))] {
+        let mut o = ready(observed(spec));
+        let Plan::Wait = decide(&o, now(), &policy()).plan else {
+            panic!("converged binding must wait");
+        };
+        // What the first status write left once pruned: the desired record is written once...
+        let written = decide(&o, now(), &policy()).record;
+        o.binding.status = StatusView {
+            kept: StatusFields::of(&["lastTokenRefreshTime", "tokenExpirationTime", "error"]),
+            ..StatusView::default()
+        };
+        assert!(
+            matches!(decide(&o, now(), &policy()).plan, Plan::WriteStatus(_)),
+            "the old fields are missing: written once"
+        );
+        // ...and then never again, although phase and conditions can never be read back.
+        o.binding.status = pruned_to_old_crd(&written);
+        let d = decide(&o, now(), &policy());
+        assert_eq!(d.plan, Plan::Wait, "{d:?}");
+        assert_eq!(d.record.phase, Phase::Ready);
+        // A changed field the old CRD keeps is still written.
+        o.binding.status.error = "old error".into();
+        assert!(matches!(
+            decide(&o, now(), &policy()).plan,
+            Plan::WriteStatus(_)
+        ));
+    }
+}
+
+#[test]
+fn with_the_old_crd_a_spec_failure_is_written_once() {
+    let mut o = observed(Spec::V1beta2(V1beta2Spec {
+        server: "registry.example.com".into(),
+        ..v2_managed()
+    }));
+    o.binding.status.kept =
+        StatusFields::of(&["lastTokenRefreshTime", "tokenExpirationTime", "error"]);
+    let Plan::Fail(record) = decide(&o, now(), &policy()).plan else {
+        panic!("a disallowed registry fails")
+    };
+    o.binding.status = pruned_to_old_crd(&record);
+    let d = decide(&o, now(), &policy());
+    assert_eq!(d.plan, Plan::Wait, "no status write loop: {d:?}");
+    assert_eq!(d.record.phase, Phase::Failed);
+}
+
+#[test]
+fn without_a_status_subresource_nothing_is_written() {
+    let mut o = ready(observed(Spec::V1beta2(v2_managed())));
+    o.binding.status = StatusView {
+        kept: StatusFields::NONE,
+        ..StatusView::default()
+    };
+    assert_eq!(decide(&o, now(), &policy()).plan, Plan::Wait);
+}
+
+/// A Secret as the old controller wrote it: its hash in `token.inputs`, no `token.inputs-all`.
+fn old_controller_secret(o: &Observed) -> SecretView {
+    let stat = validate(&o.binding.name, &o.binding.spec, &policy()).unwrap();
+    SecretView {
+        inputs: Some(stat.legacy_inputs_hash.clone()),
+        inputs_all: None,
+        verified: None,
+        ..secret_for(
+            o,
+            &secret_name(o),
+            "2026-01-01T11:50:00Z",
+            "2026-01-01T15:00:00Z",
+        )
+    }
+}
+
+fn secret_name(o: &Observed) -> String {
+    crate::state::names::expected_secret_name(o.binding.version, &o.binding.name)
+}
+
+/// A Secret as acrpull writes it: both hashes.
+fn acrpull_secret(o: &Observed) -> SecretView {
+    let stat = validate(&o.binding.name, &o.binding.spec, &policy()).unwrap();
+    SecretView {
+        inputs: Some(stat.legacy_inputs_hash.clone()),
+        inputs_all: Some(stat.inputs_hash.clone()),
+        ..secret_for(
+            o,
+            &secret_name(o),
+            "2026-01-01T11:50:00Z",
+            "2026-01-01T15:00:00Z",
+        )
+    }
+}
+
+fn with_secret(mut o: Observed, secret: SecretView) -> Observed {
+    let name = secret_name(&o);
+    o.secrets = vec![secret];
+    let target = o.target_service_account.as_mut().unwrap();
+    target.pull_secrets = vec![name];
+    o.referencing_service_accounts = vec![target.clone()];
+    o.workload_service_account = Some(ServiceAccountView {
+        name: "fed".into(),
+        client_id_annotation: Some(CID.into()),
+        tenant_id_annotation: Some(TID.into()),
+        ..Default::default()
+    });
+    o
+}
+
+fn minted(d: &Decision) -> Option<MintReason> {
+    match &d.plan {
+        Plan::Mint { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_old_controllers_secret_of_a_workload_identity_binding_with_ids_is_kept() {
+    // Its hash ignored clientID/tenantID; the full hash does not: still current.
+    let o = observed(Spec::V1beta2(v2_workload(true)));
+    let stat = validate(&o.binding.name, &o.binding.spec, &policy()).unwrap();
+    assert_ne!(stat.inputs_hash, stat.legacy_inputs_hash);
+    let o = with_secret(o.clone(), old_controller_secret(&o));
+    let d = decide(&o, now(), &policy());
+    assert_eq!(minted(&d), None, "{d:?}");
+    assert!(matches!(d.plan, Plan::WriteStatus(_)), "{d:?}");
+}
+
+#[test]
+fn a_secret_acrpull_wrote_is_current_until_an_input_changes() {
+    for spec in [
+        Spec::V1beta2(v2_workload(true)),
+        Spec::V1beta2(v2_managed()),
+        Spec::V1beta1(v1(CID, "")),
+    ] {
+        let o = observed(spec.clone());
+        let secret = acrpull_secret(&o);
+        let o = with_secret(o, secret.clone());
+        assert_eq!(minted(&decide(&o, now(), &policy())), None, "{spec:?}");
+        // A hand edit of either annotation re-mints.
+        for tampered in [
+            SecretView {
+                inputs: Some("tampered".into()),
+                ..secret.clone()
+            },
+            SecretView {
+                inputs_all: Some("tampered".into()),
+                ..secret.clone()
+            },
+        ] {
+            let mut o = o.clone();
+            o.secrets = vec![tampered];
+            assert_eq!(
+                minted(&decide(&o, now(), &policy())),
+                Some(MintReason::InputsChanged),
+                "{spec:?}"
+            );
+        }
+    }
+    // A changed clientID (which the old controller's hash ignores) re-mints a Secret acrpull
+    // wrote: its token.inputs-all says which ids it was minted for.
+    let o = observed(Spec::V1beta2(v2_workload(true)));
+    let secret = acrpull_secret(&o);
+    let mut changed = v2_workload(true);
+    changed.workload.as_mut().unwrap().client_id = "aaaaaaaa-0000-4000-8000-000000000009".into();
+    let o = with_secret(observed(Spec::V1beta2(changed)), secret);
+    assert_eq!(
+        minted(&decide(&o, now(), &policy())),
+        Some(MintReason::InputsChanged)
+    );
+}
+
+#[test]
+fn the_identity_audience_annotation_selects_the_audience_and_re_mints_once() {
+    for value in ["container-registry", " resource-manager "] {
+        let mut spec = v2_managed();
+        spec.identity_audience = Some(value.into());
+        let o = observed(Spec::V1beta2(spec));
+        let stat = validate(&o.binding.name, &o.binding.spec, &policy()).unwrap();
+        let want = if value.contains("container") {
+            TokenAudience::ContainerRegistry
+        } else {
+            TokenAudience::ResourceManager
+        };
+        assert_eq!(stat.audience, Some(want));
+        // Set, it is an input: the old controller's Secret is not current any more (the token
+        // was requested for the other audience), acrpull's own is.
+        let plain = observed(Spec::V1beta2(v2_managed()));
+        let o2 = with_secret(o.clone(), old_controller_secret(&plain));
+        assert_eq!(
+            minted(&decide(&o2, now(), &policy())),
+            Some(MintReason::InputsChanged)
+        );
+        let o3 = with_secret(o.clone(), acrpull_secret(&o));
+        assert_eq!(minted(&decide(&o3, now(), &policy())), None);
+        // The request carries it.
+        let o4 = observed(o.binding.spec.clone());
+        let Plan::Mint { request, .. } = decide(&o4, now(), &policy()).plan else {
+            panic!("a first mint")
+        };
+        assert_eq!(request.audience, Some(want));
+    }
+    // Absent: the controller's default, and the old hashes stand.
+    let o = observed(Spec::V1beta1(v1(CID, "")));
+    let stat = validate(&o.binding.name, &o.binding.spec, &policy()).unwrap();
+    assert_eq!(stat.audience, None);
+    assert_eq!(stat.inputs_hash, stat.legacy_inputs_hash);
+    // v1beta1 bindings may carry it too.
+    let mut spec = v1(CID, "");
+    spec.identity_audience = Some("container-registry".into());
+    let stat = validate("app", &Spec::V1beta1(spec), &policy()).unwrap();
+    assert_eq!(stat.audience, Some(TokenAudience::ContainerRegistry));
+    assert_ne!(stat.inputs_hash, stat.legacy_inputs_hash);
+}
+
+#[test]
+fn an_unknown_identity_audience_fails_the_binding_before_any_token_call() {
+    let mut spec = v2_managed();
+    spec.identity_audience = Some("arm".into());
+    let d = decide(&observed(Spec::V1beta2(spec)), now(), &policy());
+    failed_with(
+        &d,
+        "InvalidSpec",
+        "annotation acr.microsoft.com/identity-audience: \"arm\" is not resource-manager or container-registry",
+    );
 }

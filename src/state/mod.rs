@@ -14,6 +14,8 @@ pub mod refresh;
 pub mod scope;
 pub mod selector;
 pub mod server;
+pub mod status_schema;
+pub mod tenancy;
 pub mod text;
 pub mod token;
 pub mod verify;

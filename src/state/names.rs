@@ -14,11 +14,22 @@ pub const REFRESH_ANNOTATION: &str = "acr.microsoft.com/token.refresh";
 /// served from the pipeline's cache part-way through its life refreshes at its own half-life.
 /// Absent on secrets of the old controller (the refresh time stands in).
 pub const ISSUED_ANNOTATION: &str = "acr.microsoft.com/token.issued";
-/// base36(sha224) of the binding inputs the token was minted for.
+/// base36(sha224) of the binding inputs the token was minted for, as the old controller hashes
+/// them (so it finds acrpull's Secrets current after a rollback).
 pub const INPUTS_ANNOTATION: &str = "acr.microsoft.com/token.inputs";
 /// When the token in the Secret is planned to be refreshed (RFC 3339, seconds): planned when it
 /// was written, the same for every binding holding that token, never later than the boundary.
 pub const REFRESH_AT_ANNOTATION: &str = "acr.microsoft.com/token.refresh-at";
+/// base36(sha224) of every input, including those the old controller ignored (workload
+/// identity client/tenant ids, air-gapped cloud config, the identity-audience annotation).
+/// Written by acrpull on every Secret; absent on the old controller's.
+pub const INPUTS_ALL_ANNOTATION: &str = "acr.microsoft.com/token.inputs-all";
+/// On a binding (either version): `container-registry` requests identity tokens for the ACR
+/// audience (registries with authentication-as-ARM disabled), `resource-manager` for Resource
+/// Manager; absent, `--identity-audience` decides. An annotation rather than a spec field so
+/// the v1beta2 schema is unchanged and the old controller's CRDs keep it (they would prune a
+/// new field).
+pub const IDENTITY_AUDIENCE_ANNOTATION: &str = "acr.microsoft.com/identity-audience";
 /// Outcome of checking the credential at the registry's token endpoint after minting:
 /// `true` (every requested scope granted) or `false`; absent when not checked.
 pub const VERIFIED_ANNOTATION: &str = "acr.microsoft.com/token.verified";

@@ -44,6 +44,18 @@ pub enum Reason {
     /// A Secret of the pull secret's name exists and belongs to someone else.
     SecretConflict,
 
+    // Refusals by the operator's allow-lists and tenancy policies (SPEC §12).
+    /// A scope asks for an action outside `--allowed-scope-actions`.
+    ActionNotAllowed,
+    /// An air-gapped authority host or audience outside the operator's allow-lists.
+    AuthorityNotAllowed,
+    /// No `AcrPullPolicy` permits the binding (enforce: refused; audit: flagged).
+    NotPermitted,
+    /// `Permitted` condition: an `AcrPullPolicy` permits the binding.
+    Permitted,
+    /// Event: a credential was taken away because policy no longer permits it.
+    CredentialRevoked,
+
     // Failures of the credential check at the registry.
     ScopeNotGranted,
     CredentialRejected,
@@ -85,7 +97,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive tests.
-    pub const ALL: [Reason; 38] = [
+    pub const ALL: [Reason; 43] = [
         Reason::TokenIssued,
         Reason::TokenRefreshed,
         Reason::PullSecretAttached,
@@ -102,6 +114,11 @@ impl Reason {
         Reason::RegistryNotAllowed,
         Reason::ServiceAccountNotFound,
         Reason::SecretConflict,
+        Reason::ActionNotAllowed,
+        Reason::AuthorityNotAllowed,
+        Reason::NotPermitted,
+        Reason::Permitted,
+        Reason::CredentialRevoked,
         Reason::ScopeNotGranted,
         Reason::CredentialRejected,
         Reason::IdentityNotFound,
@@ -145,6 +162,11 @@ impl Reason {
             Reason::RegistryNotAllowed => "RegistryNotAllowed",
             Reason::ServiceAccountNotFound => "ServiceAccountNotFound",
             Reason::SecretConflict => "SecretConflict",
+            Reason::ActionNotAllowed => "ActionNotAllowed",
+            Reason::AuthorityNotAllowed => "AuthorityNotAllowed",
+            Reason::NotPermitted => "NotPermitted",
+            Reason::Permitted => "Permitted",
+            Reason::CredentialRevoked => "CredentialRevoked",
             Reason::ScopeNotGranted => "ScopeNotGranted",
             Reason::CredentialRejected => "CredentialRejected",
             Reason::IdentityNotFound => "IdentityNotFound",
@@ -187,6 +209,9 @@ impl Reason {
         match self {
             Reason::ServiceAccountNotFound => Some(Reason::ServiceAccountNotFound),
             Reason::InvalidSpec | Reason::RegistryNotAllowed => Some(Reason::InvalidSpec),
+            Reason::ActionNotAllowed | Reason::AuthorityNotAllowed | Reason::NotPermitted => {
+                Some(self)
+            }
             _ => None,
         }
     }

@@ -9,6 +9,7 @@
 use jiff::Timestamp;
 
 use super::reason::Reason;
+use super::status_schema::StatusFields;
 
 /// The five phases of SPEC §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,25 +71,47 @@ pub struct Record {
     pub observed_generation: i64,
     /// The `CredentialVerified` condition (None: not checked, no condition).
     pub verified: Option<bool>,
+    /// The `Permitted` condition `(status, message)` in tenancy modes audit and enforce (None:
+    /// mode off, no condition). False in audit mode flags a binding enforce would refuse.
+    pub permitted: Option<(bool, String)>,
 }
 
 impl Record {
-    /// Whether `current` already says this (ignoring condition timestamps).
+    /// Whether `current` already says this (ignoring condition timestamps), as far as the
+    /// installed CRD keeps status fields (`current.kept`): a field the API server prunes can
+    /// never be read back, so it must not make the status look out of date.
     pub fn matches(&self, current: &StatusView) -> bool {
-        current.phase == Some(self.phase)
-            && current.error == self.error
-            && current.last_refresh == self.last_refresh
-            && current.expiry == self.expiry
-            && current.next_refresh == self.next_refresh
-            && current.consecutive_failures == self.consecutive_failures
-            && current.observed_generation == Some(self.observed_generation)
-            && current
-                .ready
-                .as_ref()
-                .is_some_and(|(ready, reason, message)| {
-                    *ready == self.ready && *reason == Some(self.reason) && *message == self.message
-                })
-            && current.verified == self.verified
+        let kept = current.kept;
+        let same = |field: &str, equal: bool| !kept.keeps(field) || equal;
+        same("phase", current.phase == Some(self.phase))
+            && same("error", current.error == self.error)
+            && same(
+                "lastTokenRefreshTime",
+                current.last_refresh == self.last_refresh,
+            )
+            && same("tokenExpirationTime", current.expiry == self.expiry)
+            && same("nextRefreshTime", current.next_refresh == self.next_refresh)
+            && same(
+                "consecutiveFailures",
+                current.consecutive_failures == self.consecutive_failures,
+            )
+            && same(
+                "observedGeneration",
+                current.observed_generation == Some(self.observed_generation),
+            )
+            && same(
+                "conditions",
+                current
+                    .ready
+                    .as_ref()
+                    .is_some_and(|(ready, reason, message)| {
+                        *ready == self.ready
+                            && *reason == Some(self.reason)
+                            && *message == self.message
+                    })
+                    && current.verified == self.verified
+                    && current.permitted == self.permitted,
+            )
     }
 }
 
@@ -107,9 +130,22 @@ pub struct StatusView {
     pub ready: Option<(bool, Option<Reason>, String)>,
     /// Status of the `CredentialVerified` condition, when present.
     pub verified: Option<bool>,
+    /// `(status, message)` of the `Permitted` condition, when present.
+    pub permitted: Option<(bool, String)>,
+    /// The status fields the installed CRD keeps ([`StatusFields::ALL`] with acrpull's CRDs);
+    /// the others read as absent whatever was written.
+    pub kept: StatusFields,
 }
 
 impl StatusView {
+    /// Whether this status already reports the failure `message` (`Failed` with that error),
+    /// as far as the CRD keeps phase and error.
+    pub fn is_failed_with(&self, message: &str) -> bool {
+        let phase_failed = !self.kept.keeps("phase") || self.phase == Some(Phase::Failed);
+        let same_error = !self.kept.keeps("error") || self.error == message;
+        phase_failed && same_error
+    }
+
     /// The status as a record (for passes that change nothing): unknown fields default.
     pub fn as_record(&self, observed_generation: i64) -> Record {
         let (ready, reason, message) =
@@ -128,6 +164,7 @@ impl StatusView {
             consecutive_failures: self.consecutive_failures,
             observed_generation: self.observed_generation.unwrap_or(observed_generation),
             verified: self.verified,
+            permitted: self.permitted.clone(),
         }
     }
 }

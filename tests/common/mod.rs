@@ -1,8 +1,18 @@
 //! Shared harness for tests that run the real `acrpull` binary against both stand-ins: the
-//! stand-in Kubernetes API server (CRDs from `deploy/crds/` applied) and the stand-in Azure
-//! (IMDS, Entra, registries over HTTPS with a generated CA). Registry and Entra host names stay
-//! realistic (`demo.azurecr.io`); the controller reaches them through `--azure-resolve`, so TLS
-//! verification and the allowed-suffix check stay on, as in production.
+//! stand-in Kubernetes API server and the stand-in Azure (IMDS, Entra, registries over HTTPS
+//! with a generated CA). Registry and Entra host names stay realistic (`demo.azurecr.io`); the
+//! controller reaches them through `--azure-resolve`, so TLS verification and the
+//! allowed-suffix check stay on, as in production.
+//!
+//! The API server enforces what a cluster with `deploy/` installed enforces: the CRDs (schemas
+//! and CEL rules), the RBAC of `deploy/rbac.yaml` and the admission policies of
+//! `deploy/admission.yaml` (fail-closed), all installed through the API as `kubectl apply`
+//! would ([`install_deploy`]). The controller runs with its own ServiceAccount's token
+//! (`system:serviceaccount:acrpull-system:acrpull`), never as the admin; fixtures that create
+//! what the controller may not (bindings, namespaces, ServiceAccounts) use the admin handle.
+//! When an [`Env`] goes away at the end of a passing test it asserts that no request of the
+//! controller was refused — no 401, no 403 (RBAC or policy), no admission denial — so a missing
+//! RBAC verb or a policy that denies a legitimate request fails the test that made it.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -26,6 +36,98 @@ pub const REGISTRY: &str = "demo.azurecr.io";
 pub const SA_AUDIENCE: &str = "api://AzureCRTokenExchange";
 pub const V1: &str = "msi-acrpull.microsoft.com/v1beta1";
 pub const V2: &str = "acrpull.microsoft.com/v1beta2";
+
+/// The controller's namespace and ServiceAccount user, as `deploy/` installs them.
+pub const CONTROLLER_NAMESPACE: &str = "acrpull-system";
+pub const CONTROLLER_USER: &str = "system:serviceaccount:acrpull-system:acrpull";
+
+/// What `kubectl apply -k deploy/` installs that the API server itself acts on, in order: the
+/// CRDs, then RBAC (with the controller's ServiceAccount), then the admission policies.
+pub fn deploy_manifests() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("deploy/crds"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    files.sort();
+    files.push(root.join("deploy/rbac.yaml"));
+    files.push(root.join("deploy/admission.yaml"));
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap();
+            (f.display().to_string(), text)
+        })
+        .collect()
+}
+
+/// Install `deploy/`'s CRDs, RBAC and admission policies into `kube` through the API as the
+/// admin, as `kubectl apply --server-side` would (validated, defaulted, admitted), into the
+/// namespace `acrpull-system`; returns a token of the controller's ServiceAccount (24 h).
+pub async fn install_deploy(kube: &kube_standin::Handle) -> String {
+    kube.apply_yaml_checked(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {CONTROLLER_NAMESPACE}\n"
+    ))
+    .await
+    .expect("namespace acrpull-system");
+    for (file, text) in deploy_manifests() {
+        kube.apply_yaml_checked(&text)
+            .await
+            .unwrap_or_else(|e| panic!("kubectl apply {file}: {e}"));
+    }
+    kube.service_account_token(
+        CONTROLLER_NAMESPACE,
+        "acrpull",
+        Duration::from_secs(24 * 3600),
+    )
+    .expect("a token of acrpull-system/acrpull")
+}
+
+/// Every request of an acrpull controller (its `User-Agent`, `acrpull/<version> (<id>)`) that
+/// the API server refused for lack of permission — 401, 403 (RBAC, or an admission policy
+/// whose reason is Forbidden) — or that an admission policy denied with any status; requests
+/// a test's injected fault answered are not the server's verdict and are left out. With
+/// `as_service_account`, also every such request made as anyone but a ServiceAccount
+/// `acrpull` (the admin, or nobody). Requests a test makes itself as the controller's
+/// ServiceAccount (hostile ones, with another user agent) are not the controller's.
+pub fn controller_refusals(kube: &kube_standin::Handle, as_service_account: bool) -> Vec<String> {
+    let is_controller_sa =
+        |u: &str| u.starts_with("system:serviceaccount:") && u.ends_with(":acrpull");
+    kube.requests()
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("acrpull/"))
+        .filter(|r| r.faults.is_empty())
+        .filter_map(|r| {
+            let what = format!(
+                "{} {} {}{} by {:?} ({})",
+                r.status,
+                r.verb,
+                r.path,
+                if r.query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", r.query)
+                },
+                r.user,
+                r.user_agent
+            );
+            if !r.denied_by_policy.is_empty() {
+                Some(format!(
+                    "{what}: denied by ValidatingAdmissionPolicy {}",
+                    r.denied_by_policy
+                ))
+            } else if r.refused() {
+                Some(format!("{what}: refused"))
+            } else if as_service_account && !is_controller_sa(&r.user) {
+                Some(format!(
+                    "{what}: not made as the controller's ServiceAccount"
+                ))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -116,16 +218,39 @@ pub struct Env {
     pub kube: kube_standin::Handle,
     pub azure: azure_standin::Handle,
     pub dir: tempfile::TempDir,
+    /// The admin's kubeconfig (kubectl and helm in tests).
     pub kubeconfig: PathBuf,
+    /// The controller's kubeconfig: its ServiceAccount's token (the admin's when
+    /// `Options::install_deploy` is off).
+    pub controller_kubeconfig: PathBuf,
+    /// Whether `deploy/` was installed (so the controller must run as its ServiceAccount and
+    /// never be refused).
+    pub enforced: bool,
+    /// The controller's ServiceAccount token (with `Options::install_deploy`).
+    pub controller_token: Option<String>,
     pub metrics_port: u16,
     pub probe_port: u16,
+    /// `--debug-bind-address` (loopback): where `/debug/*` is served.
+    pub debug_port: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// Registry hosts of the Azure stand-in (resolved to it for the controller).
+    registries: Vec<String>,
 }
 
 pub struct Options {
     pub extra_args: Vec<String>,
     pub spawn: bool,
+    /// Changes to the Azure stand-in's configuration (e.g. another registry); every registry
+    /// host it then holds is resolved to the stand-in for the controller.
+    pub azure: Option<fn(&mut Config)>,
+    /// Leave acrpull's CRDs out (a test installs others, e.g. the old controller's); only
+    /// with `install_deploy` off.
+    pub skip_crds: bool,
+    /// Install `deploy/`'s CRDs, RBAC and admission policies and run the controller as its
+    /// ServiceAccount (the default). Off: only the CRDs, everything else is the test's (a
+    /// test that installs with helm), and the controller runs as the admin.
+    pub install_deploy: bool,
 }
 
 impl Default for Options {
@@ -133,6 +258,9 @@ impl Default for Options {
         Self {
             extra_args: vec![],
             spawn: true,
+            azure: None,
+            skip_crds: false,
+            install_deploy: true,
         }
     }
 }
@@ -145,32 +273,60 @@ impl Env {
     pub async fn start_with(opts: Options) -> Env {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let kube = StandIn::builder().start().await.expect("kube stand-in");
-        let crds = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds")).unwrap();
-        for f in crds {
-            let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
-            kube.apply_yaml(&text).expect("CRD applies");
-        }
+        assert!(
+            !(opts.install_deploy && opts.skip_crds),
+            "skip_crds needs install_deploy: false (deploy/ includes the CRDs)"
+        );
+        let token = if opts.install_deploy {
+            Some(install_deploy(&kube).await)
+        } else {
+            let crds =
+                std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds")).unwrap();
+            for f in crds.filter(|_| !opts.skip_crds) {
+                let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+                kube.apply_yaml_checked(&text).await.expect("CRD applies");
+            }
+            None
+        };
         for ns in ["team-a", "team-b"] {
             kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
                 .unwrap();
         }
+        let mut config = azure_config(&kube.issuer(), kube.jwks());
+        if let Some(change) = opts.azure {
+            change(&mut config);
+        }
+        let registries: Vec<String> = config.registries.iter().map(|r| r.host.clone()).collect();
         let azure = AzureStandIn::builder()
-            .config(azure_config(&kube.issuer(), kube.jwks()))
+            .config(config)
             .start()
             .await
             .expect("azure stand-in");
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         kube.write_kubeconfig(&kubeconfig).unwrap();
+        let controller_kubeconfig = match &token {
+            Some(token) => {
+                let path = dir.path().join("acrpull.kubeconfig");
+                kube.write_kubeconfig_for_token(&path, token).unwrap();
+                path
+            }
+            None => kubeconfig.clone(),
+        };
         let mut env = Env {
             kube,
             azure,
             kubeconfig,
+            controller_kubeconfig,
+            enforced: token.is_some(),
+            controller_token: token.clone(),
             metrics_port: free_port(),
             probe_port: free_port(),
+            debug_port: free_port(),
             log: dir.path().join("acrpull.log"),
             dir,
             child: None,
+            registries,
         };
         if opts.spawn {
             env.spawn(&opts.extra_args);
@@ -186,8 +342,16 @@ impl Env {
         vec![
             format!("--metrics-bind-address=127.0.0.1:{}", self.metrics_port),
             format!("--health-probe-bind-address=127.0.0.1:{}", self.probe_port),
+            format!("--debug-bind-address=127.0.0.1:{}", self.debug_port),
             format!("--imds-endpoint={}", self.azure.imds_url()),
-            format!("--azure-resolve={REGISTRY}={https},login.microsoftonline.com={https}"),
+            format!(
+                "--azure-resolve={},login.microsoftonline.com={https}",
+                self.registries
+                    .iter()
+                    .map(|r| format!("{r}={https}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             format!("--azure-ca-file={}", ca.display()),
             "--log-level=info,acrpull=debug".into(),
         ]
@@ -213,6 +377,7 @@ impl Env {
         let mut own = vec![
             format!("--metrics-bind-address=127.0.0.1:{}", free_port()),
             format!("--health-probe-bind-address=127.0.0.1:{}", free_port()),
+            format!("--debug-bind-address=127.0.0.1:{}", free_port()),
         ];
         own.extend(extra.iter().cloned());
         let args = overriding(self.args(), &own);
@@ -224,8 +389,11 @@ impl Env {
         let log = std::fs::File::create(log).unwrap();
         Command::new(env!("CARGO_BIN_EXE_acrpull"))
             .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", &self.controller_kubeconfig)
             .env_remove("ACR_SERVER")
+            // The test runner's own pod (CI in Kubernetes) must not name every replica.
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -343,6 +511,17 @@ impl Drop for Env {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // At the end of a test that passed: the API server refused the controller nothing.
+        if self.enforced && !std::thread::panicking() {
+            let refused = controller_refusals(&self.kube, true);
+            assert!(
+                refused.is_empty(),
+                "the API server refused the controller (RBAC: deploy/rbac.yaml, policies: \
+                 deploy/admission.yaml):\n{}\nlogs:\n{}",
+                refused.join("\n"),
+                self.logs()
+            );
         }
     }
 }

@@ -3,6 +3,11 @@
 //! and the stand-in Azure, no child process. Starting one costs a few milliseconds, so dozens
 //! of scenarios run in seconds, and a test can reach what a process hides: the context, the
 //! records, the metrics and the logs.
+//!
+//! As in the process-level harness (`common`), the API server enforces `deploy/`'s CRDs, RBAC
+//! and admission policies, the controller's client carries its ServiceAccount's token, and a
+//! [`StandIns`] asserts when it goes away after a passing test that nothing the controller
+//! asked was refused.
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,12 +36,15 @@ use kube_standin::StandIn;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::common::{azure_config, REGISTRY};
+use crate::common::{azure_config, controller_refusals, install_deploy, REGISTRY};
 
-/// Both stand-ins, CRDs applied, namespaces `team-a` and `team-b`.
+/// Both stand-ins, `deploy/` installed (CRDs, RBAC, admission policies), namespaces `team-a`
+/// and `team-b`.
 pub struct StandIns {
     pub kube: kube_standin::Handle,
     pub azure: azure_standin::Handle,
+    /// A token of the controller's ServiceAccount, `acrpull-system/acrpull`.
+    pub controller_token: String,
 }
 
 impl StandIns {
@@ -44,11 +52,7 @@ impl StandIns {
         let _ = rustls::crypto::ring::default_provider().install_default();
         capture_logs();
         let kube = StandIn::builder().start().await.expect("kube stand-in");
-        let crds = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds")).unwrap();
-        for f in crds {
-            let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
-            kube.apply_yaml(&text).expect("CRD applies");
-        }
+        let controller_token = install_deploy(&kube).await;
         for ns in ["team-a", "team-b"] {
             kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
                 .unwrap();
@@ -58,7 +62,11 @@ impl StandIns {
             .start()
             .await
             .expect("azure stand-in");
-        StandIns { kube, azure }
+        StandIns {
+            kube,
+            azure,
+            controller_token,
+        }
     }
 
     pub fn create(&self, obj: Value) -> Value {
@@ -113,6 +121,21 @@ impl StandIns {
     }
 }
 
+impl Drop for StandIns {
+    fn drop(&mut self) {
+        // At the end of a test that passed: the API server refused the controller nothing.
+        if !std::thread::panicking() {
+            let refused = controller_refusals(&self.kube, true);
+            assert!(
+                refused.is_empty(),
+                "the API server refused the controller (RBAC: deploy/rbac.yaml, policies: \
+                 deploy/admission.yaml):\n{}",
+                refused.join("\n")
+            );
+        }
+    }
+}
+
 /// The condition of `type_` in a binding's status.
 pub fn condition(b: &Value, type_: &str) -> Option<Value> {
     b["status"]["conditions"]
@@ -134,6 +157,8 @@ pub struct Setup {
     pub timeouts: Timeouts,
     pub verify: bool,
     pub call_timeout: Duration,
+    /// More `host → address` overrides for the token pipeline (e.g. a honeypot).
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Default for Setup {
@@ -159,6 +184,7 @@ impl Default for Setup {
             },
             verify: true,
             call_timeout: Duration::from_secs(10),
+            resolve: Vec::new(),
         }
     }
 }
@@ -180,8 +206,8 @@ impl Controller {
         let mut config = kube::Config::new(s.kube.url().parse().unwrap());
         config.read_timeout = Some(Duration::from_secs(300));
         config.connect_timeout = Some(Duration::from_secs(10));
-        // The stand-in authenticates: without a token every request is system:anonymous.
-        config.auth_info.token = Some(s.kube.admin_token().to_string().into());
+        // As the controller's ServiceAccount, under deploy/'s RBAC and admission policies.
+        config.auth_info.token = Some(s.controller_token.clone().into());
         let agent = format!("acrpull/{} ({})", env!("CARGO_PKG_VERSION"), setup.identity);
         config.headers.push((
             http::header::USER_AGENT,
@@ -206,10 +232,15 @@ impl Controller {
         let https = s.azure.https_addr();
         let pipeline_config = PipelineConfig {
             imds_base_url: s.azure.imds_url(),
-            resolve: vec![
+            resolve: [
                 (REGISTRY.to_string(), https),
                 ("login.microsoftonline.com".to_string(), https),
-            ],
+            ]
+            .into_iter()
+            .chain(setup.resolve.iter().cloned())
+            .collect(),
+            // As `app` does: the pipeline's own check uses the operator's lists too.
+            allowed_clouds: setup.policy.allowed_clouds.clone(),
             extra_ca_pem: Some(s.azure.ca_pem().into_bytes()),
             retry: setup.retry,
             timeouts: setup.timeouts,
@@ -227,7 +258,7 @@ impl Controller {
         )
         .unwrap();
         let tracker = Tracker::default();
-        let readiness = Readiness::new(run::WATCHES);
+        let readiness = Readiness::new(run::watches(&setup.policy));
         let mut collector = BindingCollector::new(tracker.clone(), leader_rx.clone())
             .with_readiness(readiness.clone());
         if let Some(lease) = &setup.leader {
@@ -251,6 +282,7 @@ impl Controller {
             },
             failures: Failures::default(),
             pacing: Default::default(),
+            crds: acrpull::k8s::crd_check::CrdSchemas::default(),
         });
         // The real /metrics and /debug routes.
         let app =

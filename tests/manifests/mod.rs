@@ -99,6 +99,38 @@ pub const REQUIRED: &[Permission] = &[
         resource: "events",
         verbs: &["create"],
     },
+    // Tenancy modes audit and enforce: the AcrPullPolicy objects and the namespaces' labels.
+    Permission {
+        scope: Scope::Cluster,
+        groups: &["acrpull.microsoft.com"],
+        resource: "acrpullpolicies",
+        verbs: &["get", "list", "watch"],
+    },
+    Permission {
+        scope: Scope::Cluster,
+        groups: CORE,
+        resource: "namespaces",
+        verbs: &["get", "list", "watch"],
+    },
+    // --metrics-secure: TokenReview and SubjectAccessReview of /metrics and /debug callers.
+    Permission {
+        scope: Scope::Cluster,
+        groups: &["authentication.k8s.io"],
+        resource: "tokenreviews",
+        verbs: &["create"],
+    },
+    Permission {
+        scope: Scope::Cluster,
+        groups: &["authorization.k8s.io"],
+        resource: "subjectaccessreviews",
+        verbs: &["create"],
+    },
+    Permission {
+        scope: Scope::Cluster,
+        groups: &["apiextensions.k8s.io"],
+        resource: "customresourcedefinitions",
+        verbs: &["get"],
+    },
     Permission {
         scope: Scope::ControllerNamespace,
         groups: &["coordination.k8s.io"],
@@ -770,6 +802,44 @@ pub fn check_token_audience(docs: &[Doc], container: &Value) -> usize {
             list(&policy.value, "/spec/validations")
                 .iter()
                 .any(|v| text(v, "/expression").is_some_and(|e| e.contains(rule))),
+            "{what}: no validation `{rule}`"
+        );
+    }
+    token_policies.len()
+}
+
+/// The token-request policies of `docs` cap `expirationSeconds` at an integer literal equal to
+/// the lifetime the controller asks for (`acrpull::k8s::sa_token::EXPIRATION_SECONDS`): lower
+/// and every workload-identity binding fails, higher and a leaked token lives longer than
+/// needed. Returns how many policies there are.
+pub fn check_token_expiry(docs: &[Doc]) -> usize {
+    let asked = acrpull::k8s::sa_token::EXPIRATION_SECONDS;
+    let token_policies: Vec<&Doc> = of_kind(docs, "ValidatingAdmissionPolicy")
+        .filter(|p| policy_matches_resource(p, "serviceaccounts/token"))
+        .collect();
+    for policy in &token_policies {
+        let what = policy.what();
+        let variable = list(&policy.value, "/spec/variables")
+            .iter()
+            .find(|v| text(v, "/name") == Some("maxExpirationSeconds"))
+            .unwrap_or_else(|| panic!("{what}: no variable `maxExpirationSeconds`"));
+        let expression = text(variable, "/expression").unwrap_or("").trim();
+        assert_eq!(
+            expression.parse::<i64>().ok(),
+            Some(asked),
+            "{what}: maxExpirationSeconds must be the literal {asked}, what the controller asks \
+             for (src/k8s/sa_token.rs), not {expression:?}"
+        );
+        let rule = "object.spec.expirationSeconds <= variables.maxExpirationSeconds";
+        assert!(
+            list(&policy.value, "/spec/validations").iter().any(|v| {
+                text(v, "/expression").is_some_and(|e| {
+                    e.split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .contains(rule)
+                })
+            }),
             "{what}: no validation `{rule}`"
         );
     }

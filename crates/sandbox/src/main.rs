@@ -58,9 +58,12 @@ struct Args {
     /// Port of the Azure stand-in's HTTPS endpoint: Entra and registries (0 = any free port).
     #[arg(long, default_value_t = 0)]
     https_port: u16,
-    /// Port of acrpull's /metrics and /debug/bindings.
+    /// Port of acrpull's /metrics.
     #[arg(long, default_value_t = 8080)]
     metrics_port: u16,
+    /// Port of acrpull's /debug/bindings (on 127.0.0.1, as acrpull serves it by default).
+    #[arg(long, default_value_t = 8082)]
+    debug_port: u16,
     /// Port of acrpull's /healthz and /readyz.
     #[arg(long, default_value_t = 8081)]
     probe_port: u16,
@@ -103,6 +106,8 @@ fn parse_fault(s: &str) -> Result<FaultRule, String> {
 struct Paths {
     dir: PathBuf,
     kubeconfig: PathBuf,
+    /// The controller's: its ServiceAccount's token (the user's kubeconfig is the admin's).
+    controller_kubeconfig: PathBuf,
     state_file: PathBuf,
     /// `<dir>/state.json`, written too when `--state-file` points elsewhere: the walkthrough
     /// reads it, and it must never describe an earlier run.
@@ -139,6 +144,7 @@ impl Paths {
                 .as_deref()
                 .unwrap_or(&dir.join("state.json")))?,
             default_state_file: dir.join("state.json"),
+            controller_kubeconfig: dir.join("acrpull.kubeconfig"),
             ca: dir.join("azure-ca.pem"),
             log: dir.join("acrpull.log"),
             dir,
@@ -239,8 +245,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         check_port_free(args.metrics_port, "--metrics-port")?;
         check_port_free(args.probe_port, "--probe-port")?;
-        if args.metrics_port == args.probe_port {
-            bail!("--metrics-port and --probe-port must differ");
+        check_port_free(args.debug_port, "--debug-port")?;
+        if args.metrics_port == args.probe_port
+            || args.debug_port == args.metrics_port
+            || args.debug_port == args.probe_port
+        {
+            bail!("--metrics-port, --probe-port and --debug-port must differ");
         }
     }
 
@@ -255,9 +265,36 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.kube_port
             )
         })?;
+    // deploy/'s CRDs, RBAC and admission policies, through the API as `kubectl apply` sends
+    // them, and a token of the controller's ServiceAccount: acrpull runs as in a cluster.
     for crd in setup::CRDS {
-        kube.apply_yaml(crd).context("applying the CRDs")?;
+        kube.apply_yaml_checked(crd)
+            .await
+            .context("applying the CRDs")?;
     }
+    kube.apply_yaml_checked(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n",
+        setup::CONTROLLER_NAMESPACE
+    ))
+    .await
+    .context("creating the controller's namespace")?;
+    kube.apply_yaml_checked(setup::RBAC)
+        .await
+        .context("applying deploy/rbac.yaml")?;
+    kube.apply_yaml_checked(setup::ADMISSION)
+        .await
+        .context("applying deploy/admission.yaml")?;
+    let token = kube
+        .service_account_token(
+            setup::CONTROLLER_NAMESPACE,
+            setup::CONTROLLER_SERVICE_ACCOUNT,
+            Duration::from_secs(30 * 24 * 3600),
+        )
+        .context("a token for the controller's ServiceAccount")?;
+    write_atomic(
+        &paths.controller_kubeconfig,
+        kube.kubeconfig_for_token(&token).as_bytes(),
+    )?;
     for obj in setup::kube_objects() {
         kube.apply(obj)
             .context("creating namespace demo and its ServiceAccounts")?;
@@ -306,6 +343,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let controller_args = vec![
         format!("--metrics-bind-address=127.0.0.1:{}", args.metrics_port),
         format!("--health-probe-bind-address=127.0.0.1:{}", args.probe_port),
+        format!("--debug-bind-address=127.0.0.1:{}", args.debug_port),
         format!("--imds-endpoint={}", azure.imds_url()),
         format!(
             "--azure-resolve={}={https},{}={https},{}={https}",
@@ -319,7 +357,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     ];
     let controller_env = vec![(
         "KUBECONFIG".to_string(),
-        paths.kubeconfig.display().to_string(),
+        paths.controller_kubeconfig.display().to_string(),
     )];
     let command_line = controller::shell_line(&controller_env, &bin, &controller_args);
     let output = if args.controller_logs {
@@ -387,9 +425,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "pid": child.as_ref().and_then(Controller::id),
             "binary": bin,
             "command": command_line,
+            "user": setup::CONTROLLER_USER,
+            "kubeconfig": paths.controller_kubeconfig,
             "log_file": match &output { Output::File(p) => json!(p), Output::Interleaved => Value::Null },
             "metrics_url": format!("{metrics}/metrics"),
-            "debug_url": format!("{metrics}/debug/bindings"),
+            "debug_url": format!("http://127.0.0.1:{}/debug/bindings", args.debug_port),
             "healthz_url": format!("{probes}/healthz"),
             "readyz_url": format!("{probes}/readyz"),
         },
@@ -459,6 +499,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(full) = table::full_errors(&table::rows(&kube)) {
         println!("\n{full}");
     }
+    // Anything deploy/'s RBAC or admission policies refused the controller: a sandbox that
+    // reached its states with refusals on the way does not count as working.
+    let refused = setup::controller_refusals(&kube.requests());
+    let code = if refused.is_empty() {
+        code
+    } else {
+        eprintln!(
+            "\nThe API server refused acrpull {} request(s) (deploy/rbac.yaml, deploy/admission.yaml):\n  {}",
+            refused.len(),
+            refused.join("\n  ")
+        );
+        ExitCode::FAILURE
+    };
+    state["controller"]["refused"] = json!(refused);
     shutdown(child, kube, azure).await;
     // The stand-ins are gone: a state file must not offer their URLs as live.
     state["status"] = json!("stopped");
@@ -498,6 +552,11 @@ fn print_banner(args: &Args, paths: &Paths, state: &Value, command_line: &str) {
     println!("acrpull sandbox is up.\n");
     println!("  kubeconfig       {kc}");
     println!("  state file       {}", paths.state_file.display());
+    println!(
+        "  acrpull runs as  {} ({}; RBAC and admission policies of deploy/)",
+        s(&c["user"]),
+        paths.controller_kubeconfig.display()
+    );
     if args.no_controller {
         println!("\n  acrpull is NOT running (--no-controller). Run it yourself, e.g. under a debugger:\n");
         println!("    {command_line}\n");

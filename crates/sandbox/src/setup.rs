@@ -1,6 +1,7 @@
-//! What the sandbox sets up: the CRDs, namespace `demo` with its ServiceAccounts, the Azure
-//! side (tenant, identities, federated credential, registries, role assignments) and the example
-//! bindings from `examples/`.
+//! What the sandbox sets up: `deploy/`'s CRDs, RBAC and admission policies (so acrpull runs as
+//! in a cluster: as its own ServiceAccount, confined by both), namespace `demo` with its
+//! ServiceAccounts, the Azure side (tenant, identities, federated credential, registries, role
+//! assignments) and the example bindings from `examples/`.
 //!
 //! The identities use fixed, obviously fake GUIDs because the example YAML files name them:
 //! a binding in `examples/` must find its identity in the stand-in.
@@ -36,6 +37,32 @@ pub const CRDS: [&str; 2] = [
     include_str!("../../../deploy/crds/acrpullbindings.acrpull.microsoft.com.yaml"),
     include_str!("../../../deploy/crds/acrpullbindings.msi-acrpull.microsoft.com.yaml"),
 ];
+/// The controller's ServiceAccount and RBAC, and its admission policies (fail-closed), as
+/// `kubectl apply -k deploy/` installs them.
+pub const RBAC: &str = include_str!("../../../deploy/rbac.yaml");
+pub const ADMISSION: &str = include_str!("../../../deploy/admission.yaml");
+/// Where `deploy/` puts the controller, and the user it runs as.
+pub const CONTROLLER_NAMESPACE: &str = "acrpull-system";
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "acrpull";
+pub const CONTROLLER_USER: &str = "system:serviceaccount:acrpull-system:acrpull";
+
+/// The controller's requests (by its user agent, `acrpull/...`) that the API server refused:
+/// 401, 403 (RBAC or an admission policy) or any admission denial. In a sandbox that works
+/// there are none; one means `deploy/` and the controller disagree.
+pub fn controller_refusals(requests: &[kube_standin::RequestRecord]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.user_agent.starts_with("acrpull/") && r.refused())
+        .map(|r| {
+            let by = if r.denied_by_policy.is_empty() {
+                String::new()
+            } else {
+                format!(" (ValidatingAdmissionPolicy {})", r.denied_by_policy)
+            };
+            format!("{} {} {} as {:?}{by}", r.status, r.verb, r.path, r.user)
+        })
+        .collect()
+}
 
 /// The state an example binding must reach for `--exit-when-ready`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +327,26 @@ mod tests {
                 assert_eq!(sa, WI_SA);
             }
         }
+    }
+
+    #[test]
+    fn refusals_are_the_controllers_401s_403s_and_denials() {
+        let rec = |ua: &str, status: u16, policy: &str| kube_standin::RequestRecord {
+            user_agent: ua.into(),
+            status,
+            denied_by_policy: policy.into(),
+            verb: "patch".into(),
+            path: "/p".into(),
+            ..Default::default()
+        };
+        let log = [
+            rec("acrpull/0.1.0 (x)", 200, ""),
+            rec("acrpull/0.1.0 (x)", 403, ""),
+            rec("acrpull/0.1.0 (x)", 422, "acrpull-secret-writes"),
+            rec("acrpull/0.1.0 (x)", 409, ""),
+            rec("kubectl/v1.33", 403, "acrpull-secret-writes"),
+        ];
+        assert_eq!(controller_refusals(&log).len(), 2);
     }
 
     #[test]

@@ -54,6 +54,7 @@ fn sandbox_cmd(dir: &Path, metrics: u16, probe: u16) -> Command {
         .arg(acrpull_bin())
         .args(["--metrics-port", &metrics.to_string()])
         .args(["--probe-port", &probe.to_string()])
+        .args(["--debug-port", &free_port().to_string()])
         .args(["--token-lifetime", LIFETIME])
         .stdin(Stdio::null());
     cmd
@@ -225,6 +226,20 @@ fn exit_when_ready_settles_every_example_and_describes_the_world() {
         .unwrap()
         .contains("--ttl-rotation-fraction=0.5"));
     assert_eq!(state["faults"][0]["action"]["status"], 500);
+    // acrpull ran as its ServiceAccount under deploy/'s RBAC and admission policies, and was
+    // refused nothing on the way to those states.
+    assert_eq!(
+        state["controller"]["user"],
+        "system:serviceaccount:acrpull-system:acrpull"
+    );
+    assert_eq!(state["controller"]["refused"], serde_json::json!([]));
+    let kubeconfig =
+        std::fs::read_to_string(state["controller"]["kubeconfig"].as_str().unwrap()).unwrap();
+    let admin = std::fs::read_to_string(state["kubeconfig"].as_str().unwrap()).unwrap();
+    assert_ne!(
+        kubeconfig, admin,
+        "the controller does not get the admin's kubeconfig"
+    );
     // Everything stopped with the sandbox.
     wait_pid_gone(state["controller"]["pid"].as_i64().unwrap());
 }

@@ -5,10 +5,14 @@
 //! - [`v1beta1`]: `msi-acrpull.microsoft.com/v1beta1`, the legacy managed-identity-only API.
 //! - [`v1beta2`]: `acrpull.microsoft.com/v1beta2`, the current API.
 //!
+//! And the cluster-scoped tenancy API, [`policy`]: `acrpull.microsoft.com/v1alpha1`
+//! `AcrPullPolicy`.
+//!
 //! Deserialisation is deliberately lenient (every field defaults): an object that slipped past
 //! validation (an older CRD, a hand edit) must still reach the decision core, which fails *that*
 //! binding with a message instead of breaking the watch for every binding.
 
+pub mod policy;
 pub mod schema;
 pub mod status;
 pub mod v1beta1;
@@ -22,12 +26,22 @@ use kube::CustomResourceExt;
 /// The finalizer both controllers (the Go one and this one) put on bindings.
 pub const FINALIZER: &str = "msi-acrpull.microsoft.com";
 
-/// Both CRDs as the cluster should see them, v1beta1 first.
+/// Both binding CRDs as the cluster should see them, v1beta1 first.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![
+    strip_defaults(vec![
         v1beta1::AcrPullBinding::crd(),
         v1beta2::AcrPullBinding::crd(),
-    ];
+    ])
+}
+
+/// Every CRD acrpull ships: the bindings, then the cluster-scoped `AcrPullPolicy`.
+pub fn all_crds() -> Vec<CustomResourceDefinition> {
+    let mut all = crds();
+    all.extend(strip_defaults(vec![policy::AcrPullPolicy::crd()]));
+    all
+}
+
+fn strip_defaults(mut crds: Vec<CustomResourceDefinition>) -> Vec<CustomResourceDefinition> {
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
@@ -42,10 +56,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     crds
 }
 
-/// Both CRD manifests as one multi-document YAML string, in a stable order.
+/// Every CRD manifest as one multi-document YAML string, in a stable order.
 pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
     let mut out = String::new();
-    for crd in crds() {
+    for crd in all_crds() {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd)?);
     }
@@ -55,7 +69,7 @@ pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
 /// Each CRD as `(file name, YAML)`, as committed under `deploy/crds/`.
 pub fn crd_files() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
     let mut files = Vec::new();
-    for crd in crds() {
+    for crd in all_crds() {
         let name = format!(
             "{}.yaml",
             crd.metadata.name.as_deref().unwrap_or("acrpullbindings")

@@ -40,6 +40,8 @@ pub struct Outcome {
     pub warnings: Vec<String>,
     /// Audit annotations.
     pub audit: BTreeMap<String, String>,
+    /// The name of the policy whose denial [`Outcome::deny`] is.
+    pub denied_by: Option<String>,
 }
 
 #[derive(Debug)]
@@ -280,6 +282,7 @@ impl Policies {
             }
         }
         if let Some((pname, bname, f)) = denied.into_iter().next() {
+            out.denied_by = Some(pname.clone());
             let message = match bname {
                 Some(b) => format!(
                     "ValidatingAdmissionPolicy '{pname}' with binding '{b}' denied request: {}",
@@ -644,7 +647,9 @@ mod tests {
 
     fn token_request(user: &UserInfo, audiences: Value) -> Outcome {
         let object = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                            "metadata": {"name": "app", "namespace": "team"}, "spec": {"audiences": audiences}});
+                            "metadata": {"name": "app", "namespace": "team"},
+                            // The lifetime the controller asks for (the shipped policy caps it).
+                            "spec": {"audiences": audiences, "expirationSeconds": 600}});
         let options = options(Operation::Create, &json!({}));
         let objects = shipped();
         let sa = objects.registry.by_key("", "serviceaccounts").unwrap();

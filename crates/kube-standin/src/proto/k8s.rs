@@ -276,6 +276,21 @@ static TOKEN_REQUEST: &[F] = &[
     ),
 ];
 
+/// `meta.v1.DeleteOptions`: the body of a DELETE, which client-go's protobuf clients (Helm
+/// purging its release record, for one) send in protobuf too.
+static DELETE_OPTIONS: &[F] = &[
+    one(1, "gracePeriodSeconds", Int),
+    one(
+        2,
+        "preconditions",
+        Msg(&[one(1, "uid", Str), one(2, "resourceVersion", Str)]),
+    ),
+    one(3, "orphanDependents", Bool),
+    one(4, "propagationPolicy", Str),
+    many(5, "dryRun", Str),
+    one(6, "ignoreStoreReadErrorWithClusterBreakingPotential", Bool),
+];
+
 /// The table for a kind, if the stand-in decodes it.
 pub fn kind_schema(group: &str, kind: &str) -> Option<&'static [F]> {
     Some(match (group, kind) {
@@ -294,6 +309,8 @@ pub fn kind_schema(group: &str, kind: &str) -> Option<&'static [F]> {
         ("authentication.k8s.io", "SelfSubjectReview") => SELF_SUBJECT_REVIEW,
         ("authentication.k8s.io", "TokenReview") => TOKEN_REVIEW,
         ("authentication.k8s.io", "TokenRequest") => TOKEN_REQUEST,
+        // Registered in every group-version (client-go sends the resource's, e.g. `v1`).
+        (_, "DeleteOptions") => DELETE_OPTIONS,
         _ => return None,
     })
 }

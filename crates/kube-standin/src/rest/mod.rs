@@ -475,8 +475,24 @@ fn delete_one(
 /// The delete's options for storage, and its `DeleteOptions` as admission sees them
 /// (`request.options`, without `kind`).
 fn delete_opts(call: &Call) -> ApiResult<(DeleteOpts, Value)> {
+    let ct = call.content_type.split(';').next().unwrap_or("").trim();
     let body: Value = if call.body.is_empty() {
         json!({})
+    } else if ct == crate::proto::MEDIA_TYPE {
+        // client-go's protobuf clients send DeleteOptions in protobuf (Helm's release
+        // storage does, when `helm uninstall` purges the release record).
+        let mut o = crate::proto::decode_object(&call.body)?;
+        if o["kind"] != "DeleteOptions" {
+            return Err(ApiError::bad_request(format!(
+                "error decoding DeleteOptions: the body is a {}",
+                o["kind"].as_str().unwrap_or("message of no kind")
+            )));
+        }
+        if let Some(m) = o.as_object_mut() {
+            m.remove("kind");
+            m.remove("apiVersion");
+        }
+        o
     } else {
         serde_json::from_slice(&call.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?

@@ -28,6 +28,8 @@ pub struct Notes {
     pub warnings: Vec<String>,
     /// Audit annotations (admission policies' `Audit` and `auditAnnotations`).
     pub audit_annotations: BTreeMap<String, String>,
+    /// The ValidatingAdmissionPolicy that denied the request, if one did.
+    pub denied_by: Option<String>,
 }
 
 impl Notes {
@@ -35,6 +37,14 @@ impl Notes {
     pub fn add(&mut self, warnings: Vec<String>, audit: BTreeMap<String, String>) {
         self.warnings.extend(warnings);
         self.audit_annotations.extend(audit);
+    }
+
+    /// Record everything validating admission said about a request, its denial included.
+    pub fn admitted(&mut self, out: &admission::policy::Outcome) {
+        self.add(out.warnings.clone(), out.audit.clone());
+        if out.denied_by.is_some() {
+            self.denied_by = out.denied_by.clone();
+        }
     }
 }
 
@@ -68,6 +78,9 @@ pub fn write(
         run(ctx, plan, &mut attempt)
     });
     notes.add(attempt.warnings, attempt.audit_annotations);
+    if attempt.denied_by.is_some() {
+        notes.denied_by = attempt.denied_by;
+    }
     out
 }
 
@@ -122,7 +135,7 @@ pub fn run(ctx: &WriteContext<'_>, plan: &Plan, notes: &mut Notes) -> ApiResult<
         options: &options,
     };
     let out = admission::validating::admit(&ctx.cluster.policies, &*ctx.cluster.store, &attrs);
-    notes.add(out.warnings, out.audit);
+    notes.admitted(&out);
     match out.deny {
         Some(e) => Err(e),
         None => Ok(()),

@@ -53,7 +53,7 @@ pub fn create(
     let store: &Store = &cluster.store;
     admission::mutate(store, &attrs)?;
     let out = admission::validating::admit(&cluster.policies, store, &attrs);
-    call.notes.add(out.warnings, out.audit);
+    call.notes.admitted(&out);
     if let Some(denied) = out.deny {
         return Err(denied);
     }

@@ -74,3 +74,11 @@ An IntOrString: "1" (as ARO-HCP's values pass it) becomes 1, "25%" stays a strin
 {{- end -}}
 {{- $group -}}
 {{- end }}
+
+{{- /*
+The tenancy mode as a string: an unquoted `off` in a values file is YAML's false.
+*/ -}}
+{{- define "acrpull.tenancyMode" -}}
+{{- $mode := .Values.tenancy.mode | default "off" | toString -}}
+{{- if eq $mode "false" }}off{{ else }}{{ $mode }}{{ end -}}
+{{- end }}
