@@ -41,7 +41,13 @@ pub async fn run<K: BindingResource>(
     m: Mint<'_>,
     notes: &mut Notes,
 ) -> Result<Step<K>, ReconcileError> {
-    if m.reason == MintReason::Missing && key.version == Version::V1beta1 {
+    // After a SecretConflict the Secret in the way is known to exist: look before minting
+    // again, so a retry calls Azure only once it was handed over or removed.
+    let conflicted = o
+        .last_failure
+        .as_ref()
+        .is_some_and(|f| f.reason == Reason::SecretConflict);
+    if m.reason == MintReason::Missing && (key.version == Version::V1beta1 || conflicted) {
         // The cache shows no secret. The old controller's v1beta1 secrets may be unlabelled
         // (SPEC §4.1), invisible to the label-filtered watch: before minting, look for one by
         // name and adopt it with its still-valid token instead of calling Azure. v1beta2

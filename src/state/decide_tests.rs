@@ -734,6 +734,56 @@ fn one_attach_names_every_sibling_on_its_way_to_a_pull_secret() {
 }
 
 #[test]
+fn a_sibling_the_tenancy_policies_refuse_is_never_attached() {
+    let sibling = |name: &str, client_id: &str| Sibling {
+        name: name.into(),
+        spec: Spec::V1beta2(V1beta2Spec {
+            managed: Some((client_id.into(), String::new())),
+            ..v2_managed()
+        }),
+        failed: false,
+    };
+    let other_id = "2b461305-28be-5271-beda-bd9fd2e24252";
+    let base = || {
+        let mut o = with_policies(observed(Spec::V1beta2(v2_managed())), vec![ns_policy()]);
+        o.secrets = vec![secret_for(
+            &o,
+            "acr-pull-app",
+            "2026-01-01T11:50:00Z",
+            "2026-01-01T15:00:00Z",
+        )];
+        o.target_service_account = Some(sa("puller", &[]));
+        o.siblings = vec![sibling("web", CID), sibling("rogue", other_id)];
+        o
+    };
+    let attached = |d: Decision| match d.plan {
+        Plan::Attach { pull_secrets, .. } => pull_secrets,
+        other => panic!("{other:?}"),
+    };
+    // Enforce: the permitted sibling rides along; the refused one (its own pass revokes it)
+    // is not named, or the two passes would undo each other.
+    assert_eq!(
+        attached(decide(&base(), now(), &enforce())),
+        ["acr-pull-app", "acr-pull-web"].map(String::from).to_vec()
+    );
+    // Audit serves both.
+    assert_eq!(
+        attached(decide(&base(), now(), &audit())),
+        ["acr-pull-app", "acr-pull-rogue", "acr-pull-web"]
+            .map(String::from)
+            .to_vec()
+    );
+    // Off: tenancy is not consulted.
+    let mut off = base();
+    off.tenancy = None;
+    assert_eq!(
+        attached(decide(&off, now(), &policy())).len(),
+        3,
+        "every valid sibling is attached with tenancy off"
+    );
+}
+
+#[test]
 fn status_is_updated_from_the_secret_then_nothing_until_the_boundary() {
     let o = ready(observed(Spec::V1beta2(v2_managed())));
     let d = decide(&o, now(), &policy());
