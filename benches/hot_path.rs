@@ -16,6 +16,7 @@ use acrpull::k8s::api::v1beta2;
 use acrpull::k8s::pull_secret::{document, NewToken};
 use acrpull::state::binding::{validate, Policy, ServiceAccountView, Spec, V1beta2Spec, Version};
 use acrpull::state::decide::{decide, BindingView, Observed, Plan, SecretView, StatusView};
+use acrpull::state::status_schema::StatusFields;
 use acrpull::state::token::SecretToken;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -71,6 +72,7 @@ fn new_binding() -> Observed {
         referencing_service_accounts: vec![],
         last_failure: None,
         siblings: vec![],
+        tenancy: None,
     }
 }
 
@@ -86,6 +88,7 @@ fn converged(now: Timestamp, policy: &Policy) -> Observed {
         refresh: Some(now - Duration::from_secs(60)),
         issued: None,
         inputs: Some(inputs),
+        inputs_all: None,
         verified: Some(true),
         planned: None,
     }];
@@ -105,6 +108,8 @@ fn converged(now: Timestamp, policy: &Policy) -> Observed {
         observed_generation: Some(record.observed_generation),
         ready: Some((record.ready, Some(record.reason), record.message.clone())),
         verified: record.verified,
+        permitted: record.permitted.clone(),
+        kept: StatusFields::ALL,
     };
     assert_eq!(decide(&o, now, policy).plan, Plan::Wait);
     o
