@@ -87,6 +87,68 @@ pub struct Caches {
     pub v1beta2: BindingIndex,
     pub namespaces: NsCache<NamespaceMeta>,
     pub policies: NsCache<AcrPullPolicy>,
+    /// One attach at a time per ServiceAccount (see [`ServiceAccountLocks`]).
+    pub sa_locks: ServiceAccountLocks,
+}
+
+/// Per ServiceAccount, a lock its attach patches take. Bindings sharing a ServiceAccount are
+/// often minted together; without it two passes patch it from the same cached
+/// resourceVersion, one is answered 409 and its binding costs a second pass. Under the lock
+/// the second pass sees the first one's answer in the cache — usually with its own name
+/// already in it (rule 8 names the siblings) — and writes nothing. Entries live only while
+/// held or awaited, so memory stays flat with the number of ServiceAccounts.
+#[derive(Default, Clone)]
+pub struct ServiceAccountLocks(Arc<Mutex<LockMap>>);
+
+type LockMap = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+
+/// Held while a ServiceAccount is written; released (and forgotten when unused) on drop.
+pub struct ServiceAccountGuard {
+    locks: ServiceAccountLocks,
+    key: (String, String),
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl ServiceAccountLocks {
+    pub async fn lock(&self, namespace: &str, name: &str) -> ServiceAccountGuard {
+        let key = (namespace.to_string(), name.to_string());
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let guard = lock.lock_owned().await;
+        ServiceAccountGuard {
+            locks: self.clone(),
+            key,
+            guard: Some(guard),
+        }
+    }
+
+    /// Locks held or awaited (for tests and the memory bound).
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for ServiceAccountGuard {
+    fn drop(&mut self) {
+        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.guard.take());
+        // Only the map's reference left: nobody holds or awaits it.
+        if map
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
 }
 
 impl Caches {
@@ -207,13 +269,85 @@ pub struct WrittenBindings(Arc<Mutex<WrittenInner>>);
 /// binding as that write returned it.
 type Latest = HashMap<(Version, String, String), (u64, Arc<dyn Any + Send + Sync>)>;
 
-#[derive(Default)]
 struct WrittenInner {
     echoes: HashMap<Version, Echoes>,
     latest: Latest,
+    /// Bindings with a write of ours in flight, and how many.
+    in_flight: HashMap<(Version, String, String), usize>,
+    /// Bumped whenever a write ends, for [`WrittenBindings::settled`].
+    ended: tokio::sync::watch::Sender<u64>,
 }
 
+impl Default for WrittenInner {
+    fn default() -> Self {
+        Self {
+            echoes: HashMap::new(),
+            latest: HashMap::new(),
+            in_flight: HashMap::new(),
+            ended: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+/// A write of ours to one binding, in flight until dropped.
+pub struct BindingWrite {
+    written: WrittenBindings,
+    key: (Version, String, String),
+}
+
+impl Drop for BindingWrite {
+    fn drop(&mut self) {
+        let inner = &mut *self.written.lock();
+        if let Some(n) = inner.in_flight.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                inner.in_flight.remove(&self.key);
+            }
+        }
+        inner.ended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// How long a binding's watch event waits for our write to it to be answered.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl WrittenBindings {
+    /// Mark a write of ours to the binding in flight until the guard drops: the watch can
+    /// deliver its event before the write's answer reaches [`WrittenBindings::written`].
+    pub fn begin_write<K: BindingResource>(&self, namespace: &str, name: &str) -> BindingWrite {
+        let key = (K::VERSION, namespace.to_string(), name.to_string());
+        *self.lock().in_flight.entry(key.clone()).or_default() += 1;
+        BindingWrite {
+            written: self.clone(),
+            key,
+        }
+    }
+
+    /// Wait (at most [`SETTLE_LIMIT`]) until no write of ours to `object` is in flight, so
+    /// that [`WrittenBindings::is_echo`] can tell its echo from someone else's change.
+    pub async fn settled<K: BindingResource>(&self, object: &K) {
+        let (ns, name) = key(object);
+        let k = (K::VERSION, ns, name);
+        let mut ended = {
+            let inner = self.lock();
+            if !inner.in_flight.contains_key(&k) {
+                return;
+            }
+            inner.ended.subscribe()
+        };
+        let wait = async {
+            loop {
+                if ended.changed().await.is_err() {
+                    return;
+                }
+                if !self.lock().in_flight.contains_key(&k) {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(SETTLE_LIMIT, wait).await;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, WrittenInner> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -305,6 +439,54 @@ struct Inner<K> {
     buffer: Option<Index<K>>,
     /// resourceVersions our own writes were answered with, until the watch delivers them.
     echoes: Echoes,
+    /// Objects with a write of ours in flight: how many, and the watch events that arrived
+    /// meanwhile (see [`NsCache::begin_write`]).
+    in_flight: HashMap<(String, String), Held<K>>,
+    /// Wakes the bindings of an object whose held-back event was not our own.
+    waker: Option<Waker<K>>,
+}
+
+type Waker<K> = Arc<dyn Fn(&K) + Send + Sync>;
+
+/// Writes in flight to one object, and the watch events held back meanwhile.
+type Held<K> = (usize, Vec<Arc<K>>);
+
+/// A write of ours to one object, in flight until dropped (see [`NsCache::begin_write`]).
+pub struct InFlight<K: ResourceExt + Clone> {
+    cache: NsCache<K>,
+    key: (String, String),
+}
+
+impl<K: ResourceExt + Clone> Drop for InFlight<K> {
+    fn drop(&mut self) {
+        let (waker, wake) = {
+            let mut inner = self.cache.0.write().unwrap_or_else(|e| e.into_inner());
+            let last = match inner.in_flight.get_mut(&self.key) {
+                Some((n, _)) => {
+                    *n -= 1;
+                    *n == 0
+                }
+                None => false,
+            };
+            let wake = if last {
+                inner
+                    .in_flight
+                    .remove(&self.key)
+                    .map(|(_, d)| d)
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            (inner.waker.clone(), wake)
+        };
+        // Someone else's change arrived while we wrote (or the write failed): wake as the
+        // watch would have.
+        if let Some(waker) = waker {
+            for o in wake {
+                waker(&o);
+            }
+        }
+    }
 }
 
 /// The resourceVersions of our own writes, per object, that the watch has not delivered yet.
@@ -376,6 +558,8 @@ impl<K> Default for NsCache<K> {
             live: HashMap::new(),
             buffer: None,
             echoes: Echoes::default(),
+            in_flight: HashMap::new(),
+            waker: None,
         })))
     }
 }
@@ -417,8 +601,18 @@ impl<K: ResourceExt + Clone> NsCache<K> {
                 let echo = inner
                     .echoes
                     .is_echo(&ns, &name, o.meta().resource_version.as_deref());
+                // A write of ours to it is in flight: its echo can arrive before its answer.
+                // Held back until the answer tells which it is.
+                let held = !echo
+                    && match inner.in_flight.get_mut(&(ns, name)) {
+                        Some((_, deferred)) => {
+                            deferred.push(Arc::new(o.clone()));
+                            true
+                        }
+                        None => false,
+                    };
                 inner.upsert(o.clone());
-                return echo;
+                return echo || held;
             }
             watcher::Event::Delete(o) => {
                 let (ns, name) = key(o);
@@ -438,10 +632,42 @@ impl<K: ResourceExt + Clone> NsCache<K> {
     pub fn written(&self, object: K) {
         let mut inner = self.0.write().unwrap_or_else(|e| e.into_inner());
         let (ns, name) = key(&object);
+        let answered = object.meta().resource_version.clone();
+        // Its echo already arrived (held back, see `begin_write`): nothing to wake, nothing
+        // to expect.
+        if let Some((_, deferred)) = inner.in_flight.get_mut(&(ns.clone(), name.clone())) {
+            let before = deferred.len();
+            deferred.retain(|o| answered.is_none() || o.meta().resource_version != answered);
+            if deferred.len() < before {
+                inner.upsert(object);
+                return;
+            }
+        }
         inner
             .echoes
             .expect(&ns, &name, object.meta().resource_version.as_deref());
         inner.upsert(object);
+    }
+
+    /// Mark a write of ours to `namespace/name` in flight until the returned guard is dropped.
+    /// The watch can deliver the write's event before the write's answer reaches
+    /// [`NsCache::written`]; such an event is held back rather than waking the bindings
+    /// (their pass would find nothing to do). When the guard drops, held-back events that
+    /// were not our write's are handed to the waker.
+    pub fn begin_write(&self, namespace: &str, name: &str) -> InFlight<K> {
+        let key = (namespace.to_string(), name.to_string());
+        let mut inner = self.0.write().unwrap_or_else(|e| e.into_inner());
+        inner.in_flight.entry(key.clone()).or_default().0 += 1;
+        InFlight {
+            cache: self.clone(),
+            key,
+        }
+    }
+
+    /// Set what wakes the bindings of an object whose held-back watch event was not ours.
+    pub fn set_waker(&self, waker: impl Fn(&K) + Send + Sync + 'static) {
+        let mut inner = self.0.write().unwrap_or_else(|e| e.into_inner());
+        inner.waker = Some(Arc::new(waker));
     }
 
     /// An object we deleted.
@@ -526,6 +752,34 @@ mod tests {
     fn value(c: &NsCache<ConfigMap>, ns: &str, name: &str) -> Option<String> {
         c.get(ns, name)
             .and_then(|o| o.data.as_ref().and_then(|d| d.get("v").cloned()))
+    }
+
+    #[test]
+    fn an_echo_that_beats_the_write_answer_wakes_nothing_and_a_foreign_change_still_wakes() {
+        let c = NsCache::<ConfigMap>::default();
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        let w = woken.clone();
+        c.set_waker(move |o: &ConfigMap| {
+            w.lock()
+                .unwrap()
+                .push(o.metadata.resource_version.clone().unwrap())
+        });
+        c.apply_event(&watcher::Event::Apply(cm_at("ns", "a", "0", Some(1))));
+        // Our write is answered at rv 2, but the watch delivers rv 2 first.
+        let flight = c.begin_write("ns", "a");
+        assert!(c.apply_event(&watcher::Event::Apply(cm_at("ns", "a", "1", Some(2)))));
+        c.written(cm_at("ns", "a", "1", Some(2)));
+        drop(flight);
+        assert!(woken.lock().unwrap().is_empty(), "{woken:?}");
+        // No stale expectation: someone else's later change wakes at once.
+        assert!(!c.apply_event(&watcher::Event::Apply(cm_at("ns", "a", "x", Some(3)))));
+        // Someone else's change held back during a write that then failed: woken on drop.
+        let flight = c.begin_write("ns", "a");
+        assert!(c.apply_event(&watcher::Event::Apply(cm_at("ns", "a", "y", Some(4)))));
+        assert!(woken.lock().unwrap().is_empty());
+        drop(flight);
+        assert_eq!(*woken.lock().unwrap(), vec!["4".to_string()]);
+        assert_eq!(value(&c, "ns", "a").as_deref(), Some("y"));
     }
 
     #[test]

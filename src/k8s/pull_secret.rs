@@ -116,6 +116,7 @@ pub async fn write<K: BindingResource>(
 ) -> Result<(), ReconcileError> {
     let namespace = binding.namespace().unwrap_or_default();
     let name = token.request.secret_name.as_str();
+    let _flight = cache.begin_write(&namespace, name);
     let written = match cache.get(&namespace, name) {
         None => {
             let secret = document(binding, token);
@@ -136,6 +137,8 @@ pub async fn overwrite<K: BindingResource>(
     token: &NewToken<'_>,
     resource_version: Option<String>,
 ) -> Result<(), ReconcileError> {
+    let namespace = binding.namespace().unwrap_or_default();
+    let _flight = cache.begin_write(&namespace, &token.request.secret_name);
     let written = update(writer, binding, token, resource_version).await?;
     cache.written(cached(written));
     Ok(())

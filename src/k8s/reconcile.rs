@@ -17,7 +17,7 @@ use super::context::Context;
 use super::error::ReconcileError;
 use super::events::{publish, should_emit_failure, Notes, Severity};
 use super::mint::{self, Mint};
-use super::observe::observe;
+use super::observe::{observe, pull_secret_names};
 use super::status;
 use super::tracker::{BindingKey, Report};
 use crate::state::decide::{
@@ -397,7 +397,20 @@ async fn execute<K: BindingResource>(
             service_account,
             pull_secrets,
         } => {
-            if set_pull_secrets(ctx, ns, service_account, pull_secrets).await? {
+            // One attach per ServiceAccount at a time. A pass that waited finds the other's
+            // patch in the cache: the list it decided on is stale, so it decides again
+            // (usually finding itself attached by the other's batch) instead of sending a
+            // patch the API server would refuse with 409.
+            let _held = ctx.caches.sa_locks.lock(ns, service_account).await;
+            let decided_on = o.target_service_account.as_ref().map(|t| &t.pull_secrets);
+            let cached = ctx
+                .caches
+                .service_accounts
+                .get(ns, service_account)
+                .map(|sa| pull_secret_names(&sa));
+            if cached.is_some() && cached.as_ref() != decided_on {
+                go_on
+            } else if set_pull_secrets(ctx, ns, service_account, pull_secrets).await? {
                 notes.attached(service_account);
                 go_on
             } else {
@@ -431,6 +444,10 @@ pub async fn write_status<K: BindingResource>(
     now: Timestamp,
 ) -> Result<Option<Arc<K>>, ReconcileError> {
     let kept = ctx.crds.kept(K::VERSION);
+    let _flight = ctx
+        .caches
+        .bindings
+        .begin_write::<K>(&b.namespace().unwrap_or_default(), &b.name_any());
     let Some(mut written) = status::write(&ctx.writer, kept, b, record, now).await? else {
         return Ok(None);
     };
@@ -515,6 +532,10 @@ async fn set_finalizers<K: BindingResource>(
     finalizers: Vec<String>,
     op: &'static str,
 ) -> Result<Arc<K>, ReconcileError> {
+    let _flight = ctx
+        .caches
+        .bindings
+        .begin_write::<K>(&b.namespace().unwrap_or_default(), &b.name_any());
     let patch = json!({"metadata": {
         "resourceVersion": b.resource_version(),
         "finalizers": finalizers,
@@ -543,6 +564,7 @@ async fn set_pull_secrets(
     let Some(current) = ctx.caches.service_accounts.get(ns, name) else {
         return Ok(false);
     };
+    let _flight = ctx.caches.service_accounts.begin_write(ns, name);
     let refs: Vec<serde_json::Value> = list.iter().map(|n| json!({"name": n})).collect();
     let patch = json!({
         "metadata": {"resourceVersion": current.resource_version()},

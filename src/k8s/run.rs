@@ -145,6 +145,16 @@ pub async fn run(
     };
     let sa_wake = wake.clone();
     let ns_wake = wake.clone();
+    // A watch event held back while our own write to the object was in flight, and found
+    // not to be that write's, wakes like any other.
+    let held_secret = wake.clone();
+    ctx.caches
+        .secrets
+        .set_waker(move |s: &SecretMeta| held_secret.secret(s));
+    let (held_sa, sa_caches) = (wake.clone(), ctx.caches.clone());
+    ctx.caches
+        .service_accounts
+        .set_waker(move |sa: &ServiceAccount| held_sa.service_account(&sa_caches, sa));
 
     let secrets = watcher(
         Api::<SecretMeta>::all(client.clone()),
@@ -350,8 +360,19 @@ async fn controller_for<K: BindingResource>(
         .for_each(|_| std::future::ready(()));
     // The echo of our own finalizer or status write wakes nothing: the pass that wrote it has
     // already decided on what it returned.
+    // Its event can arrive before the write's answer: it waits for the answer (not holding
+    // up other bindings' events) to be told apart.
     let written = ctx.caches.bindings.clone();
-    let events = events.filter(move |b| std::future::ready(!written.is_echo(b.as_ref())));
+    let events = events
+        .map(move |b| {
+            let written = written.clone();
+            async move {
+                written.settled(b.as_ref()).await;
+                (!written.is_echo(b.as_ref())).then_some(b)
+            }
+        })
+        .buffer_unordered(SUBSCRIBE_BUFFER)
+        .filter_map(std::future::ready);
 
     // kube-runtime holds the runner until the store has its initial list and only then
     // notices the shutdown, so a controller that never synced (the API server unreachable)
