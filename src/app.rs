@@ -241,7 +241,8 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
     let mut registry = prometheus_client::registry::Registry::default();
     let pipeline_metrics = PipelineMetrics::default();
     pipeline_metrics.register(&mut registry);
-    let controller_metrics = ControllerMetrics::default().with_max_concurrent(cli.concurrency);
+    let controller_metrics =
+        ControllerMetrics::default().with_max_concurrent(run::passes(cli.concurrency));
     controller_metrics.register(&mut registry);
 
     let readiness = Readiness::new(run::watches(&policy(&cli)));
@@ -292,7 +293,8 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         None
     };
     // Every write — the token pipeline's TokenRequests included — checks leadership here.
-    let writer = Writer::new(client.clone(), leader_rx.clone(), cli.kube_call_timeout);
+    let writer = Writer::new(client.clone(), leader_rx.clone(), cli.kube_call_timeout)
+        .with_in_flight(usize::from(cli.concurrency));
     let sa_tokens = Arc::new(TokenRequests::new(writer.clone()));
     let pipeline = TokenPipeline::new(pipeline_config(&cli)?, sa_tokens, pipeline_metrics)
         .map_err(|e| AppError::Pipeline(e.to_string()))?;
@@ -398,6 +400,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             instance: Some(identity),
         },
         failures: Failures::default(),
+        pacing: Default::default(),
         crds: crds.clone(),
     });
     let controllers = tokio::spawn(run::run(

@@ -131,7 +131,8 @@ pub struct Cli {
     #[arg(long, env = "ACRPULL_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Bindings reconciled in parallel.
+    /// Kubernetes API calls of reconcile passes in flight at once. Passes waiting for Azure
+    /// (rate limits, retries) hold none of these: up to 8 times as many passes run at once.
     #[arg(long, env = "ACRPULL_CONCURRENCY", default_value = "16", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
 

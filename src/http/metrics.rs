@@ -69,19 +69,14 @@ impl BindingCollector {
 
 /// Bindings whose token expires within each of [`EXPIRY_BOUNDS`], then all with a token
 /// (cumulative, like histogram buckets; an expired token counts in every bucket).
-fn expiry_buckets(expiries: &[Timestamp], now: Timestamp) -> Vec<(String, u64)> {
-    let left: Vec<f64> = expiries
-        .iter()
-        .map(|e| e.duration_since(now).as_secs_f64())
-        .collect();
+fn expiry_buckets(tracker: &Tracker, now: Timestamp) -> Vec<(String, u64)> {
+    let (counts, total) = tracker.expiry_counts(now, &EXPIRY_BOUNDS);
     let mut out: Vec<(String, u64)> = EXPIRY_BOUNDS
         .iter()
-        .map(|&b| {
-            let n = left.iter().filter(|&&s| s <= f64::from(b)).count();
-            (b.to_string(), n as u64)
-        })
+        .zip(counts)
+        .map(|(b, n)| (b.to_string(), n))
         .collect();
-    out.push(("+Inf".to_string(), left.len() as u64));
+    out.push(("+Inf".to_string(), total));
     out
 }
 
@@ -131,14 +126,10 @@ impl Collector for BindingCollector {
             }
         }
         {
-            let expiries: Vec<Timestamp> = if leads {
-                self.tracker
-                    .list()
-                    .iter()
-                    .filter_map(|e| e.expiry.as_deref()?.parse().ok())
-                    .collect()
+            let buckets = if leads {
+                expiry_buckets(&self.tracker, now)
             } else {
-                Vec::new()
+                expiry_buckets(&Tracker::default(), now)
             };
             let mut family = encoder.encode_descriptor(
                 "acrpull_token_expiry_bindings",
@@ -146,7 +137,7 @@ impl Collector for BindingCollector {
                 None,
                 MetricType::Gauge,
             )?;
-            for (le, n) in expiry_buckets(&expiries, now) {
+            for (le, n) in buckets {
                 let labels = [("le", le.as_str())];
                 ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
             }

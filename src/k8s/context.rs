@@ -8,6 +8,7 @@ use super::cache::Caches;
 use super::crd_check::CrdSchemas;
 use super::failures::Failures;
 use super::metrics::ControllerMetrics;
+use super::pacing::Pacing;
 use super::tracker::Tracker;
 use super::verify::Verifier;
 use super::writer::Writer;
@@ -39,6 +40,8 @@ pub struct Context {
     pub reporter: Reporter,
     /// Recent failures per binding (in memory).
     pub failures: Failures,
+    /// When new tokens are planned to be refreshed.
+    pub pacing: Pacing,
     /// What the installed CRDs keep of the status (old CRDs prune most of it).
     pub crds: CrdSchemas,
 }

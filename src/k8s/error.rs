@@ -34,6 +34,13 @@ impl ReconcileError {
         }
     }
 
+    /// A create answered 409 AlreadyExists: an object of that name exists that the cache does
+    /// not show.
+    pub fn already_exists(&self) -> bool {
+        matches!(self, ReconcileError::Kube { source: kube::Error::Api(s), .. }
+            if s.code == 409 && s.reason == "AlreadyExists")
+    }
+
     /// A 409 or 404 on a write: the cache was behind the API server.
     pub fn cache_was_behind(&self) -> bool {
         matches!(self.reason(), Reason::Conflict | Reason::NotFound)

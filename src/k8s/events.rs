@@ -135,9 +135,119 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// What one pass did that the user is told about, folded into as few Events as SPEC §8 allows:
+/// a pass that creates the pull secret and attaches it says so in one `TokenIssued` Event
+/// ("pull secret created and attached to service account …"), not a `TokenIssued` and a
+/// `PullSecretAttached` — one Event per binding on creation instead of two. A refresh, or an
+/// attach on its own (someone removed the secret from the ServiceAccount), keeps its own Event.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Notes {
+    /// `(TokenIssued | TokenRefreshed, secret name, expiry)`.
+    minted: Option<(Reason, String, String)>,
+    /// The ServiceAccount the pull secret was attached to.
+    attached: Option<String>,
+}
+
+impl Notes {
+    pub fn minted(&mut self, reason: Reason, secret: &str, expires: &str) {
+        self.minted = Some((reason, secret.to_string(), expires.to_string()));
+    }
+
+    pub fn attached(&mut self, service_account: &str) {
+        self.attached = Some(service_account.to_string());
+    }
+
+    /// The Events to publish: (reason, action, note).
+    pub fn events(&self) -> Vec<(Reason, &'static str, String)> {
+        let mut out = Vec::new();
+        match (&self.minted, &self.attached) {
+            (Some((Reason::TokenIssued, secret, expires)), Some(sa)) => out.push((
+                Reason::TokenIssued,
+                "Mint",
+                format!(
+                    "pull secret {secret} created and attached to service account {sa}; token expires {expires}"
+                ),
+            )),
+            (minted, attached) => {
+                if let Some((reason, secret, expires)) = minted {
+                    let what = match reason {
+                        Reason::TokenIssued => "created",
+                        _ => "refreshed",
+                    };
+                    out.push((
+                        *reason,
+                        "Mint",
+                        format!("pull secret {secret} {what}; token expires {expires}"),
+                    ));
+                }
+                if let Some(sa) = attached {
+                    out.push((
+                        Reason::PullSecretAttached,
+                        "Attach",
+                        format!("pull secret attached to service account {sa}"),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Publish them about `object` (best effort, like every Event).
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        writer: &Writer,
+        reporter: &Reporter,
+        object: &K,
+    ) {
+        for (reason, action, note) in self.events() {
+            publish(
+                writer,
+                reporter,
+                object,
+                Severity::Normal,
+                reason,
+                action,
+                note,
+            )
+            .await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_mint_and_its_attach_are_one_event() {
+        let mut n = Notes::default();
+        n.minted(Reason::TokenIssued, "acr-pull-app", "2026-01-01T01:00:00Z");
+        n.attached("puller");
+        let events = n.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].0, Reason::TokenIssued);
+        assert!(events[0]
+            .2
+            .contains("created and attached to service account puller"));
+        assert!(events[0].2.contains("acr-pull-app"));
+        // A refresh and an attach on its own keep their own Events.
+        let mut n = Notes::default();
+        n.minted(
+            Reason::TokenRefreshed,
+            "acr-pull-app",
+            "2026-01-01T01:00:00Z",
+        );
+        n.attached("puller");
+        let reasons: Vec<Reason> = n.events().into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            reasons,
+            [Reason::TokenRefreshed, Reason::PullSecretAttached]
+        );
+        let mut n = Notes::default();
+        n.attached("puller");
+        assert_eq!(n.events()[0].0, Reason::PullSecretAttached);
+        assert!(Notes::default().events().is_empty());
+    }
 
     #[test]
     fn repeats_are_thinned_out() {

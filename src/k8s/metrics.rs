@@ -178,7 +178,7 @@ impl ControllerMetrics {
         );
         registry.register(
             "acrpull_credential_verifications",
-            "Checks of new credentials at the registry token endpoint, by outcome",
+            "Checks of new credentials (the access token's own grant, or the registry token endpoint), by outcome",
             self.verifications.clone(),
         );
         registry.register(
@@ -225,8 +225,9 @@ impl ControllerMetrics {
         );
     }
 
-    /// One post-mint credential check: verified, scope_not_granted, rejected, unavailable
-    /// or skipped.
+    /// One post-mint credential check: verified (asked the registry), from_token (read the
+    /// grant from the access token the registry issued), cached, scope_not_granted, rejected,
+    /// unavailable or skipped.
     pub fn verification(&self, outcome: &'static str) {
         self.verifications
             .get_or_create(&OutcomeLabels { outcome })

@@ -10,20 +10,20 @@ use kube::ResourceExt;
 use super::binding::BindingResource;
 use super::context::Context;
 use super::error::ReconcileError;
-use super::events::{publish, should_emit_failure, Severity};
+use super::events::{publish, should_emit_failure, Notes, Severity};
 use super::pull_secret::{self, Adoption, NewToken};
-use super::reconcile::Done;
-use super::status;
+use super::reconcile::{write_status, Done, Step};
 use super::tracker::BindingKey;
 use super::verify::Verification;
 use crate::azure::{
-    Cloud, CredentialRequest, Identity, IdentityAudience, V1BETA1_DEFAULT_ARM_RESOURCE,
+    AcrCredential, Cloud, CredentialRequest, Identity, IdentityAudience,
+    V1BETA1_DEFAULT_ARM_RESOURCE,
 };
-use crate::state::binding::{CloudSpec, IdentitySpec, Resolved, TokenAudience};
+use crate::state::binding::{CloudSpec, IdentitySpec, Resolved, TokenAudience, Version};
 use crate::state::decide::{after_mint_failure, Decision, MintFailure, MintReason, Observed};
 use crate::state::reason::Reason;
 use crate::state::record::Phase;
-use crate::state::refresh::RefreshRule;
+use crate::state::refresh::{add, boundary, ceil_seconds, RefreshRule, MIN_REFRESH_INTERVAL};
 
 /// What to mint, as decided.
 pub struct Mint<'a> {
@@ -39,13 +39,21 @@ pub async fn run<K: BindingResource>(
     key: &BindingKey,
     o: &Observed,
     m: Mint<'_>,
-) -> Result<Done, ReconcileError> {
-    if m.reason == MintReason::Missing {
-        // The cache shows no secret. Before minting, make sure none exists unlabelled (secrets
-        // of the old controller, SPEC §4.1, or a label removed by hand) instead of minting a
-        // token and colliding on create.
+    notes: &mut Notes,
+) -> Result<Step<K>, ReconcileError> {
+    // After a SecretConflict the Secret in the way is known to exist: look before minting
+    // again, so a retry calls Azure only once it was handed over or removed.
+    let conflicted = o
+        .last_failure
+        .as_ref()
+        .is_some_and(|f| f.reason == Reason::SecretConflict);
+    if m.reason == MintReason::Missing && (key.version == Version::V1beta1 || conflicted) {
+        // The cache shows no secret. The old controller's v1beta1 secrets may be unlabelled
+        // (SPEC §4.1), invisible to the label-filtered watch: before minting, look for one by
+        // name and adopt it with its still-valid token instead of calling Azure. v1beta2
+        // secrets were always labelled, so their create goes first and a 409 is handled after.
         if let Some(done) = adopt(ctx, b, key, o, &m).await? {
-            return Ok(done);
+            return Ok(Step::Stop(done));
         }
     }
     let audience = match m.request.audience {
@@ -68,7 +76,7 @@ pub async fn run<K: BindingResource>(
                 message: e.user_message(),
                 retry_after: e.retry_after(),
             };
-            return failed(ctx, b, key, o, &m, failure).await;
+            return failed(ctx, b, key, o, &m, failure).await.map(Step::Stop);
         }
     };
     let verified = match ctx.verifier.verify(&m.request, &credential).await {
@@ -80,39 +88,79 @@ pub async fn run<K: BindingResource>(
                 message,
                 retry_after: None,
             };
-            return failed(ctx, b, key, o, &m, failure).await;
+            return failed(ctx, b, key, o, &m, failure).await.map(Step::Stop);
         }
     };
+    let now = Timestamp::now();
     let token = NewToken {
         request: &m.request,
         credential: &credential,
         verified,
-        now: Timestamp::now(),
+        now,
+        refresh_at: Some(refresh_at(ctx, &m.request, &credential, now)),
     };
-    pull_secret::write(&ctx.writer, &ctx.caches.secrets, b, &token).await?;
+    match pull_secret::write(&ctx.writer, &ctx.caches.secrets, b, &token).await {
+        Ok(()) => {}
+        // A Secret of that name exists that the watch does not show (its label was removed,
+        // or the watch is behind): read it once and take it over if it is ours.
+        Err(e) if e.already_exists() => {
+            let api = kube::Api::<Secret>::namespaced(ctx.writer.client().clone(), &key.namespace);
+            let existing = ctx
+                .writer
+                .read("read secret", api.get(&m.request.secret_name))
+                .await?;
+            if pull_secret::adoption(&existing, key.version, &key.name) == Adoption::Foreign {
+                let failure = foreign(&existing);
+                return failed(ctx, b, key, o, &m, failure).await.map(Step::Stop);
+            }
+            pull_secret::overwrite(
+                &ctx.writer,
+                &ctx.caches.secrets,
+                b,
+                &token,
+                existing.resource_version(),
+            )
+            .await?;
+        }
+        Err(e) => return Err(e),
+    }
     ctx.failures.mint_succeeded(key);
-    let event = m.reason.success_event();
-    let note = match event {
-        Reason::TokenIssued => "pull secret created",
-        _ => "pull secret refreshed",
-    };
-    publish(
-        &ctx.writer,
-        &ctx.reporter,
-        b,
-        Severity::Normal,
-        event,
-        "Mint",
-        format!(
-            "{note}; token expires {}",
-            super::binding::rfc3339(credential.expires_at)
+    notes.minted(
+        m.reason.success_event(),
+        &m.request.secret_name,
+        &super::binding::rfc3339(credential.expires_at),
+    );
+    Ok(Step::Continue { binding: None })
+}
+
+/// When the new token is planned to be refreshed: paced (see [`super::pacing`]) between a few
+/// seconds after writing and its boundary.
+fn refresh_at(
+    ctx: &Context,
+    request: &Resolved,
+    credential: &AcrCredential,
+    now: Timestamp,
+) -> Timestamp {
+    let written = ceil_seconds(now);
+    let issued = credential
+        .issued_at
+        .filter(|t| *t < written)
+        .unwrap_or(written);
+    let latest = boundary(request.refresh_rule, issued, credential.expires_at);
+    let earliest = add(written, MIN_REFRESH_INTERVAL);
+    ctx.pacing.plan(&credential.token, earliest, latest, now)
+}
+
+fn foreign(existing: &Secret) -> MintFailure {
+    MintFailure {
+        reason: Reason::SecretConflict,
+        message: format!(
+            "a Secret named {:?} already exists and is not managed by acrpull (no controller \
+             ownerReference to this AcrPullBinding); rename or delete it",
+            existing.name_any()
         ),
-    )
-    .await;
-    Ok(Done {
-        record: None,
-        requeue: m.decision.requeue,
-    })
+        retry_after: None,
+    }
 }
 
 /// The identity a binding's token exchange uses, for logs (upstream issue #110): ids and
@@ -213,15 +261,7 @@ async fn adopt<K: BindingResource>(
             Ok(Some(again))
         }
         Adoption::Foreign => {
-            let failure = MintFailure {
-                reason: Reason::SecretConflict,
-                message: format!(
-                    "a Secret named {:?} already exists and is not managed by acrpull (no controller \
-                     ownerReference to this AcrPullBinding); rename or delete it",
-                    existing.name_any()
-                ),
-                retry_after: None,
-            };
+            let failure = foreign(&existing);
             failed(ctx, b, key, o, m, failure).await.map(Some)
         }
     }
@@ -259,7 +299,7 @@ async fn failed<K: BindingResource>(
         retry_at = %f.retry_at, valid_until = ?record.expiry.filter(|_| record.ready),
         error = %record.error, "{summary}"
     );
-    status::write(&ctx.writer, ctx.crds.kept(K::VERSION), b, &record, now).await?;
+    write_status(ctx, b, &record, now).await?;
     if should_emit_failure(
         record.consecutive_failures,
         &o.binding.status.error,

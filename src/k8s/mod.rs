@@ -15,6 +15,7 @@
 //! | [`status`] | the status subresource, rendered from the record |
 //! | [`events`] | Events, thinned |
 //! | [`verify`] | checking new credentials at the registry |
+//! | [`pacing`] | when each new token is planned to be refreshed (spreading a fleet's refreshes) |
 //! | [`writer`] | the single write path: leader-gated, timed out |
 //! | [`error`] | how an API call failed |
 //! | [`failures`] | recent failures per binding, in memory |
@@ -35,6 +36,7 @@ pub mod leader;
 pub mod metrics;
 pub mod mint;
 pub mod observe;
+pub mod pacing;
 pub mod pull_secret;
 pub mod reconcile;
 pub mod run;

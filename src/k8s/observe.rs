@@ -13,11 +13,11 @@ use super::binding::{parse_time, view, BindingResource};
 use crate::state::binding::{
     ServiceAccountView, Version, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION,
 };
-use crate::state::decide::{BindingView, Failure, Observed, SecretView};
+use crate::state::decide::{BindingView, Failure, Observed, SecretView, Sibling};
 use crate::state::names::{
     expected_secret_name, secret_family, SecretFamily, BINDING_LABEL, EXPIRY_ANNOTATION,
     INPUTS_ALL_ANNOTATION, INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION,
-    VERIFIED_ANNOTATION,
+    REFRESH_AT_ANNOTATION, VERIFIED_ANNOTATION,
 };
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
@@ -92,6 +92,7 @@ fn secret_view(s: &SecretMeta) -> SecretView {
         inputs: a.get(INPUTS_ANNOTATION).cloned(),
         inputs_all: a.get(INPUTS_ALL_ANNOTATION).cloned(),
         verified: a.get(VERIFIED_ANNOTATION).map(|v| v == "true"),
+        planned: parse_time(a, REFRESH_AT_ANNOTATION),
     }
 }
 
@@ -120,23 +121,25 @@ pub fn observe<K: BindingResource>(
     secrets: &[Arc<SecretMeta>],
     service_accounts: &[Arc<ServiceAccount>],
     last_failure: Option<Failure>,
+    siblings: Vec<Sibling>,
 ) -> Observed {
     let b = view(binding);
+    // The label is the cheap test: most Secrets of the namespace belong to other bindings.
     let mut own: Vec<SecretView> = secrets
         .iter()
-        .filter(|s| belongs_to(s, &b))
+        .filter(|s| s.labels().get(BINDING_LABEL) == Some(&b.name) && belongs_to(s, &b))
         .map(|s| secret_view(s))
         .collect();
     own.sort_by(|x, y| x.name.cmp(&y.name));
     let expected = expected_secret_name(b.version, &b.name);
     let in_ns: Vec<&Arc<ServiceAccount>> = service_accounts
         .iter()
-        .filter(|sa| sa.namespace().as_deref() == Some(b.namespace.as_str()))
+        .filter(|sa| sa.metadata.namespace.as_deref() == Some(b.namespace.as_str()))
         .collect();
     let find = |name: &str| {
         in_ns
             .iter()
-            .find(|sa| sa.name_any() == name)
+            .find(|sa| sa.metadata.name.as_deref() == Some(name))
             .map(|sa| service_account_view(sa))
     };
     let targets = binding.service_accounts();
@@ -153,12 +156,13 @@ pub fn observe<K: BindingResource>(
     });
     let referencing = in_ns
         .iter()
-        .map(|sa| service_account_view(sa))
         .filter(|sa| {
-            sa.pull_secrets
+            sa.image_pull_secrets
                 .iter()
-                .any(|n| *n == expected || own.iter().any(|s| s.name == *n))
+                .flatten()
+                .any(|r| r.name == expected || own.iter().any(|s| s.name == r.name))
         })
+        .map(|sa| service_account_view(sa))
         .collect();
     Observed {
         binding: b,
@@ -168,6 +172,7 @@ pub fn observe<K: BindingResource>(
         workload_service_account: workload,
         referencing_service_accounts: referencing,
         last_failure,
+        siblings,
         tenancy: None,
     }
 }

@@ -32,7 +32,8 @@ use crate::state::binding::{Resolved, Version};
 use crate::state::dockerconfig::docker_config_json;
 use crate::state::names::{
     BINDING_LABEL, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRY_ANNOTATION, INPUTS_ALL_ANNOTATION,
-    INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION, VERIFIED_ANNOTATION,
+    INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION, REFRESH_AT_ANNOTATION,
+    VERIFIED_ANNOTATION,
 };
 use crate::state::refresh::ceil_seconds;
 
@@ -44,6 +45,8 @@ pub struct NewToken<'a> {
     pub verified: Option<bool>,
     /// When it is written.
     pub now: Timestamp,
+    /// When it is planned to be refreshed (`k8s::pacing`).
+    pub refresh_at: Option<Timestamp>,
 }
 
 impl NewToken<'_> {
@@ -63,6 +66,7 @@ impl NewToken<'_> {
             // ... and every input, so a change to one the old controller ignored re-mints.
             INPUTS_ALL_ANNOTATION: self.request.inputs_hash,
             VERIFIED_ANNOTATION: self.verified.map(|v| v.to_string()),
+            REFRESH_AT_ANNOTATION: self.refresh_at.map(rfc3339),
         })
     }
 
@@ -92,14 +96,18 @@ fn strings(v: &Value) -> BTreeMap<String, String> {
 }
 
 /// The metadata-only view the Secret cache holds.
-pub fn cached(mut secret: Secret) -> SecretMeta {
-    secret.metadata.managed_fields = None;
-    secret.metadata.into_response_partial::<Secret>()
+pub fn cached(secret: Secret) -> SecretMeta {
+    let mut meta = secret.metadata.into_response_partial::<Secret>();
+    super::cache::trim_secret(&mut meta);
+    meta
 }
 
-/// Create or update the binding's pull secret with `token`. An update is preconditioned on
-/// the cached resourceVersion; on a conflict (someone else wrote it) the live Secret is read
-/// and overwritten, since the token in hand is the newest. The result goes into the cache.
+/// Create or update the binding's pull secret with `token`. With no Secret in the cache it is
+/// created straight away (no read first: the watch shows every labelled Secret, so a create
+/// that finds one anyway is the rare case, answered 409 and handled by the caller). An update
+/// is preconditioned on the cached resourceVersion; on a conflict (someone else wrote it) the
+/// live Secret is read and overwritten, since the token in hand is the newest. The result goes
+/// into the cache.
 pub async fn write<K: BindingResource>(
     writer: &Writer,
     cache: &NsCache<SecretMeta>,
@@ -108,78 +116,107 @@ pub async fn write<K: BindingResource>(
 ) -> Result<(), ReconcileError> {
     let namespace = binding.namespace().unwrap_or_default();
     let name = token.request.secret_name.as_str();
-    let binding_name = binding.name_any();
-    let annotations = token.annotations();
-    let data = token.docker_config();
+    let _flight = cache.begin_write(&namespace, name);
     let written = match cache.get(&namespace, name) {
         None => {
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(name.to_string()),
-                    namespace: Some(namespace.clone()),
-                    labels: Some(BTreeMap::from([(
-                        BINDING_LABEL.to_string(),
-                        binding_name.clone(),
-                    )])),
-                    annotations: Some(strings(&annotations)),
-                    owner_references: Some(vec![owner(binding)]),
-                    ..Default::default()
-                },
-                type_: Some(DOCKER_CONFIG_TYPE.to_string()),
-                data: Some(BTreeMap::from([(
-                    DOCKER_CONFIG_KEY.to_string(),
-                    ByteString(data),
-                )])),
-                ..Default::default()
-            };
+            let secret = document(binding, token);
             writer.create("create secret", &namespace, &secret).await?
         }
-        Some(held) => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
-            let patch_at = |rv: Option<String>| {
-                json!({
-                    "metadata": {
-                        "resourceVersion": rv,
-                        "labels": { BINDING_LABEL: binding_name },
-                        "annotations": annotations,
-                        "ownerReferences": [owner(binding)],
-                    },
-                    "type": DOCKER_CONFIG_TYPE,
-                    "data": { DOCKER_CONFIG_KEY: encoded },
-                })
-            };
-            let first = writer
+        Some(held) => update(writer, binding, token, held.resource_version()).await?,
+    };
+    cache.written(cached(written));
+    Ok(())
+}
+
+/// Write `token` over the Secret of the pull secret's name that exists at `resource_version`
+/// (ours, unlabelled or not yet cached), labelling and owning it. The result goes into the cache.
+pub async fn overwrite<K: BindingResource>(
+    writer: &Writer,
+    cache: &NsCache<SecretMeta>,
+    binding: &K,
+    token: &NewToken<'_>,
+    resource_version: Option<String>,
+) -> Result<(), ReconcileError> {
+    let namespace = binding.namespace().unwrap_or_default();
+    let _flight = cache.begin_write(&namespace, &token.request.secret_name);
+    let written = update(writer, binding, token, resource_version).await?;
+    cache.written(cached(written));
+    Ok(())
+}
+
+/// The whole pull Secret for `token` (SPEC §4.2).
+pub fn document<K: BindingResource>(binding: &K, token: &NewToken<'_>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(token.request.secret_name.clone()),
+            namespace: binding.namespace(),
+            labels: Some(BTreeMap::from([(
+                BINDING_LABEL.to_string(),
+                binding.name_any(),
+            )])),
+            annotations: Some(strings(&token.annotations())),
+            owner_references: Some(vec![owner(binding)]),
+            ..Default::default()
+        },
+        type_: Some(DOCKER_CONFIG_TYPE.to_string()),
+        data: Some(BTreeMap::from([(
+            DOCKER_CONFIG_KEY.to_string(),
+            ByteString(token.docker_config()),
+        )])),
+        ..Default::default()
+    }
+}
+
+async fn update<K: BindingResource>(
+    writer: &Writer,
+    binding: &K,
+    token: &NewToken<'_>,
+    resource_version: Option<String>,
+) -> Result<Secret, ReconcileError> {
+    let namespace = binding.namespace().unwrap_or_default();
+    let name = token.request.secret_name.as_str();
+    let binding_name = binding.name_any();
+    let annotations = token.annotations();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(token.docker_config());
+    let patch_at = |rv: Option<String>| {
+        json!({
+            "metadata": {
+                "resourceVersion": rv,
+                "labels": { BINDING_LABEL: binding_name },
+                "annotations": annotations,
+                "ownerReferences": [owner(binding)],
+            },
+            "type": DOCKER_CONFIG_TYPE,
+            "data": { DOCKER_CONFIG_KEY: encoded },
+        })
+    };
+    let first = writer
+        .patch::<Secret>(
+            "update secret",
+            &namespace,
+            name,
+            &patch_at(resource_version),
+        )
+        .await;
+    match first {
+        Err(e) if e.reason() == crate::state::reason::Reason::Conflict => {
+            let live = writer
+                .read(
+                    "read secret",
+                    kube::Api::<Secret>::namespaced(writer.client().clone(), &namespace).get(name),
+                )
+                .await?;
+            writer
                 .patch::<Secret>(
                     "update secret",
                     &namespace,
                     name,
-                    &patch_at(held.resource_version()),
+                    &patch_at(live.resource_version()),
                 )
-                .await;
-            match first {
-                Err(e) if e.reason() == crate::state::reason::Reason::Conflict => {
-                    let live = writer
-                        .read(
-                            "read secret",
-                            kube::Api::<Secret>::namespaced(writer.client().clone(), &namespace)
-                                .get(name),
-                        )
-                        .await?;
-                    writer
-                        .patch::<Secret>(
-                            "update secret",
-                            &namespace,
-                            name,
-                            &patch_at(live.resource_version()),
-                        )
-                        .await?
-                }
-                other => other?,
-            }
+                .await
         }
-    };
-    cache.written(cached(written));
-    Ok(())
+        other => other,
+    }
 }
 
 /// What to do with a Secret of the pull secret's name that the cache does not show.

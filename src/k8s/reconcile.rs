@@ -15,9 +15,9 @@ use serde_json::json;
 use super::binding::{parse_time, BindingResource};
 use super::context::Context;
 use super::error::ReconcileError;
-use super::events::{publish, should_emit_failure, Severity};
+use super::events::{publish, should_emit_failure, Notes, Severity};
 use super::mint::{self, Mint};
-use super::observe::observe;
+use super::observe::{observe, pull_secret_names};
 use super::status;
 use super::tracker::{BindingKey, Report};
 use crate::state::decide::{
@@ -32,11 +32,24 @@ use crate::state::tenancy::Mode;
 /// While the caches sync, passes look again this often.
 const SYNC_POLL: Duration = Duration::from_millis(200);
 
-/// What a performed step leaves: the record to publish when the step changed it (a failed mint),
-/// and when to come back.
+/// At most this many steps in one pass; a pass that still has work after them comes back
+/// at once (a safety net: every step's write changes what the next decision sees).
+const MAX_STEPS: usize = 8;
+
+/// What a performed step leaves when the pass stops there: the record to publish when the step
+/// changed it (a failed mint), and when to come back.
 pub struct Done {
     pub record: Option<Record>,
     pub requeue: Option<Timestamp>,
+}
+
+/// How a pass goes on after one step.
+pub enum Step<K> {
+    /// The step's outcome is known (its write went into the caches, or returned the binding):
+    /// decide again in the same pass.
+    Continue { binding: Option<Arc<K>> },
+    /// Stop here.
+    Stop(Done),
 }
 
 pub fn key_of<K: BindingResource>(b: &K) -> BindingKey {
@@ -54,7 +67,7 @@ pub async fn reconcile<K: BindingResource>(
 ) -> Result<Action, ReconcileError> {
     let timing = ctx.metrics.reconcile_started(K::VERSION);
     let key = key_of(binding.as_ref());
-    let result = match pass(binding.as_ref(), &key, &ctx).await {
+    let result = match pass(binding.clone(), &key, &ctx).await {
         Ok(action) => {
             ctx.failures.api_succeeded(&key);
             Ok(action)
@@ -84,8 +97,12 @@ pub async fn reconcile<K: BindingResource>(
     result
 }
 
+/// One pass: decide and perform steps while each step's outcome is known from its own answer
+/// (SPEC §4's order, one action per decision), so a new binding is finalised, minted,
+/// attached and marked Ready in one pass instead of one pass per step, each woken by the
+/// watch event of the previous write.
 async fn pass<K: BindingResource>(
-    b: &K,
+    from_store: Arc<K>,
     key: &BindingKey,
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
@@ -98,13 +115,87 @@ async fn pass<K: BindingResource>(
         // Secret or ServiceAccount: deciding now would fail it or mint a token it has.
         return Ok(Action::requeue(SYNC_POLL));
     }
+    // kube-runtime's store can be behind our own last write of this binding.
+    let mut b = ctx.caches.bindings.newest(from_store);
+    let mut notes = Notes::default();
+    let mut steps = 0;
+    let outcome = loop {
+        let (observed, decision, now) = decide_now(b.as_ref(), key, ctx);
+        if matches!(decision.plan, Plan::Ignore) {
+            if observed.binding.deleting || !observed.matches_selector {
+                ctx.tracker.forget(key);
+                ctx.failures.forget(key);
+                ctx.caches.bindings.forget::<K>(&key.namespace, &key.name);
+            }
+            break Ok(None);
+        }
+        if matches!(decision.plan, Plan::Wait) {
+            break Ok(Some((observed, decision.record, decision.requeue)));
+        }
+        if matches!(decision.plan, Plan::Mint { .. }) {
+            // Minting can take long (Azure retries): show what is in flight meanwhile.
+            report(ctx, key, &observed, &decision.record, now);
+        }
+        steps += 1;
+        let step = execute(&b, key, &observed, &decision, ctx, now, &mut notes).await;
+        if step.is_ok() {
+            policy_signals(ctx, b.as_ref(), &observed, &decision).await;
+        }
+        match step {
+            Err(e) => break Err(e),
+            Ok(Step::Stop(done)) => {
+                break Ok(done
+                    .requeue
+                    .map(|at| (observed, done.record.unwrap_or(decision.record), Some(at))))
+            }
+            Ok(Step::Continue { binding }) => {
+                if let Some(newer) = binding {
+                    b = newer;
+                }
+                if steps >= MAX_STEPS {
+                    tracing::warn!(
+                        namespace = %key.namespace, name = %key.name, steps,
+                        "still work to do after the pass's last step; coming back"
+                    );
+                    break Ok(Some((observed, decision.record, decision.requeue)));
+                }
+            }
+        }
+    };
+    // Events of what happened, folded, even when a later step failed.
+    notes.publish(&ctx.writer, &ctx.reporter, b.as_ref()).await;
+    let Some((observed, record, requeue)) = outcome? else {
+        return Ok(Action::await_change());
+    };
+    report(ctx, key, &observed, &record, Timestamp::now());
+    let Some(requeue) = requeue else {
+        return Ok(Action::await_change());
+    };
+    let floor = ctx.policy.min_requeue;
+    Ok(Action::requeue(requeue_after(
+        Timestamp::now(),
+        requeue,
+        floor,
+    )))
+}
+
+/// Observe the binding in the caches and decide.
+fn decide_now<K: BindingResource>(
+    b: &K,
+    key: &BindingKey,
+    ctx: &Context,
+) -> (Observed, Decision, Timestamp) {
     let ns = key.namespace.as_str();
+    let target = b.service_accounts().into_iter().next().unwrap_or_default();
     let mut observed = observe(
         b,
         ctx.selector.matches(b.labels()),
         &ctx.caches.secrets.in_namespace(ns),
         &ctx.caches.service_accounts.in_namespace(ns),
         ctx.failures.mint(key, b.meta().generation.unwrap_or(0)),
+        ctx.caches
+            .index_of(K::VERSION)
+            .siblings(ns, &key.name, &target),
     );
     observed.tenancy = tenancy_view(ctx, ns);
     // An outdated CRD prunes most status fields: compare only the ones it keeps.
@@ -116,35 +207,7 @@ async fn pass<K: BindingResource>(
         phase = decision.record.phase.as_str(), reason = decision.record.reason.as_str(),
         plan = plan_name(&decision.plan), "decided"
     );
-    if matches!(decision.plan, Plan::Ignore) {
-        if observed.binding.deleting || !observed.matches_selector {
-            ctx.tracker.forget(key);
-            ctx.failures.forget(key);
-        }
-        return Ok(Action::await_change());
-    }
-    if matches!(decision.plan, Plan::Mint { .. }) {
-        // Minting can take long (Azure retries): show what is in flight meanwhile.
-        report(ctx, key, &observed, &decision.record, now);
-    }
-    let done = execute(b, key, &observed, &decision, ctx, now).await?;
-    policy_signals(ctx, b, &observed, &decision).await;
-    let Some(requeue) = done.requeue else {
-        return Ok(Action::await_change());
-    };
-    report(
-        ctx,
-        key,
-        &observed,
-        done.record.as_ref().unwrap_or(&decision.record),
-        now,
-    );
-    let floor = ctx.policy.min_requeue;
-    Ok(Action::requeue(requeue_after(
-        Timestamp::now(),
-        requeue,
-        floor,
-    )))
+    (observed, decision, now)
 }
 
 fn plan_name(plan: &Plan) -> &'static str {
@@ -187,25 +250,31 @@ fn report(ctx: &Context, key: &BindingKey, o: &Observed, record: &Record, now: T
     }
 }
 
+/// Perform the decided step.
 async fn execute<K: BindingResource>(
-    b: &K,
+    b: &Arc<K>,
     key: &BindingKey,
     o: &Observed,
     d: &Decision,
     ctx: &Context,
     now: Timestamp,
-) -> Result<Done, ReconcileError> {
+    notes: &mut Notes,
+) -> Result<Step<K>, ReconcileError> {
     let ns = key.namespace.as_str();
-    let done = Done {
+    let go_on = Step::Continue { binding: None };
+    let stop = Step::Stop(Done {
         record: None,
         requeue: d.requeue,
-    };
-    match &d.plan {
-        Plan::Ignore | Plan::Wait => {}
+    });
+    let step = match &d.plan {
+        Plan::Ignore | Plan::Wait => stop,
         Plan::AddFinalizer => {
             let mut finalizers = b.finalizers().to_vec();
             finalizers.push(crate::k8s::api::FINALIZER.to_string());
-            set_finalizers(ctx, b, finalizers, "add finalizer").await?;
+            let written = set_finalizers(ctx, b.as_ref(), finalizers, "add finalizer").await?;
+            Step::Continue {
+                binding: Some(written),
+            }
         }
         Plan::Cleanup(CleanupStep::Detach {
             service_account,
@@ -218,21 +287,32 @@ async fn execute<K: BindingResource>(
         | Plan::RemoveExtraneousSecret(ExtraneousStep::Detach {
             service_account,
             pull_secrets,
-        }) => set_pull_secrets(ctx, ns, service_account, pull_secrets).await?,
+        }) => {
+            if set_pull_secrets(ctx, ns, service_account, pull_secrets).await? {
+                go_on
+            } else {
+                stop
+            }
+        }
         Plan::Cleanup(CleanupStep::DeleteSecret(name))
         | Plan::RemoveExtraneousSecret(ExtraneousStep::Delete(name)) => {
-            delete_secret(ctx, ns, name).await?
+            delete_secret(ctx, ns, name).await?;
+            go_on
         }
         Plan::Revoke(ExtraneousStep::Detach {
             service_account,
             pull_secrets,
         }) => {
-            set_pull_secrets(ctx, ns, service_account, pull_secrets).await?;
-            tracing::warn!(
-                namespace = %key.namespace, name = %key.name, service_account = %service_account,
-                reason = d.record.reason.as_str(),
-                "policy refuses the binding: pull secret detached from the service account"
-            );
+            if !set_pull_secrets(ctx, ns, service_account, pull_secrets).await? {
+                stop
+            } else {
+                tracing::warn!(
+                    namespace = %key.namespace, name = %key.name, service_account = %service_account,
+                    reason = d.record.reason.as_str(),
+                    "policy refuses the binding: pull secret detached from the service account"
+                );
+                go_on
+            }
         }
         Plan::Revoke(ExtraneousStep::Delete(name)) => {
             delete_secret(ctx, ns, name).await?;
@@ -245,13 +325,14 @@ async fn execute<K: BindingResource>(
             publish(
                 &ctx.writer,
                 &ctx.reporter,
-                b,
+                b.as_ref(),
                 Severity::Warning,
                 Reason::CredentialRevoked,
                 "Revoke",
                 format!("pull secret {name} deleted: {}", d.record.error),
             )
             .await;
+            go_on
         }
         Plan::Cleanup(CleanupStep::RemoveFinalizer) => {
             let finalizers = b
@@ -260,11 +341,11 @@ async fn execute<K: BindingResource>(
                 .filter(|f| *f != crate::k8s::api::FINALIZER)
                 .cloned()
                 .collect();
-            set_finalizers(ctx, b, finalizers, "remove finalizer").await?;
+            set_finalizers(ctx, b.as_ref(), finalizers, "remove finalizer").await?;
             publish(
                 &ctx.writer,
                 &ctx.reporter,
-                b,
+                b.as_ref(),
                 Severity::Normal,
                 Reason::CleanedUp,
                 "Cleanup",
@@ -273,13 +354,14 @@ async fn execute<K: BindingResource>(
             .await;
             ctx.failures.forget(key);
             ctx.tracker.forget(key);
-            return Ok(Done {
+            ctx.caches.bindings.forget::<K>(&key.namespace, &key.name);
+            Step::Stop(Done {
                 record: None,
                 requeue: None,
-            });
+            })
         }
         Plan::Fail(record) => {
-            status::write(&ctx.writer, ctx.crds.kept(K::VERSION), b, record, now).await?;
+            write_status(ctx, b.as_ref(), record, now).await?;
             if should_emit_failure(
                 record.consecutive_failures,
                 &o.binding.status.error,
@@ -288,7 +370,7 @@ async fn execute<K: BindingResource>(
                 publish(
                     &ctx.writer,
                     &ctx.reporter,
-                    b,
+                    b.as_ref(),
                     Severity::Warning,
                     record.reason.spec_event().unwrap_or(Reason::InvalidSpec),
                     "Validate",
@@ -296,6 +378,7 @@ async fn execute<K: BindingResource>(
                 )
                 .await;
             }
+            stop
         }
         Plan::Mint {
             request,
@@ -308,32 +391,68 @@ async fn execute<K: BindingResource>(
                 current_expiry: *current_expiry,
                 decision: d,
             };
-            return mint::run(ctx, b, key, o, m).await;
+            mint::run(ctx, b.as_ref(), key, o, m, notes).await?
         }
         Plan::Attach {
             service_account,
             pull_secrets,
         } => {
-            set_pull_secrets(ctx, ns, service_account, pull_secrets).await?;
-            publish(
-                &ctx.writer,
-                &ctx.reporter,
-                b,
-                Severity::Normal,
-                Reason::PullSecretAttached,
-                "Attach",
-                format!("pull secret attached to service account {service_account}"),
-            )
-            .await;
+            // One attach per ServiceAccount at a time. A pass that waited finds the other's
+            // patch in the cache: the list it decided on is stale, so it decides again
+            // (usually finding itself attached by the other's batch) instead of sending a
+            // patch the API server would refuse with 409.
+            let _held = ctx.caches.sa_locks.lock(ns, service_account).await;
+            let decided_on = o.target_service_account.as_ref().map(|t| &t.pull_secrets);
+            let cached = ctx
+                .caches
+                .service_accounts
+                .get(ns, service_account)
+                .map(|sa| pull_secret_names(&sa));
+            if cached.is_some() && cached.as_ref() != decided_on {
+                go_on
+            } else if set_pull_secrets(ctx, ns, service_account, pull_secrets).await? {
+                notes.attached(service_account);
+                go_on
+            } else {
+                stop
+            }
         }
         Plan::WriteStatus(record) => {
-            status::write(&ctx.writer, ctx.crds.kept(K::VERSION), b, record, now).await?;
+            let written = write_status(ctx, b.as_ref(), record, now).await?;
             if record.phase == Phase::Ready {
                 ctx.failures.mint_succeeded(key);
             }
+            match written {
+                Some(written) => Step::Continue {
+                    binding: Some(written),
+                },
+                // No status subresource: nothing more this pass can change.
+                None => stop,
+            }
         }
-    }
-    Ok(done)
+    };
+    Ok(step)
+}
+
+/// Write `record` as the binding's status, in the fields the installed CRD keeps; returns the
+/// binding as written (also kept in the caches, so its watch event is known as our own), or
+/// `None` when the CRD keeps no status at all (nothing was sent).
+pub async fn write_status<K: BindingResource>(
+    ctx: &Context,
+    b: &K,
+    record: &Record,
+    now: Timestamp,
+) -> Result<Option<Arc<K>>, ReconcileError> {
+    let kept = ctx.crds.kept(K::VERSION);
+    let _flight = ctx
+        .caches
+        .bindings
+        .begin_write::<K>(&b.namespace().unwrap_or_default(), &b.name_any());
+    let Some(mut written) = status::write(&ctx.writer, kept, b, record, now).await? else {
+        return Ok(None);
+    };
+    super::cache::trim_binding(&mut written);
+    Ok(Some(ctx.caches.bindings.written(written)))
 }
 
 /// The tenancy policies and the namespace's labels, when the mode reads them.
@@ -406,38 +525,46 @@ async fn policy_signals<K: BindingResource>(ctx: &Context, b: &K, o: &Observed, 
     }
 }
 
+/// Set the binding's finalizers; returns the binding as written (also kept in the caches).
 async fn set_finalizers<K: BindingResource>(
     ctx: &Context,
     b: &K,
     finalizers: Vec<String>,
     op: &'static str,
-) -> Result<(), ReconcileError> {
+) -> Result<Arc<K>, ReconcileError> {
+    let _flight = ctx
+        .caches
+        .bindings
+        .begin_write::<K>(&b.namespace().unwrap_or_default(), &b.name_any());
     let patch = json!({"metadata": {
         "resourceVersion": b.resource_version(),
         "finalizers": finalizers,
     }});
-    ctx.writer
+    let mut written: K = ctx
+        .writer
         .patch::<K>(
             op,
             &b.namespace().unwrap_or_default(),
             &b.name_any(),
             &patch,
         )
-        .await
-        .map(|_| ())
+        .await?;
+    super::cache::trim_binding(&mut written);
+    Ok(ctx.caches.bindings.written(written))
 }
 
 /// Set a ServiceAccount's `imagePullSecrets` to `list` (already in its final order), guarded by
-/// the cached resourceVersion.
+/// the cached resourceVersion. `false`: the ServiceAccount is not in the cache (nothing sent).
 async fn set_pull_secrets(
     ctx: &Context,
     ns: &str,
     name: &str,
     list: &[String],
-) -> Result<(), ReconcileError> {
+) -> Result<bool, ReconcileError> {
     let Some(current) = ctx.caches.service_accounts.get(ns, name) else {
-        return Ok(());
+        return Ok(false);
     };
+    let _flight = ctx.caches.service_accounts.begin_write(ns, name);
     let refs: Vec<serde_json::Value> = list.iter().map(|n| json!({"name": n})).collect();
     let patch = json!({
         "metadata": {"resourceVersion": current.resource_version()},
@@ -447,9 +574,9 @@ async fn set_pull_secrets(
         .writer
         .patch("update service account", ns, name, &patch)
         .await?;
-    written.metadata.managed_fields = None;
+    super::cache::trim_service_account(&mut written);
     ctx.caches.service_accounts.written(written);
-    Ok(())
+    Ok(true)
 }
 
 async fn delete_secret(ctx: &Context, ns: &str, name: &str) -> Result<(), ReconcileError> {

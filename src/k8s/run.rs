@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use super::api::policy::AcrPullPolicy;
 use super::api::{v1beta1, v1beta2};
 use super::binding::BindingResource;
-use super::cache::{NamespaceMeta, NsCache};
+use super::cache::{trim_binding, trim_secret, trim_service_account, BindingIndex, NamespaceMeta};
 use super::context::Context;
 use super::observe::{pull_secret_names, secret_owner, SecretMeta};
 use super::reconcile::{error_policy, reconcile};
@@ -50,9 +50,21 @@ pub fn watches(policy: &Policy) -> usize {
     }
 }
 
+/// Passes that may run at once per API call slot (`--concurrency`): most of a pass that
+/// waits is waiting for Azure (rate limits, retries), which loads neither the API server nor
+/// this process, and must not keep other bindings' passes — their retries, or bindings whose
+/// token is cached — waiting for a slot (RELIABILITY.md bug 9).
+pub const PASSES_PER_API_SLOT: u16 = 8;
+
+/// How many passes kube-runtime runs at once for `--concurrency`.
+pub fn passes(concurrency: u16) -> u16 {
+    concurrency.saturating_mul(PASSES_PER_API_SLOT)
+}
+
 /// Settings of the watch/reconcile machinery.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// `--concurrency`: API calls in flight (the writer's bound); passes run [`passes`] at once.
     pub concurrency: u16,
     /// `--label-selector`, handed to the API server for the binding watches.
     pub label_selector: String,
@@ -68,27 +80,44 @@ fn mark_ready<K>(readiness: Readiness) -> impl FnMut(&Result<watcher::Event<K>, 
     }
 }
 
-/// Fan one watch out to both controllers. Every touched object is forwarded — deletions
-/// included (a hand-deleted Secret or ServiceAccount must trigger its bindings), which
-/// kube-runtime's shared-store subscriptions do not deliver.
-struct FanOut<T> {
-    senders: Vec<mpsc::UnboundedSender<Result<T, watcher::Error>>>,
+/// Where a Secret or ServiceAccount change is sent: the bindings it concerns, as references
+/// to each version's controller — deletions included (a hand-deleted Secret or ServiceAccount
+/// must trigger its bindings), which kube-runtime's shared-store subscriptions do not deliver.
+/// References, not copies of the object: during an initial list of 10,000 Secrets the
+/// channels would otherwise hold two copies of each until the controllers caught up.
+#[derive(Clone)]
+struct Wake {
+    v1: mpsc::UnboundedSender<ObjectRef<v1beta1::AcrPullBinding>>,
+    v2: mpsc::UnboundedSender<ObjectRef<v1beta2::AcrPullBinding>>,
 }
 
-impl<T: Clone> FanOut<T> {
-    fn new(
-        n: usize,
-    ) -> (
-        Self,
-        Vec<mpsc::UnboundedReceiver<Result<T, watcher::Error>>>,
-    ) {
-        let (senders, receivers) = (0..n).map(|_| mpsc::unbounded()).unzip();
-        (Self { senders }, receivers)
+impl Wake {
+    fn secret(&self, s: &SecretMeta) {
+        if let Some(r) = secret_to_binding::<v1beta1::AcrPullBinding>(s) {
+            let _ = self.v1.unbounded_send(r);
+        }
+        if let Some(r) = secret_to_binding::<v1beta2::AcrPullBinding>(s) {
+            let _ = self.v2.unbounded_send(r);
+        }
     }
 
-    fn send(&self, item: &T) {
-        for s in &self.senders {
-            let _ = s.unbounded_send(Ok(item.clone()));
+    fn service_account(&self, caches: &super::cache::Caches, sa: &ServiceAccount) {
+        for r in sa_to_bindings::<v1beta1::AcrPullBinding>(&caches.v1beta1, sa) {
+            let _ = self.v1.unbounded_send(r);
+        }
+        for r in sa_to_bindings::<v1beta2::AcrPullBinding>(&caches.v1beta2, sa) {
+            let _ = self.v2.unbounded_send(r);
+        }
+    }
+
+    /// A Namespace's labels changed: every binding in it (tenancy modes only).
+    fn namespace(&self, caches: &super::cache::Caches, ns: &NamespaceMeta) {
+        let ns = ns.name_any();
+        for (name, _) in caches.v1beta1.in_namespace(&ns) {
+            let _ = self.v1.unbounded_send(ObjectRef::new(&name).within(&ns));
+        }
+        for (name, _) in caches.v1beta2.in_namespace(&ns) {
+            let _ = self.v2.unbounded_send(ObjectRef::new(&name).within(&ns));
         }
     }
 }
@@ -104,28 +133,42 @@ pub async fn run(
     let leader = ctx.writer.leadership();
     let readiness = ctx.readiness.clone();
     let secret_cache = ctx.caches.secrets.clone();
-    let sa_cache = ctx.caches.service_accounts.clone();
-    let (secret_fan, mut secret_rx) = FanOut::<SecretMeta>::new(2);
+    let caches = ctx.caches.clone();
+    let ns_caches = ctx.caches.clone();
     let client_for_policies = client.clone();
     let client_for_namespaces = client.clone();
-    let (sa_fan, mut sa_rx) = FanOut::<ServiceAccount>::new(2);
+    let (v1_tx, v1_rx) = mpsc::unbounded();
+    let (v2_tx, v2_rx) = mpsc::unbounded();
+    let wake = Wake {
+        v1: v1_tx,
+        v2: v2_tx,
+    };
+    let sa_wake = wake.clone();
+    let ns_wake = wake.clone();
+    // A watch event held back while our own write to the object was in flight, and found
+    // not to be that write's, wakes like any other.
+    let held_secret = wake.clone();
+    ctx.caches
+        .secrets
+        .set_waker(move |s: &SecretMeta| held_secret.secret(s));
+    let (held_sa, sa_caches) = (wake.clone(), ctx.caches.clone());
+    ctx.caches
+        .service_accounts
+        .set_waker(move |sa: &ServiceAccount| held_sa.service_account(&sa_caches, sa));
 
     let secrets = watcher(
         Api::<SecretMeta>::all(client.clone()),
         watcher::Config::default().labels(BINDING_LABEL),
     )
     .default_backoff()
-    .modify(strip_managed_fields)
+    .modify(trim_secret)
     .inspect(mark_ready(readiness.clone()))
-    .inspect(move |e| {
+    .for_each(move |e| {
         if let Ok(e) = e {
-            secret_cache.apply_event(e);
-        }
-    })
-    .touched_objects()
-    .for_each(move |o| {
-        if let Ok(o) = o {
-            secret_fan.send(&o);
+            // The echo of our own write wakes nothing: the pass that wrote it decided on it.
+            if !secret_cache.apply_event(&e) {
+                touched(&e, |o| wake.secret(o));
+            }
         }
         std::future::ready(())
     });
@@ -135,17 +178,13 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
-    .modify(strip_managed_fields)
+    .modify(trim_service_account)
     .inspect(mark_ready(readiness.clone()))
-    .inspect(move |e| {
+    .for_each(move |e| {
         if let Ok(e) = e {
-            sa_cache.apply_event(e);
-        }
-    })
-    .touched_objects()
-    .for_each(move |o| {
-        if let Ok(o) = o {
-            sa_fan.send(&o);
+            if !caches.service_accounts.apply_event(&e) {
+                touched(&e, |o| sa_wake.service_account(&caches, o));
+            }
         }
         std::future::ready(())
     });
@@ -153,9 +192,7 @@ pub async fn run(
     // Tenancy: policies and namespace labels (only when a mode reads them).
     let tenancy = ctx.policy.tenancy_mode != Mode::Off;
     let (policy_tx, policy_rx) = watch::channel(0u64);
-    let (ns_fan, mut ns_rx) = FanOut::<NamespaceMeta>::new(2);
     let policy_cache = ctx.caches.policies.clone();
-    let ns_cache = ctx.caches.namespaces.clone();
     let policy_ready = readiness.clone();
     let policies = async move {
         if !tenancy {
@@ -193,7 +230,6 @@ pub async fn run(
     let ns_ready = readiness.clone();
     let namespaces = async move {
         if !tenancy {
-            drop(ns_fan);
             return std::future::pending::<()>().await;
         }
         watcher(
@@ -203,32 +239,22 @@ pub async fn run(
         .default_backoff()
         .modify(strip_managed_fields)
         .inspect(mark_ready(ns_ready))
-        .inspect(move |e| {
+        .for_each(move |e| {
             if let Ok(e) = e {
-                ns_cache.apply_event(e);
-            }
-        })
-        .touched_objects()
-        .for_each(move |o| {
-            if let Ok(o) = o {
-                ns_fan.send(&o);
+                ns_caches.namespaces.apply_event(&e);
+                touched(&e, |o| ns_wake.namespace(&ns_caches, o));
             }
             std::future::ready(())
         })
         .await
     };
 
-    let (s1, s2) = (secret_rx.remove(0), secret_rx.remove(0));
-    let (a1, a2) = (sa_rx.remove(0), sa_rx.remove(0));
-    let (n1, n2) = (ns_rx.remove(0), ns_rx.remove(0));
     let v1 = controller_for::<v1beta1::AcrPullBinding>(
         &client,
         &config,
         ctx.clone(),
         Triggers {
-            secrets: s1,
-            service_accounts: a1,
-            namespaces: n1,
+            related: v1_rx,
             policies: policy_rx.clone(),
             leader: leader.clone(),
             crds: ctx.crds.changes(),
@@ -241,9 +267,7 @@ pub async fn run(
         &config,
         ctx,
         Triggers {
-            secrets: s2,
-            service_accounts: a2,
-            namespaces: n2,
+            related: v2_rx,
             policies: policy_rx,
             leader,
             crds,
@@ -260,6 +284,16 @@ pub async fn run(
         }
     };
     tokio::join!(watches, v1, v2);
+}
+
+/// The objects a watch event touched (deletions included).
+fn touched<K>(event: &watcher::Event<K>, mut send: impl FnMut(&K)) {
+    match event {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o) => {
+            send(o)
+        }
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
 }
 
 /// A stream that yields once each time this replica becomes the leader.
@@ -289,11 +323,9 @@ fn on_change<T: Send + Sync + 'static>(
 }
 
 /// What one controller is triggered by, besides its own bindings.
-struct Triggers {
-    secrets: mpsc::UnboundedReceiver<Result<SecretMeta, watcher::Error>>,
-    service_accounts: mpsc::UnboundedReceiver<Result<ServiceAccount, watcher::Error>>,
-    /// Namespaces whose metadata changed (tenancy modes only).
-    namespaces: mpsc::UnboundedReceiver<Result<NamespaceMeta, watcher::Error>>,
+struct Triggers<K: BindingResource> {
+    /// Bindings whose Secret, ServiceAccount or (tenancy modes) Namespace changed.
+    related: mpsc::UnboundedReceiver<ObjectRef<K>>,
     /// Bumped when any `AcrPullPolicy` changes (tenancy modes only).
     policies: watch::Receiver<u64>,
     leader: watch::Receiver<bool>,
@@ -304,7 +336,7 @@ async fn controller_for<K: BindingResource>(
     client: &Client,
     config: &RunConfig,
     ctx: Arc<Context>,
-    triggers: Triggers,
+    triggers: Triggers<K>,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let readiness = ctx.readiness.clone();
@@ -314,12 +346,10 @@ async fn controller_for<K: BindingResource>(
     if !config.label_selector.trim().is_empty() {
         wc = wc.labels(&config.label_selector);
     }
-    let index = NsCache::<K>::default();
-    let by_sa = index.clone();
-    let by_ns = index.clone();
+    let index = ctx.caches.index_of(K::VERSION).clone();
     let bindings = watcher(Api::<K>::all(client.clone()), wc)
         .default_backoff()
-        .modify(strip_managed_fields)
+        .modify(trim_binding)
         .inspect(mark_ready(readiness))
         .inspect(move |e| {
             if let Ok(e) = e {
@@ -328,6 +358,21 @@ async fn controller_for<K: BindingResource>(
         })
         .reflect_shared(writer)
         .for_each(|_| std::future::ready(()));
+    // The echo of our own finalizer or status write wakes nothing: the pass that wrote it has
+    // already decided on what it returned.
+    // Its event can arrive before the write's answer: it waits for the answer (not holding
+    // up other bindings' events) to be told apart.
+    let written = ctx.caches.bindings.clone();
+    let events = events
+        .map(move |b| {
+            let written = written.clone();
+            async move {
+                written.settled(b.as_ref()).await;
+                (!written.is_echo(b.as_ref())).then_some(b)
+            }
+        })
+        .buffer_unordered(SUBSCRIBE_BUFFER)
+        .filter_map(std::future::ready);
 
     // kube-runtime holds the runner until the store has its initial list and only then
     // notices the shutdown, so a controller that never synced (the API server unreachable)
@@ -344,18 +389,8 @@ async fn controller_for<K: BindingResource>(
         }
     };
     let controller = Controller::for_shared_stream(events, reader)
-        .with_config(controller::Config::default().concurrency(config.concurrency))
-        .watches_stream(triggers.secrets, |s: SecretMeta| secret_to_binding::<K>(&s))
-        .watches_stream(triggers.service_accounts, move |sa: ServiceAccount| {
-            sa_to_bindings::<K>(&by_sa, &sa)
-        })
-        .watches_stream(triggers.namespaces, move |n: NamespaceMeta| {
-            by_ns
-                .in_namespace(&n.name_any())
-                .iter()
-                .map(|b| ObjectRef::from_obj(b.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        .with_config(controller::Config::default().concurrency(passes(config.concurrency)))
+        .reconcile_on(triggers.related)
         .reconcile_all_on(on_leadership(triggers.leader))
         .reconcile_all_on(on_change(triggers.policies))
         // What the installed CRDs keep changed (new CRDs applied): every status is rewritten.
@@ -372,7 +407,7 @@ async fn controller_for<K: BindingResource>(
     }
 }
 
-/// The caches never need `managedFields`, often the largest part of an object.
+/// The tenancy caches never need `managedFields`.
 fn strip_managed_fields<K: kube::Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
@@ -388,7 +423,7 @@ fn secret_to_binding<K: BindingResource>(s: &SecretMeta) -> Option<ObjectRef<K>>
 /// A ServiceAccount maps to the bindings that target it, use it for workload identity, or
 /// whose secrets it references.
 fn sa_to_bindings<K: BindingResource>(
-    index: &NsCache<K>,
+    index: &BindingIndex,
     sa: &ServiceAccount,
 ) -> Vec<ObjectRef<K>> {
     let Some(ns) = sa.namespace() else {
@@ -398,11 +433,11 @@ fn sa_to_bindings<K: BindingResource>(
     let refs = pull_secret_names(sa);
     index
         .in_namespace(&ns)
-        .iter()
-        .filter(|b| {
-            b.service_accounts().contains(&name)
-                || refs.contains(&expected_secret_name(K::VERSION, &b.name_any()))
+        .into_iter()
+        .filter(|(binding, entry)| {
+            entry.service_accounts.contains(&name)
+                || refs.contains(&expected_secret_name(K::VERSION, binding))
         })
-        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .map(|(binding, _)| ObjectRef::new(&binding).within(&ns))
         .collect()
 }

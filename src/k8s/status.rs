@@ -123,28 +123,29 @@ pub fn patch(status: &AcrPullBindingStatus, kept: StatusFields) -> serde_json::V
     serde_json::json!({ "status": fields })
 }
 
-/// Write `record` as the binding's status, as far as the CRD keeps it (`kept`; nothing at all
-/// when the CRD has no status subresource).
+/// Write `record` as the binding's status, as far as the CRD keeps it (`kept`); returns the
+/// binding as written, or `None` when nothing was written (the CRD has no status subresource).
 pub async fn write<K: BindingResource>(
     writer: &Writer,
     kept: StatusFields,
     binding: &K,
     record: &Record,
     now: Timestamp,
-) -> Result<(), ReconcileError> {
+) -> Result<Option<K>, ReconcileError> {
     if kept.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let status = render(record, binding.status(), now);
     let meta = binding.meta();
-    writer
+    let mut written: K = writer
         .patch_status::<K>(
             meta.namespace.as_deref().unwrap_or_default(),
             meta.name.as_deref().unwrap_or_default(),
             &patch(&status, kept),
         )
-        .await
-        .map(|_| ())
+        .await?;
+    written.meta_mut().managed_fields = None;
+    Ok(Some(written))
 }
 
 #[cfg(test)]

@@ -52,6 +52,9 @@ pub struct BindingEntry {
     pub service_account: String,
     #[serde(skip_serializing_if = "VecDeque::is_empty")]
     pub transitions: VecDeque<Transition>,
+    /// `expiry` as a time, for the scrape-time gauges (not parsed back from the text).
+    #[serde(skip)]
+    pub expiry_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +98,7 @@ impl Tracker {
                 secret_name: String::new(),
                 service_account: String::new(),
                 transitions: VecDeque::new(),
+                expiry_at: None,
             });
         let r = report.record;
         let previous = Phase::parse(entry.phase);
@@ -116,6 +120,7 @@ impl Tracker {
         entry.error = r.error;
         entry.last_refresh = fmt(r.last_refresh);
         entry.expiry = fmt(r.expiry);
+        entry.expiry_at = r.expiry;
         entry.next_refresh = fmt(r.next_refresh);
         entry.consecutive_failures = r.consecutive_failures;
         entry.secret_name = report.secret_name;
@@ -191,11 +196,27 @@ impl Tracker {
     /// The earliest token expiry among tracked bindings.
     pub fn earliest_expiry(&self) -> Option<Timestamp> {
         let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        inner
-            .entries
-            .values()
-            .filter_map(|e| e.expiry.as_deref().and_then(|t| t.parse().ok()))
-            .min()
+        inner.entries.values().filter_map(|e| e.expiry_at).min()
+    }
+
+    /// How many bindings' tokens expire within each of `bounds` (seconds from `now`; an
+    /// expired token counts in every bucket), and how many have a token at all: counted under
+    /// the lock, without copying a single entry (a scrape at 10,000 bindings used to clone
+    /// them all).
+    pub fn expiry_counts(&self, now: Timestamp, bounds: &[u32]) -> (Vec<u64>, u64) {
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = vec![0u64; bounds.len()];
+        let mut total = 0;
+        for expiry in inner.entries.values().filter_map(|e| e.expiry_at) {
+            total += 1;
+            let left = expiry.duration_since(now).as_secs_f64();
+            for (count, bound) in counts.iter_mut().zip(bounds) {
+                if left <= f64::from(*bound) {
+                    *count += 1;
+                }
+            }
+        }
+        (counts, total)
     }
 
     pub fn transitions_total(&self) -> BTreeMap<(&'static str, &'static str), u64> {
@@ -272,6 +293,11 @@ mod tests {
         assert_eq!(
             t.earliest_expiry(),
             Some("2026-01-01T01:00:00Z".parse().unwrap())
+        );
+        // 01:00 is 3,600 s after midnight: within an hour, not within half of one.
+        assert_eq!(
+            t.expiry_counts("2026-01-01T00:00:00Z".parse().unwrap(), &[1800, 3600, 7200]),
+            (vec![0, 1, 1], 1)
         );
         t.forget(&key);
         assert!(t.list().is_empty());

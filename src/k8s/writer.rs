@@ -12,6 +12,7 @@
 //! (`k8s::leader`), which is how leadership is established in the first place.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -20,7 +21,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use super::error::ReconcileError;
 
@@ -52,6 +53,9 @@ pub struct Writer {
     client: Client,
     leader: watch::Receiver<bool>,
     timeout: Duration,
+    /// Calls in flight at once (`--concurrency`): the load the passes put on the API server is
+    /// bounded here, not by how many passes run, so a pass waiting for Azure holds no slot.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Writer {
@@ -61,7 +65,14 @@ impl Writer {
             client,
             leader,
             timeout,
+            in_flight: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
         }
+    }
+
+    /// At most `calls` API calls in flight at once (the rest wait their turn).
+    pub fn with_in_flight(mut self, calls: usize) -> Self {
+        self.in_flight = Arc::new(Semaphore::new(calls.max(1)));
+        self
     }
 
     pub fn is_leader(&self) -> bool {
@@ -101,6 +112,8 @@ impl Writer {
         op: &'static str,
         call: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, ReconcileError> {
+        // The semaphore is never closed; without a permit the call still goes out.
+        let _slot = self.in_flight.acquire().await.ok();
         match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r.map_err(|source| ReconcileError::Kube { op, source }),
             Err(_) => Err(ReconcileError::Timeout {

@@ -15,7 +15,7 @@ use super::binding::{validate, Invalid, Policy, Resolved, ServiceAccountView, Sp
 use super::names::{expected_secret_name, sort_pull_secrets};
 use super::reason::Reason;
 pub use super::record::{Phase, Record, StatusView};
-use super::refresh::{add, ceil_seconds, due_at, retry_at, seed_of};
+use super::refresh::{add, ceil_seconds, planned_due, retry_at, seed_of};
 use super::tenancy::{evaluate, Mode, Request, TenancyPolicy, Verdict};
 
 /// The binding as observed.
@@ -50,6 +50,8 @@ pub struct SecretView {
     pub inputs_all: Option<String>,
     /// The verification outcome recorded when the token was minted (None: not checked).
     pub verified: Option<bool>,
+    /// Parsed `token.refresh-at`: the refresh planned when the token was written.
+    pub planned: Option<Timestamp>,
 }
 
 /// The outcome of the last failed mint for the binding's current generation, kept in memory
@@ -91,6 +93,8 @@ pub struct Observed {
     pub referencing_service_accounts: Vec<ServiceAccountView>,
     /// The last failed mint for the binding's current generation, if any.
     pub last_failure: Option<Failure>,
+    /// The other bindings of this version in the namespace (for rule 8's batching).
+    pub siblings: Vec<Sibling>,
     /// What tenancy decisions read (`None` with `--tenancy-mode=off`, or not gathered).
     pub tenancy: Option<TenancyView>,
 }
@@ -102,6 +106,40 @@ pub struct TenancyView {
     pub policies: std::sync::Arc<Vec<TenancyPolicy>>,
     /// The binding's namespace labels; `None` while the namespace is not in the cache.
     pub namespace_labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Another binding of the same version in the binding's namespace, as far as attaching goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sibling {
+    pub name: String,
+    pub spec: Spec,
+    /// Its status says `Failed`.
+    pub failed: bool,
+}
+
+/// The pull-secret name of a sibling that targets `service_account` and is on its way to a
+/// pull secret: its spec is valid, it is not failing, and tenancy (rule 4b) would serve it.
+/// A sibling the tenancy policies refuse, or cannot decide on yet, is never attached by
+/// another binding's pass: its own pass would revoke it, the next batch would re-attach it.
+/// Siblings are in the binding's namespace, so the namespace labels in `o.tenancy` are theirs.
+fn attachable(o: &Observed, s: &Sibling, service_account: &str, policy: &Policy) -> Option<String> {
+    if s.failed {
+        return None;
+    }
+    let stat = validate(&s.name, &s.spec, policy).ok()?;
+    if stat.target_service_account != service_account {
+        return None;
+    }
+    if policy.tenancy_mode != Mode::Off {
+        // Workload identity named only by its ServiceAccount's annotations: that
+        // ServiceAccount is not gathered for siblings, so the sibling attaches itself.
+        let resolved = stat.resolve(None).ok()?;
+        match tenancy(o, &resolved, policy.tenancy_mode) {
+            Tenancy::Off | Tenancy::Permitted(_) | Tenancy::Flagged(_) => {}
+            Tenancy::Refused(_) | Tenancy::Undecided => return None,
+        }
+    }
+    Some(stat.secret_name)
 }
 
 /// Why a token is minted.
@@ -384,7 +422,14 @@ fn serve(
                     Some(MintReason::InputsChanged)
                 } else {
                     let issued = s.issued.unwrap_or(refresh);
-                    let due = due_at(resolved.refresh_rule, issued, refresh, expiry, seed);
+                    let due = planned_due(
+                        resolved.refresh_rule,
+                        issued,
+                        refresh,
+                        expiry,
+                        seed,
+                        s.planned,
+                    );
                     (now >= due).then_some(MintReason::Due)
                 }
             }
@@ -424,10 +469,22 @@ fn serve(
     let secret = secret.expect("mint_reason is None only when the secret exists");
     let (expiry, refresh) = (secret.expiry.unwrap_or(now), secret.refresh.unwrap_or(now));
 
-    // Rule 8: attach, keeping the order.
+    // Rule 8: attach, keeping the order. One patch per ServiceAccount, not one per binding:
+    // the names of the other bindings that target it and are on their way to a pull secret go
+    // in too (their passes then find themselves attached). A Pod created meanwhile already
+    // names their secrets, and the kubelet reads pull secrets at every pull attempt.
     if !target.pull_secrets.contains(&resolved.secret_name) {
         let mut list = target.pull_secrets.clone();
         list.push(resolved.secret_name.clone());
+        for name in o
+            .siblings
+            .iter()
+            .filter_map(|s| attachable(o, s, &target.name, policy))
+        {
+            if !list.contains(&name) {
+                list.push(name);
+            }
+        }
         sort_pull_secrets(&mut list);
         let record = if current.phase == Phase::Ready {
             current
@@ -464,7 +521,14 @@ fn serve(
 
     // Rule 10: status from the secret.
     let issued = secret.issued.unwrap_or(refresh);
-    let next = due_at(resolved.refresh_rule, issued, refresh, expiry, seed);
+    let next = planned_due(
+        resolved.refresh_rule,
+        issued,
+        refresh,
+        expiry,
+        seed,
+        secret.planned,
+    );
     let desired = Record {
         phase: Phase::Ready,
         reason: Reason::TokenIssued,

@@ -100,6 +100,7 @@ fn observed(spec: Spec) -> Observed {
         workload_service_account: None,
         referencing_service_accounts: vec![],
         last_failure: None,
+        siblings: vec![],
         tenancy: None,
     }
 }
@@ -124,6 +125,7 @@ fn secret_for(o: &Observed, name: &str, refresh: &str, expiry: &str) -> SecretVi
         inputs: Some(hash_of(o)),
         inputs_all: None,
         verified: Some(true),
+        planned: None,
     }
 }
 
@@ -674,6 +676,110 @@ fn attaching_honours_the_ordering() {
             .map(String::from)
             .to_vec(),
         }
+    );
+}
+
+#[test]
+fn one_attach_names_every_sibling_on_its_way_to_a_pull_secret() {
+    let mut o = observed(Spec::V1beta2(v2_managed()));
+    o.secrets = vec![secret_for(
+        &o,
+        "acr-pull-app",
+        "2026-01-01T11:50:00Z",
+        "2026-01-01T15:00:00Z",
+    )];
+    o.target_service_account = Some(sa("puller", &["other"]));
+    let sibling = |name: &str, sa: &str, failed: bool| Sibling {
+        name: name.into(),
+        spec: Spec::V1beta2(V1beta2Spec {
+            service_account_name: sa.into(),
+            ..v2_managed()
+        }),
+        failed,
+    };
+    let mut invalid = sibling("bad", "puller", false);
+    if let Spec::V1beta2(s) = &mut invalid.spec {
+        s.server = "evil.example.com".into();
+    }
+    o.siblings = vec![
+        sibling("web", "puller", false),
+        // Elsewhere, failing or invalid: never named (no reference to a secret that may
+        // never exist).
+        sibling("tools", "builder", false),
+        sibling("broken", "puller", true),
+        invalid,
+    ];
+    let d = decide(&o, now(), &policy());
+    assert_eq!(
+        d.plan,
+        Plan::Attach {
+            service_account: "puller".into(),
+            pull_secrets: ["other", "acr-pull-app", "acr-pull-web"]
+                .map(String::from)
+                .to_vec(),
+        }
+    );
+    // The sibling's own pass then finds itself attached: no second patch.
+    let mut web = observed(Spec::V1beta2(v2_managed()));
+    web.binding.name = "web".into();
+    web.secrets = vec![secret_for(
+        &web,
+        "acr-pull-web",
+        "2026-01-01T11:50:00Z",
+        "2026-01-01T15:00:00Z",
+    )];
+    web.target_service_account = Some(sa("puller", &["other", "acr-pull-app", "acr-pull-web"]));
+    let d = decide(&web, now(), &policy());
+    assert!(matches!(d.plan, Plan::WriteStatus(_)), "{d:?}");
+}
+
+#[test]
+fn a_sibling_the_tenancy_policies_refuse_is_never_attached() {
+    let sibling = |name: &str, client_id: &str| Sibling {
+        name: name.into(),
+        spec: Spec::V1beta2(V1beta2Spec {
+            managed: Some((client_id.into(), String::new())),
+            ..v2_managed()
+        }),
+        failed: false,
+    };
+    let other_id = "2b461305-28be-5271-beda-bd9fd2e24252";
+    let base = || {
+        let mut o = with_policies(observed(Spec::V1beta2(v2_managed())), vec![ns_policy()]);
+        o.secrets = vec![secret_for(
+            &o,
+            "acr-pull-app",
+            "2026-01-01T11:50:00Z",
+            "2026-01-01T15:00:00Z",
+        )];
+        o.target_service_account = Some(sa("puller", &[]));
+        o.siblings = vec![sibling("web", CID), sibling("rogue", other_id)];
+        o
+    };
+    let attached = |d: Decision| match d.plan {
+        Plan::Attach { pull_secrets, .. } => pull_secrets,
+        other => panic!("{other:?}"),
+    };
+    // Enforce: the permitted sibling rides along; the refused one (its own pass revokes it)
+    // is not named, or the two passes would undo each other.
+    assert_eq!(
+        attached(decide(&base(), now(), &enforce())),
+        ["acr-pull-app", "acr-pull-web"].map(String::from).to_vec()
+    );
+    // Audit serves both.
+    assert_eq!(
+        attached(decide(&base(), now(), &audit())),
+        ["acr-pull-app", "acr-pull-rogue", "acr-pull-web"]
+            .map(String::from)
+            .to_vec()
+    );
+    // Off: tenancy is not consulted.
+    let mut off = base();
+    off.tenancy = None;
+    assert_eq!(
+        attached(decide(&off, now(), &policy())).len(),
+        3,
+        "every valid sibling is attached with tenancy off"
     );
 }
 

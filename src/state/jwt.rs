@@ -81,6 +81,18 @@ pub fn granted_access(token: &str) -> Result<Vec<GrantedAccess>, JwtError> {
     }
 }
 
+/// The `access` claim of a registry token when it has one (`None`: the token carries no
+/// claim at all, e.g. a refresh token, so what it grants cannot be read from it).
+pub fn access_claim(token: &str) -> Result<Option<Vec<GrantedAccess>>, JwtError> {
+    let payload = payload(token)?;
+    match payload.get("access") {
+        None | Some(Value::Null) => Ok(None),
+        Some(access) => serde_json::from_value(access.clone())
+            .map(Some)
+            .map_err(|_| JwtError::InvalidAccess),
+    }
+}
+
 /// Decodes the payload (second part) into a JSON object.
 fn payload(token: &str) -> Result<serde_json::Map<String, Value>, JwtError> {
     if token.len() > MAX_TOKEN_LEN {
@@ -238,6 +250,16 @@ mod tests {
         assert_eq!(
             granted_access(&jwt(r#"{"exp":1,"access":"all"}"#)),
             Err(JwtError::InvalidAccess)
+        );
+        // The claim itself: absent (a refresh token) is not the same as granting nothing.
+        assert_eq!(access_claim(&jwt(r#"{"exp":1}"#)), Ok(None));
+        assert_eq!(
+            access_claim(&jwt(r#"{"exp":1,"access":[]}"#)),
+            Ok(Some(vec![]))
+        );
+        assert_eq!(
+            access_claim(&token).map(|a| a.map(|a| a.len())),
+            Ok(Some(1))
         );
     }
 }

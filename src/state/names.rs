@@ -17,6 +17,9 @@ pub const ISSUED_ANNOTATION: &str = "acr.microsoft.com/token.issued";
 /// base36(sha224) of the binding inputs the token was minted for, as the old controller hashes
 /// them (so it finds acrpull's Secrets current after a rollback).
 pub const INPUTS_ANNOTATION: &str = "acr.microsoft.com/token.inputs";
+/// When the token in the Secret is planned to be refreshed (RFC 3339, seconds): planned when it
+/// was written, the same for every binding holding that token, never later than the boundary.
+pub const REFRESH_AT_ANNOTATION: &str = "acr.microsoft.com/token.refresh-at";
 /// base36(sha224) of every input, including those the old controller ignored (workload
 /// identity client/tenant ids, air-gapped cloud config, the identity-audience annotation).
 /// Written by acrpull on every Secret; absent on the old controller's.

@@ -73,6 +73,28 @@ pub fn due_at(
     ceil_seconds(boundary.max(add(written, MIN_REFRESH_INTERVAL)))
 }
 
+/// When a token is due, given the refresh time planned when it was written (`planned`, the
+/// `token.refresh-at` annotation): the plan when it lies between [`MIN_REFRESH_INTERVAL`] after
+/// writing and the boundary without jitter — it spreads a fleet's refreshes over the window
+/// (see `k8s::pacing`), is shared by every binding holding the same token (so they refresh
+/// together, with one call) and is never later than the boundary (the margin before expiry
+/// never shrinks). Otherwise, and for Secrets without a plan, [`due_at`].
+pub fn planned_due(
+    rule: RefreshRule,
+    issued: Timestamp,
+    written: Timestamp,
+    expiry: Timestamp,
+    seed: u64,
+    planned: Option<Timestamp>,
+) -> Timestamp {
+    let earliest = add(written, MIN_REFRESH_INTERVAL);
+    let latest = boundary(rule, issued, expiry);
+    match planned {
+        Some(p) if p >= earliest && p <= latest => ceil_seconds(p).min(latest.max(earliest)),
+        _ => due_at(rule, issued, written, expiry, seed),
+    }
+}
+
 /// Exponential backoff for the `failures`-th consecutive failure (1-based): `base`, 2 × `base`,
 /// 4 × `base` … capped at `cap`, with ±20 % deterministic jitter from `seed`, never below
 /// `base`.
@@ -354,6 +376,22 @@ mod tests {
             due_at(rule, issued, written, expiry, 3),
             ts("2026-01-01T00:01:16Z")
         );
+    }
+
+    #[test]
+    fn a_planned_refresh_inside_the_window_is_kept_and_anything_else_is_not() {
+        let rule = RefreshRule::V1beta2 { fraction: 0.5 };
+        let issued = ts("2026-01-01T00:00:00Z");
+        let expiry = ts("2026-01-01T00:02:00Z");
+        let plan = |p: &str| planned_due(rule, issued, issued, expiry, 3, Some(ts(p)));
+        // Inside [written + 5 s, half-life]: the plan, whatever the binding's own jitter.
+        assert_eq!(plan("2026-01-01T00:00:20Z"), ts("2026-01-01T00:00:20Z"));
+        assert_eq!(plan("2026-01-01T00:01:00Z"), ts("2026-01-01T00:01:00Z"));
+        // Later than the boundary (the margin would shrink) or right after writing: ignored.
+        let jittered = due_at(rule, issued, issued, expiry, 3);
+        assert_eq!(plan("2026-01-01T00:01:01Z"), jittered);
+        assert_eq!(plan("2026-01-01T00:00:02Z"), jittered);
+        assert_eq!(planned_due(rule, issued, issued, expiry, 3, None), jittered);
     }
 
     #[test]

@@ -281,6 +281,7 @@ impl Controller {
                 instance: Some(setup.identity.clone()),
             },
             failures: Failures::default(),
+            pacing: Default::default(),
             crds: acrpull::k8s::crd_check::CrdSchemas::default(),
         });
         // The real /metrics and /debug routes.

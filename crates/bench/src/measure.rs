@@ -33,6 +33,8 @@ pub struct ApiStats {
     pub writes: u64,
     /// Writes other than Events (Events are best-effort notes, not state).
     pub writes_excluding_events: u64,
+    /// Requests other than Event writes.
+    pub requests_excluding_events: u64,
     /// ServiceAccount TokenRequests (workload identity), counted as writes by the API server.
     pub token_requests: u64,
     pub conflicts_409: u64,
@@ -56,6 +58,9 @@ pub fn api_stats(records: &[kube_standin::RequestRecord]) -> ApiStats {
         *s.by_verb_resource
             .entry(format!("{verb} {resource}"))
             .or_default() += 1;
+        if !(is_write(&r.verb) && r.resource == "events") {
+            s.requests_excluding_events += 1;
+        }
         if is_write(&r.verb) {
             s.writes += 1;
             if r.resource != "events" {

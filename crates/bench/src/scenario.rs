@@ -50,6 +50,24 @@ pub struct Convergence {
     pub azure_profile: BTreeMap<String, measure::Span>,
     /// Selected controller metrics at the end of convergence (limiter waits, hop durations).
     pub controller_metrics: BTreeMap<String, f64>,
+    /// The Azure floor at the controller's limits (see [`Minimum::floor_seconds`]).
+    pub floor_seconds: f64,
+    /// `seconds / floor_seconds`.
+    pub over_floor: f64,
+    /// Reconcile passes of the controller (`acrpull_reconciles_total`) per binding.
+    pub reconciles_per_binding: f64,
+    /// API requests per binding other than Event writes.
+    pub requests_per_binding_excluding_events: f64,
+    /// Controller CPU milliseconds per binding converged.
+    pub cpu_ms_per_binding: f64,
+    /// Controller RSS (VmRSS) when all were Ready.
+    pub rss_mib: f64,
+    /// CPU seconds of this process — the stand-ins — during convergence, and the same as a
+    /// share of the machine's cores: how close the stand-in API server was to its bound.
+    pub standins_cpu_seconds: f64,
+    pub standins_cores_busy: f64,
+    /// API requests of the controller per second of convergence.
+    pub api_requests_per_second: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +92,8 @@ pub struct Restart {
     pub azure: AzureCalls,
     pub api: ApiStats,
     pub peak_rss_mib: f64,
+    /// RSS (VmRSS) once all were confirmed Ready.
+    pub rss_mib: f64,
     pub cpu_seconds: f64,
     /// One binding's status before and after the restart when they differ (why it was
     /// rewritten).
@@ -134,6 +154,7 @@ async fn converge(
     env.spawn()?;
     env.wait_readyz(Duration::from_secs(60)).await?;
     let created = Instant::now();
+    let standins_before = crate::env::cpu_seconds_of(std::process::id());
     let first = env.create_bindings(w)?;
     let create_seconds = created.elapsed().as_secs_f64();
     let ready = {
@@ -150,12 +171,30 @@ async fn converge(
     let seconds = last.duration_since(first).as_secs_f64();
     let api = measure::api_stats(&records);
     let azure = measure::azure_calls(&env.azure.counts());
-    let (hwm, _) = env.memory_kib();
+    let standins_cpu_seconds = crate::env::cpu_seconds_of(std::process::id()) - standins_before;
+    let waited = created.elapsed().as_secs_f64();
+    let (hwm, rss) = env.memory_kib();
     let (_, metrics_text) = env.http_get(env.metrics_port, "/metrics").await;
+    let controller_metrics = selected_metrics(&metrics_text);
+    let reconciles = controller_metrics
+        .get("acrpull_reconciles_total")
+        .copied()
+        .unwrap_or(f64::NAN);
+    let floor_seconds = w.minimum().floor_seconds(acr_rps_of(&opts.controller));
+    let cpu_seconds = env.cpu_seconds();
     let c = Convergence {
+        floor_seconds,
+        over_floor: seconds / floor_seconds,
+        reconciles_per_binding: reconciles / w.n as f64,
+        requests_per_binding_excluding_events: api.requests_excluding_events as f64 / w.n as f64,
+        cpu_ms_per_binding: 1000.0 * cpu_seconds / w.n as f64,
+        rss_mib: mib(rss),
+        standins_cpu_seconds,
+        standins_cores_busy: standins_cpu_seconds / waited,
+        api_requests_per_second: api.requests as f64 / seconds,
         api_profile: measure::api_profile(&records, first),
         azure_profile: measure::azure_profile(&env.azure.requests(), first),
-        controller_metrics: selected_metrics(&metrics_text),
+        controller_metrics,
         n: w.n,
         concurrency: concurrency_of(&opts.controller),
         seconds,
@@ -167,10 +206,18 @@ async fn converge(
         writes_per_binding_excluding_events: api.writes_excluding_events as f64 / w.n as f64,
         api,
         peak_rss_mib: mib(hwm),
-        cpu_seconds: env.cpu_seconds(),
+        cpu_seconds,
         limiters: limiters(&env.azure),
     };
     Ok((env, c))
+}
+
+/// The controller's `--acr-rps` (default 10).
+fn acr_rps_of(c: &ControllerOptions) -> f64 {
+    c.extra_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--acr-rps=").and_then(|v| v.parse().ok()))
+        .unwrap_or(10.0)
 }
 
 fn concurrency_of(c: &ControllerOptions) -> String {
@@ -226,7 +273,7 @@ pub async fn run(n: usize, opts: &RunOptions, index: usize) -> Result<Run> {
         .filter_map(|r| measure::parse_ts(&r.timestamp))
         .min()
         .unwrap_or(readyz_wall);
-    let (hwm, _) = env.memory_kib();
+    let (hwm, rss) = env.memory_kib();
     let status_after = status_of(&env);
     let restart = Restart {
         status_change_sample: (status_before != status_after)
@@ -238,6 +285,7 @@ pub async fn run(n: usize, opts: &RunOptions, index: usize) -> Result<Run> {
         azure: measure::azure_delta(&measure::azure_calls(&env.azure.counts()), &before),
         api: measure::api_stats(&records[mark..]),
         peak_rss_mib: mib(hwm),
+        rss_mib: mib(rss),
         cpu_seconds: env.cpu_seconds(),
     };
     // The steady window and the restart were refused nothing either.
@@ -261,6 +309,8 @@ fn selected_metrics(text: &str) -> BTreeMap<String, f64> {
                 || l.starts_with("acrpull_reconcile_duration_seconds"))
                 && (l.contains("_sum") || l.contains("_count"))
                 || l.starts_with("acrpull_token_requests_total")
+                || l.starts_with("acrpull_reconciles_total")
+                || l.starts_with("acrpull_credential_verifications_total")
                 || l.starts_with("acrpull_token_cache_total")
         })
         .filter_map(|l| {

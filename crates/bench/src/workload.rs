@@ -108,6 +108,23 @@ pub struct Minimum {
     pub entra_token: u64,
     pub acr_exchange: u64,
     pub acr_token: u64,
+    /// Exchanges + access tokens per registry: the calls its client-side limiter must pass.
+    pub acr_per_registry: std::collections::BTreeMap<String, u64>,
+}
+
+impl Minimum {
+    /// The Azure floor: the minimum rate-limited calls on the busiest client-side limiter
+    /// divided by its rate (IMDS and Entra 20/s by default, ACR `acr_rps` per registry). No
+    /// controller can converge faster at these limits.
+    pub fn floor_seconds(&self, acr_rps: f64) -> f64 {
+        let acr = self
+            .acr_per_registry
+            .values()
+            .map(|c| *c as f64 / acr_rps)
+            .fold(0.0, f64::max);
+        acr.max(self.imds as f64 / 20.0)
+            .max(self.entra_token as f64 / 20.0)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -207,11 +224,19 @@ impl Workload {
             exchange.insert((b.auth.clone(), b.registry.clone()));
             token.insert((b.auth.clone(), b.registry.clone(), b.scope.clone()));
         }
+        let mut acr_per_registry = std::collections::BTreeMap::new();
+        for (_, registry) in &exchange {
+            *acr_per_registry.entry(registry.clone()).or_default() += 1;
+        }
+        for (_, registry, _) in &token {
+            *acr_per_registry.entry(registry.clone()).or_default() += 1;
+        }
         Minimum {
             imds: ids.len() as u64,
             entra_token: wi.len() as u64,
             acr_exchange: exchange.len() as u64,
             acr_token: token.len() as u64,
+            acr_per_registry,
         }
     }
 

@@ -1,6 +1,7 @@
 //! End-to-end smoke run of `acrpull-bench --quick` (N=200) against the real controller binary,
-//! asserting the invariants that must hold at any N. No wall-clock thresholds: those belong in
-//! BENCHMARKS.md, not in a test on a shared machine.
+//! asserting the invariants that must hold at any N (Azure calls at the minimum, nothing when
+//! idle or after a restart, reconciles and API requests per binding under their limits). No
+//! wall-clock thresholds: those belong in BENCHMARKS.md, not in a test on a shared machine.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -71,6 +72,19 @@ fn quick_run_meets_the_behavioural_invariants() {
             "the workload covers workload identity"
         );
         assert_eq!(u(&azure["throttled_429"]), 0, "never throttled by Azure");
+        // Behaviour, not time: the controller's own work per binding. Events caused by its own
+        // writes wake no pass, so a new binding costs about one pass; and its API requests
+        // are a finalizer, a Secret, a status and a share of one ServiceAccount patch.
+        let reconciles = c["reconciles_per_binding"].as_f64().unwrap();
+        assert!(
+            reconciles <= 1.5,
+            "{reconciles} reconciles per binding (≤ 1.5)\n{stdout}"
+        );
+        let requests = c["requests_per_binding_excluding_events"].as_f64().unwrap();
+        assert!(
+            requests <= 4.0,
+            "{requests} API requests per binding excluding Events (≤ 4)\n{stdout}"
+        );
         let steady = &run["steady"];
         assert_eq!(u(&steady["azure"]["total"]), 0, "no Azure calls when idle");
         assert_eq!(u(&steady["api"]["writes"]), 0, "no API writes when idle");
