@@ -16,7 +16,6 @@ use acrpull::k8s::api::v1beta2;
 use acrpull::k8s::pull_secret::{document, NewToken};
 use acrpull::state::binding::{validate, Policy, ServiceAccountView, Spec, V1beta2Spec, Version};
 use acrpull::state::decide::{decide, BindingView, Observed, Plan, SecretView, StatusView};
-use acrpull::state::status_schema::StatusFields;
 use acrpull::state::token::SecretToken;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -98,19 +97,7 @@ fn converged(now: Timestamp, policy: &Policy) -> Observed {
     let Plan::WriteStatus(record) = decide(&o, now, policy).plan else {
         panic!("expected a status write");
     };
-    o.binding.status = StatusView {
-        phase: Some(record.phase),
-        error: record.error.clone(),
-        last_refresh: record.last_refresh,
-        expiry: record.expiry,
-        next_refresh: record.next_refresh,
-        consecutive_failures: record.consecutive_failures,
-        observed_generation: Some(record.observed_generation),
-        ready: Some((record.ready, Some(record.reason), record.message.clone())),
-        verified: record.verified,
-        permitted: record.permitted.clone(),
-        kept: StatusFields::ALL,
-    };
+    o.binding.status = record.as_status();
     assert_eq!(decide(&o, now, policy).plan, Plan::Wait);
     o
 }

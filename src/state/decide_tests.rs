@@ -147,19 +147,7 @@ fn ready(mut o: Observed) -> Observed {
     let Plan::WriteStatus(desired) = decide(&o, now(), &policy()).plan else {
         panic!("expected a status write for {o:?}")
     };
-    o.binding.status = StatusView {
-        phase: Some(desired.phase),
-        error: desired.error.clone(),
-        last_refresh: desired.last_refresh,
-        expiry: desired.expiry,
-        next_refresh: desired.next_refresh,
-        consecutive_failures: desired.consecutive_failures,
-        observed_generation: Some(desired.observed_generation),
-        ready: Some((desired.ready, Some(desired.reason), desired.message.clone())),
-        verified: desired.verified,
-        permitted: None,
-        kept: StatusFields::ALL,
-    };
+    o.binding.status = desired.as_status();
     o
 }
 
@@ -1041,19 +1029,7 @@ fn failure(reason: Reason, retry_after: Option<u64>) -> MintFailure {
 /// `o` as it looks after the failure was remembered and its record written to status.
 fn after(o: &Observed, record: &Record, f: Failure) -> Observed {
     let mut o = o.clone();
-    o.binding.status = StatusView {
-        phase: Some(record.phase),
-        error: record.error.clone(),
-        last_refresh: record.last_refresh,
-        expiry: record.expiry,
-        next_refresh: record.next_refresh,
-        consecutive_failures: record.consecutive_failures,
-        observed_generation: Some(record.observed_generation),
-        ready: Some((record.ready, Some(record.reason), record.message.clone())),
-        verified: record.verified,
-        permitted: None,
-        kept: StatusFields::ALL,
-    };
+    o.binding.status = record.as_status();
     o.last_failure = Some(f);
     o
 }

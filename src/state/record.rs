@@ -137,6 +137,26 @@ pub struct StatusView {
     pub kept: StatusFields,
 }
 
+impl Record {
+    /// The status an API server holding acrpull's CRDs stores when this record is written (the
+    /// inverse of [`StatusView::as_record`]).
+    pub fn as_status(&self) -> StatusView {
+        StatusView {
+            phase: Some(self.phase),
+            error: self.error.clone(),
+            last_refresh: self.last_refresh,
+            expiry: self.expiry,
+            next_refresh: self.next_refresh,
+            consecutive_failures: self.consecutive_failures,
+            observed_generation: Some(self.observed_generation),
+            ready: Some((self.ready, Some(self.reason), self.message.clone())),
+            verified: self.verified,
+            permitted: self.permitted.clone(),
+            kept: StatusFields::ALL,
+        }
+    }
+}
+
 impl StatusView {
     /// Whether this status already reports the failure `message` (`Failed` with that error),
     /// as far as the CRD keeps phase and error.
