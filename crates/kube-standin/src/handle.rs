@@ -235,6 +235,17 @@ impl Handle {
         self.try_list(api_version, kind, ns).unwrap_or_default()
     }
 
+    /// How many stored objects of a type satisfy `pred`, read under the store's lock without
+    /// copying any (a poll of 10,000 objects by [`Handle::list`] copies them all). `pred` sees
+    /// the stored form (the storage version), and must not call back into the stand-in.
+    pub fn count(&self, api_version: &str, kind: &str, pred: impl Fn(&Value) -> bool) -> usize {
+        let store = &self.server.cluster.store;
+        match objects::resolve(store, api_version, kind) {
+            Ok(rt) => store.count_of(&rt, pred),
+            Err(_) => 0,
+        }
+    }
+
     /// Like [`Handle::list`], failing for unknown types.
     pub fn try_list(
         &self,

@@ -315,10 +315,14 @@ impl Registry {
 
     /// Find by group + plural regardless of version.
     pub fn by_key(&self, group: &str, plural: &str) -> Option<Arc<ResourceType>> {
+        self.by_key_ref(group, plural).cloned()
+    }
+
+    /// [`Registry::by_key`], borrowed.
+    pub fn by_key_ref(&self, group: &str, plural: &str) -> Option<&Arc<ResourceType>> {
         self.types
             .iter()
             .find(|t| t.group == group && t.plural == plural)
-            .cloned()
     }
 
     /// Add or replace a type (by group + plural).

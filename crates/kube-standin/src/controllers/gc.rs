@@ -46,32 +46,43 @@ fn wopts() -> WriteOpts {
     }
 }
 
-fn merge(store: &Store, rt: &Arc<ResourceType>, o: &Value, patch: Value) {
-    let (ns, name) = key(o);
-    let _ = store.patch(rt, &ns, &name, PatchType::Merge, &patch, None, &wopts());
+/// What one pass decided to do to one object.
+enum Act {
+    /// Delete with this propagation policy.
+    Delete(Arc<ResourceType>, (String, String), &'static str),
+    /// Apply this merge patch.
+    Merge(Arc<ResourceType>, (String, String), Value),
 }
 
-fn delete(store: &Store, rt: &Arc<ResourceType>, o: &Value, policy: &str) {
-    if deleting(o) {
-        return;
-    }
-    let (ns, name) = key(o);
-    let opts = DeleteOpts {
-        propagation: Some(policy.into()),
-        ..Default::default()
-    };
-    let _ = store.delete(rt, &ns, &name, &opts);
-}
-
-/// One GC pass over a snapshot; whether it changed anything.
+/// One GC pass; whether it changed anything. The decisions are made under the store's lock
+/// on borrowed objects (nothing is copied), then carried out through the store's API.
 pub fn pass(store: &Store) -> bool {
-    let all = store.all_objects();
+    let acts = store.scan(plan);
+    let acted = !acts.is_empty();
+    for act in acts {
+        match act {
+            Act::Delete(rt, (ns, name), policy) => {
+                let opts = DeleteOpts {
+                    propagation: Some(policy.into()),
+                    ..Default::default()
+                };
+                let _ = store.delete(&rt, &ns, &name, &opts);
+            }
+            Act::Merge(rt, (ns, name), patch) => {
+                let _ = store.patch(&rt, &ns, &name, PatchType::Merge, &patch, None, &wopts());
+            }
+        }
+    }
+    acted
+}
+
+fn plan(all: &[(&Arc<ResourceType>, &Value)]) -> Vec<Act> {
     let by_uid: HashMap<&str, &Value> = all
         .iter()
-        .filter_map(|(_, o)| o["metadata"]["uid"].as_str().map(|u| (u, o)))
+        .filter_map(|(_, o)| o["metadata"]["uid"].as_str().map(|u| (u, *o)))
         .collect();
-    let mut acted = false;
-    for (rt, o) in &all {
+    let mut acts = Vec::new();
+    for (rt, o) in all {
         let Some(refs) = o["metadata"]["ownerReferences"]
             .as_array()
             .filter(|r| !r.is_empty())
@@ -93,24 +104,23 @@ pub fn pass(store: &Store) -> bool {
                 }
             }
         }
+        let rt = (*rt).clone();
         if keep.is_empty() && dangling > 0 {
             if !deleting(o) {
-                delete(store, rt, o, "Background");
-                acted = true;
+                acts.push(Act::Delete(rt, key(o), "Background"));
             }
         } else if keep.len() < refs.len() {
-            merge(store, rt, o, json!({"metadata": {"ownerReferences": keep}}));
-            acted = true;
+            let patch = json!({"metadata": {"ownerReferences": keep}});
+            acts.push(Act::Merge(rt, key(o), patch));
         } else if foreground && !deleting(o) {
-            delete(store, rt, o, "Foreground");
-            acted = true;
+            acts.push(Act::Delete(rt, key(o), "Foreground"));
         }
     }
     for (rt, o) in all.iter().filter(|(_, o)| deleting(o)) {
         let uid = o["metadata"]["uid"].as_str().unwrap_or_default();
         let dependents: Vec<&Value> = all
             .iter()
-            .map(|(_, d)| d)
+            .map(|(_, d)| *d)
             .filter(|d| {
                 d["metadata"]["ownerReferences"]
                     .as_array()
@@ -142,23 +152,29 @@ pub fn pass(store: &Store) -> bool {
                 .filter(|f| !remove.iter().any(|r| *f == r))
                 .cloned()
                 .collect();
-            merge(store, rt, o, json!({"metadata": {"finalizers": fins}}));
-            acted = true;
+            let patch = json!({"metadata": {"finalizers": fins}});
+            acts.push(Act::Merge((*rt).clone(), key(o), patch));
         }
     }
-    acted
+    acts
 }
 
-/// The GC loop: after every change, wait the GC delay, then run passes.
+/// The GC loop: after every change, wait the GC delay, then run passes. A pass scans the
+/// whole store, so with a large store and a steady stream of writes the next pass also waits
+/// nine times as long as the last one took: GC stays under a tenth of a core, as the real
+/// collector (driven by its own informers) does not compete with the API server for CPU.
 pub async fn run(store: Arc<Store>, delay: Duration) {
     let mut rv = store.rv_watch();
+    let mut last = Duration::ZERO;
     loop {
         if rv.changed().await.is_err() {
             return;
         }
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(delay.max(last * 9)).await;
         rv.borrow_and_update();
         // Our own writes change the RV, so cascades continue on the next iteration.
+        let started = std::time::Instant::now();
         pass(&store);
+        last = started.elapsed();
     }
 }

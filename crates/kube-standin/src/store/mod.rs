@@ -10,6 +10,7 @@ mod strategy;
 mod write;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use base64::Engine as _;
@@ -155,6 +156,26 @@ struct ContinueToken {
     start: String,
 }
 
+/// Merge two iterators sorted by key with disjoint keys into one sorted iterator.
+fn merge_sorted<'a, V: 'a>(
+    a: impl Iterator<Item = (&'a ObjKey, V)>,
+    b: impl Iterator<Item = (&'a ObjKey, V)>,
+) -> impl Iterator<Item = (&'a ObjKey, V)> {
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some((ka, _)), Some((kb, _))) => {
+            if ka <= kb {
+                a.next()
+            } else {
+                b.next()
+            }
+        }
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
 impl Inner {
     fn objects_of(&self, rt: &ResourceType) -> Option<&BTreeMap<ObjKey, Value>> {
         self.objects.get(&rt.key())
@@ -212,29 +233,6 @@ impl Inner {
         }
         let _ = tx.send(change);
         obj
-    }
-
-    /// The objects of a type as they were at `rv` (from the history).
-    fn snapshot(&self, rt: &ResourceType, rv: u64) -> BTreeMap<ObjKey, Value> {
-        let mut map = self.objects_of(rt).cloned().unwrap_or_default();
-        for c in self.history.iter().rev() {
-            if c.rv <= rv {
-                break;
-            }
-            if c.group != rt.group || c.plural != rt.plural {
-                continue;
-            }
-            let key = (c.namespace.clone(), c.name.clone());
-            match &c.prev {
-                Some(p) => {
-                    map.insert(key, p.clone());
-                }
-                None => {
-                    map.remove(&key);
-                }
-            }
-        }
-        map
     }
 }
 
@@ -323,6 +321,30 @@ impl Store {
         inner.history.retain(|c| c.rv <= rv);
         self.publish_rv(&inner);
         inner.rv
+    }
+
+    /// Run `f` over every stored object with its type, under the store's lock, cloning
+    /// nothing (`f` must not call back into the store). The GC scans the whole store after
+    /// every change; a scan that cloned every object made the stand-in's own GC its largest
+    /// cost at 10,000 bindings (40,000 objects deep-copied every 100 ms).
+    pub fn scan<R>(&self, f: impl FnOnce(&[(&Arc<ResourceType>, &Value)]) -> R) -> R {
+        let inner = self.lock();
+        let mut all = Vec::new();
+        for ((g, p), objs) in &inner.objects {
+            if let Some(rt) = inner.registry.by_key_ref(g, p) {
+                all.extend(objs.values().map(|o| (rt, o)));
+            }
+        }
+        f(&all)
+    }
+
+    /// How many current objects of a type satisfy `pred` (under the lock, nothing copied).
+    pub fn count_of(&self, rt: &ResourceType, pred: impl Fn(&Value) -> bool) -> usize {
+        let inner = self.lock();
+        inner
+            .objects_of(rt)
+            .map(|m| m.values().filter(|o| pred(o)).count())
+            .unwrap_or(0)
     }
 
     /// Every stored object with its type (for GC and the control API).
@@ -426,28 +448,61 @@ impl Store {
                 }
             }
         };
-        let snapshot = if snapshot_rv == current {
-            inner.objects_of(rt).cloned().unwrap_or_default()
-        } else {
-            inner.snapshot(rt, snapshot_rv)
+        // The objects as they were at `snapshot_rv`: the current map, overlaid with the state
+        // before every later change of this type (oldest change wins). Only the page is
+        // cloned, and the continuation starts with a range seek: a paginated list of N objects
+        // costs O(N) in all, not O(N) per page (which a 10,000-object relist paid 20 times,
+        // under the store's lock).
+        let empty = BTreeMap::new();
+        let current_objs = inner.objects_of(rt).unwrap_or(&empty);
+        let mut overlay: BTreeMap<ObjKey, Option<&Value>> = BTreeMap::new();
+        if snapshot_rv != current {
+            for c in inner.history.iter().rev() {
+                if c.rv <= snapshot_rv {
+                    break;
+                }
+                if c.group == rt.group && c.plural == rt.plural {
+                    overlay.insert((c.namespace.clone(), c.name.clone()), c.prev.as_ref());
+                }
+            }
+        }
+        // Keys are (namespace, name); a continue token's `start` is "namespace/name" (a
+        // namespace has no '/'), and the page resumes strictly after it in the same order.
+        let after: Option<ObjKey> = start_after.as_deref().map(|s| match s.split_once('/') {
+            Some((n, name)) => (n.to_string(), name.to_string()),
+            None => (String::new(), s.to_string()),
+        });
+        let lower = match &after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
         };
-        drop(inner);
-        let matching: Vec<(String, &Value)> = snapshot
-            .iter()
+        let from_current = current_objs
+            .range::<ObjKey, _>((lower, Bound::Unbounded))
+            .filter(|(k, _)| !overlay.contains_key(*k))
+            .map(|(k, v)| (k, Some(v)));
+        let from_overlay = overlay
+            .range::<ObjKey, _>((lower, Bound::Unbounded))
+            .map(|(k, v)| (k, *v));
+        let matching = merge_sorted(from_current, from_overlay)
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
             .filter(|((n, _), _)| ns.is_none_or(|want| want == n))
-            .filter(|(_, o)| opts.selectors.matches(o))
-            .map(|((n, name), o)| (format!("{n}/{name}"), o))
-            .filter(|(k, _)| start_after.as_ref().is_none_or(|s| k > s))
-            .collect();
+            .filter(|(_, o)| opts.selectors.matches(o));
         let limit = opts.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
-        let page: Vec<Value> = matching
-            .iter()
-            .take(limit)
-            .map(|(_, o)| (*o).clone())
-            .collect();
+        let mut page: Vec<Value> = Vec::new();
+        let mut last: Option<&ObjKey> = None;
+        let mut remaining = 0usize;
+        for (k, o) in matching {
+            if page.len() < limit {
+                page.push(o.clone());
+                last = Some(k);
+            } else {
+                remaining += 1;
+            }
+        }
+        let last = last.map(|(n, name)| format!("{n}/{name}"));
+        drop(inner);
         let mut metadata = json!({ "resourceVersion": snapshot_rv.to_string() });
-        if matching.len() > page.len() {
-            let last = matching[page.len() - 1].0.clone();
+        if let (true, Some(last)) = (remaining > 0, last) {
             let tok = ContinueToken {
                 rv: snapshot_rv,
                 start: last,
@@ -455,7 +510,7 @@ impl Store {
             let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .encode(serde_json::to_vec(&tok).unwrap_or_default());
             metadata["continue"] = json!(enc);
-            metadata["remainingItemCount"] = json!(matching.len() - page.len());
+            metadata["remainingItemCount"] = json!(remaining);
         }
         Ok(json!({
             "kind": list_kind(rt),
@@ -693,6 +748,78 @@ mod tests {
             .update(&rt, "default", "a", stale, None, &WriteOpts::default())
             .unwrap_err();
         assert_eq!(err.code, 409);
+    }
+
+    /// Pages resume after the last item in the order items are listed: (namespace, name).
+    /// Comparing "namespace/name" strings instead skipped namespace `a-b` after `a/x`
+    /// ('-' sorts before '/').
+    #[test]
+    fn paginated_list_across_namespaces_returns_every_item_once() {
+        let s = Store::new(100);
+        let rt = secrets(&s);
+        let nsrt = s.type_by_path("", "v1", "namespaces").unwrap();
+        for ns in ["a", "a-b", "a.c"] {
+            s.create(
+                &nsrt,
+                "",
+                json!({"metadata": {"name": ns}}),
+                &WriteOpts::default(),
+            )
+            .unwrap();
+        }
+        for (ns, name) in [
+            ("a", "x"),
+            ("a", "z"),
+            ("a-b", "y"),
+            ("a.c", "w"),
+            ("default", "d"),
+        ] {
+            s.create(
+                &rt,
+                ns,
+                json!({"metadata": {"name": name}}),
+                &WriteOpts::default(),
+            )
+            .unwrap();
+        }
+        let key = |o: &Value| {
+            format!(
+                "{}/{}",
+                o["metadata"]["namespace"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        };
+        let all: Vec<String> = s.list(&rt, None, &ListOpts::default()).unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(key)
+            .collect();
+        assert_eq!(all.len(), 5);
+        let mut paged = Vec::new();
+        let mut remaining = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = s
+                .list(
+                    &rt,
+                    None,
+                    &ListOpts {
+                        limit: Some(1),
+                        continue_token: token.clone(),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            paged.extend(page["items"].as_array().unwrap().iter().map(key));
+            remaining.push(page["metadata"]["remainingItemCount"].as_u64());
+            token = page["metadata"]["continue"].as_str().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        assert_eq!(paged, all);
+        assert_eq!(remaining, vec![Some(4), Some(3), Some(2), Some(1), None]);
     }
 
     #[test]
