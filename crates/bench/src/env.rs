@@ -33,6 +33,14 @@ pub fn free_port() -> Result<u16> {
 pub struct ControllerOptions {
     pub bin: PathBuf,
     pub extra_args: Vec<String>,
+    /// Run as the controller's ServiceAccount under deploy/'s RBAC and admission policies
+    /// (the default). `false` runs it as the admin with no policies, as every figure recorded
+    /// before the enforcement work was: the switch separates the stand-in's cost of
+    /// authorization and CEL from the controller's.
+    pub enforcement: bool,
+    /// Serve `/debug` on the metrics port (no `--debug-bind-address`), as controllers built
+    /// before the tenancy work did: lets the bench measure an older build on today's rig.
+    pub debug_on_metrics_port: bool,
 }
 
 pub struct Env {
@@ -75,9 +83,11 @@ impl Env {
         kube.apply_yaml_checked(RBAC)
             .await
             .context("deploy/rbac.yaml")?;
-        kube.apply_yaml_checked(ADMISSION)
-            .await
-            .context("deploy/admission.yaml")?;
+        if controller.enforcement {
+            kube.apply_yaml_checked(ADMISSION)
+                .await
+                .context("deploy/admission.yaml")?;
+        }
         for o in w.namespace_objects() {
             kube.apply(o)?;
         }
@@ -107,20 +117,29 @@ impl Env {
             .context("azure stand-in")?;
         std::fs::create_dir_all(dir)?;
         let kubeconfig = dir.join("kubeconfig");
-        let token = kube.service_account_token(
-            CONTROLLER_NAMESPACE,
-            "acrpull",
-            Duration::from_secs(24 * 3600),
-        )?;
-        kube.write_kubeconfig_for_token(&kubeconfig, &token)?;
+        if controller.enforcement {
+            let token = kube.service_account_token(
+                CONTROLLER_NAMESPACE,
+                "acrpull",
+                Duration::from_secs(24 * 3600),
+            )?;
+            kube.write_kubeconfig_for_token(&kubeconfig, &token)?;
+        } else {
+            kube.write_kubeconfig(&kubeconfig)?;
+        }
+        let metrics_port = free_port()?;
         Ok(Env {
             kube,
             azure,
             dir: dir.to_path_buf(),
             kubeconfig,
-            metrics_port: free_port()?,
+            metrics_port,
             probe_port: free_port()?,
-            debug_port: free_port()?,
+            debug_port: if controller.debug_on_metrics_port {
+                metrics_port
+            } else {
+                free_port()?
+            },
             controller,
             child: None,
             starts: 0,
@@ -148,12 +167,17 @@ impl Env {
         let mut args = vec![
             format!("--metrics-bind-address=127.0.0.1:{}", self.metrics_port),
             format!("--health-probe-bind-address=127.0.0.1:{}", self.probe_port),
-            format!("--debug-bind-address=127.0.0.1:{}", self.debug_port),
             format!("--imds-endpoint={}", self.azure.imds_url()),
             format!("--azure-resolve={}", resolve.join(",")),
             format!("--azure-ca-file={}", ca.display()),
             "--log-level=info".into(),
         ];
+        if !self.controller.debug_on_metrics_port {
+            args.push(format!(
+                "--debug-bind-address=127.0.0.1:{}",
+                self.debug_port
+            ));
+        }
         args.extend(self.controller.extra_args.iter().cloned());
         Ok(args)
     }

@@ -67,6 +67,15 @@ struct Cli {
     /// Extra argument for every acrpull process (repeatable), e.g. --acrpull-arg=--acr-rps=20.
     #[arg(long = "acrpull-arg", allow_hyphen_values = true)]
     acrpull_args: Vec<String>,
+    /// Run the controller as the admin with no admission policies (default: as its
+    /// ServiceAccount under deploy/'s RBAC and policies). For comparing with figures recorded
+    /// before the stand-in enforced them; the report's workload says which was used.
+    #[arg(long)]
+    no_enforcement: bool,
+    /// The controller serves `/debug` on its metrics port and has no `--debug-bind-address`
+    /// (builds from before the tenancy work), for measuring an older build on this rig.
+    #[arg(long)]
+    debug_on_metrics_port: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -519,21 +528,28 @@ async fn main() -> Result<()> {
         controller: ControllerOptions {
             bin: bin.clone(),
             extra_args: cli.acrpull_args.clone(),
+            enforcement: !cli.no_enforcement,
+            debug_on_metrics_port: cli.debug_on_metrics_port,
         },
         steady_secs,
         work_dir: work_dir.clone(),
     };
     eprintln!(
-        "acrpull-bench: {} at N={sizes:?}, {} run(s); logs in {}",
+        "acrpull-bench: {} at N={sizes:?}, {} run(s), {}; logs in {}",
         bin.display(),
         cli.runs,
+        if cli.no_enforcement {
+            "as the admin without admission policies"
+        } else {
+            "as its ServiceAccount under deploy/ RBAC and admission policies"
+        },
         work_dir.display()
     );
     let mut report = Report {
         machine: machine(),
         acrpull_bin: bin.display().to_string(),
         acrpull_args: cli.acrpull_args.clone(),
-        workload: workload_description(),
+        workload: workload_description(!cli.no_enforcement),
         sizes: Vec::new(),
     };
     for &n in &sizes {
@@ -583,8 +599,16 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-fn workload_description() -> BTreeMap<String, String> {
+fn workload_description(enforcement: bool) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
+    m.insert(
+        "api_enforcement".into(),
+        if enforcement {
+            "controller as its ServiceAccount under deploy/ RBAC + admission policies".into()
+        } else {
+            "controller as the admin, no admission policies (--no-enforcement)".into()
+        },
+    );
     let ms = |(f, j): (u64, u64)| format!("{f} ms + 0..{j} ms jitter");
     m.insert("api_version".into(), workload::V2.into());
     m.insert("namespaces".into(), workload::NAMESPACES.to_string());
