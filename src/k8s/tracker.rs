@@ -4,7 +4,7 @@
 //! wrote, so the endpoints cannot disagree with `kubectl get`. Holds no tokens — only phases,
 //! reasons and timestamps.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
@@ -55,6 +55,52 @@ pub struct BindingEntry {
     /// `expiry` as a time, for the scrape-time gauges (not parsed back from the text).
     #[serde(skip)]
     pub expiry_at: Option<Timestamp>,
+}
+
+impl BindingEntry {
+    /// The binding's API group (`acrpull.microsoft.com` or `msi-acrpull.microsoft.com`).
+    pub fn group(&self) -> &'static str {
+        self.api_version.split('/').next().unwrap_or_default()
+    }
+}
+
+/// A [`BindingEntry`] without its history, borrowed (the list's form).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    api_version: &'static str,
+    phase: &'static str,
+    reason: &'static str,
+    ready: bool,
+    error: &'a str,
+    last_refresh: &'a Option<String>,
+    expiry: &'a Option<String>,
+    next_refresh: &'a Option<String>,
+    consecutive_failures: u32,
+    secret_name: &'a str,
+    service_account: &'a str,
+}
+
+impl<'a> Summary<'a> {
+    fn of(e: &'a BindingEntry) -> Self {
+        Summary {
+            namespace: &e.namespace,
+            name: &e.name,
+            api_version: e.api_version,
+            phase: e.phase,
+            reason: e.reason,
+            ready: e.ready,
+            error: &e.error,
+            last_refresh: &e.last_refresh,
+            expiry: &e.expiry,
+            next_refresh: &e.next_refresh,
+            consecutive_failures: e.consecutive_failures,
+            secret_name: &e.secret_name,
+            service_account: &e.service_account,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -158,6 +204,43 @@ impl Tracker {
         inner.entries.remove(key);
     }
 
+    /// The API group and namespace of every tracked binding (what a caller of
+    /// `/debug/bindings` must be allowed to read).
+    pub fn scopes(&self) -> BTreeSet<(String, String)> {
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .entries
+            .values()
+            .map(|e| (e.group().to_string(), e.namespace.clone()))
+            .collect()
+    }
+
+    /// `{"leader": …, "bindings": […]}` with the bindings `keep` accepts, without their
+    /// history, serialized under the lock: at 10,000 bindings a copy of the entries, and a
+    /// `serde_json::Value` of them, were the largest allocations the controller made.
+    pub fn list_json(&self, leader: bool, keep: impl Fn(&BindingEntry) -> bool) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Body<'a, I: Iterator<Item = Summary<'a>> + Clone> {
+            leader: bool,
+            #[serde(serialize_with = "seq")]
+            bindings: I,
+        }
+        fn seq<'a, I, S>(items: &I, s: S) -> Result<S::Ok, S::Error>
+        where
+            I: Iterator<Item = Summary<'a>> + Clone,
+            S: serde::Serializer,
+        {
+            s.collect_seq(items.clone())
+        }
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let bindings = inner
+            .entries
+            .values()
+            .filter(|e| leader && keep(e))
+            .map(Summary::of);
+        serde_json::to_vec(&Body { leader, bindings }).unwrap_or_default()
+    }
+
     /// All bindings, without their transition history.
     pub fn list(&self) -> Vec<BindingEntry> {
         let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -252,6 +335,57 @@ mod tests {
             secret_name: "acr-pull-a".into(),
             service_account: "default".into(),
         }
+    }
+
+    /// The list is rendered from borrowed summaries; they must say exactly what the entries
+    /// say without their history (a field added to one and not the other fails here).
+    #[test]
+    fn list_json_is_the_entries_without_history() {
+        let t = Tracker::default();
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        for (ns, version) in [("a", Version::V1beta2), ("b", Version::V1beta1)] {
+            let key = BindingKey {
+                version,
+                namespace: ns.into(),
+                name: "x".into(),
+            };
+            t.record(&key, report(Phase::Pending), now);
+            let mut failed = report(Phase::Failed);
+            failed.record.error = "boom".into();
+            failed.record.next_refresh = Some(now);
+            t.record(&key, failed, now);
+        }
+        let expected: Vec<serde_json::Value> = t
+            .list()
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect();
+        assert!(t.get("a", "x")[0].transitions.len() == 2);
+        let got: serde_json::Value = serde_json::from_slice(&t.list_json(true, |_| true)).unwrap();
+        assert_eq!(got["leader"], true);
+        assert_eq!(got["bindings"], serde_json::Value::from(expected.clone()));
+        let only_b: serde_json::Value =
+            serde_json::from_slice(&t.list_json(true, |e| e.namespace == "b")).unwrap();
+        let b: Vec<serde_json::Value> = expected
+            .iter()
+            .filter(|e| e["namespace"] == "b")
+            .cloned()
+            .collect();
+        assert_eq!(b.len(), 1);
+        assert_eq!(only_b["bindings"], serde_json::Value::from(b));
+        let standby: serde_json::Value =
+            serde_json::from_slice(&t.list_json(false, |_| true)).unwrap();
+        assert_eq!(
+            standby,
+            serde_json::json!({"leader": false, "bindings": []})
+        );
+        assert_eq!(
+            t.scopes().into_iter().collect::<Vec<_>>(),
+            vec![
+                ("acrpull.microsoft.com".to_string(), "a".to_string()),
+                ("msi-acrpull.microsoft.com".to_string(), "b".to_string())
+            ]
+        );
     }
 
     #[test]
