@@ -15,9 +15,8 @@
 //! the cache holds (both resourceVersions integers, as etcd's revisions are) is ignored; a
 //! relist is taken as it is.
 
-use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::runtime::watcher;
@@ -26,54 +25,13 @@ use kube::ResourceExt;
 use super::api::policy::AcrPullPolicy;
 use super::binding::BindingResource;
 use super::observe::SecretMeta;
-use crate::state::binding::{Version, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION};
-use crate::state::names::{BINDING_LABEL, IDENTITY_AUDIENCE_ANNOTATION};
-
-/// The prefix of the annotations acrpull writes on pull Secrets.
-const ACRPULL_ANNOTATION_PREFIX: &str = "acr.microsoft.com/";
+use crate::state::binding::Version;
 use crate::state::decide::Sibling;
 use crate::state::record::Phase;
 
-/// The caches keep only what decisions read (memory is per binding: at 10,000 bindings every
-/// field kept costs it 10,000 times). Never `managedFields`, often the largest part of an
-/// object, nor annotations a decision never reads (`kubectl apply` copies the whole object
-/// into one): a binding keeps only its identity-audience annotation.
-pub fn trim_binding<K: kube::Resource>(o: &mut K) {
-    let m = o.meta_mut();
-    m.managed_fields = None;
-    if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| k == IDENTITY_AUDIENCE_ANNOTATION);
-        if a.is_empty() {
-            m.annotations = None;
-        }
-    }
-}
-
-/// A ServiceAccount: its pull secrets and the workload-identity annotations; not its token
-/// secrets, labels, owners or other annotations.
-pub fn trim_service_account(sa: &mut ServiceAccount) {
-    sa.secrets = None;
-    sa.automount_service_account_token = None;
-    let m = &mut sa.metadata;
-    m.managed_fields = None;
-    m.labels = None;
-    m.owner_references = None;
-    if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| k == WI_CLIENT_ID_ANNOTATION || k == WI_TENANT_ID_ANNOTATION);
-    }
-}
-
-/// A pull Secret's metadata: the binding label, acrpull's annotations and the owner.
-pub fn trim_secret(s: &mut SecretMeta) {
-    let m = &mut s.metadata;
-    m.managed_fields = None;
-    if let Some(l) = m.labels.as_mut() {
-        l.retain(|k, _| k == BINDING_LABEL);
-    }
-    if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| k.starts_with(ACRPULL_ANNOTATION_PREFIX));
-    }
-}
+pub use super::sa_locks::{ServiceAccountGuard, ServiceAccountLocks};
+pub use super::trim::{trim_binding, trim_secret, trim_service_account};
+pub use super::written::{BindingWrite, Echoes, WrittenBindings};
 
 /// The caches the controllers read: Secrets (metadata) and ServiceAccounts, by namespace, and
 /// the bindings our own writes returned; with `--tenancy-mode` audit or enforce also Namespaces
@@ -89,66 +47,6 @@ pub struct Caches {
     pub policies: NsCache<AcrPullPolicy>,
     /// One attach at a time per ServiceAccount (see [`ServiceAccountLocks`]).
     pub sa_locks: ServiceAccountLocks,
-}
-
-/// Per ServiceAccount, a lock its attach patches take. Bindings sharing a ServiceAccount are
-/// often minted together; without it two passes patch it from the same cached
-/// resourceVersion, one is answered 409 and its binding costs a second pass. Under the lock
-/// the second pass sees the first one's answer in the cache — usually with its own name
-/// already in it (rule 8 names the siblings) — and writes nothing. Entries live only while
-/// held or awaited, so memory stays flat with the number of ServiceAccounts.
-#[derive(Default, Clone)]
-pub struct ServiceAccountLocks(Arc<Mutex<LockMap>>);
-
-type LockMap = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
-
-/// Held while a ServiceAccount is written; released (and forgotten when unused) on drop.
-pub struct ServiceAccountGuard {
-    locks: ServiceAccountLocks,
-    key: (String, String),
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl ServiceAccountLocks {
-    pub async fn lock(&self, namespace: &str, name: &str) -> ServiceAccountGuard {
-        let key = (namespace.to_string(), name.to_string());
-        let lock = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let guard = lock.lock_owned().await;
-        ServiceAccountGuard {
-            locks: self.clone(),
-            key,
-            guard: Some(guard),
-        }
-    }
-
-    /// Locks held or awaited (for tests and the memory bound).
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Drop for ServiceAccountGuard {
-    fn drop(&mut self) {
-        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
-        drop(self.guard.take());
-        // Only the map's reference left: nobody holds or awaits it.
-        if map
-            .get(&self.key)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            map.remove(&self.key);
-        }
-    }
 }
 
 impl Caches {
@@ -189,7 +87,55 @@ impl IndexEntry {
     }
 }
 
-type EntryIndex = HashMap<String, BTreeMap<String, Arc<IndexEntry>>>;
+impl IndexEntry {
+    /// The ServiceAccount the binding's pull secret goes to.
+    fn target(&self) -> &str {
+        self.service_accounts.first().map_or("", String::as_str)
+    }
+}
+
+/// One namespace's bindings: by name, and the names by target ServiceAccount (so a pass finds
+/// its siblings without walking every binding of the namespace; at 10,000 bindings that walk,
+/// made at every step of every pass, was the largest part of deciding).
+#[derive(Default)]
+struct NsEntries {
+    by_name: BTreeMap<String, Arc<IndexEntry>>,
+    by_target: HashMap<String, BTreeSet<String>>,
+}
+
+impl NsEntries {
+    fn insert(&mut self, name: String, entry: Arc<IndexEntry>) {
+        self.by_target
+            .entry(entry.target().to_string())
+            .or_default()
+            .insert(name.clone());
+        if let Some(old) = self.by_name.insert(name.clone(), entry) {
+            self.unlink(&name, &old);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(old) = self.by_name.remove(name) {
+            self.unlink(name, &old);
+        }
+    }
+
+    /// Forget `name` under `old`'s target, unless its current entry has the same target.
+    fn unlink(&mut self, name: &str, old: &IndexEntry) {
+        let target = old.target();
+        if self.by_name.get(name).is_some_and(|e| e.target() == target) {
+            return;
+        }
+        if let Some(names) = self.by_target.get_mut(target) {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_target.remove(target);
+            }
+        }
+    }
+}
+
+type EntryIndex = HashMap<String, NsEntries>;
 
 /// The bindings of one version, by namespace, as [`IndexEntry`]s. Follows the watcher
 /// protocol like [`NsCache`].
@@ -222,7 +168,7 @@ impl BindingIndex {
                 let (ns, name) = key(o);
                 if let Some(m) = live.get_mut(&ns) {
                     m.remove(&name);
-                    if m.is_empty() {
+                    if m.by_name.is_empty() {
                         live.remove(&ns);
                     }
                 }
@@ -236,196 +182,31 @@ impl BindingIndex {
         guard
             .0
             .get(namespace)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|m| {
+                m.by_name
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    /// The other bindings of `namespace` that target `service_account` and are not being deleted.
+    /// The other bindings of `namespace` that target `service_account` and are not being
+    /// deleted, by name.
     pub fn siblings(&self, namespace: &str, name: &str, service_account: &str) -> Vec<Sibling> {
         let guard = self.0.read().unwrap_or_else(|e| e.into_inner());
-        guard
-            .0
-            .get(namespace)
+        let Some(m) = guard.0.get(namespace) else {
+            return Vec::new();
+        };
+        m.by_target
+            .get(service_account)
             .into_iter()
-            .flat_map(|m| m.iter())
-            .filter(|(n, e)| {
-                n.as_str() != name
-                    && !e.deleting
-                    && e.service_accounts.first().map(String::as_str) == Some(service_account)
-            })
-            .map(|(_, e)| e.sibling.clone())
+            .flatten()
+            .filter(|n| n.as_str() != name)
+            .filter_map(|n| m.by_name.get(n))
+            .filter(|e| !e.deleting && e.target() == service_account)
+            .map(|e| e.sibling.clone())
             .collect()
-    }
-}
-
-/// Bindings as our own writes (finalizer, status) returned them, until the binding watch has
-/// caught up; and the echoes of those writes. The reflector store that kube-runtime hands a
-/// pass can be behind our last write: a pass woken by something else then decides on the
-/// newer of the two, instead of writing the same status again.
-#[derive(Default, Clone)]
-pub struct WrittenBindings(Arc<Mutex<WrittenInner>>);
-
-/// Per binding (version, namespace, name): the resourceVersion of our latest write and the
-/// binding as that write returned it.
-type Latest = HashMap<(Version, String, String), (u64, Arc<dyn Any + Send + Sync>)>;
-
-struct WrittenInner {
-    echoes: HashMap<Version, Echoes>,
-    latest: Latest,
-    /// Bindings with a write of ours in flight, and how many.
-    in_flight: HashMap<(Version, String, String), usize>,
-    /// Bumped whenever a write ends, for [`WrittenBindings::settled`].
-    ended: tokio::sync::watch::Sender<u64>,
-}
-
-impl Default for WrittenInner {
-    fn default() -> Self {
-        Self {
-            echoes: HashMap::new(),
-            latest: HashMap::new(),
-            in_flight: HashMap::new(),
-            ended: tokio::sync::watch::channel(0).0,
-        }
-    }
-}
-
-/// A write of ours to one binding, in flight until dropped.
-pub struct BindingWrite {
-    written: WrittenBindings,
-    key: (Version, String, String),
-}
-
-impl Drop for BindingWrite {
-    fn drop(&mut self) {
-        let inner = &mut *self.written.lock();
-        if let Some(n) = inner.in_flight.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                inner.in_flight.remove(&self.key);
-            }
-        }
-        inner.ended.send_modify(|n| *n = n.wrapping_add(1));
-    }
-}
-
-/// How long a binding's watch event waits for our write to it to be answered.
-const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-impl WrittenBindings {
-    /// Mark a write of ours to the binding in flight until the guard drops: the watch can
-    /// deliver its event before the write's answer reaches [`WrittenBindings::written`].
-    pub fn begin_write<K: BindingResource>(&self, namespace: &str, name: &str) -> BindingWrite {
-        let key = (K::VERSION, namespace.to_string(), name.to_string());
-        *self.lock().in_flight.entry(key.clone()).or_default() += 1;
-        BindingWrite {
-            written: self.clone(),
-            key,
-        }
-    }
-
-    /// Wait (at most [`SETTLE_LIMIT`]) until no write of ours to `object` is in flight, so
-    /// that [`WrittenBindings::is_echo`] can tell its echo from someone else's change.
-    pub async fn settled<K: BindingResource>(&self, object: &K) {
-        let (ns, name) = key(object);
-        let k = (K::VERSION, ns, name);
-        let mut ended = {
-            let inner = self.lock();
-            if !inner.in_flight.contains_key(&k) {
-                return;
-            }
-            inner.ended.subscribe()
-        };
-        let wait = async {
-            loop {
-                if ended.changed().await.is_err() {
-                    return;
-                }
-                if !self.lock().in_flight.contains_key(&k) {
-                    return;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(SETTLE_LIMIT, wait).await;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, WrittenInner> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A write of ours was answered with `object`.
-    pub fn written<K: BindingResource>(&self, object: K) -> Arc<K> {
-        let (ns, name) = key(&object);
-        let rv = rv_of(object.meta().resource_version.as_deref());
-        let object = Arc::new(object);
-        let mut inner = self.lock();
-        inner.echoes.entry(K::VERSION).or_default().expect(
-            &ns,
-            &name,
-            object.meta().resource_version.as_deref(),
-        );
-        if let Some(rv) = rv {
-            let held = inner
-                .latest
-                .entry((K::VERSION, ns, name))
-                .or_insert((0, object.clone()));
-            if rv >= held.0 {
-                *held = (rv, object.clone());
-            }
-        }
-        object
-    }
-
-    /// Whether the watch event of `object` is the echo of our own write; once the watch has
-    /// delivered our latest write (or anything newer), the held copy is dropped.
-    pub fn is_echo<K: BindingResource>(&self, object: &K) -> bool {
-        let (ns, name) = key(object);
-        let rv = object.meta().resource_version.as_deref();
-        let mut inner = self.lock();
-        let echo = inner
-            .echoes
-            .get_mut(&K::VERSION)
-            .is_some_and(|e| e.is_echo(&ns, &name, rv));
-        let k = (K::VERSION, ns, name);
-        if let (Some(rv), Some(held)) = (rv_of(rv), inner.latest.get(&k)) {
-            if rv >= held.0 {
-                inner.latest.remove(&k);
-            }
-        }
-        echo
-    }
-
-    /// The newer of `from_store` and what our own last write returned.
-    pub fn newest<K: BindingResource>(&self, from_store: Arc<K>) -> Arc<K> {
-        let (ns, name) = key(from_store.as_ref());
-        let store_rv = rv_of(from_store.meta().resource_version.as_deref()).unwrap_or(0);
-        let inner = self.lock();
-        match inner.latest.get(&(K::VERSION, ns, name)) {
-            Some((rv, held)) if *rv > store_rv => {
-                held.clone().downcast::<K>().unwrap_or(from_store)
-            }
-            _ => from_store,
-        }
-    }
-
-    /// Forget a binding (deleted, or no longer ours).
-    pub fn forget<K: BindingResource>(&self, namespace: &str, name: &str) {
-        let mut inner = self.lock();
-        inner
-            .latest
-            .remove(&(K::VERSION, namespace.to_string(), name.to_string()));
-        if let Some(e) = inner.echoes.get_mut(&K::VERSION) {
-            e.0.remove(&(namespace.to_string(), name.to_string()));
-        }
-    }
-
-    /// Objects held (for tests and the memory bound).
-    pub fn len(&self) -> usize {
-        let inner = self.lock();
-        inner.latest.len() + inner.echoes.values().map(Echoes::len).sum::<usize>()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -489,60 +270,6 @@ impl<K: ResourceExt + Clone> Drop for InFlight<K> {
     }
 }
 
-/// The resourceVersions of our own writes, per object, that the watch has not delivered yet.
-/// The watch event of a write whose answer the cache already holds (an "echo") tells the
-/// controller nothing new, so it must not wake a pass: without this, every write of a
-/// binding, its Secret or its ServiceAccount came back as a full reconcile (6.5 passes per
-/// binding at 10,000). An event at any other resourceVersion is someone else's change, and
-/// wakes as before; it also retires what it supersedes, so nothing is kept for long.
-#[derive(Debug, Default)]
-pub struct Echoes(HashMap<(String, String), Vec<u64>>);
-
-fn rv_of(rv: Option<&str>) -> Option<u64> {
-    rv.and_then(|v| v.parse::<u64>().ok())
-}
-
-impl Echoes {
-    /// We wrote `namespace/name` and were answered with `rv`.
-    pub fn expect(&mut self, namespace: &str, name: &str, rv: Option<&str>) {
-        if let Some(rv) = rv_of(rv) {
-            self.0
-                .entry((namespace.to_string(), name.to_string()))
-                .or_default()
-                .push(rv);
-        }
-    }
-
-    /// Whether a watch event of `namespace/name` at `rv` is the echo of one of our writes.
-    pub fn is_echo(&mut self, namespace: &str, name: &str, rv: Option<&str>) -> bool {
-        let Some(rv) = rv_of(rv) else {
-            return false;
-        };
-        let key = (namespace.to_string(), name.to_string());
-        let Some(held) = self.0.get_mut(&key) else {
-            return false;
-        };
-        let echo = held.contains(&rv);
-        held.retain(|r| *r > rv);
-        if held.is_empty() {
-            self.0.remove(&key);
-        }
-        echo
-    }
-
-    pub fn clear(&mut self) {
-        self.0.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 /// Shared, cheap to clone.
 pub struct NsCache<K>(Arc<RwLock<Inner<K>>>);
 
@@ -564,7 +291,7 @@ impl<K> Default for NsCache<K> {
     }
 }
 
-fn key<K: ResourceExt>(o: &K) -> (String, String) {
+pub(super) fn key<K: ResourceExt>(o: &K) -> (String, String) {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
@@ -757,7 +484,7 @@ mod tests {
     #[test]
     fn an_echo_that_beats_the_write_answer_wakes_nothing_and_a_foreign_change_still_wakes() {
         let c = NsCache::<ConfigMap>::default();
-        let woken = Arc::new(Mutex::new(Vec::new()));
+        let woken = Arc::new(std::sync::Mutex::new(Vec::new()));
         let w = woken.clone();
         c.set_waker(move |o: &ConfigMap| {
             w.lock()
@@ -780,6 +507,56 @@ mod tests {
         drop(flight);
         assert_eq!(*woken.lock().unwrap(), vec!["4".to_string()]);
         assert_eq!(value(&c, "ns", "a").as_deref(), Some("y"));
+    }
+
+    fn apb(name: &str, sa: &str, deleting: bool) -> crate::k8s::api::v1beta2::AcrPullBinding {
+        let mut meta = serde_json::json!({"name": name, "namespace": "team"});
+        if deleting {
+            meta["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "acrpull.microsoft.com/v1beta2", "kind": "AcrPullBinding",
+            "metadata": meta,
+            "spec": {"acr": {"server": "demo.azurecr.io", "scope": "repository:app:pull"},
+                     "auth": {"managedIdentity": {"clientID": "c"}}, "serviceAccountName": sa}}))
+        .unwrap()
+    }
+
+    /// Siblings come from the by-target index: a binding that moves to another
+    /// ServiceAccount, is deleted or is being deleted stops being a sibling.
+    #[test]
+    fn siblings_follow_target_changes_and_deletions() {
+        let index = BindingIndex::default();
+        let names = |sa: &str| -> Vec<String> {
+            index
+                .siblings("team", "me", sa)
+                .into_iter()
+                .map(|s| s.name)
+                .collect()
+        };
+        for (name, sa) in [("me", "sa1"), ("b", "sa1"), ("a", "sa1"), ("c", "sa2")] {
+            index.apply_event(&watcher::Event::Apply(apb(name, sa, false)));
+        }
+        assert_eq!(names("sa1"), vec!["a", "b"]);
+        assert_eq!(names("sa2"), vec!["c"]);
+        // b moves to sa2; a is being deleted; c is deleted.
+        index.apply_event(&watcher::Event::Apply(apb("b", "sa2", false)));
+        assert_eq!(names("sa1"), vec!["a"]);
+        assert_eq!(names("sa2"), vec!["b", "c"]);
+        index.apply_event(&watcher::Event::Apply(apb("a", "sa1", true)));
+        index.apply_event(&watcher::Event::Delete(apb("c", "sa2", false)));
+        assert!(names("sa1").is_empty());
+        assert_eq!(names("sa2"), vec!["b"]);
+        assert_eq!(names("elsewhere"), Vec::<String>::new());
+        // A relist replaces everything at once.
+        type Apb = crate::k8s::api::v1beta2::AcrPullBinding;
+        index.apply_event(&watcher::Event::<Apb>::Init);
+        index.apply_event(&watcher::Event::InitApply(apb("z", "sa1", false)));
+        assert_eq!(names("sa2"), vec!["b"]);
+        index.apply_event(&watcher::Event::<Apb>::InitDone);
+        assert_eq!(names("sa1"), vec!["z"]);
+        assert!(names("sa2").is_empty());
+        assert_eq!(index.in_namespace("team").len(), 1);
     }
 
     #[test]

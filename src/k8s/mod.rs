@@ -6,10 +6,15 @@
 //! | [`binding`] | both versions seen through one trait; annotation times |
 //! | [`run`] | the watches, caches and kube-runtime controllers, wired |
 //! | [`cache`] | the namespace-indexed caches (fed by watches and by our own writes) |
+//! | [`trim`] | what the caches keep of each object |
+//! | [`written`] | our own writes until the watch delivers them (echoes do not wake a pass) |
+//! | [`sa_locks`] | one attach at a time per ServiceAccount |
 //! | [`observe`] | gathering one binding's snapshot from the caches |
 //! | [`context`] | what every pass shares |
 //! | [`crd_check`] | which status fields the installed CRDs keep (old CRDs after a swap) |
 //! | [`reconcile`] | one pass: gates, decide, execute, publish the record; API-error backoff |
+//! | [`edits`] | finalizers, a ServiceAccount's pull secrets, deleting a Secret |
+//! | [`tenancy`] | the tenancy policies a pass reads, and the refusals it counts and tells |
 //! | [`mint`] | minting a token and recording a failed mint |
 //! | [`pull_secret`] | the pull Secret: content, writing, adoption |
 //! | [`status`] | the status subresource, rendered from the record |
@@ -29,6 +34,7 @@ pub mod binding;
 pub mod cache;
 pub mod context;
 pub mod crd_check;
+pub mod edits;
 pub mod error;
 pub mod events;
 pub mod failures;
@@ -40,8 +46,12 @@ pub mod pacing;
 pub mod pull_secret;
 pub mod reconcile;
 pub mod run;
+pub mod sa_locks;
 pub mod sa_token;
 pub mod status;
+pub mod tenancy;
 pub mod tracker;
+pub mod trim;
 pub mod verify;
 pub mod writer;
+pub mod written;

@@ -6,28 +6,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
-use serde_json::json;
 
 use super::binding::{parse_time, BindingResource};
 use super::context::Context;
+use super::edits::{delete_secret, set_finalizers, set_pull_secrets};
 use super::error::ReconcileError;
 use super::events::{publish, should_emit_failure, Notes, Severity};
 use super::mint::{self, Mint};
 use super::observe::{observe, pull_secret_names};
 use super::status;
+use super::tenancy::{policy_signals, tenancy_view};
 use super::tracker::{BindingKey, Report};
-use crate::state::decide::{
-    decide, CleanupStep, Decision, ExtraneousStep, Observed, Plan, TenancyView,
-};
+use crate::state::decide::{decide, CleanupStep, Decision, ExtraneousStep, Observed, Plan};
 use crate::state::names::{expected_secret_name, EXPIRY_ANNOTATION};
 use crate::state::reason::Reason;
 use crate::state::record::{Phase, Record};
 use crate::state::refresh::{requeue_after, retry_at, seed_of};
-use crate::state::tenancy::Mode;
 
 /// While the caches sync, passes look again this often.
 const SYNC_POLL: Duration = Duration::from_millis(200);
@@ -453,146 +449,6 @@ pub async fn write_status<K: BindingResource>(
     };
     super::cache::trim_binding(&mut written);
     Ok(Some(ctx.caches.bindings.written(written)))
-}
-
-/// The tenancy policies and the namespace's labels, when the mode reads them.
-fn tenancy_view(ctx: &Context, ns: &str) -> Option<TenancyView> {
-    if ctx.policy.tenancy_mode == Mode::Off {
-        return None;
-    }
-    let policies = ctx
-        .caches
-        .policies
-        .in_namespace("")
-        .iter()
-        .map(|p| p.view())
-        .collect();
-    Some(TenancyView {
-        policies: Arc::new(policies),
-        namespace_labels: ctx
-            .caches
-            .namespaces
-            .get("", ns)
-            .map(|n| n.labels().clone()),
-    })
-}
-
-/// Count (and, in audit mode, tell) what the operator's policy did to the binding this pass:
-/// once per refusal, when its status first says so.
-async fn policy_signals<K: BindingResource>(ctx: &Context, b: &K, o: &Observed, d: &Decision) {
-    let mode = ctx.policy.tenancy_mode.as_str();
-    match &d.plan {
-        Plan::Fail(r)
-            if matches!(
-                r.reason,
-                Reason::NotPermitted | Reason::ActionNotAllowed | Reason::AuthorityNotAllowed
-            ) && o
-                .binding
-                .status
-                .ready
-                .as_ref()
-                .and_then(|(_, reason, _)| *reason)
-                != Some(r.reason) =>
-        {
-            ctx.metrics.refusal(mode, r.reason.as_str());
-        }
-        Plan::WriteStatus(r) => {
-            let flagged = |p: &Option<(bool, String)>| p.as_ref().is_some_and(|(ok, _)| !ok);
-            if flagged(&r.permitted) && !flagged(&o.binding.status.permitted) {
-                ctx.metrics.refusal(mode, Reason::NotPermitted.as_str());
-                let message = r
-                    .permitted
-                    .as_ref()
-                    .map(|(_, m)| m.clone())
-                    .unwrap_or_default();
-                tracing::warn!(
-                    namespace = %o.binding.namespace, name = %o.binding.name, error = %message,
-                    "binding outside every AcrPullPolicy (audit mode: served)"
-                );
-                publish(
-                    &ctx.writer,
-                    &ctx.reporter,
-                    b,
-                    Severity::Warning,
-                    Reason::NotPermitted,
-                    "Audit",
-                    message,
-                )
-                .await;
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Set the binding's finalizers; returns the binding as written (also kept in the caches).
-async fn set_finalizers<K: BindingResource>(
-    ctx: &Context,
-    b: &K,
-    finalizers: Vec<String>,
-    op: &'static str,
-) -> Result<Arc<K>, ReconcileError> {
-    let _flight = ctx
-        .caches
-        .bindings
-        .begin_write::<K>(&b.namespace().unwrap_or_default(), &b.name_any());
-    let patch = json!({"metadata": {
-        "resourceVersion": b.resource_version(),
-        "finalizers": finalizers,
-    }});
-    let mut written: K = ctx
-        .writer
-        .patch::<K>(
-            op,
-            &b.namespace().unwrap_or_default(),
-            &b.name_any(),
-            &patch,
-        )
-        .await?;
-    super::cache::trim_binding(&mut written);
-    Ok(ctx.caches.bindings.written(written))
-}
-
-/// Set a ServiceAccount's `imagePullSecrets` to `list` (already in its final order), guarded by
-/// the cached resourceVersion. `false`: the ServiceAccount is not in the cache (nothing sent).
-async fn set_pull_secrets(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    list: &[String],
-) -> Result<bool, ReconcileError> {
-    let Some(current) = ctx.caches.service_accounts.get(ns, name) else {
-        return Ok(false);
-    };
-    let _flight = ctx.caches.service_accounts.begin_write(ns, name);
-    let refs: Vec<serde_json::Value> = list.iter().map(|n| json!({"name": n})).collect();
-    let patch = json!({
-        "metadata": {"resourceVersion": current.resource_version()},
-        "imagePullSecrets": refs,
-    });
-    let mut written: ServiceAccount = ctx
-        .writer
-        .patch("update service account", ns, name, &patch)
-        .await?;
-    super::cache::trim_service_account(&mut written);
-    ctx.caches.service_accounts.written(written);
-    Ok(true)
-}
-
-async fn delete_secret(ctx: &Context, ns: &str, name: &str) -> Result<(), ReconcileError> {
-    let uid = ctx.caches.secrets.get(ns, name).and_then(|s| s.uid());
-    let dp = DeleteParams {
-        preconditions: uid.map(|uid| Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    ctx.writer
-        .delete::<Secret>("delete secret", ns, name, &dp)
-        .await?;
-    ctx.caches.secrets.deleted(ns, name);
-    Ok(())
 }
 
 /// The next attempt after the binding's latest API failure: the per-binding backoff — the same
