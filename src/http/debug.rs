@@ -57,14 +57,6 @@ fn access(s: &DebugState, caller: Option<Extension<Caller>>) -> Option<Access> {
     }
 }
 
-fn group_of(e: &BindingEntry) -> String {
-    e.api_version
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn forbidden() -> Response {
     (StatusCode::FORBIDDEN, "Forbidden\n").into_response()
 }
@@ -72,11 +64,6 @@ fn forbidden() -> Response {
 fn review_failed(e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "could not authorize a debug request");
     (StatusCode::INTERNAL_SERVER_ERROR, "authorization failed\n").into_response()
-}
-
-fn entries(s: &DebugState, all: impl FnOnce() -> Vec<BindingEntry>) -> (bool, Vec<BindingEntry>) {
-    let leads = *s.leader.borrow();
-    (leads, if leads { all() } else { Vec::new() })
 }
 
 async fn list(State(s): State<DebugState>, caller: Option<Extension<Caller>>) -> Response {
@@ -132,9 +119,13 @@ async fn one(
         Ok(Some(allowed)) if allowed.is_empty() => return forbidden(),
         Ok(Some(allowed)) => Some(allowed),
     };
-    let (_, mut found) = entries(&s, || s.tracker.get(&namespace, &name));
+    let mut found = if *s.leader.borrow() {
+        s.tracker.get(&namespace, &name)
+    } else {
+        Vec::new()
+    };
     if let Some(allowed) = allowed {
-        found.retain(|e| allowed.contains(&(group_of(e), e.namespace.clone())));
+        found.retain(|e| allowed.contains(&(e.group().to_string(), e.namespace.clone())));
     }
     if found.is_empty() {
         return (
