@@ -6,6 +6,8 @@
 //! role contributes nothing and is named in the denial's reason
 //! (`RBAC: clusterrole.rbac.authorization.k8s.io "x" not found`).
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::authn::UserInfo;
@@ -153,6 +155,21 @@ pub fn rules_for(
     (rules, errors)
 }
 
+/// [`rules_for`], remembered by the store until an RBAC object changes.
+fn memo_rules(store: &Store, user: &UserInfo, namespace: &str) -> Arc<Rules> {
+    // Unambiguous: no user, group or namespace name holds a control character.
+    let key = format!(
+        "{}\u{1}{}\u{1}{}",
+        user.username,
+        user.groups.join("\0"),
+        namespace
+    );
+    store.rbac_memo(key, || rules_for(store, user, namespace))
+}
+
+/// What [`rules_for`] returns.
+type Rules = (Vec<(Value, Source)>, Vec<String>);
+
 /// The RBAC decision, with the real authorizer's reason.
 pub fn authorize(store: &Store, attrs: &Attributes) -> Decision {
     let ns = attrs
@@ -160,7 +177,8 @@ pub fn authorize(store: &Store, attrs: &Attributes) -> Decision {
         .as_ref()
         .map(|r| r.namespace.as_str())
         .unwrap_or_default();
-    let (rules, errors) = rules_for(store, &attrs.user, ns);
+    let memo = memo_rules(store, &attrs.user, ns);
+    let (rules, errors) = &*memo;
     if let Some((_, source)) = rules.iter().find(|(r, _)| rule_allows(r, attrs)) {
         return Decision::Allow(format!("RBAC: allowed by {}", source.description));
     }
@@ -290,5 +308,92 @@ mod tests {
             &u,
             ""
         ));
+    }
+
+    /// The memo of rules never outlives a change to the RBAC objects: a rule, a binding
+    /// or a subject that changes is in force for the next request.
+    #[test]
+    fn remembered_rules_follow_every_rbac_change() {
+        use crate::store::{DeleteOpts, WriteOpts};
+        let store = Store::new(100);
+        let rt = |plural: &str| {
+            store
+                .type_by_path(GROUP, "v1", plural)
+                .expect("built-in type")
+        };
+        let w = WriteOpts::default();
+        let get = |name: &str| {
+            let mut a = attrs("get", "", "secrets", "", name);
+            a.resource.as_mut().unwrap().namespace = "default".into();
+            authorize(&store, &a)
+        };
+        let role = |verbs: Value| {
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": "r", "namespace": "default"},
+                   "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": verbs}]})
+        };
+        let binding = |sa: &str| {
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "b", "namespace": "default"},
+                   "roleRef": {"apiGroup": GROUP, "kind": "Role", "name": "r"},
+                   "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "ns"}]})
+        };
+        assert!(matches!(get("x"), Decision::Deny(_)));
+        store
+            .create(&rt("roles"), "default", role(json!(["get"])), &w)
+            .unwrap();
+        store
+            .create(&rt("rolebindings"), "default", binding("sa"), &w)
+            .unwrap();
+        assert!(matches!(get("x"), Decision::Allow(_)), "{:?}", get("x"));
+        assert!(matches!(get("x"), Decision::Allow(_)), "asked twice");
+        // The role loses the verb.
+        store
+            .update(
+                &rt("roles"),
+                "default",
+                "r",
+                role(json!(["list"])),
+                None,
+                &w,
+            )
+            .unwrap();
+        assert!(matches!(get("x"), Decision::Deny(_)));
+        store
+            .update(&rt("roles"), "default", "r", role(json!(["get"])), None, &w)
+            .unwrap();
+        assert!(matches!(get("x"), Decision::Allow(_)));
+        // The binding names someone else, then goes.
+        store
+            .update(
+                &rt("rolebindings"),
+                "default",
+                "b",
+                binding("other"),
+                None,
+                &w,
+            )
+            .unwrap();
+        assert!(matches!(get("x"), Decision::Deny(_)));
+        store
+            .update(&rt("rolebindings"), "default", "b", binding("sa"), None, &w)
+            .unwrap();
+        assert!(matches!(get("x"), Decision::Allow(_)));
+        store
+            .delete(&rt("rolebindings"), "default", "b", &DeleteOpts::default())
+            .unwrap();
+        assert!(matches!(get("x"), Decision::Deny(_)));
+        // Other users and namespaces are decided for themselves.
+        store
+            .create(&rt("rolebindings"), "default", binding("sa"), &w)
+            .unwrap();
+        let mut elsewhere = attrs("get", "", "secrets", "", "x");
+        elsewhere.resource.as_mut().unwrap().namespace = "other".into();
+        assert!(matches!(authorize(&store, &elsewhere), Decision::Deny(_)));
+        let mut stranger = attrs("get", "", "secrets", "", "x");
+        stranger.resource.as_mut().unwrap().namespace = "default".into();
+        stranger.user = UserInfo::service_account("ns", "stranger", "u2");
+        assert!(matches!(authorize(&store, &stranger), Decision::Deny(_)));
+        assert!(matches!(get("x"), Decision::Allow(_)));
     }
 }

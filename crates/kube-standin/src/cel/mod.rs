@@ -273,7 +273,10 @@ impl Expression {
     /// Evaluate with the given variables.
     pub fn eval(&self, vars: &Activation) -> Result<Value, EvalError> {
         let mut ctx = Context::with_env(ENV.clone());
-        for (k, v) in &vars.vars {
+        // Only the variables the expression reads: handing one over converts it whole (an
+        // `object` is the entire Secret or binding), which made admission most of the
+        // stand-in's CPU when every expression got every variable.
+        for (k, v) in vars.vars.iter().filter(|(k, _)| self.uses(k)) {
             ctx.add_variable_from_value(k.clone(), v.clone());
         }
         self.program

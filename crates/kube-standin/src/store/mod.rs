@@ -9,7 +9,8 @@
 mod strategy;
 mod write;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -78,6 +79,9 @@ pub struct Inner {
     history: VecDeque<Arc<Change>>,
     cache_size: usize,
     compacted: u64,
+    /// The resourceVersion of the last change to any RBAC object (what the authorizer's
+    /// memo of rules is valid for; see `Store::rbac_rv`).
+    rbac_rv: u64,
 }
 
 /// Options of a write.
@@ -144,7 +148,19 @@ pub struct Store {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Change>>,
     rv_tx: watch::Sender<u64>,
+    /// What the RBAC authorizer derived from the RBAC objects, by its own key (see
+    /// [`Store::rbac_memo`]).
+    rbac_memo: Mutex<RbacMemo>,
 }
+
+/// The RBAC API group, whose changes [`Store::rbac_rv`] follows.
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Values derived from the RBAC objects as of one `rbac_rv`, by key.
+type RbacMemo = (u64, HashMap<String, Arc<dyn Any + Send + Sync>>);
+
+/// Memo entries kept at most; past it the memo starts over.
+const RBAC_MEMO_ENTRIES: usize = 4096;
 
 fn list_kind(rt: &ResourceType) -> String {
     format!("{}List", rt.kind)
@@ -204,6 +220,9 @@ impl Inner {
         prev: Option<Value>,
     ) -> Value {
         self.rv += 1;
+        if rt.group == RBAC_GROUP {
+            self.rbac_rv = self.rv;
+        }
         strategy::meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let key = (ns.to_string(), name.to_string());
         let map = self.objects.entry(rt.key()).or_default();
@@ -249,7 +268,9 @@ impl Store {
                 history: VecDeque::new(),
                 cache_size: cache_size.max(1),
                 compacted: 0,
+                rbac_rv: 0,
             }),
+            rbac_memo: Default::default(),
             tx,
             rv_tx,
         };
@@ -283,6 +304,40 @@ impl Store {
     /// Current global resourceVersion.
     pub fn current_rv(&self) -> u64 {
         self.lock().rv
+    }
+
+    /// The resourceVersion of the last change to an RBAC object (Role, ClusterRole and their
+    /// bindings): anything derived from RBAC objects at this value is still current.
+    pub fn rbac_rv(&self) -> u64 {
+        self.lock().rbac_rv
+    }
+
+    /// What `derive` makes of the RBAC objects, remembered under `key` until any RBAC object
+    /// changes (the real authorizer reads its informer caches; this spares every request a
+    /// walk over, and a copy of, every ClusterRoleBinding). `derive` runs without the store's
+    /// lock held; what it returns is remembered only if no RBAC object changed meanwhile.
+    pub fn rbac_memo<V: Any + Send + Sync>(
+        &self,
+        key: String,
+        derive: impl FnOnce() -> V,
+    ) -> Arc<V> {
+        let rv = self.rbac_rv();
+        let held = {
+            let memo = self.rbac_memo.lock().unwrap_or_else(|e| e.into_inner());
+            (memo.0 == rv).then(|| memo.1.get(&key).cloned()).flatten()
+        };
+        if let Some(v) = held.and_then(|v| v.downcast::<V>().ok()) {
+            return v;
+        }
+        let v = Arc::new(derive());
+        if self.rbac_rv() == rv {
+            let mut memo = self.rbac_memo.lock().unwrap_or_else(|e| e.into_inner());
+            if memo.0 != rv || memo.1.len() >= RBAC_MEMO_ENTRIES {
+                *memo = (rv, HashMap::new());
+            }
+            memo.1.insert(key, v.clone());
+        }
+        v
     }
 
     /// Compacted RV: watches and continue tokens from before it get 410.
