@@ -178,6 +178,11 @@ pub trait Lookup {
     fn namespace(&self, name: &str) -> Option<Value> {
         self.get("", "namespaces", "", name)
     }
+    /// The objects of a cluster-scoped type, shared (the store lists each once per change
+    /// of its API group rather than once per request).
+    fn list_shared(&self, group: &str, plural: &str) -> Arc<Vec<Value>> {
+        Arc::new(self.list(group, plural, None))
+    }
 }
 
 impl Lookup for Store {
@@ -191,6 +196,12 @@ impl Lookup for Store {
 
     fn list(&self, group: &str, plural: &str, ns: Option<&str>) -> Vec<Value> {
         self.objects(group, plural, ns)
+    }
+
+    fn list_shared(&self, group: &str, plural: &str) -> Arc<Vec<Value>> {
+        self.memo(group, format!("list {plural}"), || {
+            self.objects(group, plural, None)
+        })
     }
 }
 

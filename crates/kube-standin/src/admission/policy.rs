@@ -198,13 +198,13 @@ impl Policies {
         if a.group() == GROUP {
             return out;
         }
-        let policies = lookup.list(GROUP, "validatingadmissionpolicies", None);
+        let policies = lookup.list_shared(GROUP, "validatingadmissionpolicies");
         if policies.is_empty() {
             return out;
         }
-        let bindings = lookup.list(GROUP, "validatingadmissionpolicybindings", None);
+        let bindings = lookup.list_shared(GROUP, "validatingadmissionpolicybindings");
         let mut denied: Vec<(String, Option<String>, Failure)> = Vec::new();
-        for policy in &policies {
+        for policy in policies.iter() {
             let pname = policy["metadata"]["name"].as_str().unwrap_or_default();
             if !matches(&policy["spec"]["matchConstraints"], a, lookup) {
                 continue;

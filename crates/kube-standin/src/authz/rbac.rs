@@ -164,7 +164,7 @@ fn memo_rules(store: &Store, user: &UserInfo, namespace: &str) -> Arc<Rules> {
         user.groups.join("\0"),
         namespace
     );
-    store.rbac_memo(key, || rules_for(store, user, namespace))
+    store.memo(GROUP, key, || rules_for(store, user, namespace))
 }
 
 /// What [`rules_for`] returns.

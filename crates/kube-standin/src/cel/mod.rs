@@ -272,23 +272,49 @@ impl Expression {
 
     /// Evaluate with the given variables.
     pub fn eval(&self, vars: &Activation) -> Result<Value, EvalError> {
-        let mut ctx = Context::with_env(ENV.clone());
-        // Only the variables the expression reads: handing one over converts it whole (an
-        // `object` is the entire Secret or binding), which made admission most of the
-        // stand-in's CPU when every expression got every variable.
-        for (k, v) in vars.vars.iter().filter(|(k, _)| self.uses(k)) {
-            ctx.add_variable_from_value(k.clone(), v.clone());
+        let mut held = vars.context.borrow_mut();
+        let (ctx, present) =
+            held.get_or_insert_with(|| (Context::with_env(ENV.clone()), BTreeSet::new()));
+        // Handing a variable over converts it whole (an `object` is the entire Secret or
+        // binding): only the variables the expression reads, each once per activation
+        // rather than once per expression. Converting every variable for every expression
+        // made admission most of the stand-in's CPU.
+        for (k, v) in &vars.vars {
+            if self.uses(k) && !present.contains(k) {
+                ctx.add_variable_from_value(k.clone(), v.clone());
+                present.insert(k.clone());
+            }
         }
         self.program
-            .execute(&ctx)
+            .execute(ctx)
             .map_err(|e| EvalError(message(&e)))
     }
 }
 
-/// Variable bindings for an evaluation.
-#[derive(Debug, Clone, Default)]
+/// Variable bindings for an evaluation, and the evaluation context made of them so far.
+#[derive(Default)]
 pub struct Activation {
     vars: Vec<(String, Value)>,
+    /// The context expressions evaluate in, with the names of the variables converted
+    /// into it (each converted when an expression first reads it).
+    context: std::cell::RefCell<Option<(Context<'static, 'static>, BTreeSet<String>)>>,
+}
+
+impl Clone for Activation {
+    fn clone(&self) -> Self {
+        Self {
+            vars: self.vars.clone(),
+            context: Default::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activation")
+            .field("vars", &self.vars)
+            .finish()
+    }
 }
 
 impl Activation {
@@ -296,6 +322,10 @@ impl Activation {
     pub fn set(&mut self, name: &str, v: Value) {
         self.vars.retain(|(k, _)| k != name);
         self.vars.push((name.to_string(), v));
+        // Converted again when next read.
+        if let Some((_, present)) = self.context.get_mut() {
+            present.remove(name);
+        }
     }
 
     /// Builder form of [`Activation::set`].

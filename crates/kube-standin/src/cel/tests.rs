@@ -136,3 +136,32 @@ fn references_are_recorded() {
     let e = compile("[1].all(oldSelf, oldSelf > 0)", &["oldSelf"]).unwrap();
     assert!(!e.uses("oldSelf"), "a comprehension variable shadows");
 }
+
+/// An activation converts a variable once and reuses it, but a variable bound again is
+/// what the next expression reads (the policy plugin rebinds `variables` after each one).
+#[test]
+fn a_rebound_variable_is_read_afresh_by_the_next_expression() {
+    let vars = ["object", "variables"];
+    let name = compile("object.metadata.name", &vars).unwrap();
+    let count = compile("size(variables)", &vars).unwrap();
+    let both = compile("object.metadata.name + string(size(variables))", &vars).unwrap();
+    let mut act = Activation::default()
+        .with("object", from_json(&json!({"metadata": {"name": "a"}})))
+        .with("variables", from_json(&json!({})));
+    assert_eq!(
+        name.eval(&act).unwrap(),
+        Value::String(Arc::new("a".into()))
+    );
+    assert_eq!(count.eval(&act).unwrap(), Value::Int(0));
+    act.set("variables", from_json(&json!({"x": 1, "y": 2})));
+    assert_eq!(count.eval(&act).unwrap(), Value::Int(2));
+    act.set("object", from_json(&json!({"metadata": {"name": "b"}})));
+    assert_eq!(
+        both.eval(&act).unwrap(),
+        Value::String(Arc::new("b2".into()))
+    );
+    assert_eq!(
+        name.eval(&act).unwrap(),
+        Value::String(Arc::new("b".into()))
+    );
+}

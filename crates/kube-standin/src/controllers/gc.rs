@@ -161,7 +161,7 @@ fn plan(all: &[(&Arc<ResourceType>, &Value)]) -> Vec<Act> {
 
 /// The GC loop: after every change, wait the GC delay, then run passes. A pass scans the
 /// whole store, so with a large store and a steady stream of writes the next pass also waits
-/// nine times as long as the last one took: GC stays under a tenth of a core, as the real
+/// nineteen times as long as the last one took: GC stays under a twentieth of a core, as the real
 /// collector (driven by its own informers) does not compete with the API server for CPU.
 pub async fn run(store: Arc<Store>, delay: Duration) {
     let mut rv = store.rv_watch();
@@ -170,7 +170,7 @@ pub async fn run(store: Arc<Store>, delay: Duration) {
         if rv.changed().await.is_err() {
             return;
         }
-        tokio::time::sleep(delay.max(last * 9)).await;
+        tokio::time::sleep(delay.max(last * 19)).await;
         rv.borrow_and_update();
         // Our own writes change the RV, so cascades continue on the next iteration.
         let started = std::time::Instant::now();

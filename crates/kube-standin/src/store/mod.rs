@@ -79,9 +79,9 @@ pub struct Inner {
     history: VecDeque<Arc<Change>>,
     cache_size: usize,
     compacted: u64,
-    /// The resourceVersion of the last change to any RBAC object (what the authorizer's
-    /// memo of rules is valid for; see `Store::rbac_rv`).
-    rbac_rv: u64,
+    /// The resourceVersion of the last change to any object of each API group (what a
+    /// memo of values derived from a group's objects is valid for; see `Store::memo`).
+    group_rv: HashMap<String, u64>,
 }
 
 /// Options of a write.
@@ -148,19 +148,15 @@ pub struct Store {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Change>>,
     rv_tx: watch::Sender<u64>,
-    /// What the RBAC authorizer derived from the RBAC objects, by its own key (see
-    /// [`Store::rbac_memo`]).
-    rbac_memo: Mutex<RbacMemo>,
+    /// Values derived from one API group's objects, by group and key (see [`Store::memo`]).
+    memo: Mutex<HashMap<String, GroupMemo>>,
 }
 
-/// The RBAC API group, whose changes [`Store::rbac_rv`] follows.
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+/// Values derived from one API group's objects as of one `group_rv`, by key.
+type GroupMemo = (u64, HashMap<String, Arc<dyn Any + Send + Sync>>);
 
-/// Values derived from the RBAC objects as of one `rbac_rv`, by key.
-type RbacMemo = (u64, HashMap<String, Arc<dyn Any + Send + Sync>>);
-
-/// Memo entries kept at most; past it the memo starts over.
-const RBAC_MEMO_ENTRIES: usize = 4096;
+/// Memo entries kept at most per group; past it the group's memo starts over.
+const MEMO_ENTRIES: usize = 4096;
 
 fn list_kind(rt: &ResourceType) -> String {
     format!("{}List", rt.kind)
@@ -220,8 +216,11 @@ impl Inner {
         prev: Option<Value>,
     ) -> Value {
         self.rv += 1;
-        if rt.group == RBAC_GROUP {
-            self.rbac_rv = self.rv;
+        match self.group_rv.get_mut(&rt.group) {
+            Some(at) => *at = self.rv,
+            None => {
+                self.group_rv.insert(rt.group.clone(), self.rv);
+            }
         }
         strategy::meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let key = (ns.to_string(), name.to_string());
@@ -268,9 +267,9 @@ impl Store {
                 history: VecDeque::new(),
                 cache_size: cache_size.max(1),
                 compacted: 0,
-                rbac_rv: 0,
+                group_rv: HashMap::new(),
             }),
-            rbac_memo: Default::default(),
+            memo: Default::default(),
             tx,
             rv_tx,
         };
@@ -306,36 +305,42 @@ impl Store {
         self.lock().rv
     }
 
-    /// The resourceVersion of the last change to an RBAC object (Role, ClusterRole and their
-    /// bindings): anything derived from RBAC objects at this value is still current.
-    pub fn rbac_rv(&self) -> u64 {
-        self.lock().rbac_rv
+    /// The resourceVersion of the last change to an object of API group `group` (0: none
+    /// since the store began): anything derived from the group's objects at this value is
+    /// still current.
+    pub fn group_rv(&self, group: &str) -> u64 {
+        self.lock().group_rv.get(group).copied().unwrap_or(0)
     }
 
-    /// What `derive` makes of the RBAC objects, remembered under `key` until any RBAC object
-    /// changes (the real authorizer reads its informer caches; this spares every request a
-    /// walk over, and a copy of, every ClusterRoleBinding). `derive` runs without the store's
-    /// lock held; what it returns is remembered only if no RBAC object changed meanwhile.
-    pub fn rbac_memo<V: Any + Send + Sync>(
+    /// What `derive` makes of the objects of API group `group`, remembered under `key` until
+    /// any object of the group changes. The real API server's authorizer and admission
+    /// plugins read informer caches; this spares every request a walk over, and a copy of,
+    /// every ClusterRoleBinding and admission policy. `derive` runs without the store's lock
+    /// held; what it returns is remembered only if no object of the group changed meanwhile.
+    pub fn memo<V: Any + Send + Sync>(
         &self,
+        group: &str,
         key: String,
         derive: impl FnOnce() -> V,
     ) -> Arc<V> {
-        let rv = self.rbac_rv();
+        let rv = self.group_rv(group);
         let held = {
-            let memo = self.rbac_memo.lock().unwrap_or_else(|e| e.into_inner());
-            (memo.0 == rv).then(|| memo.1.get(&key).cloned()).flatten()
+            let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+            memo.get(group)
+                .filter(|m| m.0 == rv)
+                .and_then(|m| m.1.get(&key).cloned())
         };
         if let Some(v) = held.and_then(|v| v.downcast::<V>().ok()) {
             return v;
         }
         let v = Arc::new(derive());
-        if self.rbac_rv() == rv {
-            let mut memo = self.rbac_memo.lock().unwrap_or_else(|e| e.into_inner());
-            if memo.0 != rv || memo.1.len() >= RBAC_MEMO_ENTRIES {
-                *memo = (rv, HashMap::new());
+        if self.group_rv(group) == rv {
+            let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+            let m = memo.entry(group.to_string()).or_default();
+            if m.0 != rv || m.1.len() >= MEMO_ENTRIES {
+                *m = (rv, HashMap::new());
             }
-            memo.1.insert(key, v.clone());
+            m.1.insert(key, v.clone());
         }
         v
     }
@@ -806,6 +811,59 @@ mod tests {
     }
 
     /// Pages resume after the last item in the order items are listed: (namespace, name).
+    /// A memo is recomputed after any change to its group's objects (a create, an update
+    /// or a delete) and only then; changes to other groups leave it.
+    #[test]
+    fn a_memo_lasts_until_its_group_changes() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let s = Store::new(100);
+        let roles = s
+            .type_by_path("rbac.authorization.k8s.io", "v1", "clusterroles")
+            .unwrap();
+        let derived = AtomicUsize::new(0);
+        let names = || {
+            s.memo("rbac.authorization.k8s.io", "names".into(), || {
+                derived.fetch_add(1, Ordering::SeqCst);
+                s.objects("rbac.authorization.k8s.io", "clusterroles", None)
+                    .iter()
+                    .map(|o| {
+                        o["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert!(names().is_empty());
+        assert!(names().is_empty());
+        assert_eq!(derived.load(Ordering::SeqCst), 1);
+        let role = json!({"metadata": {"name": "r"}, "rules": []});
+        s.create(&roles, "", role.clone(), &WriteOpts::default())
+            .unwrap();
+        assert_eq!(*names(), vec!["r".to_string()]);
+        assert_eq!(derived.load(Ordering::SeqCst), 2);
+        // A change to another group keeps it.
+        s.create(
+            &secrets(&s),
+            "default",
+            json!({"metadata": {"name": "x"}}),
+            &WriteOpts::default(),
+        )
+        .unwrap();
+        assert_eq!(*names(), vec!["r".to_string()]);
+        assert_eq!(derived.load(Ordering::SeqCst), 2);
+        let mut labelled = role;
+        labelled["metadata"]["labels"] = json!({"a": "b"});
+        s.update(&roles, "", "r", labelled, None, &WriteOpts::default())
+            .unwrap();
+        names();
+        assert_eq!(derived.load(Ordering::SeqCst), 3);
+        s.delete(&roles, "", "r", &DeleteOpts::default()).unwrap();
+        assert!(names().is_empty());
+        assert_eq!(derived.load(Ordering::SeqCst), 4);
+    }
+
     /// Comparing "namespace/name" strings instead skipped namespace `a-b` after `a/x`
     /// ('-' sorts before '/').
     #[test]
