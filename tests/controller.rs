@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use acrpull::k8s::api::v1beta2;
 use acrpull::k8s::binding::BindingResource;
+use acrpull::k8s::cache::CachedSecret;
 use acrpull::k8s::leader::LeaderConfig;
 use acrpull::k8s::observe::{observe, SecretMeta};
 use acrpull::k8s::tracker::BindingKey;
@@ -87,7 +88,7 @@ fn seed_converged(s: &StandIns, namespaces: &[&str], n: usize) -> Vec<(String, S
         let o = observe(
             &typed,
             true,
-            &[Arc::new(secret)],
+            &[Arc::new(CachedSecret::from(&secret))],
             &[Arc::new(sa)],
             None,
             vec![],
@@ -119,9 +120,10 @@ fn seed_converged(s: &StandIns, namespaces: &[&str], n: usize) -> Vec<(String, S
     seeded
 }
 
-fn o_secrets(s: &StandIns, ns: &str, name: &str) -> Vec<Arc<SecretMeta>> {
+fn o_secrets(s: &StandIns, ns: &str, name: &str) -> Vec<Arc<CachedSecret>> {
     let v = s.kube.get("v1", "Secret", ns, name).unwrap();
-    vec![Arc::new(serde_json::from_value(v).unwrap())]
+    let meta: SecretMeta = serde_json::from_value(v).unwrap();
+    vec![Arc::new(CachedSecret::from(&meta))]
 }
 
 fn o_sas(s: &StandIns, ns: &str) -> Vec<Arc<ServiceAccount>> {

@@ -24,13 +24,14 @@ use kube::ResourceExt;
 
 use super::api::policy::AcrPullPolicy;
 use super::binding::BindingResource;
-use super::observe::SecretMeta;
 use crate::state::binding::Version;
 use crate::state::decide::Sibling;
 use crate::state::record::Phase;
 
 pub use super::sa_locks::{ServiceAccountGuard, ServiceAccountLocks};
-pub use super::trim::{trim_binding, trim_secret, trim_service_account};
+pub use super::trim::{
+    cached_secret_event, trim_binding, trim_service_account, CachedSecret, Owner,
+};
 pub use super::written::{BindingWrite, Echoes, WrittenBindings};
 
 /// The caches the controllers read: Secrets (metadata) and ServiceAccounts, by namespace, and
@@ -38,7 +39,7 @@ pub use super::written::{BindingWrite, Echoes, WrittenBindings};
 /// (metadata: their labels) and `AcrPullPolicy` objects, both cluster-scoped (namespace `""`).
 #[derive(Default, Clone)]
 pub struct Caches {
-    pub secrets: NsCache<SecretMeta>,
+    pub secrets: NsCache<CachedSecret>,
     pub service_accounts: NsCache<ServiceAccount>,
     pub bindings: WrittenBindings,
     pub v1beta1: BindingIndex,
@@ -232,13 +233,40 @@ type Waker<K> = Arc<dyn Fn(&K) + Send + Sync>;
 /// Writes in flight to one object, and the watch events held back meanwhile.
 type Held<K> = (usize, Vec<Arc<K>>);
 
+/// What an [`NsCache`] needs of the objects it holds: where each is, and its resourceVersion.
+pub trait Cached: Clone {
+    /// (namespace, name).
+    fn cache_key(&self) -> (String, String);
+    fn cache_rv(&self) -> Option<&str>;
+}
+
+impl<K: kube::Resource + Clone> Cached for K {
+    fn cache_key(&self) -> (String, String) {
+        key(self)
+    }
+
+    fn cache_rv(&self) -> Option<&str> {
+        self.meta().resource_version.as_deref()
+    }
+}
+
+impl Cached for CachedSecret {
+    fn cache_key(&self) -> (String, String) {
+        (self.namespace.clone(), self.view.name.clone())
+    }
+
+    fn cache_rv(&self) -> Option<&str> {
+        self.resource_version.as_deref()
+    }
+}
+
 /// A write of ours to one object, in flight until dropped (see [`NsCache::begin_write`]).
-pub struct InFlight<K: ResourceExt + Clone> {
+pub struct InFlight<K: Cached> {
     cache: NsCache<K>,
     key: (String, String),
 }
 
-impl<K: ResourceExt + Clone> Drop for InFlight<K> {
+impl<K: Cached> Drop for InFlight<K> {
     fn drop(&mut self) {
         let (waker, wake) = {
             let mut inner = self.cache.0.write().unwrap_or_else(|e| e.into_inner());
@@ -295,7 +323,7 @@ pub(super) fn key<K: ResourceExt>(o: &K) -> (String, String) {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
-impl<K: ResourceExt + Clone> NsCache<K> {
+impl<K: Cached> NsCache<K> {
     /// Apply a watch event; returns whether it is the echo of our own write (see [`Echoes`]),
     /// which must not wake a pass.
     pub fn apply_event(&self, event: &watcher::Event<K>) -> bool {
@@ -307,7 +335,7 @@ impl<K: ResourceExt + Clone> NsCache<K> {
                 inner.echoes.clear();
             }
             watcher::Event::InitApply(o) => {
-                let (ns, name) = key(o);
+                let (ns, name) = o.cache_key();
                 let o = Arc::new(o.clone());
                 match inner.buffer.as_mut() {
                     Some(b) => {
@@ -324,10 +352,8 @@ impl<K: ResourceExt + Clone> NsCache<K> {
                 }
             }
             watcher::Event::Apply(o) => {
-                let (ns, name) = key(o);
-                let echo = inner
-                    .echoes
-                    .is_echo(&ns, &name, o.meta().resource_version.as_deref());
+                let (ns, name) = o.cache_key();
+                let echo = inner.echoes.is_echo(&ns, &name, o.cache_rv());
                 // A write of ours to it is in flight: its echo can arrive before its answer.
                 // Held back until the answer tells which it is.
                 let held = !echo
@@ -342,7 +368,7 @@ impl<K: ResourceExt + Clone> NsCache<K> {
                 return echo || held;
             }
             watcher::Event::Delete(o) => {
-                let (ns, name) = key(o);
+                let (ns, name) = o.cache_key();
                 if let Some(m) = inner.live.get_mut(&ns) {
                     m.remove(&name);
                     if m.is_empty() {
@@ -358,21 +384,19 @@ impl<K: ResourceExt + Clone> NsCache<K> {
     /// comes, is an echo).
     pub fn written(&self, object: K) {
         let mut inner = self.0.write().unwrap_or_else(|e| e.into_inner());
-        let (ns, name) = key(&object);
-        let answered = object.meta().resource_version.clone();
+        let (ns, name) = object.cache_key();
+        let answered = object.cache_rv().map(str::to_string);
         // Its echo already arrived (held back, see `begin_write`): nothing to wake, nothing
         // to expect.
         if let Some((_, deferred)) = inner.in_flight.get_mut(&(ns.clone(), name.clone())) {
             let before = deferred.len();
-            deferred.retain(|o| answered.is_none() || o.meta().resource_version != answered);
+            deferred.retain(|o| answered.is_none() || o.cache_rv() != answered.as_deref());
             if deferred.len() < before {
                 inner.upsert(object);
                 return;
             }
         }
-        inner
-            .echoes
-            .expect(&ns, &name, object.meta().resource_version.as_deref());
+        inner.echoes.expect(&ns, &name, object.cache_rv());
         inner.upsert(object);
     }
 
@@ -434,18 +458,18 @@ impl<K: ResourceExt + Clone> NsCache<K> {
 }
 
 /// Whether `incoming` is older than `held` (both integer resourceVersions).
-fn older(incoming: Option<String>, held: Option<String>) -> bool {
-    let parse = |rv: Option<String>| rv.and_then(|v| v.parse::<u64>().ok());
+fn older(incoming: Option<&str>, held: Option<&str>) -> bool {
+    let parse = |rv: Option<&str>| rv.and_then(|v| v.parse::<u64>().ok());
     matches!((parse(incoming), parse(held)), (Some(i), Some(h)) if i < h)
 }
 
-impl<K: ResourceExt + Clone> Inner<K> {
+impl<K: Cached> Inner<K> {
     /// Insert or replace, unless what is held is newer.
     fn upsert(&mut self, o: K) {
-        let (ns, name) = key(&o);
+        let (ns, name) = o.cache_key();
         let m = self.live.entry(ns).or_default();
         if let Some(held) = m.get(&name) {
-            if older(o.resource_version(), held.resource_version()) {
+            if older(o.cache_rv(), held.cache_rv()) {
                 return;
             }
         }

@@ -72,7 +72,7 @@ pub(super) async fn delete_secret(
     ns: &str,
     name: &str,
 ) -> Result<(), ReconcileError> {
-    let uid = ctx.caches.secrets.get(ns, name).and_then(|s| s.uid());
+    let uid = ctx.caches.secrets.get(ns, name).and_then(|s| s.uid.clone());
     let dp = DeleteParams {
         preconditions: uid.map(|uid| Preconditions {
             uid: Some(uid),

@@ -1,7 +1,8 @@
 //! Gather the [`Observed`] snapshot for one binding from the reflector caches — no API reads.
 //!
 //! Secrets are watched as metadata only (the controller never needs their data, which keeps
-//! memory small at scale): the token facts come from the annotations the controller wrote.
+//! memory small at scale) and cached as [`CachedSecret`]s: the token facts come from the
+//! annotations the controller wrote, parsed when the Secret entered the cache.
 
 use std::sync::Arc;
 
@@ -9,16 +10,13 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::core::PartialObjectMeta;
 use kube::ResourceExt;
 
-use super::binding::{parse_time, view, BindingResource};
+use super::binding::{view, BindingResource};
+use super::trim::CachedSecret;
 use crate::state::binding::{
     ServiceAccountView, Version, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION,
 };
 use crate::state::decide::{BindingView, Failure, Observed, SecretView, Sibling};
-use crate::state::names::{
-    expected_secret_name, secret_family, SecretFamily, BINDING_LABEL, EXPIRY_ANNOTATION,
-    INPUTS_ALL_ANNOTATION, INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION,
-    REFRESH_AT_ANNOTATION, VERIFIED_ANNOTATION,
-};
+use crate::state::names::{expected_secret_name, secret_family, SecretFamily};
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
 
@@ -33,12 +31,8 @@ pub fn group_of(version: Version) -> &'static str {
 /// Which binding version a labelled secret belongs to, if any: by its controller
 /// ownerReference's group, else (secrets of the old controller without an owner) by name family.
 /// Also returns the owner UID when there is one.
-pub fn secret_owner(secret: &SecretMeta) -> Option<(Version, Option<String>)> {
-    let owner = secret
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "AcrPullBinding");
-    match owner {
+pub fn secret_owner(secret: &CachedSecret) -> Option<(Version, Option<String>)> {
+    match &secret.owner {
         Some(o) => {
             let group = o.api_version.split('/').next().unwrap_or_default();
             let version = if group == group_of(Version::V1beta1) {
@@ -50,7 +44,7 @@ pub fn secret_owner(secret: &SecretMeta) -> Option<(Version, Option<String>)> {
             };
             Some((version, Some(o.uid.clone())))
         }
-        None => match secret_family(&secret.name_any()) {
+        None => match secret_family(secret.name()) {
             SecretFamily::Legacy => Some((Version::V1beta1, None)),
             SecretFamily::Current => Some((Version::V1beta2, None)),
             SecretFamily::Unmanaged => None,
@@ -63,37 +57,16 @@ pub fn secret_owner(secret: &SecretMeta) -> Option<(Version, Option<String>)> {
 /// adopted from a previous incarnation of the binding). A labelled Secret without that
 /// reference is nobody's: acrpull never writes one, and never takes one over (see
 /// [`super::pull_secret`]).
-pub fn belongs_to(secret: &SecretMeta, b: &BindingView) -> bool {
-    if secret.namespace().as_deref() != Some(b.namespace.as_str())
-        || secret.labels().get(BINDING_LABEL) != Some(&b.name)
-    {
+pub fn belongs_to(secret: &CachedSecret, b: &BindingView) -> bool {
+    if secret.namespace != b.namespace || secret.binding_label.as_deref() != Some(b.name.as_str()) {
         return false;
     }
-    let Some(owner) = secret
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "AcrPullBinding")
-    else {
+    let Some(owner) = &secret.owner else {
         return false;
     };
     owner.api_version.split('/').next() == Some(group_of(b.version))
         && (owner.uid == b.uid
-            || (owner.name == b.name
-                && secret.name_any() == expected_secret_name(b.version, &b.name)))
-}
-
-fn secret_view(s: &SecretMeta) -> SecretView {
-    let a = s.annotations();
-    SecretView {
-        name: s.name_any(),
-        expiry: parse_time(a, EXPIRY_ANNOTATION),
-        refresh: parse_time(a, REFRESH_ANNOTATION),
-        issued: parse_time(a, ISSUED_ANNOTATION),
-        inputs: a.get(INPUTS_ANNOTATION).cloned(),
-        inputs_all: a.get(INPUTS_ALL_ANNOTATION).cloned(),
-        verified: a.get(VERIFIED_ANNOTATION).map(|v| v == "true"),
-        planned: parse_time(a, REFRESH_AT_ANNOTATION),
-    }
+            || (owner.name == b.name && secret.name() == expected_secret_name(b.version, &b.name)))
 }
 
 /// The names in a ServiceAccount's `imagePullSecrets`, in order.
@@ -118,7 +91,7 @@ pub fn service_account_view(sa: &ServiceAccount) -> ServiceAccountView {
 pub fn observe<K: BindingResource>(
     binding: &K,
     matches_selector: bool,
-    secrets: &[Arc<SecretMeta>],
+    secrets: &[Arc<CachedSecret>],
     service_accounts: &[Arc<ServiceAccount>],
     last_failure: Option<Failure>,
     siblings: Vec<Sibling>,
@@ -127,8 +100,8 @@ pub fn observe<K: BindingResource>(
     // The label is the cheap test: most Secrets of the namespace belong to other bindings.
     let mut own: Vec<SecretView> = secrets
         .iter()
-        .filter(|s| s.labels().get(BINDING_LABEL) == Some(&b.name) && belongs_to(s, &b))
-        .map(|s| secret_view(s))
+        .filter(|s| s.binding_label.as_deref() == Some(b.name.as_str()) && belongs_to(s, &b))
+        .map(|s| s.view.clone())
         .collect();
     own.sort_by(|x, y| x.name.cmp(&y.name));
     let expected = expected_secret_name(b.version, &b.name);
@@ -193,11 +166,13 @@ mod tests {
         view(&b)
     }
 
-    fn secret(name: &str, label: &str, owners: serde_json::Value) -> SecretMeta {
-        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
+    fn secret(name: &str, label: &str, owners: serde_json::Value) -> CachedSecret {
+        let meta: SecretMeta = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": name, "namespace": "team",
-                         "labels": {BINDING_LABEL: label}, "ownerReferences": owners}}))
-        .unwrap()
+                         "labels": {crate::state::names::BINDING_LABEL: label},
+                         "ownerReferences": owners}}))
+        .unwrap();
+        CachedSecret::from(&meta)
     }
 
     fn owner(api_version: &str, name: &str, uid: &str) -> serde_json::Value {

@@ -18,14 +18,14 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::ByteString;
 use kube::api::ObjectMeta;
-use kube::core::PartialObjectMetaExt;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use super::binding::{rfc3339, BindingResource};
+use super::cache::CachedSecret;
 use super::cache::NsCache;
 use super::error::ReconcileError;
-use super::observe::{group_of, SecretMeta};
+use super::observe::group_of;
 use super::writer::Writer;
 use crate::azure::AcrCredential;
 use crate::state::binding::{Resolved, Version};
@@ -95,11 +95,9 @@ fn strings(v: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The metadata-only view the Secret cache holds.
-pub fn cached(secret: Secret) -> SecretMeta {
-    let mut meta = secret.metadata.into_response_partial::<Secret>();
-    super::cache::trim_secret(&mut meta);
-    meta
+/// What the Secret cache holds of `secret`.
+pub fn cached(secret: Secret) -> CachedSecret {
+    CachedSecret::of(&secret.metadata)
 }
 
 /// Create or update the binding's pull secret with `token`. With no Secret in the cache it is
@@ -110,7 +108,7 @@ pub fn cached(secret: Secret) -> SecretMeta {
 /// into the cache.
 pub async fn write<K: BindingResource>(
     writer: &Writer,
-    cache: &NsCache<SecretMeta>,
+    cache: &NsCache<CachedSecret>,
     binding: &K,
     token: &NewToken<'_>,
 ) -> Result<(), ReconcileError> {
@@ -122,7 +120,7 @@ pub async fn write<K: BindingResource>(
             let secret = document(binding, token);
             writer.create("create secret", &namespace, &secret).await?
         }
-        Some(held) => update(writer, binding, token, held.resource_version()).await?,
+        Some(held) => update(writer, binding, token, held.resource_version.clone()).await?,
     };
     cache.written(cached(written));
     Ok(())
@@ -132,7 +130,7 @@ pub async fn write<K: BindingResource>(
 /// (ours, unlabelled or not yet cached), labelling and owning it. The result goes into the cache.
 pub async fn overwrite<K: BindingResource>(
     writer: &Writer,
-    cache: &NsCache<SecretMeta>,
+    cache: &NsCache<CachedSecret>,
     binding: &K,
     token: &NewToken<'_>,
     resource_version: Option<String>,
@@ -255,7 +253,7 @@ pub fn adoption(existing: &Secret, version: Version, binding_name: &str) -> Adop
 /// Label `existing` for `binding_name` (guarded by its resourceVersion).
 pub async fn label(
     writer: &Writer,
-    cache: &NsCache<SecretMeta>,
+    cache: &NsCache<CachedSecret>,
     existing: &Secret,
     binding_name: &str,
 ) -> Result<(), ReconcileError> {

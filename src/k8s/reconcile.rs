@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
-use super::binding::{parse_time, BindingResource};
+use super::binding::BindingResource;
 use super::context::Context;
 use super::edits::{delete_secret, set_finalizers, set_pull_secrets};
 use super::error::ReconcileError;
@@ -20,7 +20,7 @@ use super::status;
 use super::tenancy::{policy_signals, tenancy_view};
 use super::tracker::{BindingKey, Report};
 use crate::state::decide::{decide, CleanupStep, Decision, ExtraneousStep, Observed, Plan};
-use crate::state::names::{expected_secret_name, EXPIRY_ANNOTATION};
+use crate::state::names::expected_secret_name;
 use crate::state::reason::Reason;
 use crate::state::record::{Phase, Record};
 use crate::state::refresh::{requeue_after, retry_at, seed_of};
@@ -461,7 +461,7 @@ fn api_retry<K: BindingResource>(binding: &K, key: &BindingKey, ctx: &Context) -
         .caches
         .secrets
         .get(&key.namespace, &expected_secret_name(K::VERSION, &key.name))
-        .and_then(|s| parse_time(s.annotations(), EXPIRY_ANNOTATION))
+        .and_then(|s| s.view.expiry)
         .filter(|e| *e > now);
     let seed = seed_of(&binding.meta().uid.clone().unwrap_or_default());
     let at = retry_at(now, failures, seed, &ctx.policy.backoff(), valid_until);

@@ -25,7 +25,10 @@ use tokio::sync::watch;
 use super::api::policy::AcrPullPolicy;
 use super::api::{v1beta1, v1beta2};
 use super::binding::BindingResource;
-use super::cache::{trim_binding, trim_secret, trim_service_account, BindingIndex, NamespaceMeta};
+use super::cache::{
+    cached_secret_event, trim_binding, trim_service_account, BindingIndex, CachedSecret,
+    NamespaceMeta,
+};
 use super::context::Context;
 use super::observe::{pull_secret_names, secret_owner, SecretMeta};
 use super::reconcile::{error_policy, reconcile};
@@ -92,7 +95,7 @@ struct Wake {
 }
 
 impl Wake {
-    fn secret(&self, s: &SecretMeta) {
+    fn secret(&self, s: &CachedSecret) {
         if let Some(r) = secret_to_binding::<v1beta1::AcrPullBinding>(s) {
             let _ = self.v1.unbounded_send(r);
         }
@@ -150,7 +153,7 @@ pub async fn run(
     let held_secret = wake.clone();
     ctx.caches
         .secrets
-        .set_waker(move |s: &SecretMeta| held_secret.secret(s));
+        .set_waker(move |s: &CachedSecret| held_secret.secret(s));
     let (held_sa, sa_caches) = (wake.clone(), ctx.caches.clone());
     ctx.caches
         .service_accounts
@@ -161,7 +164,7 @@ pub async fn run(
         watcher::Config::default().labels(BINDING_LABEL),
     )
     .default_backoff()
-    .modify(trim_secret)
+    .map(|e| e.map(cached_secret_event))
     .inspect(mark_ready(readiness.clone()))
     .for_each(move |e| {
         if let Ok(e) = e {
@@ -413,11 +416,10 @@ fn strip_managed_fields<K: kube::Resource>(o: &mut K) {
 }
 
 /// A labelled Secret maps to the binding of its version named by the label.
-fn secret_to_binding<K: BindingResource>(s: &SecretMeta) -> Option<ObjectRef<K>> {
-    let name = s.labels().get(BINDING_LABEL)?;
-    let ns = s.namespace()?;
+fn secret_to_binding<K: BindingResource>(s: &CachedSecret) -> Option<ObjectRef<K>> {
+    let name = s.binding_label.as_deref()?;
     let (version, _) = secret_owner(s)?;
-    (version == K::VERSION).then(|| ObjectRef::new(name).within(&ns))
+    (version == K::VERSION).then(|| ObjectRef::new(name).within(&s.namespace))
 }
 
 /// A ServiceAccount maps to the bindings that target it, use it for workload identity, or
