@@ -429,6 +429,26 @@ fn request(a: &Attributes<'_>) -> Value {
     r
 }
 
+/// Bind `variables` for `expr` to the composited variables evaluated so far — only those it
+/// selects, unless it reads `variables` whole. What it reads is the same; what is converted
+/// for it is not: a variable holding the whole object (`variables.secret`) made every later
+/// expression convert the object again, the largest part of admission's cost.
+fn scope_variables(act: &mut Activation, expr: &Expression, values: &[(String, ::cel::Value)]) {
+    if !expr.uses("variables") {
+        return;
+    }
+    let whole = expr.reads_whole("variables");
+    let map = values
+        .iter()
+        .filter(|(k, _)| whole || expr.fields_of("variables").any(|f| f == k))
+        .map(|(k, v)| (::cel::objects::Key::String(Arc::new(k.clone())), v.clone()))
+        .collect();
+    act.set(
+        "variables",
+        ::cel::Value::Map(::cel::objects::Map { map: Arc::new(map) }),
+    );
+}
+
 /// Evaluate one policy for one binding and parameter: the failures (per validation, and
 /// errors under `failurePolicy: Fail`) and the audit annotations to publish.
 fn evaluate_one(
@@ -489,7 +509,7 @@ fn evaluate_one(
         return (error(msg), Vec::new());
     }
     // Variables, in order; a failed one is remembered for the expressions that use it.
-    let mut values: Vec<(::cel::objects::Key, ::cel::Value)> = Vec::new();
+    let mut values: Vec<(String, ::cel::Value)> = Vec::new();
     let mut failed: HashMap<String, String> = HashMap::new();
     let failed_var = |e: &Expression, failed: &HashMap<String, String>| -> Option<String> {
         e.fields_of("variables").find_map(|f| {
@@ -505,30 +525,29 @@ fn evaluate_one(
             )),
             Ok(expr) => match failed_var(expr, &failed) {
                 Some(m) => Err(m),
-                None => expr.eval(&act).map_err(|e| e.0),
+                None => {
+                    scope_variables(&mut act, expr, &values);
+                    expr.eval(&act).map_err(|e| e.0)
+                }
             },
         };
         match result {
-            Ok(v) => {
-                values.push((::cel::objects::Key::String(Arc::new(name.clone())), v));
-                act.set(
-                    "variables",
-                    ::cel::Value::Map(::cel::objects::Map {
-                        map: Arc::new(values.iter().cloned().collect()),
-                    }),
-                );
-            }
+            Ok(v) => values.push((name.clone(), v)),
             Err(m) => {
                 failed.insert(name.clone(), m);
             }
         }
     }
+    let act = std::cell::RefCell::new(act);
     let eval = |expr: &Result<Expression, String>| -> Result<::cel::Value, String> {
         match expr {
             Err(e) => Err(format!("compilation error: {e}")),
             Ok(expr) => match failed_var(expr, &failed) {
                 Some(m) => Err(err_text(expr, &m)),
-                None => expr.eval(&act).map_err(|e| err_text(expr, &e.0)),
+                None => {
+                    scope_variables(&mut act.borrow_mut(), expr, &values);
+                    expr.eval(&act.borrow()).map_err(|e| err_text(expr, &e.0))
+                }
             },
         }
     };

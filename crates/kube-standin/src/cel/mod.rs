@@ -43,6 +43,8 @@ pub struct Expression {
     source: String,
     idents: BTreeSet<String>,
     selected: BTreeMap<String, BTreeSet<String>>,
+    /// Variables read other than through a field (`size(variables)`, `variables.all(…)`).
+    whole: BTreeSet<String>,
 }
 
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(library::env()));
@@ -62,6 +64,8 @@ pub fn compile(source: &str, vars: &[&str]) -> Result<Expression, CompileError> 
         issues: Vec::new(),
         idents: BTreeSet::new(),
         selected: BTreeMap::new(),
+        whole: BTreeSet::new(),
+        selecting: false,
     };
     check.expr(program.expression());
     if !check.issues.is_empty() {
@@ -81,6 +85,7 @@ pub fn compile(source: &str, vars: &[&str]) -> Result<Expression, CompileError> 
         source: source.to_string(),
         idents: check.idents,
         selected: check.selected,
+        whole: check.whole,
     })
 }
 
@@ -113,6 +118,9 @@ struct Check<'a> {
     issues: Vec<(u64, String)>,
     idents: BTreeSet<String>,
     selected: BTreeMap<String, BTreeSet<String>>,
+    whole: BTreeSet<String>,
+    /// The expression about to be visited is the variable a field is selected from.
+    selecting: bool,
 }
 
 impl Check<'_> {
@@ -121,6 +129,7 @@ impl Check<'_> {
     }
 
     fn expr(&mut self, e: &IdedExpr) {
+        let selecting = std::mem::take(&mut self.selecting);
         match &e.expr {
             Expr::Unspecified | Expr::Literal(_) => {}
             Expr::Ident(name) => {
@@ -134,6 +143,9 @@ impl Check<'_> {
                     ));
                 } else if !self.scope.iter().any(|s| s == name) {
                     self.idents.insert(name.clone());
+                    if !selecting {
+                        self.whole.insert(name.clone());
+                    }
                 }
             }
             Expr::Select(s) => {
@@ -144,6 +156,7 @@ impl Check<'_> {
                             .or_default()
                             .insert(s.field.clone());
                     }
+                    self.selecting = true;
                 }
                 self.expr(&s.operand)
             }
@@ -245,7 +258,12 @@ impl Check<'_> {
                 self.expr(target);
             }
         }
-        c.args.iter().for_each(|a| self.expr(a));
+        for (i, a) in c.args.iter().enumerate() {
+            // `x.?f`: a field of `x`, as `x.f` is.
+            self.selecting =
+                i == 0 && name == "_?._" && c.target.is_none() && matches!(a.expr, Expr::Ident(_));
+            self.expr(a);
+        }
     }
 }
 
@@ -259,6 +277,11 @@ impl Expression {
     /// shadow it).
     pub fn uses(&self, name: &str) -> bool {
         self.idents.contains(name)
+    }
+
+    /// Whether the expression reads the variable `name` other than through its fields.
+    pub fn reads_whole(&self, name: &str) -> bool {
+        self.whole.contains(name)
     }
 
     /// The fields selected directly on the variable `name` (`variables.x` → `x`).

@@ -165,3 +165,31 @@ fn a_rebound_variable_is_read_afresh_by_the_next_expression() {
         Value::String(Arc::new("b".into()))
     );
 }
+
+/// What an expression reads of a variable decides what is converted for it: its fields, or
+/// the whole of it when it is read other than through a field.
+#[test]
+fn whole_reads_are_told_from_field_reads() {
+    let vars = ["variables", "object"];
+    let c = |src: &str| compile(src, &vars).unwrap();
+    let fields = |e: &Expression| {
+        e.fields_of("variables")
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let e = c("variables.a + variables.?b.orValue('') + object.metadata.name");
+    assert!(e.uses("variables") && !e.reads_whole("variables"));
+    assert_eq!(fields(&e), vec!["a", "b"]);
+    assert!(!e.reads_whole("object"));
+    for whole in [
+        "size(variables) > 0",
+        "variables.all(k, k != '')",
+        "variables.a == '' || variables == {}",
+        "has(variables.a) && [variables][0].a == ''",
+    ] {
+        assert!(c(whole).reads_whole("variables"), "{whole}");
+    }
+    // A comprehension's own `variables` is not the top-level one.
+    let shadowed = c("[1].all(variables, variables > 0)");
+    assert!(!shadowed.uses("variables") && !shadowed.reads_whole("variables"));
+}
