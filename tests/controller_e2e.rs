@@ -755,3 +755,47 @@ async fn bindings_sharing_a_credential_cost_one_call_per_hop_and_one_check() {
         "{metrics}"
     );
 }
+
+/// Rule 8 through the real wiring (the binding index finds siblings in the controller's
+/// binding store): bindings created together on one ServiceAccount are attached by one
+/// patch, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_on_one_service_account_are_attached_in_one_patch() {
+    let env = Env::start().await;
+    env.create(sa("team-a", "puller", json!({})));
+    let names = ["one", "two", "three", "four"];
+    for name in names {
+        env.create(v2_managed("team-a", name, "puller", "repository:app:pull"));
+    }
+    for name in names {
+        env.wait_ready(V2, "team-a", name, "True").await;
+    }
+    let patches: Vec<_> = env
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.verb == "patch"
+                && r.resource == "serviceaccounts"
+                && r.namespace == "team-a"
+                && r.user_agent.starts_with("acrpull")
+        })
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:#?}");
+    let sa = env
+        .kube
+        .get("v1", "ServiceAccount", "team-a", "puller")
+        .unwrap();
+    let attached: Vec<&str> = sa["imagePullSecrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for name in names {
+        assert!(
+            attached.contains(&format!("acr-pull-{name}").as_str()),
+            "{attached:?}"
+        );
+    }
+}

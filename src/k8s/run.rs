@@ -26,8 +26,8 @@ use super::api::policy::AcrPullPolicy;
 use super::api::{v1beta1, v1beta2};
 use super::binding::BindingResource;
 use super::cache::{
-    cached_secret_event, trim_binding, trim_service_account, BindingIndex, CachedSecret,
-    NamespaceMeta,
+    cached_secret_event, sibling_of, trim_binding, trim_service_account, BindingIndex,
+    CachedSecret, NamespaceMeta,
 };
 use super::context::Context;
 use super::observe::{pull_secret_names, secret_owner, SecretMeta};
@@ -350,6 +350,12 @@ async fn controller_for<K: BindingResource>(
         wc = wc.labels(&config.label_selector);
     }
     let index = ctx.caches.index_of(K::VERSION).clone();
+    let store = reader.clone();
+    index.set_lookup(move |ns, name| {
+        store
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|b| sibling_of(b.as_ref()))
+    });
     let bindings = watcher(Api::<K>::all(client.clone()), wc)
         .default_backoff()
         .modify(trim_binding)
