@@ -393,9 +393,15 @@ async fn a_persistent_api_error_backs_off_for_that_binding_only() {
         .namespace("backoff")
         .name("bad"),
     );
-    // Own ServiceAccounts: no other binding's write triggers the failing one early.
+    // Own ServiceAccounts: no other binding's write triggers the failing one early. Its own
+    // ServiceAccount's watch event must not either: on a loaded machine it could arrive after
+    // the first failure and wake a retry before the backoff. So every ServiceAccount comes
+    // first, and the failing binding only once the others are Ready (their passes needed
+    // their ServiceAccounts, which the watch delivers in order, after `sa-bad`).
     for name in ["bad", "good-1", "good-2", "good-3"] {
         s.create(sa("backoff", &format!("sa-{name}"), json!({})));
+    }
+    for name in ["good-1", "good-2", "good-3"] {
         s.create(v2_managed(
             "backoff",
             name,
@@ -406,6 +412,12 @@ async fn a_persistent_api_error_backs_off_for_that_binding_only() {
     for name in ["good-1", "good-2", "good-3"] {
         s.wait_ready(V2, "backoff", name, true).await;
     }
+    s.create(v2_managed(
+        "backoff",
+        "bad",
+        "sa-bad",
+        "repository:app:pull",
+    ));
     let attempts = |s: &StandIns| -> Vec<i64> {
         s.kube
             .requests()
