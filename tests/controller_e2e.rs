@@ -778,7 +778,7 @@ async fn bindings_on_one_service_account_are_attached_in_one_patch() {
             r.verb == "patch"
                 && r.resource == "serviceaccounts"
                 && r.namespace == "team-a"
-                && r.user_agent.starts_with("acrpull")
+                && r.user_agent.starts_with("acrpull/")
         })
         .collect();
     assert_eq!(patches.len(), 1, "{patches:#?}");
@@ -786,15 +786,10 @@ async fn bindings_on_one_service_account_are_attached_in_one_patch() {
         .kube
         .get("v1", "ServiceAccount", "team-a", "puller")
         .unwrap();
-    let attached: Vec<&str> = sa["imagePullSecrets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["name"].as_str())
-        .collect();
+    let attached = pull_secrets(&sa);
     for name in names {
         assert!(
-            attached.contains(&format!("acr-pull-{name}").as_str()),
+            attached.contains(&format!("acr-pull-{name}")),
             "{attached:?}"
         );
     }
