@@ -966,3 +966,118 @@ fault_tests! {
     one_record_identity_not_found_first_mint, one_record_identity_not_found_refresh, "identity-not-found";
     one_record_latency_first_mint, one_record_latency_refresh, "latency";
 }
+
+/// A binding on the identity without a role, in `ns`, sharing one credential request.
+fn norole(ns: &str, name: &str) -> Value {
+    let mut b = v2_managed(ns, name, "puller", "repository:app:pull");
+    b["spec"]["auth"]["managedIdentity"]["clientID"] = json!(common::NOROLE_CLIENT);
+    b
+}
+
+/// A binding whose credential is being fetched holds no pass slot: its pass is queued once the
+/// fetch ended (look-ahead). With 8 slots and 12 bindings waiting on one slow identity, a
+/// binding created after them on another identity is Ready while they all still wait.
+/// Without the look-ahead, their passes fill every slot and wait, and the last binding's pass
+/// runs only after their fetch failed and they were marked Failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_waiting_for_its_credential_holds_no_pass_slot() {
+    let s = StandIns::start().await;
+    s.namespace("slots");
+    let c = Controller::start(
+        &s,
+        Setup {
+            // 8 pass slots.
+            concurrency: 1,
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.azure.faults().add(
+        FaultRule::new(FaultAction::Latency {
+            fixed_ms: 4000,
+            jitter_ms: 0,
+        })
+        .hop(Hop::Imds)
+        .identity("mi-norole"),
+    );
+    s.create(sa("slots", "puller", json!({})));
+    // Once a first binding is Ready the caches have synced: the next events are looked ahead.
+    s.create(v2_managed(
+        "slots",
+        "warm",
+        "puller",
+        "repository:base:pull",
+    ));
+    s.wait_ready(V2, "slots", "warm", true).await;
+    for i in 0..12 {
+        s.create(norole("slots", &format!("slow-{i}")));
+    }
+    s.create(v2_managed("slots", "fast", "puller", "repository:app:pull"));
+    s.wait_ready(V2, "slots", "fast", true).await;
+    let failed: Vec<String> = (0..12)
+        .map(|i| format!("slow-{i}"))
+        .filter(|name| {
+            s.binding(V2, "slots", name)
+                .is_some_and(|b| b["status"]["phase"] == "Failed")
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "the binding behind them waited for their fetch: {failed:?} already Failed"
+    );
+    // And they fail as they should once their fetch does.
+    for i in 0..12 {
+        s.wait_binding(V2, "slots", &format!("slow-{i}"), "Failed", |b| {
+            b["status"]["phase"] == "Failed"
+        })
+        .await;
+    }
+    drop(c);
+}
+
+/// A credential fetch started ahead of the passes that fails is the answer of every pass that
+/// waited for it: one failed registry request for three bindings (the identity has no role,
+/// so the registry refuses its exchange), not one more per pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fetch_ahead_of_the_passes_is_not_asked_again() {
+    let s = StandIns::start().await;
+    s.namespace("ahead");
+    let mut setup = Setup::default();
+    // No retry within the test.
+    setup.policy.backoff_base = Duration::from_secs(600);
+    let c = Controller::start(&s, setup).await;
+    // The fetch is slow enough for all three bindings to wait for it.
+    s.azure.faults().add(
+        FaultRule::new(FaultAction::Latency {
+            fixed_ms: 1500,
+            jitter_ms: 0,
+        })
+        .hop(Hop::Imds)
+        .identity("mi-norole"),
+    );
+    s.create(sa("ahead", "puller", json!({})));
+    // Once a first binding is Ready the caches have synced: the next events are looked ahead.
+    s.create(v2_managed("ahead", "warm", "puller", "repository:app:pull"));
+    s.wait_ready(V2, "ahead", "warm", true).await;
+    s.azure.clear_requests();
+    for name in ["a", "b", "c"] {
+        s.create(norole("ahead", name));
+    }
+    for name in ["a", "b", "c"] {
+        let b = s
+            .wait_binding(V2, "ahead", name, "Failed", |b| {
+                b["status"]["phase"] == "Failed"
+            })
+            .await;
+        let error = b["status"]["error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty(), "{b:#}");
+    }
+    let registry: Vec<_> = s
+        .azure
+        .requests()
+        .into_iter()
+        .filter(|r| r.hop.is_acr())
+        .collect();
+    assert_eq!(registry.len(), 1, "registry requests: {registry:#?}");
+    drop(c);
+}

@@ -115,6 +115,34 @@ where
         (shared.await, result)
     }
 
+    /// Unless a usable value is cached, the fetch for `key` — the one in flight, or `fetch`,
+    /// started now — as a future that ends with it (`true` when started here). Never waits.
+    pub fn fetching(
+        &self,
+        key: &K,
+        now: Timestamp,
+        usable: impl Fn(&V) -> bool,
+        fetch: impl FnOnce() -> BoxFuture<'static, Result<(V, Timestamp), AzureError>>,
+    ) -> Option<(BoxFuture<'static, Result<(), AzureError>>, bool)> {
+        // Outside a runtime nobody would drive the fetch, and the key would stay in flight.
+        tokio::runtime::Handle::try_current().ok()?;
+        let mut inner = self.lock();
+        let held = match inner.slots.get(key) {
+            Some(slot) if slot.value.as_ref().is_some_and(|(v, _)| usable(v)) => return None,
+            Some(slot) => slot.inflight.as_ref().map(|(_, shared)| shared.clone()),
+            None => {
+                inner.maybe_sweep(now);
+                None
+            }
+        };
+        let (shared, started) = match held {
+            Some(shared) => (shared, false),
+            // The fetch runs as its own task: nobody has to wait for it.
+            None => (self.start(&mut inner, key, fetch), true),
+        };
+        Some((shared.map(|r| r.map(|_| ())).boxed(), started))
+    }
+
     fn start(
         &self,
         inner: &mut Inner<K, V>,
@@ -209,6 +237,43 @@ mod tests {
 
     fn far() -> Timestamp {
         Timestamp::MAX
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fetching_starts_or_joins_one_fetch_and_skips_a_cached_value() {
+        let cache: SingleFlight<&'static str, u32> = SingleFlight::new();
+        let calls = Arc::new(AtomicU32::new(0));
+        let fetch = || {
+            let calls = calls.clone();
+            move || {
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Ok((7, far()))
+                }
+                .boxed()
+            }
+        };
+        let now = Timestamp::UNIX_EPOCH;
+        let (first, started) = cache.fetching(&"k", now, |_| true, fetch()).unwrap();
+        assert!(started);
+        let (second, started) = cache.fetching(&"k", now, |_| true, fetch()).unwrap();
+        assert!(!started, "joins the fetch in flight");
+        // A caller of `get` meanwhile joins it too.
+        let (got, how) = cache.get(&"k", now, |_| true, fetch()).await;
+        assert_eq!((got.unwrap(), how), (7, CacheResult::Coalesced));
+        first.await.unwrap();
+        second.await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(
+            cache.fetching(&"k", now, |_| true, fetch()).is_none(),
+            "cached"
+        );
+        // A cached value the caller cannot use is fetched again.
+        let (again, started) = cache.fetching(&"k", now, |v| *v > 7, fetch()).unwrap();
+        assert!(started);
+        again.await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -34,7 +34,7 @@ use super::error::{AzureError, ErrorKind};
 use super::http_client::{build_client, HttpSettings};
 use super::imds::{ImdsApi, ImdsSelector, ImdsTokenRequest, ReqwestImds, DEFAULT_IMDS_BASE_URL};
 use super::limits::{LimiterSet, Limits};
-use super::metrics::{Hop, PipelineMetrics};
+use super::metrics::{CacheResult, Hop, PipelineMetrics};
 use super::registry_host::{
     ensure_allowed, normalize_scope, normalize_suffixes, parse_server, RegistryHost,
 };
@@ -286,6 +286,65 @@ impl TokenPipeline {
             None => inner.clone().refresh_token(refresh, req.fresher_than).await,
         }
         .map(|cached| cached.credential)
+    }
+
+    /// Unless `req`'s credential is cached, the fetch of it — the one in flight, or one started
+    /// now — as a future that ends with it; never waits. A later [`Self::credential`] for it
+    /// is then a cache hit, or joins the fetch. The fetch is the one `credential` would make
+    /// (limits, retries, single flight). `None` also for a request `credential` would refuse
+    /// without calling Azure: that call says why.
+    pub fn fetching(
+        &self,
+        req: &CredentialRequest,
+    ) -> Option<BoxFuture<'static, Result<(), AzureError>>> {
+        let inner = &self.inner;
+        let registry = parse_server(&req.server).ok()?;
+        ensure_allowed(&registry, &inner.suffixes).ok()?;
+        let identity = inner.identity_key(req).ok()?;
+        let refresh = RefreshKey { identity, registry };
+        let now = inner.now();
+        let fresher_than = req.fresher_than;
+        let usable = move |cached: &CachedAcr| cached.usable(now, fresher_than);
+        let this = inner.clone();
+        let (hop, fetching) = match req.scope.as_deref().and_then(normalize_scope) {
+            Some(scope) => {
+                let key = AccessKey { refresh, scope };
+                let fetch_key = key.clone();
+                let fetching = inner.access_tokens.fetching(&key, now, usable, move || {
+                    async move {
+                        let cached = this.fetch_access_token(fetch_key).await?;
+                        let until = cached.credential.expires_at;
+                        Ok((cached, until))
+                    }
+                    .boxed()
+                });
+                (Hop::AcrToken, fetching)
+            }
+            None => {
+                let fetch_key = refresh.clone();
+                let fetching = inner
+                    .refresh_tokens
+                    .fetching(&refresh, now, usable, move || {
+                        async move {
+                            let cached = this.fetch_refresh_token(fetch_key).await?;
+                            let until = cached.credential.expires_at;
+                            Ok((cached, until))
+                        }
+                        .boxed()
+                    });
+                (Hop::AcrExchange, fetching)
+            }
+        };
+        let (fetch, started) = fetching?;
+        inner.metrics.record_cache(
+            hop,
+            if started {
+                CacheResult::Miss
+            } else {
+                CacheResult::Coalesced
+            },
+        );
+        Some(fetch)
     }
 
     /// Presents `credential` to the registry the way a kubelet does (Basic auth with the null

@@ -2,18 +2,28 @@
 //! current generation; it drives the backoff in `decide` and is cleared by a successful mint)
 //! and the count of consecutive passes that ended in an API error (it drives `error_policy`'s
 //! backoff and is reset by any pass that ends well). API failures are never written to status
-//! — the API is what is failing — so they live only here.
+//! — the API is what is failing — so they live only here. Also the failure of a credential
+//! fetch started ahead of the binding's pass (`mint::look_ahead`), which that pass reports
+//! instead of asking Azure again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::tracker::BindingKey;
+use crate::azure::{AzureError, CredentialRequest};
 use crate::state::decide::Failure;
+
+/// A fetch failure is handed to the binding's pass only this soon after it: the pass is
+/// queued when the fetch ends, so an older one belongs to a pass that never came (this
+/// replica lost the Lease), and the next pass asks afresh.
+const FETCH_FAILURE_KEPT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct Entry {
     mint: Option<(i64, Failure)>,
     api: u32,
+    fetch: Option<Box<(CredentialRequest, AzureError, Instant)>>,
 }
 
 #[derive(Debug, Default)]
@@ -56,10 +66,31 @@ impl Failures {
         let mut map = self.lock();
         if let Some(e) = map.get_mut(key) {
             e.api = 0;
-            if e.mint.is_none() {
+            if e.mint.is_none() && e.fetch.is_none() {
                 map.remove(key);
             }
         }
+    }
+
+    /// The credential fetch started ahead of this binding's pass failed.
+    pub fn fetch_failed(&self, key: &BindingKey, request: CredentialRequest, error: AzureError) {
+        self.lock().entry(key.clone()).or_default().fetch =
+            Some(Box::new((request, error, Instant::now())));
+    }
+
+    /// The failure of the fetch for `request` started ahead of this pass, once.
+    pub fn take_fetch_failure(
+        &self,
+        key: &BindingKey,
+        request: &CredentialRequest,
+    ) -> Option<AzureError> {
+        let mut map = self.lock();
+        let e = map.get_mut(key)?;
+        let (asked, error, at) = *e.fetch.take()?;
+        if e.mint.is_none() && e.api == 0 {
+            map.remove(key);
+        }
+        (asked == *request && at.elapsed() < FETCH_FAILURE_KEPT).then_some(error)
     }
 
     pub fn api_failures(&self, key: &BindingKey) -> u32 {
@@ -76,6 +107,46 @@ mod tests {
     use super::*;
     use crate::state::binding::Version;
     use crate::state::reason::Reason;
+
+    #[test]
+    fn a_fetch_failure_is_handed_once_and_only_for_its_request() {
+        use crate::azure::{Cloud, ErrorKind, Identity, IdentityAudience};
+        let f = Failures::default();
+        let key = BindingKey {
+            version: Version::V1beta2,
+            namespace: "ns".into(),
+            name: "a".into(),
+        };
+        let request = |scope: &str| CredentialRequest {
+            server: "reg.azurecr.io".into(),
+            scope: Some(scope.into()),
+            identity: Identity::ManagedClientId("id".into()),
+            cloud: Cloud::Public,
+            audience: IdentityAudience::ResourceManager,
+            arm_resource_override: None,
+            fresher_than: None,
+        };
+        let error = AzureError::new(ErrorKind::Unauthorized, "no role");
+        f.fetch_failed(&key, request("repository:a:pull"), error.clone());
+        assert_eq!(
+            f.take_fetch_failure(&key, &request("repository:a:pull")),
+            Some(error.clone())
+        );
+        assert_eq!(
+            f.take_fetch_failure(&key, &request("repository:a:pull")),
+            None
+        );
+        // The binding asks for something else now: the old failure is not its answer.
+        f.fetch_failed(&key, request("repository:a:pull"), error);
+        assert_eq!(
+            f.take_fetch_failure(&key, &request("repository:b:pull")),
+            None
+        );
+        assert_eq!(
+            f.take_fetch_failure(&key, &request("repository:a:pull")),
+            None
+        );
+    }
 
     #[test]
     fn api_failures_count_up_and_reset_on_success() {

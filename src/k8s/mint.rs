@@ -3,6 +3,9 @@
 //! fails, remember the failure, write the failed record and tell the user (first mints and
 //! refreshes are named differently: nothing was issued yet vs. a working secret is kept).
 
+use std::future::Future;
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -20,7 +23,7 @@ use crate::azure::{
     V1BETA1_DEFAULT_ARM_RESOURCE,
 };
 use crate::state::binding::{CloudSpec, IdentitySpec, Resolved, TokenAudience, Version};
-use crate::state::decide::{after_mint_failure, Decision, MintFailure, MintReason, Observed};
+use crate::state::decide::{after_mint_failure, Decision, MintFailure, MintReason, Observed, Plan};
 use crate::state::reason::Reason;
 use crate::state::record::Phase;
 use crate::state::refresh::{add, boundary, ceil_seconds, RefreshRule, MIN_REFRESH_INTERVAL};
@@ -43,11 +46,7 @@ pub async fn run<K: BindingResource>(
 ) -> Result<Step<K>, ReconcileError> {
     // After a SecretConflict the Secret in the way is known to exist: look before minting
     // again, so a retry calls Azure only once it was handed over or removed.
-    let conflicted = o
-        .last_failure
-        .as_ref()
-        .is_some_and(|f| f.reason == Reason::SecretConflict);
-    if m.reason == MintReason::Missing && (key.version == Version::V1beta1 || conflicted) {
+    if looks_before_minting(key, o, m.reason) {
         // The cache shows no secret. The old controller's v1beta1 secrets may be unlabelled
         // (SPEC §4.1), invisible to the label-filtered watch: before minting, look for one by
         // name and adopt it with its still-valid token instead of calling Azure. v1beta2
@@ -56,14 +55,14 @@ pub async fn run<K: BindingResource>(
             return Ok(Step::Stop(done));
         }
     }
-    let audience = match m.request.audience {
-        Some(TokenAudience::ResourceManager) => IdentityAudience::ResourceManager,
-        Some(TokenAudience::ContainerRegistry) => IdentityAudience::ContainerRegistry,
-        None => ctx.audience,
-    };
-    let req = credential_request(&m.request, &key.namespace, audience, m.current_expiry);
+    let (req, audience) = request_for(ctx, key, &m.request, m.current_expiry);
     log_exchange(key, &m, audience);
-    let credential = match ctx.pipeline.credential(&req).await {
+    // A fetch started ahead of this pass that failed is this pass's answer: not asked again.
+    let fetched = match ctx.failures.take_fetch_failure(key, &req) {
+        Some(e) => Err(e),
+        None => ctx.pipeline.credential(&req).await,
+    };
+    let credential = match fetched {
         Ok(c) => c,
         // The TokenRequest inside (workload identity) was refused because the Lease was lost.
         Err(_) if !ctx.writer.is_leader() => {
@@ -131,6 +130,67 @@ pub async fn run<K: BindingResource>(
         &super::binding::rfc3339(credential.expires_at),
     );
     Ok(Step::Continue { binding: None })
+}
+
+/// Whether a mint of `reason` first looks for a Secret to adopt (an API read that may end
+/// the pass without calling Azure).
+fn looks_before_minting(key: &BindingKey, o: &Observed, reason: MintReason) -> bool {
+    let conflicted = o
+        .last_failure
+        .as_ref()
+        .is_some_and(|f| f.reason == Reason::SecretConflict);
+    reason == MintReason::Missing && (key.version == Version::V1beta1 || conflicted)
+}
+
+/// The pipeline request for a binding's resolved spec, and the audience it uses.
+fn request_for(
+    ctx: &Context,
+    key: &BindingKey,
+    r: &Resolved,
+    current_expiry: Option<Timestamp>,
+) -> (CredentialRequest, IdentityAudience) {
+    let audience = match r.audience {
+        Some(TokenAudience::ResourceManager) => IdentityAudience::ResourceManager,
+        Some(TokenAudience::ContainerRegistry) => IdentityAudience::ContainerRegistry,
+        None => ctx.audience,
+    };
+    let req = credential_request(r, &key.namespace, audience, current_expiry);
+    (req, audience)
+}
+
+/// Look-ahead: when a binding's watch event shows its pass will mint, start fetching the
+/// credential now, and queue the pass only once the fetch ended (then a cache hit, or its
+/// failure, kept for the pass) instead of letting it hold a pass slot while it waits. The
+/// registries' limiters then work on every credential the fleet needs, in the order the
+/// bindings came, while the slots write for bindings whose credential is there
+/// (BENCHMARKS.md, issue 19). Only what the pass itself would mint right away is fetched, on
+/// the same decision: nothing for a binding that first looks for a Secret to adopt, is
+/// refused, backing off, or has a valid token. `None`: queue the pass now.
+pub fn look_ahead(
+    ctx: &Arc<Context>,
+    key: &BindingKey,
+    decision: &Decision,
+    o: &Observed,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    let Plan::Mint {
+        request,
+        reason,
+        current_expiry,
+    } = &decision.plan
+    else {
+        return None;
+    };
+    if looks_before_minting(key, o, *reason) {
+        return None;
+    }
+    let (req, _) = request_for(ctx, key, request, *current_expiry);
+    let fetch = ctx.pipeline.fetching(&req)?;
+    let (ctx, key) = (ctx.clone(), key.clone());
+    Some(async move {
+        if let Err(e) = fetch.await {
+            ctx.failures.fetch_failed(&key, req, e);
+        }
+    })
 }
 
 /// When the new token is planned to be refreshed: paced (see [`super::pacing`]) between a few

@@ -2,6 +2,7 @@
 //! [`decide`] for the record and the single next step, perform it, publish the record, and say
 //! when to come back. API failures back off per binding ([`error_policy`]), like Azure ones.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,6 +182,18 @@ fn decide_now<K: BindingResource>(
     key: &BindingKey,
     ctx: &Context,
 ) -> (Observed, Decision, Timestamp) {
+    let observed = observe_now(b, key, ctx);
+    let now = Timestamp::now();
+    let decision = decide(&observed, now, &ctx.policy);
+    tracing::debug!(
+        namespace = %key.namespace, name = %key.name, version = ?key.version,
+        phase = decision.record.phase.as_str(), reason = decision.record.reason.as_str(),
+        plan = plan_name(&decision.plan), "decided"
+    );
+    (observed, decision, now)
+}
+
+fn observe_now<K: BindingResource>(b: &K, key: &BindingKey, ctx: &Context) -> Observed {
     let ns = key.namespace.as_str();
     let target = b.service_accounts().into_iter().next().unwrap_or_default();
     let mut observed = observe(
@@ -196,14 +209,31 @@ fn decide_now<K: BindingResource>(
     observed.tenancy = tenancy_view(ctx, ns);
     // An outdated CRD prunes most status fields: compare only the ones it keeps.
     observed.binding.status.kept = ctx.crds.kept(K::VERSION);
+    observed
+}
+
+/// A binding's watch event, on its way to the controller's queue: if its pass will mint a
+/// credential that is not cached, the fetch of it, started now, to queue the pass after (see
+/// [`mint::look_ahead`]). Behind the same gates as a pass (leader, caches synced), on the
+/// same decision.
+pub fn look_ahead<K: BindingResource>(
+    b: &Arc<K>,
+    ctx: &Arc<Context>,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    if !ctx.writer.is_leader() || !ctx.readiness.is_synced() {
+        return None;
+    }
+    let key = key_of(b.as_ref());
+    let b = ctx.caches.bindings.newest(b.clone());
+    let mut observed = observe_now(b.as_ref(), &key, ctx);
     let now = Timestamp::now();
-    let decision = decide(&observed, now, &ctx.policy);
-    tracing::debug!(
-        namespace = %key.namespace, name = %key.name, version = ?key.version,
-        phase = decision.record.phase.as_str(), reason = decision.record.reason.as_str(),
-        plan = plan_name(&decision.plan), "decided"
-    );
-    (observed, decision, now)
+    let mut decision = decide(&observed, now, &ctx.policy);
+    if matches!(decision.plan, Plan::AddFinalizer) {
+        // A new binding's pass adds the finalizer first, then decides again.
+        observed.binding.has_finalizer = true;
+        decision = decide(&observed, now, &ctx.policy);
+    }
+    mint::look_ahead(ctx, &key, &decision, &observed)
 }
 
 fn plan_name(plan: &Plan) -> &'static str {
