@@ -269,18 +269,41 @@ async fn a_leader_that_loses_the_lease_mid_pass_writes_nothing_afterwards() {
         "spec": {"acr": {"server": REGISTRY, "scope": "repository:app:pull", "environment": "PublicCloud"},
                  "auth": {"workloadIdentity": {"serviceAccountRef": "federated"}},
                  "serviceAccountName": "puller"}}));
-    // Every pass is inside its mint (the record in flight says so) ...
-    eventually(30, "every binding minting", || {
-        let minting = c
-            .ctx
+    // Every binding's credential is being fetched (the record in flight says so) ...
+    let minting = || {
+        c.ctx
             .tracker
             .list()
             .iter()
             .filter(|e| e.phase == "Exchanging")
-            .count();
-        (minting == 4).then_some(())
+            .count()
+    };
+    eventually(30, "every binding minting", || {
+        (minting() == 4).then_some(())
     })
     .await;
+    // ... and every pass inside its mint: the fetches started ahead of the passes (look-ahead)
+    // queue the passes only once they end, so a change of the ServiceAccount wakes the passes
+    // now, and they join the fetches.
+    let mut puller = s
+        .kube
+        .get("v1", "ServiceAccount", "team-a", "puller")
+        .unwrap();
+    puller["metadata"]["labels"] = json!({"touched": "yes"});
+    s.create(puller);
+    let in_flight = r#"controller_runtime_active_workers{controller="acr-pull-binding-v1beta2"} 4"#;
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        metrics = c.get("/metrics").await;
+        if metrics.lines().any(|l| l == in_flight) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        metrics.lines().any(|l| l == in_flight),
+        "the four passes never ran at once: {metrics}"
+    );
     // ... when another holder takes the Lease, seen by the victim's next Lease request.
     let takeover = s.kube.faults().add(
         Fault::new(Action::LeaseTakeover {

@@ -187,8 +187,12 @@ pub fn look_ahead(
     let fetch = ctx.pipeline.fetching(&req)?;
     let (ctx, key) = (ctx.clone(), key.clone());
     Some(async move {
+        // Kept for the pass only while this replica leads: a failure from losing the Lease
+        // (workload identity's TokenRequest) is not the binding's.
         if let Err(e) = fetch.await {
-            ctx.failures.fetch_failed(&key, req, e);
+            if ctx.writer.is_leader() {
+                ctx.failures.fetch_failed(&key, req, e);
+            }
         }
     })
 }

@@ -233,7 +233,10 @@ pub fn look_ahead<K: BindingResource>(
         observed.binding.has_finalizer = true;
         decision = decide(&observed, now, &ctx.policy);
     }
-    mint::look_ahead(ctx, &key, &decision, &observed)
+    let fetch = mint::look_ahead(ctx, &key, &decision, &observed)?;
+    // What is in flight shows meanwhile (`/debug`, the phase gauge), as a pass minting shows it.
+    report(ctx, &key, &observed, &decision.record, now);
+    Some(fetch)
 }
 
 fn plan_name(plan: &Plan) -> &'static str {
