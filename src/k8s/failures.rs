@@ -24,6 +24,8 @@ struct Entry {
     mint: Option<(i64, Failure)>,
     api: u32,
     fetch: Option<Box<(CredentialRequest, AzureError, Instant)>>,
+    /// When a pass last got a failure from Azure itself (it joined the fetch, or asked).
+    answered: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -72,10 +74,29 @@ impl Failures {
         }
     }
 
-    /// The credential fetch started ahead of this binding's pass failed.
-    pub fn fetch_failed(&self, key: &BindingKey, request: CredentialRequest, error: AzureError) {
-        self.lock().entry(key.clone()).or_default().fetch =
-            Some(Box::new((request, error, Instant::now())));
+    /// The credential fetch started ahead of this binding's pass at `started` failed. Not
+    /// kept if a pass got a failure from Azure itself since then (it joined that fetch): it
+    /// has reported it, and the binding's next mint must ask again.
+    pub fn fetch_failed(
+        &self,
+        key: &BindingKey,
+        request: CredentialRequest,
+        error: AzureError,
+        started: Instant,
+    ) {
+        let mut map = self.lock();
+        let e = map.entry(key.clone()).or_default();
+        if e.answered.is_none_or(|at| at < started) {
+            e.fetch = Some(Box::new((request, error, Instant::now())));
+        }
+    }
+
+    /// A pass got a failure from Azure itself: a fetch failure kept for it is not its answer.
+    pub fn fetch_answered(&self, key: &BindingKey) {
+        let mut map = self.lock();
+        let e = map.entry(key.clone()).or_default();
+        e.fetch = None;
+        e.answered = Some(Instant::now());
     }
 
     /// The failure of the fetch for `request` started ahead of this pass, once.
@@ -127,7 +148,12 @@ mod tests {
             fresher_than: None,
         };
         let error = AzureError::new(ErrorKind::Unauthorized, "no role");
-        f.fetch_failed(&key, request("repository:a:pull"), error.clone());
+        f.fetch_failed(
+            &key,
+            request("repository:a:pull"),
+            error.clone(),
+            Instant::now(),
+        );
         assert_eq!(
             f.take_fetch_failure(&key, &request("repository:a:pull")),
             Some(error.clone())
@@ -137,11 +163,31 @@ mod tests {
             None
         );
         // The binding asks for something else now: the old failure is not its answer.
-        f.fetch_failed(&key, request("repository:a:pull"), error);
+        f.fetch_failed(
+            &key,
+            request("repository:a:pull"),
+            error.clone(),
+            Instant::now(),
+        );
         assert_eq!(
             f.take_fetch_failure(&key, &request("repository:b:pull")),
             None
         );
+        assert_eq!(
+            f.take_fetch_failure(&key, &request("repository:a:pull")),
+            None
+        );
+        // A pass that joined the fetch got its failure from Azure itself, before or after the
+        // look-ahead kept it: its next mint asks again.
+        let started = Instant::now();
+        f.fetch_answered(&key);
+        f.fetch_failed(&key, request("repository:a:pull"), error.clone(), started);
+        assert_eq!(
+            f.take_fetch_failure(&key, &request("repository:a:pull")),
+            None
+        );
+        f.fetch_failed(&key, request("repository:a:pull"), error, Instant::now());
+        f.fetch_answered(&key);
         assert_eq!(
             f.take_fetch_failure(&key, &request("repository:a:pull")),
             None

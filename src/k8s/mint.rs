@@ -60,7 +60,13 @@ pub async fn run<K: BindingResource>(
     // A fetch started ahead of this pass that failed is this pass's answer: not asked again.
     let fetched = match ctx.failures.take_fetch_failure(key, &req) {
         Some(e) => Err(e),
-        None => ctx.pipeline.credential(&req).await,
+        None => {
+            let fetched = ctx.pipeline.credential(&req).await;
+            if fetched.is_err() {
+                ctx.failures.fetch_answered(key);
+            }
+            fetched
+        }
     };
     let credential = match fetched {
         Ok(c) => c,
@@ -184,6 +190,7 @@ pub fn look_ahead(
         return None;
     }
     let (req, _) = request_for(ctx, key, request, *current_expiry);
+    let started = std::time::Instant::now();
     let fetch = ctx.pipeline.fetching(&req)?;
     let (ctx, key) = (ctx.clone(), key.clone());
     Some(async move {
@@ -191,7 +198,7 @@ pub fn look_ahead(
         // (workload identity's TokenRequest) is not the binding's.
         if let Err(e) = fetch.await {
             if ctx.writer.is_leader() {
-                ctx.failures.fetch_failed(&key, req, e);
+                ctx.failures.fetch_failed(&key, req, e, started);
             }
         }
     })
