@@ -302,49 +302,22 @@ impl TokenPipeline {
         ensure_allowed(&registry, &inner.suffixes).ok()?;
         let identity = inner.identity_key(req).ok()?;
         let refresh = RefreshKey { identity, registry };
-        let now = inner.now();
-        let fresher_than = req.fresher_than;
-        let usable = move |cached: &CachedAcr| cached.usable(now, fresher_than);
-        let this = inner.clone();
-        let (hop, fetching) = match req.scope.as_deref().and_then(normalize_scope) {
-            Some(scope) => {
-                let key = AccessKey { refresh, scope };
-                let fetch_key = key.clone();
-                let fetching = inner.access_tokens.fetching(&key, now, usable, move || {
-                    async move {
-                        let cached = this.fetch_access_token(fetch_key).await?;
-                        let until = cached.credential.expires_at;
-                        Ok((cached, until))
-                    }
-                    .boxed()
-                });
-                (Hop::AcrToken, fetching)
-            }
-            None => {
-                let fetch_key = refresh.clone();
-                let fetching = inner
-                    .refresh_tokens
-                    .fetching(&refresh, now, usable, move || {
-                        async move {
-                            let cached = this.fetch_refresh_token(fetch_key).await?;
-                            let until = cached.credential.expires_at;
-                            Ok((cached, until))
-                        }
-                        .boxed()
-                    });
-                (Hop::AcrExchange, fetching)
-            }
-        };
-        let (fetch, started) = fetching?;
-        inner.metrics.record_cache(
-            hop,
-            if started {
-                CacheResult::Miss
-            } else {
-                CacheResult::Coalesced
-            },
-        );
-        Some(fetch)
+        match req.scope.as_deref().and_then(normalize_scope) {
+            Some(scope) => inner.acr_fetching(
+                &inner.access_tokens,
+                AccessKey { refresh, scope },
+                req.fresher_than,
+                Hop::AcrToken,
+                |this, key| this.fetch_access_token(key).boxed(),
+            ),
+            None => inner.acr_fetching(
+                &inner.refresh_tokens,
+                refresh,
+                req.fresher_than,
+                Hop::AcrExchange,
+                |this, key| this.fetch_refresh_token(key).boxed(),
+            ),
+        }
     }
 
     /// Presents `credential` to the registry the way a kubelet does (Basic auth with the null
@@ -674,25 +647,62 @@ impl Inner {
         K: Eq + std::hash::Hash + Clone + Send + 'static,
     {
         let now = self.now();
-        let this = self.clone();
-        let fetch_key = key.clone();
         let (result, cached) = cache
             .get(
                 &key,
                 now,
                 |cached| cached.usable(now, fresher_than),
-                move || {
-                    async move {
-                        let cached = fetch(this, fetch_key).await?;
-                        let until = cached.credential.expires_at;
-                        Ok((cached, until))
-                    }
-                    .boxed()
-                },
+                self.cache_fetch(key.clone(), fetch),
             )
             .await;
         self.metrics.record_cache(hop, cached);
         result
+    }
+
+    /// [`Self::acr_token`] without waiting: unless a usable token is cached, the fetch for
+    /// `key` (in flight, or started now) as a future that ends with it.
+    fn acr_fetching<K>(
+        self: &Arc<Self>,
+        cache: &SingleFlight<K, CachedAcr>,
+        key: K,
+        fresher_than: Option<Timestamp>,
+        hop: Hop,
+        fetch: fn(Arc<Self>, K) -> BoxFuture<'static, Result<CachedAcr, AzureError>>,
+    ) -> Option<BoxFuture<'static, Result<(), AzureError>>>
+    where
+        K: Eq + std::hash::Hash + Clone + Send + 'static,
+    {
+        let now = self.now();
+        let (fetching, started) = cache.fetching(
+            &key,
+            now,
+            |cached| cached.usable(now, fresher_than),
+            self.cache_fetch(key.clone(), fetch),
+        )?;
+        let result = if started {
+            CacheResult::Miss
+        } else {
+            CacheResult::Coalesced
+        };
+        self.metrics.record_cache(hop, result);
+        Some(fetching)
+    }
+
+    /// `fetch` for `key` as a cache fetch: the token, and until when it is kept.
+    fn cache_fetch<K: Send + 'static>(
+        self: &Arc<Self>,
+        key: K,
+        fetch: fn(Arc<Self>, K) -> BoxFuture<'static, Result<CachedAcr, AzureError>>,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<(CachedAcr, Timestamp), AzureError>> {
+        let this = self.clone();
+        move || {
+            async move {
+                let cached = fetch(this, key).await?;
+                let until = cached.credential.expires_at;
+                Ok((cached, until))
+            }
+            .boxed()
+        }
     }
 
     /// ACR refresh token for `key`. `fresher_than` applies only when it is the credential.

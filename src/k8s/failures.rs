@@ -129,15 +129,19 @@ mod tests {
     use crate::state::binding::Version;
     use crate::state::reason::Reason;
 
+    fn binding() -> BindingKey {
+        BindingKey {
+            version: Version::V1beta2,
+            namespace: "ns".into(),
+            name: "a".into(),
+        }
+    }
+
     #[test]
     fn a_fetch_failure_is_handed_once_and_only_for_its_request() {
         use crate::azure::{Cloud, ErrorKind, Identity, IdentityAudience};
         let f = Failures::default();
-        let key = BindingKey {
-            version: Version::V1beta2,
-            namespace: "ns".into(),
-            name: "a".into(),
-        };
+        let key = binding();
         let request = |scope: &str| CredentialRequest {
             server: "reg.azurecr.io".into(),
             scope: Some(scope.into()),
@@ -197,11 +201,7 @@ mod tests {
     #[test]
     fn api_failures_count_up_and_reset_on_success() {
         let f = Failures::default();
-        let key = BindingKey {
-            version: Version::V1beta2,
-            namespace: "ns".into(),
-            name: "a".into(),
-        };
+        let key = binding();
         assert_eq!(f.api_failed(&key), 1);
         assert_eq!(f.api_failed(&key), 2);
         assert_eq!(f.api_failed(&key), 3);
