@@ -484,6 +484,18 @@ impl<K: Cached> NsCache<K> {
             .unwrap_or_default()
     }
 
+    /// The objects in `namespace` that `keep` keeps, ordered by name: a pass looks at a few
+    /// of a namespace's objects, and cloning every one of them at every step was a large part
+    /// of deciding at 10,000 bindings.
+    pub fn in_namespace_where(&self, namespace: &str, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+        let inner = self.0.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .live
+            .get(namespace)
+            .map(|m| m.values().filter(|o| keep(o)).cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn len(&self) -> usize {
         let inner = self.0.read().unwrap_or_else(|e| e.into_inner());
         inner.live.values().map(BTreeMap::len).sum()

@@ -20,7 +20,9 @@ use super::observe::{observe, pull_secret_names};
 use super::status;
 use super::tenancy::{policy_signals, tenancy_view};
 use super::tracker::{BindingKey, Report};
-use crate::state::decide::{decide, CleanupStep, Decision, ExtraneousStep, Observed, Plan};
+use crate::state::decide::{
+    decide, may_attach, CleanupStep, Decision, ExtraneousStep, Observed, Plan,
+};
 use crate::state::names::expected_secret_name;
 use crate::state::reason::Reason;
 use crate::state::record::{Phase, Record};
@@ -195,17 +197,36 @@ fn decide_now<K: BindingResource>(
 
 fn observe_now<K: BindingResource>(b: &K, key: &BindingKey, ctx: &Context) -> Observed {
     let ns = key.namespace.as_str();
-    let target = b.service_accounts().into_iter().next().unwrap_or_default();
+    // Only the namespace's objects `observe` can pick: Secrets labelled with the binding's
+    // name, and ServiceAccounts it names or that name one of those Secrets.
+    let secrets = ctx.caches.secrets.in_namespace_where(ns, |s| {
+        s.binding_label.as_deref() == Some(key.name.as_str())
+    });
+    let named = b.service_accounts();
+    let expected = expected_secret_name(K::VERSION, &key.name);
+    let service_accounts = ctx.caches.service_accounts.in_namespace_where(ns, |sa| {
+        sa.metadata.name.as_ref().is_some_and(|n| named.contains(n))
+            || sa
+                .image_pull_secrets
+                .iter()
+                .flatten()
+                .any(|r| r.name == expected || secrets.iter().any(|s| s.view.name == r.name))
+    });
     let mut observed = observe(
         b,
         ctx.selector.matches(b.labels()),
-        &ctx.caches.secrets.in_namespace(ns),
-        &ctx.caches.service_accounts.in_namespace(ns),
+        &secrets,
+        &service_accounts,
         ctx.failures.mint(key, b.meta().generation.unwrap_or(0)),
-        ctx.caches
-            .index_of(K::VERSION)
-            .siblings(ns, &key.name, &target),
+        Vec::new(),
     );
+    if may_attach(&observed) {
+        let target = named.first().map_or("", String::as_str);
+        observed.siblings = ctx
+            .caches
+            .index_of(K::VERSION)
+            .siblings(ns, &key.name, target);
+    }
     observed.tenancy = tenancy_view(ctx, ns);
     // An outdated CRD prunes most status fields: compare only the ones it keeps.
     observed.binding.status.kept = ctx.crds.kept(K::VERSION);

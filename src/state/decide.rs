@@ -247,6 +247,19 @@ pub struct Decision {
     pub requeue: Option<Timestamp>,
 }
 
+/// Whether rule 8 can attach in this observation: the binding is not being deleted, its pull
+/// secret exists, and the target ServiceAccount does not name it. `siblings` are read only then, so a pass gathers
+/// them (a cache lookup per sibling) only then, not at every step. Without them rule 8 still
+/// attaches the binding itself; only the batching is lost.
+pub fn may_attach(o: &Observed) -> bool {
+    let expected = expected_secret_name(o.binding.version, &o.binding.name);
+    !o.binding.deleting
+        && o.target_service_account
+            .as_ref()
+            .is_some_and(|t| !t.pull_secrets.contains(&expected))
+        && o.secrets.iter().any(|s| s.name == expected)
+}
+
 /// SPEC §4, in order; exactly one action.
 pub fn decide(o: &Observed, now: Timestamp, policy: &Policy) -> Decision {
     let b = &o.binding;

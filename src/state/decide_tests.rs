@@ -721,6 +721,66 @@ fn one_attach_names_every_sibling_on_its_way_to_a_pull_secret() {
     assert!(matches!(d.plan, Plan::WriteStatus(_)), "{d:?}");
 }
 
+/// A pass gathers siblings only where [`may_attach`] says rule 8 can read them: everywhere
+/// else the decision is the same with or without them.
+#[test]
+fn siblings_matter_only_where_rule_8_can_attach() {
+    let web = Sibling {
+        name: "web".into(),
+        spec: Spec::V1beta2(v2_managed()),
+        failed: false,
+    };
+    let with_secret = |mut o: Observed| {
+        let name = expected_secret_name(o.binding.version, &o.binding.name);
+        o.secrets = vec![secret_for(
+            &o,
+            &name,
+            "2026-01-01T11:50:00Z",
+            "2026-01-01T15:00:00Z",
+        )];
+        o
+    };
+    let v2 = || observed(Spec::V1beta2(v2_managed()));
+    let mut new = v2();
+    new.binding.has_finalizer = false;
+    let mut no_sa = with_secret(v2());
+    no_sa.target_service_account = None;
+    let mut deleting = with_secret(v2());
+    deleting.binding.deleting = true;
+    let mut foreign_only = v2();
+    foreign_only.secrets = vec![secret_for(
+        &foreign_only,
+        "old-name",
+        "2026-01-01T11:50:00Z",
+        "2026-01-01T15:00:00Z",
+    )];
+    let cases: Vec<(&str, Observed, bool)> = vec![
+        ("new binding", new, false),
+        ("no pull secret yet", v2(), false),
+        ("only a secret of another name", foreign_only, false),
+        ("pull secret, not attached", with_secret(v2()), true),
+        ("target ServiceAccount missing", no_sa, false),
+        ("being deleted", deleting, false),
+        ("ready", ready(v2()), false),
+        (
+            "v1beta1 ready",
+            ready(observed(Spec::V1beta1(v1(CID, "")))),
+            false,
+        ),
+    ];
+    for (what, mut o, want) in cases {
+        assert_eq!(may_attach(&o), want, "{what}");
+        let without = decide(&o, now(), &policy());
+        o.siblings = vec![web.clone()];
+        let with = decide(&o, now(), &policy());
+        if want {
+            assert_ne!(with.plan, without.plan, "{what}: the sibling rides along");
+        } else {
+            assert_eq!(with, without, "{what}");
+        }
+    }
+}
+
 #[test]
 fn a_sibling_the_tenancy_policies_refuse_is_never_attached() {
     let sibling = |name: &str, client_id: &str| Sibling {
