@@ -61,6 +61,10 @@ struct Cli {
     /// Skip the refresh phase.
     #[arg(long)]
     no_refresh: bool,
+    /// Measure convergence only (no steady, restart, serial or refresh phase), e.g. for
+    /// `acrpull-kube-floor`, which has no `/debug` page to restart against.
+    #[arg(long)]
+    converge_only: bool,
     /// Directory for controller logs (default: a new directory under the temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -552,6 +556,9 @@ async fn main() -> Result<()> {
         workload: workload_description(!cli.no_enforcement),
         sizes: Vec::new(),
     };
+    if cli.converge_only {
+        return converge_only(&cli, &sizes, &opts).await;
+    }
     for &n in &sizes {
         let mut runs = Vec::new();
         for i in 0..cli.runs.max(1) {
@@ -594,6 +601,57 @@ async fn main() -> Result<()> {
     }
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `--converge-only`: convergence runs at each size, their medians printed, the runs written
+/// to `--json`.
+async fn converge_only(cli: &Cli, sizes: &[usize], opts: &RunOptions) -> Result<()> {
+    let mut all = BTreeMap::new();
+    for &n in sizes {
+        let mut runs = Vec::new();
+        for i in 0..cli.runs.max(1) {
+            let c = scenario::converge_only(n, opts, &format!("run{i}")).await?;
+            eprintln!(
+                "N={n}: run {} converged in {:.2} s ({} Ready)",
+                i + 1,
+                c.seconds,
+                c.ready
+            );
+            runs.push(c);
+        }
+        println!(
+            "\n=== N = {n}, convergence only ({} runs; medians, min..max) ===",
+            runs.len()
+        );
+        type Metric = fn(&scenario::Convergence) -> f64;
+        let metrics: [(&str, Metric); 7] = [
+            ("seconds to all Ready", |c| c.seconds),
+            ("controller CPU ms / binding", |c| c.cpu_ms_per_binding),
+            ("controller peak RSS MiB", |c| c.peak_rss_mib),
+            ("controller RSS MiB when all Ready", |c| c.rss_mib),
+            ("reconciles / binding", |c| c.reconciles_per_binding),
+            ("API requests / binding (excl. Events)", |c| {
+                c.requests_per_binding_excluding_events
+            }),
+            ("API requests / s", |c| c.api_requests_per_second),
+        ];
+        for (name, f) in metrics {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            println!(
+                "{name:<45} {:>10} {:>10}..{}",
+                fmt_num(v[v.len() / 2]),
+                fmt_num(v[0]),
+                fmt_num(v[v.len() - 1])
+            );
+        }
+        all.insert(n.to_string(), runs);
+    }
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&all)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -99,3 +99,46 @@ fn quick_run_meets_the_behavioural_invariants() {
     // refreshes under faults; `scripts/bench.sh --quick` measures smoothness).
     assert!(size["refresh"].is_null(), "{}", size["refresh"]);
 }
+
+/// `acrpull-kube-floor` (the kube-rs floor quoted in BENCHMARKS.md) must send the traffic it
+/// claims to: every binding Ready, with acrpull's requests per binding (a finalizer, a Secret,
+/// a status, a share of one ServiceAccount patch, and one Event), so its CPU and memory are
+/// the cost of that traffic and nothing less.
+#[test]
+fn the_kube_floor_sends_the_controllers_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("floor.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_acrpull-bench"))
+        .args(["--converge-only", "--n", "200", "--runs", "1"])
+        .arg("--acrpull-bin")
+        .arg(env!("CARGO_BIN_EXE_acrpull-kube-floor"))
+        .arg("--json")
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .output()
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let c = &report["200"][0];
+    assert_eq!(u(&c["ready"]), 200, "every binding Ready\n{stdout}");
+    let by = &c["api"]["by_verb_resource"];
+    for write in [
+        "patch acrpullbindings",
+        "create secrets",
+        "patch acrpullbindings/status",
+        "create events",
+    ] {
+        assert_eq!(u(&by[write]), 200, "{write}: one per binding\n{stdout}");
+    }
+    // Two bindings per ServiceAccount at N=200: one batched patch for both.
+    assert_eq!(u(&by["patch serviceaccounts"]), 100, "{stdout}");
+    assert_eq!(u(&c["api"]["conflicts_409"]), 0);
+    assert_eq!(c["reconciles_per_binding"].as_f64().unwrap(), 1.0);
+    assert_eq!(u(&c["azure"]["total"]), 0, "the floor asks Azure nothing");
+}
