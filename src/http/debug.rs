@@ -85,10 +85,10 @@ async fn list(State(s): State<DebugState>, caller: Option<Extension<Caller>>) ->
     // Serialized straight from the tracker, under its lock: neither a copy of the entries nor
     // a `serde_json::Value` of them (about 2 KiB per binding; 20 MiB at 10,000 bindings) is
     // built, which made reading this page the controller's largest allocation.
-    let body = s.tracker.list_json(leads, |e| {
+    let body = s.tracker.list_json(leads, |k| {
         allowed
             .as_ref()
-            .is_none_or(|a| a.contains(&(e.group().to_string(), e.namespace.clone())))
+            .is_none_or(|a| a.contains(&(k.group().to_string(), k.namespace.clone())))
     });
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -172,7 +172,6 @@ mod tests {
         };
         let report = Report {
             record,
-            secret_name: "acr-pull-a".into(),
             service_account: "default".into(),
         };
         t.record(&key, report, jiff::Timestamp::now());

@@ -255,7 +255,6 @@ mod tests {
                     verified: None,
                     permitted: None,
                 },
-                secret_name: format!("acr-pull-{name}"),
                 service_account: "default".into(),
             };
             tracker.record(&key, report, now);

@@ -284,7 +284,6 @@ fn plan_name(plan: &Plan) -> &'static str {
 fn report(ctx: &Context, key: &BindingKey, o: &Observed, record: &Record, now: Timestamp) {
     let report = Report {
         record: record.clone(),
-        secret_name: expected_secret_name(key.version, &key.name),
         service_account: o
             .target_service_account
             .as_ref()

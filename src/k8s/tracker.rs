@@ -11,6 +11,8 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::state::binding::Version;
+use crate::state::names::expected_secret_name;
+use crate::state::reason::Reason;
 use crate::state::record::{Phase, Record};
 
 /// How many transitions are kept per binding.
@@ -21,6 +23,17 @@ pub struct BindingKey {
     pub version: Version,
     pub namespace: String,
     pub name: String,
+}
+
+impl BindingKey {
+    /// The binding's API group (`acrpull.microsoft.com` or `msi-acrpull.microsoft.com`).
+    pub fn group(&self) -> &'static str {
+        group_of(self.version.api_version())
+    }
+}
+
+fn group_of(api_version: &'static str) -> &'static str {
+    api_version.split('/').next().unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -74,12 +87,75 @@ fn opt_text<S: serde::Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, 
 impl BindingEntry {
     /// The binding's API group (`acrpull.microsoft.com` or `msi-acrpull.microsoft.com`).
     pub fn group(&self) -> &'static str {
-        self.api_version.split('/').next().unwrap_or_default()
+        group_of(self.api_version)
+    }
+}
+
+/// What the tracker holds per binding: what [`BindingEntry`] shows, without what its key
+/// says (namespace, name, version) or implies (the pull secret's name), with phases and
+/// reasons as their one-byte enums, and transitions as [`Step`]s. At 10,000 bindings the
+/// entries were the largest part of acrpull's own memory (~0.7 KB each).
+#[derive(Debug)]
+struct Entry {
+    phase: Option<Phase>,
+    reason: Option<Reason>,
+    ready: bool,
+    consecutive_failures: u32,
+    error: Box<str>,
+    service_account: Box<str>,
+    last_refresh: Option<Timestamp>,
+    expiry: Option<Timestamp>,
+    next_refresh: Option<Timestamp>,
+    transitions: VecDeque<Step>,
+}
+
+/// A [`Transition`] as kept.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    at: Timestamp,
+    from: Option<Phase>,
+    to: Phase,
+    reason: Reason,
+}
+
+impl Step {
+    fn shown(self) -> Transition {
+        Transition {
+            at: self.at,
+            from: self.from.map(Phase::as_str),
+            to: self.to.as_str(),
+            reason: self.reason.as_str(),
+        }
+    }
+}
+
+impl Entry {
+    fn shown(&self, key: &BindingKey, history: bool) -> BindingEntry {
+        BindingEntry {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            api_version: key.version.api_version(),
+            phase: self.phase.map_or("", Phase::as_str),
+            reason: self.reason.map_or("", Reason::as_str),
+            ready: self.ready,
+            error: self.error.to_string(),
+            last_refresh: self.last_refresh,
+            expiry: self.expiry,
+            next_refresh: self.next_refresh,
+            consecutive_failures: self.consecutive_failures,
+            secret_name: expected_secret_name(key.version, &key.name),
+            service_account: self.service_account.to_string(),
+            transitions: if history {
+                self.transitions.iter().map(|t| t.shown()).collect()
+            } else {
+                VecDeque::new()
+            },
+        }
     }
 }
 
 /// A [`BindingEntry`] without its history, borrowed (the list's form).
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 #[serde(rename_all = "camelCase")]
 struct Summary<'a> {
     namespace: &'a str,
@@ -96,25 +172,25 @@ struct Summary<'a> {
     #[serde(serialize_with = "opt_text")]
     next_refresh: Option<Timestamp>,
     consecutive_failures: u32,
-    secret_name: &'a str,
+    secret_name: String,
     service_account: &'a str,
 }
 
 impl<'a> Summary<'a> {
-    fn of(e: &'a BindingEntry) -> Self {
+    fn of(key: &'a BindingKey, e: &'a Entry) -> Self {
         Summary {
-            namespace: &e.namespace,
-            name: &e.name,
-            api_version: e.api_version,
-            phase: e.phase,
-            reason: e.reason,
+            namespace: &key.namespace,
+            name: &key.name,
+            api_version: key.version.api_version(),
+            phase: e.phase.map_or("", Phase::as_str),
+            reason: e.reason.map_or("", Reason::as_str),
             ready: e.ready,
             error: &e.error,
             last_refresh: e.last_refresh,
             expiry: e.expiry,
             next_refresh: e.next_refresh,
             consecutive_failures: e.consecutive_failures,
-            secret_name: &e.secret_name,
+            secret_name: expected_secret_name(key.version, &key.name),
             service_account: &e.service_account,
         }
     }
@@ -122,9 +198,9 @@ impl<'a> Summary<'a> {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Boxed: the B-tree's nodes hold room for 11 values, mostly empty, and an entry is
-    /// ~300 bytes; boxed, the empty room costs 8 bytes a slot.
-    entries: BTreeMap<BindingKey, Box<BindingEntry>>,
+    /// Boxed: the B-tree's nodes hold room for 11 values, mostly empty; boxed, the empty
+    /// room costs 8 bytes a slot.
+    entries: BTreeMap<BindingKey, Box<Entry>>,
     transitions_total: BTreeMap<(&'static str, &'static str), u64>,
 }
 
@@ -132,11 +208,11 @@ struct Inner {
 #[derive(Debug, Clone, Default)]
 pub struct Tracker(Arc<Mutex<Inner>>);
 
-/// What a reconcile pass reports: the binding's record and where its secret goes.
+/// What a reconcile pass reports: the binding's record and where its secret goes (the
+/// secret's name follows from the binding's: [`expected_secret_name`]).
 #[derive(Debug, Clone)]
 pub struct Report {
     pub record: Record,
-    pub secret_name: String,
     pub service_account: String,
 }
 
@@ -145,47 +221,52 @@ impl Tracker {
     pub fn record(&self, key: &BindingKey, report: Report, now: Timestamp) -> Option<Transition> {
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let entry = inner.entries.entry(key.clone()).or_insert_with(|| {
-            Box::new(BindingEntry {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                api_version: key.version.api_version(),
-                phase: "",
-                reason: "",
+            Box::new(Entry {
+                phase: None,
+                reason: None,
                 ready: false,
-                error: String::new(),
+                consecutive_failures: 0,
+                error: Box::default(),
+                service_account: Box::default(),
                 last_refresh: None,
                 expiry: None,
                 next_refresh: None,
-                consecutive_failures: 0,
-                secret_name: String::new(),
-                service_account: String::new(),
                 transitions: VecDeque::new(),
             })
         });
         let r = report.record;
-        let previous = Phase::parse(entry.phase);
-        let transition = (previous != Some(r.phase)).then(|| Transition {
+        let previous = entry.phase;
+        let step = (previous != Some(r.phase)).then_some(Step {
             at: now,
-            from: previous.map(Phase::as_str),
-            to: r.phase.as_str(),
-            reason: r.reason.as_str(),
+            from: previous,
+            to: r.phase,
+            reason: r.reason,
         });
-        if let Some(t) = &transition {
-            entry.transitions.push_back(t.clone());
-            while entry.transitions.len() > HISTORY {
+        if let Some(t) = step {
+            if entry.transitions.len() == HISTORY {
                 entry.transitions.pop_front();
             }
+            // Most bindings see two or three transitions: room for three, not the
+            // allocator's default of four.
+            if entry.transitions.capacity() == 0 {
+                entry.transitions.reserve_exact(3);
+            }
+            entry.transitions.push_back(t);
         }
-        entry.phase = r.phase.as_str();
-        entry.reason = r.reason.as_str();
+        entry.phase = Some(r.phase);
+        entry.reason = Some(r.reason);
         entry.ready = r.ready;
-        entry.error = r.error;
+        if *entry.error != *r.error {
+            entry.error = r.error.into_boxed_str();
+        }
         entry.last_refresh = r.last_refresh;
         entry.expiry = r.expiry;
         entry.next_refresh = r.next_refresh;
         entry.consecutive_failures = r.consecutive_failures;
-        entry.secret_name = report.secret_name;
-        entry.service_account = report.service_account;
+        if *entry.service_account != *report.service_account {
+            entry.service_account = report.service_account.into_boxed_str();
+        }
+        let transition = step.map(Step::shown);
         if let Some(t) = &transition {
             *inner
                 .transitions_total
@@ -225,15 +306,15 @@ impl Tracker {
         let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         inner
             .entries
-            .values()
-            .map(|e| (e.group().to_string(), e.namespace.clone()))
+            .keys()
+            .map(|k| (k.group().to_string(), k.namespace.clone()))
             .collect()
     }
 
     /// `{"leader": …, "bindings": […]}` with the bindings `keep` accepts, without their
     /// history, serialized under the lock: at 10,000 bindings a copy of the entries, and a
     /// `serde_json::Value` of them, were the largest allocations the controller made.
-    pub fn list_json(&self, leader: bool, keep: impl Fn(&BindingEntry) -> bool) -> Vec<u8> {
+    pub fn list_json(&self, leader: bool, keep: impl Fn(&BindingKey) -> bool) -> Vec<u8> {
         #[derive(Serialize)]
         struct Body<'a, I: Iterator<Item = Summary<'a>> + Clone> {
             leader: bool,
@@ -250,9 +331,9 @@ impl Tracker {
         let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let bindings = inner
             .entries
-            .values()
-            .filter(|e| leader && keep(e))
-            .map(|e| Summary::of(e));
+            .iter()
+            .filter(|(k, _)| leader && keep(k))
+            .map(|(k, e)| Summary::of(k, e));
         serde_json::to_vec(&Body { leader, bindings }).unwrap_or_default()
     }
 
@@ -261,11 +342,8 @@ impl Tracker {
         let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         inner
             .entries
-            .values()
-            .map(|e| BindingEntry {
-                transitions: VecDeque::new(),
-                ..BindingEntry::clone(e)
-            })
+            .iter()
+            .map(|(k, e)| e.shown(k, false))
             .collect()
     }
 
@@ -274,9 +352,9 @@ impl Tracker {
         let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         inner
             .entries
-            .values()
-            .filter(|e| e.namespace == namespace && e.name == name)
-            .map(|e| BindingEntry::clone(e))
+            .iter()
+            .filter(|(k, _)| k.namespace == namespace && k.name == name)
+            .map(|(k, e)| e.shown(k, true))
             .collect()
     }
 
@@ -285,8 +363,8 @@ impl Tracker {
         let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: BTreeMap<&'static str, u64> =
             Phase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
-        for e in inner.entries.values() {
-            *out.entry(e.phase).or_default() += 1;
+        for phase in inner.entries.values().filter_map(|e| e.phase) {
+            *out.entry(phase.as_str()).or_default() += 1;
         }
         out
     }
@@ -329,7 +407,6 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::reason::Reason;
 
     fn report(phase: Phase) -> Report {
         Report {
@@ -347,7 +424,6 @@ mod tests {
                 verified: None,
                 permitted: None,
             },
-            secret_name: "acr-pull-a".into(),
             service_account: "default".into(),
         }
     }
@@ -386,7 +462,7 @@ mod tests {
         assert_eq!(got["leader"], true);
         assert_eq!(got["bindings"], serde_json::Value::from(expected.clone()));
         let only_b: serde_json::Value =
-            serde_json::from_slice(&t.list_json(true, |e| e.namespace == "b")).unwrap();
+            serde_json::from_slice(&t.list_json(true, |k| k.namespace == "b")).unwrap();
         let b: Vec<serde_json::Value> = expected
             .iter()
             .filter(|e| e["namespace"] == "b")
