@@ -18,6 +18,9 @@ use crate::state::record::{Phase, Record};
 /// How many transitions are kept per binding.
 pub const HISTORY: usize = 10;
 
+/// What one binding takes in the `/debug/bindings` page, at most, as a rule.
+const PAGE_BYTES_PER_ENTRY: usize = 448;
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BindingKey {
     pub version: Version,
@@ -334,7 +337,15 @@ impl Tracker {
             .iter()
             .filter(|(k, _)| leader && keep(k))
             .map(|(k, e)| Summary::of(k, e));
-        serde_json::to_vec(&Body { leader, bindings }).unwrap_or_default()
+        // Sized once for the whole page (~300-450 bytes per entry), not grown by doubling:
+        // every doubling leaves a freed buffer behind, and the bench polls this page while
+        // a restart lists 10,000 bindings.
+        let shown = inner.entries.keys().filter(|k| leader && keep(k)).count();
+        let mut page = Vec::with_capacity(64 + shown * PAGE_BYTES_PER_ENTRY);
+        match serde_json::to_writer(&mut page, &Body { leader, bindings }) {
+            Ok(()) => page,
+            Err(_) => Vec::new(),
+        }
     }
 
     /// All bindings, without their transition history.
