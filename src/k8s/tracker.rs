@@ -158,7 +158,7 @@ impl Entry {
 }
 
 /// A [`BindingEntry`] without its history, borrowed (the list's form).
-#[derive(Serialize, Clone)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Summary<'a> {
     namespace: &'a str,
@@ -249,8 +249,8 @@ impl Tracker {
             if entry.transitions.len() == HISTORY {
                 entry.transitions.pop_front();
             }
-            // Most bindings see two or three transitions: room for three, not the
-            // allocator's default of four.
+            // Most bindings see two or three transitions: room for three, not the four a
+            // first push would reserve.
             if entry.transitions.capacity() == 0 {
                 entry.transitions.reserve_exact(3);
             }
