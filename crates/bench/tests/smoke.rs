@@ -3,6 +3,7 @@
 //! idle or after a restart, reconciles and API requests per binding under their limits). No
 //! wall-clock thresholds: those belong in BENCHMARKS.md, not in a test on a shared machine.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -24,6 +25,29 @@ fn acrpull_bin() -> PathBuf {
     bin
 }
 
+/// Run the bench with `args`, its report and controller logs in a temporary directory;
+/// returns its standard output and its report.
+fn run_bench(args: &[&OsStr]) -> (String, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_acrpull-bench"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .output()
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (stdout, report)
+}
+
 fn u(v: &Value) -> u64 {
     v.as_u64()
         .unwrap_or_else(|| panic!("expected a number, got {v}"))
@@ -31,28 +55,14 @@ fn u(v: &Value) -> u64 {
 
 #[test]
 fn quick_run_meets_the_behavioural_invariants() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_acrpull-bench"))
-        .arg("--quick")
+    let (stdout, report) = run_bench(&[
+        OsStr::new("--quick"),
         // The refresh phase doubles the run time in a debug build; `--quick` by hand covers it.
-        .arg("--no-refresh")
-        .arg("--acrpull-bin")
-        .arg(acrpull_bin())
-        .arg("--json")
-        .arg(&json)
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .output()
-        .expect("bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+        OsStr::new("--no-refresh"),
+        OsStr::new("--acrpull-bin"),
+        acrpull_bin().as_os_str(),
+    ]);
     assert!(stdout.contains("model of the old algorithm"), "{stdout}");
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let size = &report["sizes"][0];
     let n = u(&size["n"]);
     assert_eq!(n, 200);
@@ -106,25 +116,15 @@ fn quick_run_meets_the_behavioural_invariants() {
 /// the cost of that traffic and nothing less.
 #[test]
 fn the_kube_floor_sends_the_controllers_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("floor.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_acrpull-bench"))
-        .args(["--converge-only", "--n", "200", "--runs", "1"])
-        .arg("--acrpull-bin")
-        .arg(env!("CARGO_BIN_EXE_acrpull-kube-floor"))
-        .arg("--json")
-        .arg(&json)
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .output()
-        .expect("bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (stdout, report) = run_bench(&[
+        OsStr::new("--converge-only"),
+        OsStr::new("--n"),
+        OsStr::new("200"),
+        OsStr::new("--runs"),
+        OsStr::new("1"),
+        OsStr::new("--acrpull-bin"),
+        OsStr::new(env!("CARGO_BIN_EXE_acrpull-kube-floor")),
+    ]);
     let c = &report["200"][0];
     assert_eq!(u(&c["ready"]), 200, "every binding Ready\n{stdout}");
     let by = &c["api"]["by_verb_resource"];

@@ -4,8 +4,10 @@
 //! --acrpull-bin target/release/acrpull-kube-floor --converge-only`). It watches what acrpull
 //! watches (bindings, labelled Secrets as metadata, ServiceAccounts), trimmed as acrpull trims
 //! them, through kube-runtime's controller, and sends the requests acrpull sends for a new
-//! binding, with the same bodies: the finalizer, the pull Secret, one `imagePullSecrets`
-//! patch per ServiceAccount, the Ready status and one Event. It decides nothing, asks Azure
+//! binding, with the same bodies: the finalizer, the pull Secret (acrpull's own
+//! `pull_secret::document`), one `imagePullSecrets` patch per ServiceAccount, the Ready status
+//! (acrpull's `status::render` and `status::patch`) and one Event. It decides nothing (it
+//! only resolves the binding's request, which the Secret's annotations need), asks Azure
 //! nothing (the token is a fixed string of a real token's length), logs nothing, and keeps no
 //! `/debug` records or metrics but a reconcile count.
 //!
@@ -13,22 +15,26 @@
 //! hyper, rustls and tokio put under acrpull on this rig: no design of acrpull's own logic on
 //! top of them can cost less.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use acrpull::azure::AcrCredential;
 use acrpull::k8s::api::v1beta2::AcrPullBinding;
 use acrpull::k8s::api::FINALIZER;
-use acrpull::k8s::observe::SecretMeta;
+use acrpull::k8s::binding::{rfc3339, BindingResource};
+use acrpull::k8s::observe::{service_account_view, SecretMeta};
+use acrpull::k8s::pull_secret::{self, NewToken};
+use acrpull::k8s::status;
 use acrpull::k8s::trim::{trim_binding, trim_service_account, CachedSecret};
-use acrpull::state::binding::Version;
-use acrpull::state::names::{
-    expected_secret_name, BINDING_LABEL, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRY_ANNOTATION,
-    INPUTS_ALL_ANNOTATION, INPUTS_ANNOTATION, ISSUED_ANNOTATION, REFRESH_ANNOTATION,
-    VERIFIED_ANNOTATION,
-};
+use acrpull::state::binding::{validate, Policy, Resolved, Version};
+use acrpull::state::names::{expected_secret_name, BINDING_LABEL};
+use acrpull::state::reason::Reason;
+use acrpull::state::record::{Phase, Record};
+use acrpull::state::status_schema::StatusFields;
+use acrpull::state::token::SecretToken;
 use anyhow::{Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -258,13 +264,28 @@ async fn reconcile(b: Arc<AcrPullBinding>, ctx: Arc<Ctx>) -> Result<Action, Erro
     }
     let secret_name = expected_secret_name(Version::V1beta2, &name);
     let now = jiff::Timestamp::now();
+    let credential = AcrCredential {
+        token: SecretToken::new("x".repeat(TOKEN_LEN)),
+        expires_at: now + jiff::SignedDuration::from_hours(3),
+        issued_at: Some(now),
+    };
     let exists = ctx
         .secrets
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .contains_key(&(ns.clone(), secret_name.clone()));
     if !exists {
-        let secret = document(&b, &secret_name, now);
+        let Some(request) = resolved(&ctx, &b) else {
+            return Ok(Action::await_change());
+        };
+        let token = NewToken {
+            request: &request,
+            credential: &credential,
+            verified: Some(true),
+            now,
+            refresh_at: None,
+        };
+        let secret = pull_secret::document(b.as_ref(), &token);
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         match secrets.create(&PostParams::default(), &secret).await {
             Ok(written) => {
@@ -277,25 +298,30 @@ async fn reconcile(b: Arc<AcrPullBinding>, ctx: Arc<Ctx>) -> Result<Action, Erro
         }
     }
     attach(&ctx, &ns, &b.spec.service_account_name).await?;
-    let status = json!({"status": {
-        "lastTokenRefreshTime": rfc3339(now),
-        "tokenExpirationTime": rfc3339(now + jiff::SignedDuration::from_hours(3)),
-        "error": null,
-        "phase": "Ready",
-        "conditions": [
-            {"type": "Ready", "status": "True", "reason": "TokenIssued",
-             "message": format!("pull secret {secret_name} holds a token valid until {}", rfc3339(now)),
-             "observedGeneration": b.meta().generation, "lastTransitionTime": rfc3339(now)},
-            {"type": "CredentialVerified", "status": "True", "reason": "Verified",
-             "message": "the registry granted every requested scope to the current credential",
-             "observedGeneration": b.meta().generation, "lastTransitionTime": rfc3339(now)},
-        ],
-        "observedGeneration": b.meta().generation,
-        "nextRefreshTime": rfc3339(now + jiff::SignedDuration::from_mins(90)),
-        "consecutiveFailures": null,
-    }});
+    let record = Record {
+        phase: Phase::Ready,
+        reason: Reason::TokenIssued,
+        ready: true,
+        message: format!(
+            "pull secret {secret_name} holds a token valid until {}",
+            rfc3339(credential.expires_at)
+        ),
+        error: String::new(),
+        last_refresh: Some(now),
+        expiry: Some(credential.expires_at),
+        next_refresh: Some(now + jiff::SignedDuration::from_mins(90)),
+        consecutive_failures: 0,
+        observed_generation: b.meta().generation.unwrap_or(0),
+        verified: Some(true),
+        permitted: None,
+    };
+    let status = status::render(&record, b.status.as_ref(), now);
     bindings
-        .patch_status(&name, &pp, &Patch::Merge(&status))
+        .patch_status(
+            &name,
+            &pp,
+            &Patch::Merge(&status::patch(&status, StatusFields::ALL)),
+        )
         .await?;
     let event = event(&b, &secret_name, now);
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), &ns);
@@ -356,45 +382,18 @@ async fn attach(ctx: &Ctx, ns: &str, sa: &str) -> Result<(), Error> {
     }
 }
 
-fn rfc3339(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-/// The pull Secret as acrpull writes it: label, annotations, controller owner reference and
-/// a `.dockerconfigjson` with a token of a real token's length.
-fn document(b: &AcrPullBinding, name: &str, now: jiff::Timestamp) -> Secret {
-    let token = "x".repeat(TOKEN_LEN);
-    let config = json!({"auths": {b.spec.acr.server.as_str(): {
-        "username": "00000000-0000-0000-0000-000000000000",
-        "password": token,
-        "auth": token,
-    }}});
-    let annotations = BTreeMap::from([
-        (EXPIRY_ANNOTATION.to_string(), rfc3339(now)),
-        (REFRESH_ANNOTATION.to_string(), rfc3339(now)),
-        (ISSUED_ANNOTATION.to_string(), rfc3339(now)),
-        (INPUTS_ANNOTATION.to_string(), "k".repeat(40)),
-        (INPUTS_ALL_ANNOTATION.to_string(), "k".repeat(40)),
-        (VERIFIED_ANNOTATION.to_string(), "true".to_string()),
-    ]);
-    let mut owner = b.controller_owner_ref(&()).unwrap_or_default();
-    owner.block_owner_deletion = Some(true);
-    Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: b.namespace(),
-            labels: Some(BTreeMap::from([(BINDING_LABEL.to_string(), b.name_any())])),
-            annotations: Some(annotations),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
-        type_: Some(DOCKER_CONFIG_TYPE.to_string()),
-        data: Some(BTreeMap::from([(
-            DOCKER_CONFIG_KEY.to_string(),
-            k8s_openapi::ByteString(config.to_string().into_bytes()),
-        )])),
-        ..Default::default()
-    }
+/// The request acrpull's pass resolves for the binding (the workload-identity ones read
+/// their ServiceAccount's annotations); `None` for a binding acrpull would fail.
+fn resolved(ctx: &Ctx, b: &AcrPullBinding) -> Option<Resolved> {
+    let name = b.name_any();
+    let stat = validate(&name, &b.spec_view(), &Policy::default()).ok()?;
+    let workload = stat.workload_service_account().and_then(|sa| {
+        let ns = b.namespace().unwrap_or_default();
+        ctx.service_accounts
+            .get(&reflector::ObjectRef::new(sa).within(&ns))
+            .map(|sa| service_account_view(&sa))
+    });
+    stat.resolve(workload.as_ref()).ok()
 }
 
 /// The one Event acrpull publishes for a new binding.
