@@ -402,6 +402,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         failures: Failures::default(),
         pacing: Default::default(),
         crds: crds.clone(),
+        ahead: Default::default(),
     });
     let controllers = tokio::spawn(run::run(
         ctx,

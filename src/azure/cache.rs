@@ -39,6 +39,16 @@ struct Inner<K, V: Clone> {
     sweep_at: usize,
 }
 
+/// A fetch in flight, as [`SingleFlight::fetching`] hands it out.
+pub struct InFlight {
+    /// Tells this fetch apart from every other fetch of the same cache.
+    pub id: u64,
+    /// Whether the call that handed it out started it.
+    pub started: bool,
+    /// Ends when the fetch does.
+    pub done: BoxFuture<'static, Result<(), AzureError>>,
+}
+
 /// A keyed single-flight cache. Values carry the instant after which they are useless, so
 /// expired entries can be dropped.
 pub struct SingleFlight<K, V: Clone> {
@@ -105,11 +115,11 @@ where
                 if let Some((_, shared)) = &slot.inflight {
                     (shared.clone(), CacheResult::Coalesced)
                 } else {
-                    (self.start(&mut inner, key, fetch), CacheResult::Miss)
+                    (self.start(&mut inner, key, fetch).1, CacheResult::Miss)
                 }
             } else {
                 inner.maybe_sweep(now);
-                (self.start(&mut inner, key, fetch), CacheResult::Miss)
+                (self.start(&mut inner, key, fetch).1, CacheResult::Miss)
             }
         };
         (shared.await, result)
@@ -123,24 +133,31 @@ where
         now: Timestamp,
         usable: impl Fn(&V) -> bool,
         fetch: impl FnOnce() -> BoxFuture<'static, Result<(V, Timestamp), AzureError>>,
-    ) -> Option<(BoxFuture<'static, Result<(), AzureError>>, bool)> {
+    ) -> Option<InFlight> {
         // Outside a runtime nobody would drive the fetch, and the key would stay in flight.
         tokio::runtime::Handle::try_current().ok()?;
         let mut inner = self.lock();
         let held = match inner.slots.get(key) {
             Some(slot) if slot.value.as_ref().is_some_and(|(v, _)| usable(v)) => return None,
-            Some(slot) => slot.inflight.as_ref().map(|(_, shared)| shared.clone()),
+            Some(slot) => slot
+                .inflight
+                .as_ref()
+                .map(|(id, shared)| (*id, shared.clone())),
             None => {
                 inner.maybe_sweep(now);
                 None
             }
         };
-        let (shared, started) = match held {
-            Some(shared) => (shared, false),
+        let ((id, shared), started) = match held {
+            Some(held) => (held, false),
             // The fetch runs as its own task: nobody has to wait for it.
             None => (self.start(&mut inner, key, fetch), true),
         };
-        Some((shared.map(|r| r.map(|_| ())).boxed(), started))
+        Some(InFlight {
+            id,
+            started,
+            done: shared.map(|r| r.map(|_| ())).boxed(),
+        })
     }
 
     fn start(
@@ -148,7 +165,7 @@ where
         inner: &mut Inner<K, V>,
         key: &K,
         fetch: impl FnOnce() -> BoxFuture<'static, Result<(V, Timestamp), AzureError>>,
-    ) -> SharedFetch<V> {
+    ) -> (u64, SharedFetch<V>) {
         let id = inner.next_id;
         inner.next_id = inner.next_id.wrapping_add(1);
         let cache = self.clone();
@@ -202,7 +219,7 @@ where
         };
         let slot = inner.slots.entry(key.clone()).or_insert_with(Slot::empty);
         slot.inflight = Some((id, shared.clone()));
-        shared
+        (id, shared)
     }
 
     /// Number of keys held (cached or in flight).
@@ -255,25 +272,31 @@ mod tests {
             }
         };
         let now = Timestamp::UNIX_EPOCH;
-        let (first, started) = cache.fetching(&"k", now, |_| true, fetch()).unwrap();
-        assert!(started);
-        let (second, started) = cache.fetching(&"k", now, |_| true, fetch()).unwrap();
-        assert!(!started, "joins the fetch in flight");
+        let first = cache.fetching(&"k", now, |_| true, fetch()).unwrap();
+        assert!(first.started);
+        let second = cache.fetching(&"k", now, |_| true, fetch()).unwrap();
+        assert!(!second.started, "joins the fetch in flight");
+        assert_eq!(second.id, first.id, "and says which fetch it joined");
+        let other = cache.fetching(&"other", now, |_| true, fetch()).unwrap();
+        assert!(other.started);
+        assert_ne!(other.id, first.id, "another key's fetch is another fetch");
         // A caller of `get` meanwhile joins it too.
         let (got, how) = cache.get(&"k", now, |_| true, fetch()).await;
         assert_eq!((got.unwrap(), how), (7, CacheResult::Coalesced));
-        first.await.unwrap();
-        second.await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        first.done.await.unwrap();
+        second.done.await.unwrap();
+        other.done.await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert!(
             cache.fetching(&"k", now, |_| true, fetch()).is_none(),
             "cached"
         );
-        // A cached value the caller cannot use is fetched again.
-        let (again, started) = cache.fetching(&"k", now, |v| *v > 7, fetch()).unwrap();
-        assert!(started);
-        again.await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A cached value the caller cannot use is fetched again, as a new fetch.
+        let again = cache.fetching(&"k", now, |v| *v > 7, fetch()).unwrap();
+        assert!(again.started);
+        assert!(![first.id, other.id].contains(&again.id));
+        again.done.await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test(start_paused = true)]

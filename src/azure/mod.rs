@@ -51,7 +51,7 @@ use crate::state::token::SecretToken;
 pub use acr::{
     AccessTokenRequest, AcrApi, ExchangeRequest, ReqwestAcr, VerifyRequest, ACR_TOKEN_USERNAME,
 };
-pub use cache::SingleFlight;
+pub use cache::{InFlight, SingleFlight};
 pub use clock::{SystemClock, TokioWallClock, WallClock};
 pub use cloud::{
     AuthorityHosts, Cloud, IdentityAudience, CONTAINER_REGISTRY_AUDIENCE,
@@ -62,7 +62,7 @@ pub use error::{hints, AzureError, ErrorKind};
 pub use imds::{ImdsApi, ImdsSelector, ImdsTokenRequest, ReqwestImds, DEFAULT_IMDS_BASE_URL};
 pub use limits::{LimitConfig, Limiter, LimiterPermit, LimiterSet, Limits, TokioClock};
 pub use metrics::{CacheResult, Hop, PipelineMetrics};
-pub use pipeline::{HopApis, PipelineConfig, Timeouts, TokenPipeline};
+pub use pipeline::{Fetch, FetchId, HopApis, PipelineConfig, Timeouts, TokenPipeline};
 pub use retry::RetryPolicy;
 
 /// Which Azure identity a binding uses.

@@ -43,6 +43,36 @@ use super::{AcrCredential, CredentialRequest, Identity, IdentityToken, ServiceAc
 use crate::state::jwt;
 use crate::state::token::SecretToken;
 
+/// A credential fetch in flight ([`TokenPipeline::fetching`]): which one, and a future that
+/// ends with it.
+pub struct Fetch {
+    pub id: FetchId,
+    pub done: BoxFuture<'static, Result<(), AzureError>>,
+}
+
+#[cfg(test)]
+impl Fetch {
+    /// A fetch of a test's own cache, as the pipeline hands it out.
+    pub fn of_test(in_flight: super::cache::InFlight) -> Self {
+        Self {
+            id: FetchId {
+                hop: Hop::AcrToken,
+                id: in_flight.id,
+            },
+            done: in_flight.done,
+        }
+    }
+}
+
+/// Tells fetches in flight apart: two callers handed the same id wait for the same fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FetchId {
+    /// The token fetched (an ACR access token, or an ACR refresh token).
+    hop: Hop,
+    /// The fetch's number in that token's cache.
+    id: u64,
+}
+
 /// Timeouts of the pipeline's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -293,10 +323,7 @@ impl TokenPipeline {
     /// is then a cache hit, or joins the fetch. The fetch is the one `credential` would make
     /// (limits, retries, single flight). `None` also for a request `credential` would refuse
     /// without calling Azure: that call says why.
-    pub fn fetching(
-        &self,
-        req: &CredentialRequest,
-    ) -> Option<BoxFuture<'static, Result<(), AzureError>>> {
+    pub fn fetching(&self, req: &CredentialRequest) -> Option<Fetch> {
         let inner = &self.inner;
         let registry = parse_server(&req.server).ok()?;
         ensure_allowed(&registry, &inner.suffixes).ok()?;
@@ -668,24 +695,30 @@ impl Inner {
         fresher_than: Option<Timestamp>,
         hop: Hop,
         fetch: fn(Arc<Self>, K) -> BoxFuture<'static, Result<CachedAcr, AzureError>>,
-    ) -> Option<BoxFuture<'static, Result<(), AzureError>>>
+    ) -> Option<Fetch>
     where
         K: Eq + std::hash::Hash + Clone + Send + 'static,
     {
         let now = self.now();
-        let (fetching, started) = cache.fetching(
+        let in_flight = cache.fetching(
             &key,
             now,
             |cached| cached.usable(now, fresher_than),
             self.cache_fetch(key.clone(), fetch),
         )?;
-        let result = if started {
+        let result = if in_flight.started {
             CacheResult::Miss
         } else {
             CacheResult::Coalesced
         };
         self.metrics.record_cache(hop, result);
-        Some(fetching)
+        Some(Fetch {
+            id: FetchId {
+                hop,
+                id: in_flight.id,
+            },
+            done: in_flight.done,
+        })
     }
 
     /// `fetch` for `key` as a cache fetch: the token, and until when it is kept.

@@ -4,6 +4,7 @@
 
 use kube::runtime::events::Reporter;
 
+use super::ahead::Ahead;
 use super::cache::Caches;
 use super::crd_check::CrdSchemas;
 use super::failures::Failures;
@@ -44,4 +45,6 @@ pub struct Context {
     pub pacing: Pacing,
     /// What the installed CRDs keep of the status (old CRDs prune most of it).
     pub crds: CrdSchemas,
+    /// Passes waiting for a credential fetched ahead of them.
+    pub ahead: Ahead,
 }

@@ -3,7 +3,6 @@
 //! fails, remember the failure, write the failed record and tell the user (first mints and
 //! refreshes are named differently: nothing was issued yet vs. a working secret is kept).
 
-use std::future::Future;
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -171,37 +170,38 @@ fn request_for(
 /// bindings came, while the slots write for bindings whose credential is there
 /// (BENCHMARKS.md, issue 19). Only what the pass itself would mint right away is fetched, on
 /// the same decision: nothing for a binding that first looks for a Secret to adopt, is
-/// refused, backing off, or has a valid token. `None`: queue the pass now.
-pub fn look_ahead(
-    ctx: &Arc<Context>,
-    key: &BindingKey,
-    decision: &Decision,
-    o: &Observed,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
+/// refused, backing off, or has a valid token. The waiting is [`super::ahead`]'s, one wait per
+/// fetch. `true`: the pass is queued when the fetch ends; `false`: queue it now.
+pub fn look_ahead(ctx: &Arc<Context>, key: &BindingKey, decision: &Decision, o: &Observed) -> bool {
     let Plan::Mint {
         request,
         reason,
         current_expiry,
     } = &decision.plan
     else {
-        return None;
+        return false;
     };
     if looks_before_minting(key, o, *reason) {
-        return None;
+        return false;
     }
     let (req, _) = request_for(ctx, key, request, *current_expiry);
     let started = std::time::Instant::now();
-    let fetch = ctx.pipeline.fetching(&req)?;
-    let (ctx, key) = (ctx.clone(), key.clone());
-    Some(async move {
-        // Kept for the pass only while this replica leads: a failure from losing the Lease
-        // (workload identity's TokenRequest) is not the binding's.
-        if let Err(e) = fetch.await {
-            if ctx.writer.is_leader() {
-                ctx.failures.fetch_failed(&key, req, e, started);
+    let Some(fetch) = ctx.pipeline.fetching(&req) else {
+        return false;
+    };
+    let failures = ctx.clone();
+    ctx.ahead
+        .wait(fetch, key.clone(), req, started, move |w, e| {
+            // Kept for the pass only while this replica leads: a failure from losing the
+            // Lease (workload identity's TokenRequest) is not the binding's.
+            if failures.writer.is_leader() {
+                let request = (*w.request).clone();
+                failures
+                    .failures
+                    .fetch_failed(&w.key, request, e.clone(), w.started);
             }
-        }
-    })
+        });
+    true
 }
 
 /// When the new token is planned to be refreshed: paced (see [`super::pacing`]) between a few

@@ -16,6 +16,7 @@
 //! | [`edits`] | finalizers, a ServiceAccount's pull secrets, deleting a Secret |
 //! | [`tenancy`] | the tenancy policies a pass reads, and the refusals it counts and tells |
 //! | [`mint`] | minting a token and recording a failed mint |
+//! | [`ahead`] | passes waiting for a credential fetched ahead of them, one wait per fetch |
 //! | [`pull_secret`] | the pull Secret: content, writing, adoption |
 //! | [`status`] | the status subresource, rendered from the record |
 //! | [`events`] | Events, thinned |
@@ -29,6 +30,7 @@
 //! | [`sa_token`] | ServiceAccount tokens for workload identity |
 //! | [`metrics`] | reconcile metrics |
 
+pub mod ahead;
 pub mod api;
 pub mod binding;
 pub mod cache;

@@ -2,7 +2,6 @@
 //! [`decide`] for the record and the single next step, perform it, publish the record, and say
 //! when to come back. API failures back off per binding ([`error_policy`]), like Azure ones.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -236,13 +235,10 @@ fn observe_now<K: BindingResource>(b: &K, key: &BindingKey, ctx: &Context) -> Ob
 /// A binding's watch event, on its way to the controller's queue: if its pass will mint a
 /// credential that is not cached, the fetch of it, started now, to queue the pass after (see
 /// [`mint::look_ahead`]). Behind the same gates as a pass (leader, caches synced), on the
-/// same decision.
-pub fn look_ahead<K: BindingResource>(
-    b: &Arc<K>,
-    ctx: &Arc<Context>,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
+/// same decision. `true`: the pass will be queued when the fetch ends.
+pub fn look_ahead<K: BindingResource>(b: &Arc<K>, ctx: &Arc<Context>) -> bool {
     if !ctx.writer.is_leader() || !ctx.readiness.is_synced() {
-        return None;
+        return false;
     }
     let key = key_of(b.as_ref());
     let b = ctx.caches.bindings.newest(b.clone());
@@ -254,10 +250,12 @@ pub fn look_ahead<K: BindingResource>(
         observed.binding.has_finalizer = true;
         decision = decide(&observed, now, &ctx.policy);
     }
-    let fetch = mint::look_ahead(ctx, &key, &decision, &observed)?;
+    if !mint::look_ahead(ctx, &key, &decision, &observed) {
+        return false;
+    }
     // What is in flight shows meanwhile (`/debug`, the phase gauge), as a pass minting shows it.
     report(ctx, &key, &observed, &decision.record, now);
-    Some(fetch)
+    true
 }
 
 fn plan_name(plan: &Plan) -> &'static str {

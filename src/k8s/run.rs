@@ -373,7 +373,10 @@ async fn controller_for<K: BindingResource>(
     // up other bindings' events) to be told apart.
     let written = ctx.caches.bindings.clone();
     let ahead = ctx.clone();
-    let (fetched, fetched_rx) = mpsc::unbounded();
+    let fetched = ctx
+        .ahead
+        .subscribe(K::VERSION)
+        .map(|key| ObjectRef::new(&key.name).within(&key.namespace));
     let events = events
         .map(move |b| {
             let written = written.clone();
@@ -385,20 +388,7 @@ async fn controller_for<K: BindingResource>(
         .buffer_unordered(SUBSCRIBE_BUFFER)
         .filter_map(std::future::ready)
         // A binding whose pass will wait for a credential is queued once it is fetched.
-        .filter_map(move |b| {
-            let queue_now = match look_ahead(&b, &ahead) {
-                Some(fetch) => {
-                    let (ready, binding) = (fetched.clone(), ObjectRef::from_obj(b.as_ref()));
-                    tokio::spawn(async move {
-                        fetch.await;
-                        let _ = ready.unbounded_send(binding);
-                    });
-                    None
-                }
-                None => Some(b),
-            };
-            std::future::ready(queue_now)
-        });
+        .filter(move |b| std::future::ready(!look_ahead(b, &ahead)));
 
     // kube-runtime holds the runner until the store has its initial list and only then
     // notices the shutdown, so a controller that never synced (the API server unreachable)
@@ -417,7 +407,7 @@ async fn controller_for<K: BindingResource>(
     let controller = Controller::for_shared_stream(events, reader)
         .with_config(controller::Config::default().concurrency(passes(config.concurrency)))
         .reconcile_on(triggers.related)
-        .reconcile_on(fetched_rx)
+        .reconcile_on(fetched)
         .reconcile_all_on(on_leadership(triggers.leader))
         .reconcile_all_on(on_change(triggers.policies))
         // What the installed CRDs keep changed (new CRDs applied): every status is rewritten.

@@ -283,6 +283,7 @@ impl Controller {
             failures: Failures::default(),
             pacing: Default::default(),
             crds: acrpull::k8s::crd_check::CrdSchemas::default(),
+            ahead: Default::default(),
         });
         // The real /metrics and /debug routes.
         let app =
