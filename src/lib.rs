@@ -8,8 +8,9 @@
 //!   leader election.
 //! - [`http`]: health, readiness, metrics and debug endpoints.
 //!
-//! No `unsafe` anywhere in the crate (which is also why fuzzing without AddressSanitizer, as CI
-//! does on the stable toolchain, loses little).
+//! No `unsafe` anywhere in the library (which is also why fuzzing without AddressSanitizer, as
+//! CI does on the stable toolchain, loses little). The binary's one use of it sets glibc's
+//! malloc parameters at startup (`src/main.rs`).
 #![forbid(unsafe_code)]
 
 pub mod app;
