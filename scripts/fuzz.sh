@@ -7,9 +7,10 @@
 # With a nightly toolchain installed it fuzzes with AddressSanitizer (cargo-fuzz's default).
 # Without one it uses the stable toolchain and `--sanitizer none`: still coverage-guided
 # libFuzzer, with Rust's own checks (bounds, overflow under debug assertions) and each target's
-# invariants doing the finding; the crate forbids `unsafe`, so ASan would add little. CI runs it
-# this way (FUZZ_STABLE=1 forces it where nightly exists). FUZZ_INSTALL=1 installs cargo-fuzz from crates.io when it is missing (CI sets it);
-# otherwise a missing cargo-fuzz skips with a message.
+# invariants doing the finding; the library forbids `unsafe` (the binary only calls `mallopt`
+# at startup), so ASan would add little. CI runs it this way (FUZZ_STABLE=1 forces it where
+# nightly exists). FUZZ_INSTALL=1 installs cargo-fuzz from crates.io when it is missing (CI
+# sets it); otherwise a missing cargo-fuzz skips with a message.
 #
 # Crashes are left in fuzz/artifacts/<target>/; copy a reproducer to fuzz/regressions/<target>/
 # and replay it with `cargo fuzz run [--sanitizer none] <target> fuzz/regressions/<target>/<file>`.
