@@ -403,6 +403,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         pacing: Default::default(),
         crds: crds.clone(),
         ahead: Default::default(),
+        requeues: Default::default(),
     });
     let controllers = tokio::spawn(run::run(
         ctx,

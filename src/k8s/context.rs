@@ -10,6 +10,7 @@ use super::crd_check::CrdSchemas;
 use super::failures::Failures;
 use super::metrics::ControllerMetrics;
 use super::pacing::Pacing;
+use super::requeue::Requeues;
 use super::tracker::Tracker;
 use super::verify::Verifier;
 use super::writer::Writer;
@@ -47,4 +48,6 @@ pub struct Context {
     pub crds: CrdSchemas,
     /// Passes waiting for a credential fetched ahead of them.
     pub ahead: Ahead,
+    /// Passes planned for later (refreshes, retries).
+    pub requeues: Requeues,
 }

@@ -21,6 +21,7 @@
 //! | [`status`] | the status subresource, rendered from the record |
 //! | [`events`] | Events, thinned |
 //! | [`verify`] | checking new credentials at the registry |
+//! | [`requeue`] | passes planned for later (refreshes, retries), kept compactly |
 //! | [`pacing`] | when each new token is planned to be refreshed (spreading a fleet's refreshes) |
 //! | [`writer`] | the single write path: leader-gated, timed out |
 //! | [`error`] | how an API call failed |
@@ -47,6 +48,7 @@ pub mod observe;
 pub mod pacing;
 pub mod pull_secret;
 pub mod reconcile;
+pub mod requeue;
 pub mod run;
 pub mod sa_locks;
 pub mod sa_token;

@@ -66,9 +66,9 @@ pub async fn reconcile<K: BindingResource>(
     let timing = ctx.metrics.reconcile_started(K::VERSION);
     let key = key_of(binding.as_ref());
     let result = match pass(binding.clone(), &key, &ctx).await {
-        Ok(action) => {
+        Ok(next) => {
             ctx.failures.api_succeeded(&key);
-            Ok(action)
+            Ok(next)
         }
         // The Lease was lost during the pass: nothing was sent; the next leader takes over.
         Err(ReconcileError::NotLeader { op }) => {
@@ -76,7 +76,7 @@ pub async fn reconcile<K: BindingResource>(
                 namespace = %key.namespace, name = %key.name, op,
                 "the Lease was lost during the pass; stopped before writing"
             );
-            Ok(Action::await_change())
+            Ok(Next::Now(Action::await_change()))
         }
         // A 409 or 404 on a write: the cache was behind. Normal, not an error (not counted
         // as one), but retried on the same per-binding backoff so a conflict that persists
@@ -87,12 +87,40 @@ pub async fn reconcile<K: BindingResource>(
                 namespace = %key.namespace, name = %key.name, error = %e,
                 retry_in = ?delay, "cache behind the API server; retrying"
             );
-            Ok(Action::requeue(delay))
+            Ok(Next::Now(Action::requeue(delay)))
         }
         Err(e) => Err(e),
     };
-    timing.finish(result.as_ref().map_err(|e| e.reason().as_str()));
-    result
+    let asked = result.as_ref().map(Next::asked);
+    timing.finish(asked.as_ref().map_err(|e| e.reason().as_str()));
+    match result? {
+        Next::Now(action) => Ok(action),
+        Next::Later(after) => {
+            ctx.requeues.after(&key, after);
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// What a pass asks for next.
+enum Next {
+    /// Of kube-runtime: a short wait (caches syncing, an API retry) or nothing.
+    Now(Action),
+    /// A pass after this long: a token's refresh or a retry, planned in [`Requeues`], which
+    /// keeps it in less memory than kube-runtime's scheduler.
+    ///
+    /// [`Requeues`]: super::requeue::Requeues
+    Later(Duration),
+}
+
+impl Next {
+    /// What the pass asked for, as the reconcile metrics count it.
+    fn asked(&self) -> Action {
+        match self {
+            Next::Now(action) => action.clone(),
+            Next::Later(after) => Action::requeue(*after),
+        }
+    }
 }
 
 /// One pass: decide and perform steps while each step's outcome is known from its own answer
@@ -103,15 +131,15 @@ async fn pass<K: BindingResource>(
     from_store: Arc<K>,
     key: &BindingKey,
     ctx: &Context,
-) -> Result<Action, ReconcileError> {
+) -> Result<Next, ReconcileError> {
     if !ctx.writer.is_leader() {
         // Standby: caches stay warm; becoming leader triggers a full pass.
-        return Ok(Action::await_change());
+        return Ok(Next::Now(Action::await_change()));
     }
     if !ctx.readiness.is_synced() {
         // A cache that has not delivered its initial list could be missing this binding's
         // Secret or ServiceAccount: deciding now would fail it or mint a token it has.
-        return Ok(Action::requeue(SYNC_POLL));
+        return Ok(Next::Now(Action::requeue(SYNC_POLL)));
     }
     // kube-runtime's store can be behind our own last write of this binding.
     let mut b = ctx.caches.bindings.newest(from_store);
@@ -122,6 +150,7 @@ async fn pass<K: BindingResource>(
         if matches!(decision.plan, Plan::Ignore) {
             if observed.binding.deleting || !observed.matches_selector {
                 ctx.tracker.forget(key);
+                ctx.requeues.forget(key);
                 ctx.failures.forget(key);
                 ctx.caches.bindings.forget::<K>(&key.namespace, &key.name);
             }
@@ -163,18 +192,14 @@ async fn pass<K: BindingResource>(
     // Events of what happened, folded, even when a later step failed.
     notes.publish(&ctx.writer, &ctx.reporter, b.as_ref()).await;
     let Some((observed, record, requeue)) = outcome? else {
-        return Ok(Action::await_change());
+        return Ok(Next::Now(Action::await_change()));
     };
     report(ctx, key, &observed, &record, Timestamp::now());
     let Some(requeue) = requeue else {
-        return Ok(Action::await_change());
+        return Ok(Next::Now(Action::await_change()));
     };
     let floor = ctx.policy.min_requeue;
-    Ok(Action::requeue(requeue_after(
-        Timestamp::now(),
-        requeue,
-        floor,
-    )))
+    Ok(Next::Later(requeue_after(Timestamp::now(), requeue, floor)))
 }
 
 /// Observe the binding in the caches and decide.
@@ -401,6 +426,7 @@ async fn execute<K: BindingResource>(
             .await;
             ctx.failures.forget(key);
             ctx.tracker.forget(key);
+            ctx.requeues.forget(key);
             ctx.caches.bindings.forget::<K>(&key.namespace, &key.name);
             Step::Stop(Done {
                 record: None,

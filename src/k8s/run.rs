@@ -32,8 +32,9 @@ use super::cache::{
 use super::context::Context;
 use super::observe::{pull_secret_names, secret_owner, SecretMeta};
 use super::reconcile::{error_policy, look_ahead, reconcile};
+use super::tracker::BindingKey;
 use crate::http::health::Readiness;
-use crate::state::binding::Policy;
+use crate::state::binding::{Policy, Version};
 use crate::state::names::{expected_secret_name, BINDING_LABEL};
 use crate::state::tenancy::Mode;
 
@@ -113,6 +114,19 @@ impl Wake {
         }
     }
 
+    /// A binding whose planned pass is due ([`super::requeue`]).
+    fn binding(&self, key: &BindingKey) {
+        let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+        match key.version {
+            Version::V1beta1 => {
+                let _ = self.v1.unbounded_send(ObjectRef::new(name).within(ns));
+            }
+            Version::V1beta2 => {
+                let _ = self.v2.unbounded_send(ObjectRef::new(name).within(ns));
+            }
+        }
+    }
+
     /// A Namespace's labels changed: every binding in it (tenancy modes only).
     fn namespace(&self, caches: &super::cache::Caches, ns: &NamespaceMeta) {
         let ns = ns.name_any();
@@ -148,6 +162,7 @@ pub async fn run(
     };
     let sa_wake = wake.clone();
     let ns_wake = wake.clone();
+    let (requeues, due) = (ctx.requeues.clone(), wake.clone());
     // A watch event held back while our own write to the object was in flight, and found
     // not to be that write's, wakes like any other.
     let held_secret = wake.clone();
@@ -279,6 +294,7 @@ pub async fn run(
     );
     let watches = async {
         tokio::select! {
+            _ = requeues.drive(move |key| due.binding(key)) => {}
             _ = secrets => {}
             _ = service_accounts => {}
             _ = policies => {}

@@ -284,6 +284,7 @@ impl Controller {
             pacing: Default::default(),
             crds: acrpull::k8s::crd_check::CrdSchemas::default(),
             ahead: Default::default(),
+            requeues: Default::default(),
         });
         // The real /metrics and /debug routes.
         let app =
