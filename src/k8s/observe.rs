@@ -33,17 +33,7 @@ pub fn group_of(version: Version) -> &'static str {
 /// Also returns the owner UID when there is one.
 pub fn secret_owner(secret: &CachedSecret) -> Option<(Version, Option<String>)> {
     match &secret.owner {
-        Some(o) => {
-            let group = o.api_version.split('/').next().unwrap_or_default();
-            let version = if group == group_of(Version::V1beta1) {
-                Version::V1beta1
-            } else if group == group_of(Version::V1beta2) {
-                Version::V1beta2
-            } else {
-                return None;
-            };
-            Some((version, Some(o.uid.clone())))
-        }
+        Some(o) => Some((o.group?, Some(o.uid.clone()))),
         None => match secret_family(secret.name()) {
             SecretFamily::Legacy => Some((Version::V1beta1, None)),
             SecretFamily::Current => Some((Version::V1beta2, None)),
@@ -64,7 +54,7 @@ pub fn belongs_to(secret: &CachedSecret, b: &BindingView) -> bool {
     let Some(owner) = &secret.owner else {
         return false;
     };
-    owner.api_version.split('/').next() == Some(group_of(b.version))
+    owner.group == Some(b.version)
         && (owner.uid == b.uid
             || (owner.name == b.name && secret.name() == expected_secret_name(b.version, &b.name)))
 }
@@ -183,6 +173,29 @@ mod tests {
     const V2: &str = "acrpull.microsoft.com/v1beta2";
 
     #[test]
+    fn a_secrets_version_is_its_controlling_bindings_group() {
+        let of = |api_version: &str| {
+            secret_owner(&secret(
+                "acr-pull-app",
+                "app",
+                json!([owner(api_version, "app", "u1")]),
+            ))
+        };
+        assert_eq!(of(V2), Some((Version::V1beta2, Some("u1".into()))));
+        assert_eq!(
+            of("msi-acrpull.microsoft.com/v1beta1"),
+            Some((Version::V1beta1, Some("u1".into())))
+        );
+        // Any version of the group; no other group.
+        assert_eq!(
+            of("acrpull.microsoft.com/v1"),
+            Some((Version::V1beta2, Some("u1".into())))
+        );
+        assert_eq!(of("acrpull.example.com/v1beta2"), None);
+        assert_eq!(of("acrpull.microsoft.com.example/v1beta2"), None);
+    }
+
+    #[test]
     fn a_secret_belongs_to_the_binding_that_controls_it() {
         let b = binding();
         // Controlled by it: any name (rule 9 removes the others).
@@ -219,6 +232,12 @@ mod tests {
                                                    "name": "app", "uid": "u1"}]),
             ),
             secret("acr-pull-app", "other", json!([owner(V2, "app", "u1")])),
+            // An AcrPullBinding of another group, same name and UID.
+            secret(
+                "acr-pull-app",
+                "app",
+                json!([owner("acrpull.example.com/v1beta2", "app", "u1")]),
+            ),
         ] {
             assert!(!belongs_to(&s, &b), "{s:?}");
         }

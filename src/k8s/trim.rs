@@ -7,8 +7,8 @@ use kube::api::ObjectMeta;
 use kube::runtime::watcher;
 
 use super::binding::parse_time;
-use super::observe::SecretMeta;
-use crate::state::binding::{WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION};
+use super::observe::{group_of, SecretMeta};
+use crate::state::binding::{Version, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION};
 use crate::state::decide::SecretView;
 use crate::state::names::{
     BINDING_LABEL, EXPIRY_ANNOTATION, IDENTITY_AUDIENCE_ANNOTATION, INPUTS_ALL_ANNOTATION,
@@ -65,9 +65,20 @@ pub struct CachedSecret {
 /// A controller ownerReference to an `AcrPullBinding` (either group).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Owner {
-    pub api_version: String,
+    /// The binding version whose group its `apiVersion` names; `None`: another group. Only the
+    /// group is ever compared, so the string is not kept (10,000 copies of it at 10,000
+    /// bindings).
+    pub group: Option<Version>,
     pub name: String,
     pub uid: String,
+}
+
+/// The binding version whose API group `api_version` (`group/version`) names.
+fn binding_group(api_version: &str) -> Option<Version> {
+    let group = api_version.split('/').next()?;
+    [Version::V1beta1, Version::V1beta2]
+        .into_iter()
+        .find(|v| group_of(*v) == group)
 }
 
 impl CachedSecret {
@@ -89,7 +100,7 @@ impl CachedSecret {
                 .flatten()
                 .find(|o| o.controller == Some(true) && o.kind == "AcrPullBinding")
                 .map(|o| Owner {
-                    api_version: o.api_version.clone(),
+                    group: binding_group(&o.api_version),
                     name: o.name.clone(),
                     uid: o.uid.clone(),
                 }),
@@ -168,7 +179,7 @@ mod tests {
                 resource_version: Some("42".into()),
                 binding_label: Some("app".into()),
                 owner: Some(Owner {
-                    api_version: "acrpull.microsoft.com/v1beta2".into(),
+                    group: Some(Version::V1beta2),
                     name: "app".into(),
                     uid: "b2".into(),
                 }),
