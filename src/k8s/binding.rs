@@ -137,7 +137,7 @@ fn status_view(s: &AcrPullBindingStatus) -> StatusView {
             (
                 c.status == "True",
                 Reason::parse(&c.reason),
-                c.message.clone(),
+                c.message.to_string(),
             )
         });
     StatusView {
@@ -158,7 +158,7 @@ fn status_view(s: &AcrPullBindingStatus) -> StatusView {
             .conditions
             .iter()
             .find(|c| c.type_ == super::status::PERMITTED)
-            .map(|c| (c.status == "True", c.message.clone())),
+            .map(|c| (c.status == "True", c.message.to_string())),
         // What the installed CRD keeps is not in the object; the pass sets it.
         kept: StatusFields::ALL,
     }

@@ -3,8 +3,9 @@
 //! record leaves empty is an explicit `null` (a merge patch only removes what it names).
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::api::status::{StatusCondition, Word};
 use super::api::AcrPullBindingStatus;
 use super::binding::BindingResource;
 use super::error::ReconcileError;
@@ -20,6 +21,9 @@ pub const CREDENTIAL_VERIFIED: &str = "CredentialVerified";
 /// The condition saying whether an `AcrPullPolicy` permits the binding (tenancy modes audit
 /// and enforce only).
 pub const PERMITTED: &str = "Permitted";
+/// The `CredentialVerified` condition's message when the registry granted every scope.
+pub const VERIFIED_MESSAGE: &str =
+    "the registry granted every requested scope to the current credential";
 
 /// Every field of [`AcrPullBindingStatus`] as serialised (checked by a test): the ones the
 /// record leaves empty are sent as `null` so the stored status loses them.
@@ -35,18 +39,18 @@ fn condition(
     message: &str,
     generation: i64,
     now: Timestamp,
-) -> Condition {
+) -> StatusCondition {
     let status = if status { "True" } else { "False" };
     let since = previous
         .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or(Time(now));
-    Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.as_str().to_string(),
-        message: message.to_string(),
+    StatusCondition {
+        type_: Word::from(type_),
+        status: Word::from(status),
+        reason: Word::Known(reason.as_str()),
+        message: Word::from(message),
         observed_generation: Some(generation),
         last_transition_time: since,
     }
@@ -70,10 +74,7 @@ pub fn render(
     )];
     if let Some(verified) = record.verified {
         let (reason, message) = if verified {
-            (
-                Reason::Verified,
-                "the registry granted every requested scope to the current credential",
-            )
+            (Reason::Verified, VERIFIED_MESSAGE)
         } else {
             (record.reason, record.message.as_str())
         };
@@ -101,7 +102,7 @@ pub fn render(
         last_token_refresh_time: record.last_refresh.map(Time),
         token_expiration_time: record.expiry.map(Time),
         error: record.error.clone(),
-        phase: Some(record.phase.as_str().to_string()),
+        phase: Some(Word::Known(record.phase.as_str())),
         conditions,
         observed_generation: Some(generation),
         next_refresh_time: record.next_refresh.map(Time),

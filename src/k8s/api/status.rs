@@ -1,9 +1,21 @@
 //! Status shared by both API versions: the old controller's three fields (same JSON names)
 //! plus the phase, conditions and scheduling facts acrpull adds.
+//!
+//! The binding store holds every binding's status (10,000 at 10,000 bindings), so the words
+//! a status nearly always repeats — a condition's type, status and reason, the phase — are
+//! kept as [`Word`]s: a known word costs no allocation. The JSON, and the CRD's schema, are
+//! those of the Kubernetes types.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Deref;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::state::reason::Reason;
+use crate::state::record::Phase;
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -20,11 +32,11 @@ pub struct AcrPullBindingStatus {
     /// Pending, Exchanging, Ready, Refreshing or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = ["Pending", "Exchanging", "Ready", "Refreshing", "Failed"]))]
-    pub phase: Option<String>,
+    pub phase: Option<Word>,
     /// Standard conditions; `Ready` is always present once the controller has seen the binding.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
+    pub conditions: Vec<StatusCondition>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -38,4 +50,238 @@ pub struct AcrPullBindingStatus {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// A Kubernetes `Condition` (same JSON, same schema) whose type, status, reason and message
+/// are [`Word`]s.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCondition {
+    pub last_transition_time: Time,
+    pub message: Word,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub reason: Word,
+    pub status: Word,
+    #[serde(rename = "type")]
+    pub type_: Word,
+}
+
+impl JsonSchema for StatusCondition {
+    fn schema_name() -> Cow<'static, str> {
+        Condition::schema_name()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        Condition::schema_id()
+    }
+
+    fn inline_schema() -> bool {
+        Condition::inline_schema()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        Condition::json_schema(generator)
+    }
+}
+
+/// Condition types, statuses and messages a status repeats, besides reasons and phases.
+const WORDS: [&str; 7] = [
+    "True",
+    "False",
+    "Unknown",
+    super::super::status::READY,
+    super::super::status::CREDENTIAL_VERIFIED,
+    super::super::status::PERMITTED,
+    super::super::status::VERIFIED_MESSAGE,
+];
+
+/// A string of a status: a word acrpull writes (a reason, a phase, a condition type or status,
+/// a fixed message) as a reference to it, anything else as its own copy. Compares, prints and
+/// serialises as the string.
+#[derive(Clone)]
+pub enum Word {
+    Known(&'static str),
+    Other(Box<str>),
+}
+
+impl Word {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Word::Known(s) => s,
+            Word::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for Word {
+    fn from(s: &str) -> Self {
+        let known = WORDS
+            .into_iter()
+            .find(|w| *w == s)
+            .or_else(|| Reason::parse(s).map(Reason::as_str))
+            .or_else(|| Phase::parse(s).map(Phase::as_str))
+            .filter(|w| *w == s);
+        match known {
+            Some(w) => Word::Known(w),
+            None => Word::Other(s.into()),
+        }
+    }
+}
+
+impl From<String> for Word {
+    fn from(s: String) -> Self {
+        Word::from(s.as_str())
+    }
+}
+
+impl Default for Word {
+    fn default() -> Self {
+        Word::Known("")
+    }
+}
+
+impl Deref for Word {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Word {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Word {}
+
+impl PartialEq<str> for Word {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Word {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Debug for Word {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Word {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Word {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Word {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Word;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Word, E> {
+                Ok(Word::from(s))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+impl JsonSchema for Word {
+    fn schema_name() -> Cow<'static, str> {
+        String::schema_name()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        String::schema_id()
+    }
+
+    fn inline_schema() -> bool {
+        String::inline_schema()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        String::json_schema(generator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_status_reads_and_writes_the_kubernetes_json_and_keeps_known_words_unallocated() {
+        let doc = json!({
+            "phase": "Ready",
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "TokenIssued",
+                "message": "token valid until 2026-12-08T06:00:00Z",
+                "observedGeneration": 3, "lastTransitionTime": "2026-12-08T03:00:00Z"
+            }, {
+                "type": "Custom", "status": "Maybe", "reason": "tokenissued",
+                "message": super::super::super::status::VERIFIED_MESSAGE,
+                "lastTransitionTime": "2026-12-08T03:00:00Z"
+            }],
+            "observedGeneration": 3
+        });
+        let status: AcrPullBindingStatus = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&status).unwrap(),
+            doc,
+            "the same JSON back"
+        );
+        // Read as the Kubernetes type, it is the same condition.
+        let k8s: Condition = serde_json::from_value(doc["conditions"][0].clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&status.conditions[0]).unwrap(),
+            serde_json::to_value(&k8s).unwrap()
+        );
+        let known = |w: &Word| matches!(w, Word::Known(_));
+        let ready = &status.conditions[0];
+        assert!(known(&ready.type_) && known(&ready.status) && known(&ready.reason));
+        assert!(known(status.phase.as_ref().unwrap()));
+        assert!(
+            !known(&ready.message),
+            "a message of its own is its own copy"
+        );
+        let other = &status.conditions[1];
+        assert!(!known(&other.type_) && !known(&other.status));
+        assert!(
+            !known(&other.reason),
+            "a reason is known only as written: {:?}",
+            other.reason
+        );
+        assert!(known(&other.message), "the fixed verification message");
+        assert_eq!(other.reason, "tokenissued");
+        assert_eq!(ready.reason, Word::from("TokenIssued".to_string()));
+    }
+
+    #[test]
+    fn a_condition_has_the_kubernetes_schema() {
+        let mut generator = schemars::SchemaGenerator::default();
+        let ours = StatusCondition::json_schema(&mut generator);
+        let theirs = Condition::json_schema(&mut generator);
+        assert_eq!(ours, theirs);
+        assert_eq!(StatusCondition::schema_name(), Condition::schema_name());
+    }
 }
