@@ -73,7 +73,7 @@ pub struct AcrConfiguration {
     pub environment: String,
     /// Endpoints of an air-gapped cloud; required for, and only for, `AirgappedCloud`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cloud_config: Option<AirgappedCloudConfiguration>,
+    pub cloud_config: Option<Box<AirgappedCloudConfiguration>>,
 }
 
 fn require_acr_fields(schema: &mut schemars::Schema) {
@@ -102,16 +102,19 @@ fn require_cloud_fields(schema: &mut schemars::Schema) {
     super::schema::require(schema, &["entraAuthorityHost", "resourceManagerAudience"]);
 }
 
+// The identity parts are boxed: a binding has one of them, and the binding store keeps every
+// binding (two empty inline options cost more than one box). Not a doc comment: it would
+// become the schema's description.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.managedIdentity), has(self.workloadIdentity)].exists_one(x, x)").message("exactly one of managedIdentity or workloadIdentity must be set"))]
 pub struct AuthenticationMethod {
     /// Authenticate with a managed identity of the node (through IMDS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed_identity: Option<ManagedIdentityAuth>,
+    pub managed_identity: Option<Box<ManagedIdentityAuth>>,
     /// Authenticate with a ServiceAccount federated to an Entra identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_identity: Option<WorkloadIdentityAuth>,
+    pub workload_identity: Option<Box<WorkloadIdentityAuth>>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
