@@ -22,8 +22,7 @@ fn main() -> anyhow::Result<()> {
 /// The library has no `unsafe`; this is the binary's only use of it.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
-    let operator_set = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
-    if operator_set {
+    if operator_sets_malloc(std::env::var("GLIBC_TUNABLES").ok().as_deref()) {
         return;
     }
     const THRESHOLD: libc::c_int = 128 * 1024;
@@ -38,6 +37,12 @@ fn tune_malloc() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_malloc() {}
+
+/// Whether `GLIBC_TUNABLES` (`name=value` pairs joined by `:`) sets any malloc parameter.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn operator_sets_malloc(tunables: Option<&str>) -> bool {
+    tunables.is_some_and(|t| t.split(':').any(|pair| pair.starts_with("glibc.malloc.")))
+}
 
 async fn run() -> anyhow::Result<()> {
     // Go's spellings and controller-runtime's flags as well as clap's (upstream_flags).
@@ -63,4 +68,21 @@ async fn run() -> anyhow::Result<()> {
     );
     acrpull::app::run(cli).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_operators_malloc_tunables_win() {
+        for (tunables, set) in [
+            (None, false),
+            (Some(""), false),
+            (Some("glibc.malloc.arena_max=4"), true),
+            (Some("glibc.rtld.nns=2:glibc.malloc.trim_threshold=0"), true),
+            (Some("glibc.rtld.nns=2"), false),
+            (Some("glibc.pthread.rseq=0"), false),
+        ] {
+            assert_eq!(super::operator_sets_malloc(tunables), set, "{tunables:?}");
+        }
+    }
 }
