@@ -58,13 +58,21 @@ fn is_zero(n: &u32) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct StatusCondition {
     pub last_transition_time: Time,
+    #[serde(default, deserialize_with = "absent_is_empty")]
     pub message: Word,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    #[serde(default, deserialize_with = "absent_is_empty")]
     pub reason: Word,
+    #[serde(default, deserialize_with = "absent_is_empty")]
     pub status: Word,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "absent_is_empty")]
     pub type_: Word,
+}
+
+/// As the Kubernetes `Condition` reads them: a missing or `null` string is empty.
+fn absent_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Word, D::Error> {
+    Option::<Word>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 impl JsonSchema for StatusCondition {
@@ -274,6 +282,23 @@ mod tests {
         assert!(known(&other.message), "the fixed verification message");
         assert_eq!(other.reason, "tokenissued");
         assert_eq!(ready.reason, Word::from("TokenIssued".to_string()));
+    }
+
+    #[test]
+    fn a_condition_missing_its_strings_reads_as_the_kubernetes_one_does() {
+        let doc = json!({"type": "Ready", "status": null,
+                         "lastTransitionTime": "2026-12-08T03:00:00Z"});
+        let ours: StatusCondition = serde_json::from_value(doc.clone()).unwrap();
+        let theirs: Condition = serde_json::from_value(doc).unwrap();
+        assert_eq!(
+            serde_json::to_value(&ours).unwrap(),
+            serde_json::to_value(&theirs).unwrap()
+        );
+        assert_eq!((&*ours.status, &*ours.message, &*ours.reason), ("", "", ""));
+        // Without a transition time, neither reads.
+        let bad = json!({"type": "Ready", "status": "True"});
+        assert!(serde_json::from_value::<StatusCondition>(bad.clone()).is_err());
+        assert!(serde_json::from_value::<Condition>(bad).is_err());
     }
 
     #[test]
