@@ -201,34 +201,14 @@ mod tests {
         let (other, end_other) = fetch(&cache, "b");
         let now = Instant::now();
         let never = |_: &Waiter, _: &AzureError| panic!("no failure");
-        ahead.wait(
-            first,
-            key(Version::V1beta2, "one"),
-            request("s"),
-            now,
-            never,
-        );
-        ahead.wait(
-            join(&cache, "a"),
-            key(Version::V1beta1, "two"),
-            request("s"),
-            now,
-            never,
-        );
-        ahead.wait(
-            join(&cache, "a"),
-            key(Version::V1beta2, "three"),
-            request("t"),
-            now,
-            never,
-        );
-        ahead.wait(
-            other,
-            key(Version::V1beta2, "four"),
-            request("s"),
-            now,
-            never,
-        );
+        for (fetch, version, name, scope) in [
+            (first, Version::V1beta2, "one", "s"),
+            (join(&cache, "a"), Version::V1beta1, "two", "s"),
+            (join(&cache, "a"), Version::V1beta2, "three", "t"),
+            (other, Version::V1beta2, "four", "s"),
+        ] {
+            ahead.wait(fetch, key(version, name), request(scope), now, never);
+        }
         assert_eq!(ahead.waiting(), (4, 2), "4 bindings wait for 2 fetches");
         {
             let groups = ahead.lock();

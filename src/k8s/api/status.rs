@@ -75,23 +75,31 @@ fn absent_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Word, D::Er
     Option::<Word>::deserialize(d).map(Option::unwrap_or_default)
 }
 
-impl JsonSchema for StatusCondition {
-    fn schema_name() -> Cow<'static, str> {
-        Condition::schema_name()
-    }
+/// `$ours` has `$theirs`'s schema: the same JSON, kept differently.
+macro_rules! schema_of {
+    ($ours:ty => $theirs:ty) => {
+        impl JsonSchema for $ours {
+            fn schema_name() -> Cow<'static, str> {
+                <$theirs>::schema_name()
+            }
 
-    fn schema_id() -> Cow<'static, str> {
-        Condition::schema_id()
-    }
+            fn schema_id() -> Cow<'static, str> {
+                <$theirs>::schema_id()
+            }
 
-    fn inline_schema() -> bool {
-        Condition::inline_schema()
-    }
+            fn inline_schema() -> bool {
+                <$theirs>::inline_schema()
+            }
 
-    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        Condition::json_schema(generator)
-    }
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                <$theirs>::json_schema(generator)
+            }
+        }
+    };
 }
+
+schema_of!(StatusCondition => Condition);
+schema_of!(Word => String);
 
 /// Condition types, statuses and messages a status repeats, besides reasons and phases.
 const WORDS: [&str; 7] = [
@@ -210,24 +218,6 @@ impl<'de> Deserialize<'de> for Word {
             }
         }
         deserializer.deserialize_str(Visitor)
-    }
-}
-
-impl JsonSchema for Word {
-    fn schema_name() -> Cow<'static, str> {
-        String::schema_name()
-    }
-
-    fn schema_id() -> Cow<'static, str> {
-        String::schema_id()
-    }
-
-    fn inline_schema() -> bool {
-        String::inline_schema()
-    }
-
-    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        String::json_schema(generator)
     }
 }
 
